@@ -1,0 +1,35 @@
+"""Detector registry: a method = one class in its own file + one config file in configs/detectors/."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from c2ir.detectors.base import Detector, FitContext
+from c2ir.detectors.c2ir import C2IR
+from c2ir.detectors.energy import Energy
+from c2ir.detectors.knn import KNN
+from c2ir.detectors.mahalanobis import Mahalanobis
+from c2ir.detectors.maxlogit import MaxLogit
+from c2ir.detectors.msp import MSP
+from c2ir.detectors.nmd import NMD
+from c2ir.detectors.odin import ODIN
+from c2ir.detectors.react import ReAct
+from c2ir.errors import C2IRError
+
+DETECTOR_TYPES: dict[str, type[Detector]] = {
+    "msp": MSP, "maxlogit": MaxLogit, "energy": Energy, "odin": ODIN, "nmd": NMD, "c2ir": C2IR,
+    "mahalanobis": Mahalanobis, "knn": KNN, "react": ReAct,
+}
+
+
+def build_detector(name: str, cfg: Any) -> Detector:
+    """Instantiate detector `name` from its `detectors.<name>` config (`type`, `fit_on`, parameters)."""
+    params = dict(cfg)
+    kind = params.pop("type", name)
+    if kind not in DETECTOR_TYPES:
+        raise C2IRError(f"detector {name}: unknown type {kind!r}; choose one of {sorted(DETECTOR_TYPES)}")
+    fit_on = params.pop("fit_on", "none")
+    return DETECTOR_TYPES[kind](name, fit_on=fit_on, **params)
+
+
+__all__ = ["Detector", "FitContext", "build_detector", "DETECTOR_TYPES"]

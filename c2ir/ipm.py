@@ -1,0 +1,149 @@
+"""Integral Probability Metric deviations of an input's features from its predicted class.
+
+Pure tensor functions: (features of a batch at one layer, that layer's class
+statistics, predicted classes) -> (B,) non-negative deviations. Zero when the input's
+features equal the class statistics they are compared with.
+
+- `mean_l2`: linear-kernel MMD, i.e. ||m(x) - mu_c||_2 between the input's channel-mean
+  vector and the class mean.
+- `mean_l1`: ||m(x) - mu_c||_1 / C.
+- `mean_standardized`: RMS over channels of (m(x) - mu_c) / sigma_c, sigma_c from the
+  class's impression spread.
+- `mmd_rbf`: Gaussian-kernel MMD between the input's spatial feature vectors and the
+  class's impression feature vectors, bandwidth by the median heuristic.
+- `wasserstein`: per-channel 1-D Wasserstein-1 between the input's spatial activations
+  and the class's, averaged over channels (`variant=sliced`: random 1-D projections).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+from c2ir.errors import C2IRError
+from c2ir.stats import LayerStats
+
+
+def mean_l2(x: torch.Tensor, class_means: torch.Tensor, pred: torch.Tensor) -> torch.Tensor:
+    return torch.linalg.vector_norm(x - class_means[pred], dim=1)
+
+
+def mean_l1(x: torch.Tensor, class_means: torch.Tensor, pred: torch.Tensor) -> torch.Tensor:
+    return (x - class_means[pred]).abs().mean(dim=1)
+
+
+def mean_standardized(x: torch.Tensor, class_means: torch.Tensor, class_vars: torch.Tensor,
+                      pred: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
+    z = (x - class_means[pred]) / torch.sqrt(class_vars[pred] + eps)
+    return torch.sqrt((z**2).mean(dim=1))
+
+
+def rbf_kernel_mean(a: torch.Tensor, b: torch.Tensor, bandwidth: torch.Tensor) -> torch.Tensor:
+    """Mean of exp(-||a_i - b_j||^2 / (2 h^2)) over i, j, batched: a (B, P, C), b (B, M, C) -> (B,)."""
+    d2 = torch.cdist(a, b).pow(2)
+    return torch.exp(-d2 / (2 * bandwidth.view(-1, 1, 1) ** 2)).mean(dim=(1, 2))
+
+
+def median_bandwidth(samples: torch.Tensor, max_points: int = 2048, seed: int = 0) -> torch.Tensor:
+    """Median pairwise distance of (up to max_points of) the rows of `samples` (N, C)."""
+    g = torch.Generator().manual_seed(seed)
+    pts = samples.reshape(-1, samples.shape[-1]).float()
+    pts = pts[torch.randperm(len(pts), generator=g)[:max_points]]
+    d = torch.cdist(pts, pts)
+    off = d[~torch.eye(len(pts), dtype=torch.bool)]
+    med = off.median() if off.numel() else torch.tensor(1.0)
+    return med.clamp(min=1e-6)
+
+
+def mmd_rbf(xs: torch.Tensor, class_samples: torch.Tensor, pred: torch.Tensor, bandwidth: torch.Tensor,
+            kyy: torch.Tensor | None = None) -> torch.Tensor:
+    """Biased MMD (square root of MMD^2) between xs (B, P, C) and class_samples[pred] (B, M, C)."""
+    ys = class_samples[pred].float()
+    xs = xs.float()
+    h = bandwidth.expand(len(xs)) if bandwidth.dim() == 0 else bandwidth[pred]
+    kxx = rbf_kernel_mean(xs, xs, h)
+    kxy = rbf_kernel_mean(xs, ys, h)
+    kyy_b = kyy[pred] if kyy is not None else rbf_kernel_mean(ys, ys, h)
+    return torch.sqrt((kxx + kyy_b - 2 * kxy).clamp(min=0))
+
+
+def _quantiles(sorted_vals: torch.Tensor, n: int) -> torch.Tensor:
+    """Values of sorted (..., M, C) at the n mid-point quantile levels (i + 0.5) / n."""
+    m = sorted_vals.shape[-2]
+    idx = ((torch.arange(n, dtype=torch.float64) + 0.5) / n * m).floor().long().clamp(max=m - 1)
+    return sorted_vals.index_select(-2, idx.to(sorted_vals.device))
+
+
+def wasserstein_channels(xs: torch.Tensor, class_samples: torch.Tensor, pred: torch.Tensor) -> torch.Tensor:
+    """Mean over channels of 1-D W1 between xs (B, P, C) and class_samples[pred] (B, M, C)."""
+    xs_sorted = xs.float().sort(dim=1).values
+    ys_sorted = class_samples.float().sort(dim=1).values[pred]
+    yq = _quantiles(ys_sorted, xs.shape[1])
+    return (xs_sorted - yq).abs().mean(dim=(1, 2))
+
+
+def sliced_wasserstein(xs: torch.Tensor, class_samples: torch.Tensor, pred: torch.Tensor,
+                       projections: torch.Tensor) -> torch.Tensor:
+    """W1 averaged over random unit directions (C, R): project, then compare 1-D distributions."""
+    return wasserstein_channels(xs.float() @ projections, class_samples.float() @ projections, pred)
+
+
+@dataclass
+class IPM:
+    """A named deviation with what it needs; `prepare` caches per-layer constants from the stats."""
+
+    name: str
+    needs_spatial: bool
+    fn: Callable[..., torch.Tensor]
+
+    def prepare(self, stats: LayerStats, seed: int = 0, projections: int = 64) -> dict[str, torch.Tensor]:
+        if not self.needs_spatial:
+            return {}
+        if stats.samples is None:
+            raise C2IRError(f"ipm={self.name} needs spatial class samples; set features.spatial_grid > 0")
+        extra: dict[str, torch.Tensor] = {}
+        if self.name == "mmd_rbf":
+            h = median_bandwidth(stats.samples, seed=seed)
+            extra["bandwidth"] = h
+            extra["kyy"] = rbf_kernel_mean(stats.samples.float(), stats.samples.float(), h.expand(len(stats.samples)))
+        if self.name == "sliced_wasserstein":
+            g = torch.Generator().manual_seed(seed)
+            p = torch.randn(stats.samples.shape[-1], projections, generator=g)
+            extra["projections"] = p / torch.linalg.vector_norm(p, dim=0, keepdim=True)
+        return extra
+
+    def __call__(self, pooled: torch.Tensor, spatial: torch.Tensor | None, stats: LayerStats,
+                 pred: torch.Tensor, extra: dict[str, torch.Tensor]) -> torch.Tensor:
+        if self.name == "mean_l2":
+            return mean_l2(pooled, stats.mean, pred)
+        if self.name == "mean_l1":
+            return mean_l1(pooled, stats.mean, pred)
+        if self.name == "mean_standardized":
+            return mean_standardized(pooled, stats.mean, stats.var, pred)
+        if spatial is None:
+            raise C2IRError(f"ipm={self.name} needs spatial features; set features.spatial_grid > 0")
+        if self.name == "mmd_rbf":
+            return mmd_rbf(spatial, stats.samples, pred, extra["bandwidth"], extra["kyy"])
+        if self.name == "wasserstein":
+            return wasserstein_channels(spatial, stats.samples, pred)
+        if self.name == "sliced_wasserstein":
+            return sliced_wasserstein(spatial, stats.samples, pred, extra["projections"])
+        raise AssertionError(self.name)
+
+
+IPMS = {
+    "mean_l2": IPM("mean_l2", False, mean_l2),
+    "mean_l1": IPM("mean_l1", False, mean_l1),
+    "mean_standardized": IPM("mean_standardized", False, mean_standardized),
+    "mmd_rbf": IPM("mmd_rbf", True, mmd_rbf),
+    "wasserstein": IPM("wasserstein", True, wasserstein_channels),
+    "sliced_wasserstein": IPM("sliced_wasserstein", True, sliced_wasserstein),
+}
+
+
+def get_ipm(name: str) -> IPM:
+    if name not in IPMS:
+        raise C2IRError(f"unknown ipm {name!r}; choose one of {sorted(IPMS)}")
+    return IPMS[name]

@@ -1,0 +1,10 @@
+"""One thin module per stage: load inputs (cache or upstream), call library code, publish the artifact."""
+
+STAGES: dict[str, tuple[str, str]] = {
+    "train": ("c2ir.stages.train", "train, or fine-tune from model.checkpoint, the classifier on the ID train split"),
+    "synthesize": ("c2ir.stages.synthesize", "invert the classifier into class-conditional impressions (DeepInversion)"),
+    "collect-stats": ("c2ir.stages.collect_stats", "per-layer, per-class feature statistics of the impressions"),
+    "weight-layers": ("c2ir.stages.weight_layers", "MGI layer weights from gradients on the impressions only"),
+    "evaluate": ("c2ir.stages.evaluate", "score ID and OOD sets with every detector; write tables and plots"),
+    "run": ("c2ir.stages.run", "all stages in order, each skipped when its artifact is cached"),
+}

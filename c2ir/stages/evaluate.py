@@ -1,0 +1,178 @@
+"""Stage `evaluate`: score the ID test set and every OOD set with every configured detector.
+
+One cached forward pass per dataset serves all detectors (ODIN, which needs input
+gradients, has its own cached pass). Detectors fit on the impressions (data-free) or,
+for the full-access comparators, on real ID training features. The scores and metrics
+are cached under a key of everything they depend on, then written as reports into the
+Hydra run directory.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from c2ir import report
+from c2ir.cache import Artifact, atomic_save_tensors, atomic_write_json
+from c2ir.data import load_id, load_ood
+from c2ir.detectors import Detector, FitContext, build_detector
+from c2ir.detectors.c2ir import C2IR
+from c2ir.errors import C2IRError
+from c2ir.ipm import get_ipm
+from c2ir.metrics import accuracy, ood_metrics
+from c2ir.stages.collect_stats import ensure_stats, id_train_features, load_stats
+from c2ir.stages.common import Context, plain
+from c2ir.stages.features import ensure_features
+from c2ir.stages.weight_layers import ensure_weights, load_weights
+
+log = logging.getLogger(__name__)
+
+
+def ood_spec(ctx: Context, name: str) -> dict[str, Any]:
+    spec = dict(plain(ctx.cfg.ood[name]))
+    spec.pop("download", None)
+    if spec.get("source") == "pixel_shuffled":
+        spec["base"] = ctx.data_spec("test")
+    return {"ood": name, **spec}
+
+
+def build_detectors(ctx: Context) -> dict[str, Detector]:
+    if not ctx.cfg.detectors:
+        raise C2IRError("no detectors selected; pass e.g. detectors=[c2ir,energy,msp]")
+    return {name: build_detector(name, ctx.cfg.detectors[name]) for name in ctx.cfg.detectors}
+
+
+class Evaluation:
+    """Collects the inputs of one evaluation, lazily, so a cache hit loads nothing else."""
+
+    def __init__(self, ctx: Context):
+        self.ctx = ctx
+        cfg = ctx.cfg
+        self.detectors = build_detectors(ctx)
+        self.ipm = get_ipm(str(cfg.ipm.name))
+        uses_ipm = any(isinstance(d, C2IR) for d in self.detectors.values())
+        self.spatial = int(cfg.features.spatial_grid) if (self.ipm.needs_spatial and uses_ipm) else 0
+        self.stats_art = ensure_stats(ctx)
+        self.weights_art = ensure_weights(ctx)
+        self._id_test: Any = None
+        self.sets: dict[str, tuple[Artifact, dict[str, torch.Tensor]]] = {}
+        self.id_name = f"{cfg.data.name}-test"
+        self.sets[self.id_name] = ensure_features(ctx, self.id_name, ctx.data_spec("test"), self.load_id_test, self.spatial)
+        for name in cfg.ood:
+            self.sets[name] = ensure_features(ctx, name, ood_spec(ctx, name), lambda n=name: self.load_ood(n), self.spatial)
+        self.id_train = None
+        if any(d.fit_on == "id_train" for d in self.detectors.values()):
+            try:
+                self.id_train = id_train_features(ctx)
+            except C2IRError as exc:
+                dropped = [n for n, d in self.detectors.items() if d.fit_on == "id_train"]
+                log.warning("full-access detectors %s skipped: ID training data unavailable (%s)", dropped, exc)
+                self.detectors = {n: d for n, d in self.detectors.items() if d.fit_on != "id_train"}
+
+    def load_id_test(self):
+        if self._id_test is None:
+            self._id_test = load_id(self.ctx.cfg.data, "test")
+        return self._id_test
+
+    def load_ood(self, name: str):
+        return load_ood(name, self.ctx.cfg.ood[name], self.ctx.cfg.data, self.load_id_test())
+
+    def key(self) -> str:
+        cfg = self.ctx.cfg
+        spec = {"detectors": {n: plain(cfg.detectors[n]) for n in self.detectors}, "ipm": plain(cfg.ipm),
+                "sets": list(self.sets)}
+        upstream = {f"features:{n}": a.key for n, (a, _) in self.sets.items()}
+        upstream.update(stats=self.stats_art.key, weights=self.weights_art.key, model=self.ctx.model_key)
+        if self.id_train is not None:
+            upstream["features:id_train"] = self.id_train[0].key
+        return self.ctx.key("evaluate", spec, upstream)
+
+    def fit_context(self) -> FitContext:
+        stats, imp = load_stats(self.stats_art)
+        layers, weights = load_weights(self.weights_art)
+        if layers != stats.layers:
+            raise C2IRError("MGI weights and class statistics were computed for different layer sets; rerun `c2ir run`")
+        return FitContext(model=self.ctx.model, layers=layers, impressions=imp,
+                          id_train=None if self.id_train is None else self.id_train[1],
+                          class_stats=stats, layer_weights=weights, head=self.ctx.head, ipm=plain(self.ctx.cfg.ipm))
+
+    def odin_scores(self, det: Detector, set_name: str) -> np.ndarray:
+        ctx = self.ctx
+        feat_art = self.sets[set_name][0]
+        key = ctx.key("odin", {"params": det.params}, {"features": feat_art.key, "model": ctx.model_key})
+
+        def build(out: Path) -> dict:
+            data = self.load_id_test() if set_name == self.id_name else self.load_ood(set_name)
+            s = det.score_images(ctx.model, ctx.normalizer, data.images, ctx.batch_size, ctx.device)
+            atomic_save_tensors(out / "scores.safetensors", {"scores": torch.from_numpy(s)})
+            return {}
+
+        art = ctx.store.get_or_create("odin", key, build, config={"params": det.params, "set": set_name},
+                                      upstream={"features": feat_art.key})
+        return art.tensors("scores.safetensors")["scores"].numpy()
+
+    def compute(self, out: Path) -> dict:
+        fit = self.fit_context()
+        scores: dict[str, dict[str, np.ndarray]] = {}
+        for name, det in self.detectors.items():
+            if det.needs_input_gradients:
+                scores[name] = {s: self.odin_scores(det, s) for s in self.sets}
+                continue
+            det.fit(fit)
+            scores[name] = {s: det.score(bundle) for s, (_, bundle) in self.sets.items()}
+        id_bundle = self.sets[self.id_name][1]
+        id_acc = accuracy(id_bundle["logits"].numpy(), id_bundle["labels"].numpy())
+        metrics = {
+            det: {ood: ood_metrics(per_set[self.id_name], per_set[ood]) for ood in self.ctx.cfg.ood}
+            for det, per_set in scores.items()
+        }
+        for det, per_set in scores.items():
+            for s, v in per_set.items():
+                if not np.all(np.isfinite(v)):
+                    log.warning("detector %s gave %d non-finite scores on %s", det, int((~np.isfinite(v)).sum()), s)
+        access = {n: d.data_access for n, d in self.detectors.items()}
+        result = {"id_set": self.id_name, "id_accuracy": id_acc, "ood_sets": list(self.ctx.cfg.ood),
+                  "metrics": metrics, "access": access, "ipm": plain(self.ctx.cfg.ipm),
+                  "mgi": plain(self.ctx.cfg.mgi), "layer_weights": self.weights_art.json("weights.json"),
+                  "counts": {s: int(len(b["logits"])) for s, (_, b) in self.sets.items()}}
+        atomic_save_tensors(out / "scores.safetensors",
+                            {f"{d}/{s}": torch.from_numpy(np.ascontiguousarray(v)) for d, ps in scores.items() for s, v in ps.items()})
+        atomic_write_json(out / "results.json", result)
+        report.plot_all(out, scores, self.id_name, list(self.ctx.cfg.ood))
+        return {"id_accuracy": id_acc}
+
+
+def evaluate(ctx: Context) -> Artifact:
+    ev = Evaluation(ctx)
+    key = ev.key()
+    return ctx.store.get_or_create("evaluate", key, ev.compute, config={"ipm": plain(ctx.cfg.ipm)},
+                                   upstream={"stats": ev.stats_art.key, "weights": ev.weights_art.key}, seed=ctx.seed)
+
+
+def run(cfg) -> None:
+    report_evaluation(Context(cfg))
+
+
+def report_evaluation(ctx: Context) -> None:
+    """Evaluate (or load the cached evaluation) and write the reports into the run directory."""
+    cfg = ctx.cfg
+    art = evaluate(ctx)
+    if not ctx.dist.is_main:
+        return
+    run_dir = report.run_dir(cfg)
+    result = art.json("results.json")
+    for f in art.path.glob("*.png"):
+        shutil.copy2(f, run_dir / f.name)
+    from c2ir.stages.synthesize import synth_key
+
+    grid = ctx.store.dir("synthesize", synth_key(ctx)) / "impressions_grid.png"
+    if grid.is_file():
+        shutil.copy2(grid, run_dir / "impressions_grid.png")
+    report.write_reports(run_dir, result)
+    print(report.terminal_table(result))
+    log.info("reports written to %s", run_dir)

@@ -1,0 +1,75 @@
+"""Cached forward passes: features of a dataset are computed once per
+(model, dataset, transform, layer set, spatial grid) and reused by every detector,
+IPM and MGI setting of a sweep. Under torchrun the batches are split across ranks
+and gathered, so every rank ends with the whole bundle.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from c2ir.cache import Artifact, atomic_save_tensors
+from c2ir.data.imageset import ImageSet
+from c2ir.features import FeatureBundle, extract_features
+from c2ir.stages.common import Context
+
+log = logging.getLogger(__name__)
+
+
+def features_key(ctx: Context, dataset_spec: dict[str, Any], spatial_grid: int) -> str:
+    spec = {"dataset": dataset_spec, "layers": ctx.layers, "spatial_grid": int(spatial_grid),
+            "image_size": int(ctx.cfg.data.image_size), "channels": int(ctx.cfg.data.channels)}
+    return ctx.key("features", spec, {"model": ctx.model_key})
+
+
+def ensure_features(ctx: Context, name: str, dataset_spec: dict[str, Any], load: Callable[[], ImageSet],
+                    spatial_grid: int = 0) -> tuple[Artifact, FeatureBundle]:
+    """Features of one dataset, from the cache or from one (possibly sharded) forward pass."""
+    key = features_key(ctx, dataset_spec, spatial_grid)
+    found = ctx.store.lookup("features", key)
+    if found is None:
+        data = load()
+        if data.skipped:
+            log.warning("%s: %d unreadable image(s) skipped", name, data.skipped)
+        bundle = _extract(ctx, data, spatial_grid, name)
+
+        def build(out: Path) -> dict:
+            atomic_save_tensors(out / "features.safetensors", bundle)
+            return {"dataset": name, "count": len(data), "skipped": data.skipped}
+
+        if ctx.dist.is_main:
+            ctx.store.get_or_create("features", key, build, config={"dataset": dataset_spec},
+                                    upstream={"model": ctx.model_key})
+        ctx.dist.barrier()
+        found = ctx.store.lookup("features", key)
+        assert found is not None
+        return found, bundle
+    log.info("cache hit: features/%s (%s)", key, name)
+    return found, found.tensors("features.safetensors")
+
+
+def _extract(ctx: Context, data: ImageSet, spatial_grid: int, name: str) -> FeatureBundle:
+    shard = (ctx.dist.rank, ctx.dist.world) if ctx.dist.enabled else None
+    part = extract_features(ctx.model, data, ctx.normalizer, ctx.layers, ctx.head, batch_size=ctx.batch_size,
+                            device=ctx.device, spatial_grid=spatial_grid, desc=f"features {name}", shard=shard)
+    if shard is None:
+        return part
+    # rank r holds batches r, r+W, ...: gather and restore the dataset order
+    parts = ctx.dist.all_gather_object(part)
+    bs, world = ctx.batch_size, ctx.dist.world
+    n_batches = (len(data) + bs - 1) // bs
+    merged: dict[str, list[torch.Tensor]] = {}
+    for b in range(n_batches):
+        src, j = parts[b % world], b // world
+        for k, v in src.items():
+            lo = j * bs  # only the dataset's last batch is short, and it is last on its rank
+            merged.setdefault(k, []).append(v[lo:lo + min(bs, len(data) - b * bs)])
+    bundle = {k: torch.cat(v) for k, v in merged.items()}
+    if data.labels is not None:
+        bundle["labels"] = data.labels.clone()
+    return bundle

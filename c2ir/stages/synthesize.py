@@ -1,0 +1,148 @@
+"""Stage `synthesize`: invert the fixed classifier into class-conditional impressions (DeepInversion).
+
+Batches are independent (own seed, own class-balanced targets). Each finished batch is
+saved atomically in the key's partial folder, so an interrupted run resumes at the first
+missing batch; under torchrun, rank r computes batches r, r+W, r+2W, ... and rank 0
+assembles and publishes the artifact once every batch exists.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors.torch import load_file
+
+from c2ir.cache import Artifact, atomic_save_tensors, atomic_write_json
+from c2ir.impressions import SynthConfig, batch_seed, batch_targets, impression_grid, num_batches, synthesize_batch
+from c2ir.stages.common import Context, plain
+
+log = logging.getLogger(__name__)
+
+RUNTIME_ONLY = {"autocast", "channels_last", "compile"}  # do not change the impressions
+
+
+def synth_key(ctx: Context) -> str:
+    spec = {k: v for k, v in plain(ctx.cfg.synth).items() if k not in RUNTIME_ONLY}
+    return ctx.key("synthesize", {"synth": spec}, {"model": ctx.model_key})
+
+
+def _batch_path(work: Path, b: int) -> Path:
+    return work / f"batch_{b:05d}.safetensors"
+
+
+def compute_batches(ctx: Context, work: Path) -> None:
+    """Synthesise this rank's missing batches into `work` (resumable)."""
+    cfg = ctx.cfg
+    sc = SynthConfig.from_cfg(cfg.synth)
+    k = int(cfg.data.num_classes)
+    n_batches = num_batches(k, sc.per_class, sc.batch_size)
+    shape = (int(cfg.data.channels), int(cfg.data.image_size), int(cfg.data.image_size))
+    model = ctx.model
+    autocast = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(str(cfg.synth.get("autocast", "none")))
+    channels_last = bool(cfg.synth.get("channels_last", False))
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    if cfg.synth.get("compile", False):
+        model = torch.compile(model)
+    work.mkdir(parents=True, exist_ok=True)
+    mine = range(ctx.dist.rank, n_batches, ctx.dist.world)
+    for b in mine:
+        path = _batch_path(work, b)
+        if path.is_file():
+            log.info("synthesize: batch %d/%d already done (resuming)", b + 1, n_batches)
+            continue
+        targets = batch_targets(k, sc.per_class, sc.batch_size, b)
+        res = synthesize_batch(model, ctx.normalizer, targets, shape, sc, batch_seed(sc.seed, b), ctx.device,
+                               desc=f"synthesize batch {b + 1}/{n_batches}", autocast_dtype=autocast,
+                               channels_last=channels_last)
+        c = res.curves
+        log.info("synthesize batch %d/%d: loss %.3f -> %.3f (ce %.3f, bn %.3f -> %.3f)", b + 1, n_batches,
+                 float(c["total"][0]), float(c["total"][-1]), float(c["ce"][-1]), float(c["bn"][0]), float(c["bn"][-1]))
+        atomic_save_tensors(path, {"images": res.images, "targets": res.targets,
+                                   **{f"curve/{n}": v for n, v in c.items()}})
+
+
+def assemble(ctx: Context, work: Path, out: Path) -> dict:
+    """Concatenate all batches into the artifact: impressions, loss curves, target share, grid PNG."""
+    sc = SynthConfig.from_cfg(ctx.cfg.synth)
+    k = int(ctx.cfg.data.num_classes)
+    n_batches = num_batches(k, sc.per_class, sc.batch_size)
+    parts = [load_file(str(_batch_path(work, b))) for b in range(n_batches)]
+    images = torch.cat([p["images"] for p in parts])
+    targets = torch.cat([p["targets"] for p in parts])
+    curves = {n[6:]: torch.stack([p[n] for p in parts]) for n in parts[0] if n.startswith("curve/")}
+    with torch.no_grad():
+        preds = torch.cat([ctx.model(ctx.normalizer(images[s:s + ctx.batch_size].to(ctx.device))).argmax(1).cpu()
+                           for s in range(0, len(images), ctx.batch_size)])
+    share = float((preds == targets).float().mean())
+    atomic_save_tensors(out / "impressions.safetensors", {"images": images, "targets": targets, "predicted": preds})
+    atomic_save_tensors(out / "curves.safetensors", curves)
+    bn_first, bn_last = curves["bn"][:, 0].mean().item(), curves["bn"][:, -1].mean().item()
+    summary = {
+        "count": len(images), "per_class": sc.per_class, "batches": n_batches,
+        "target_share": share,
+        "per_class_target_share": [float((preds[targets == c] == c).float().mean()) for c in range(k)],
+        "bn_loss_first": bn_first, "bn_loss_last": bn_last,
+        "ce_last": curves["ce"][:, -1].mean().item(),
+    }
+    atomic_write_json(out / "summary.json", summary)
+    _save_grid(impression_grid(images, targets, k), out / "impressions_grid.png")
+    log.info("synthesize: %d impressions, %.1f%% assigned to their target class; BN loss %.3f -> %.3f",
+             len(images), 100 * share, bn_first, bn_last)
+    return {"summary": summary}
+
+
+def _save_grid(grid: torch.Tensor, path: Path) -> None:
+    from PIL import Image
+
+    arr = (grid.clamp(0, 1) * 255).round().byte().permute(1, 2, 0).numpy()
+    if arr.shape[2] == 1:
+        arr = arr[:, :, 0]
+    scale = max(1, 256 // max(arr.shape[:2]))
+    img = Image.fromarray(np.ascontiguousarray(arr))
+    img.resize((img.width * scale, img.height * scale), Image.NEAREST).save(path)
+
+
+def ensure_impressions(ctx: Context) -> Artifact:
+    key = synth_key(ctx)
+    found = ctx.store.lookup("synthesize", key)
+    if found is not None:
+        log.info("cache hit: synthesize/%s", key)
+        return found
+    work = ctx.store.partial_dir("synthesize", key)
+    config = {"synth": plain(ctx.cfg.synth), "model": ctx.model_spec}
+    if ctx.dist.enabled:  # every rank fills its batches, then rank 0 publishes
+        compute_batches(ctx, work)
+        ctx.dist.barrier()
+        if ctx.dist.is_main:
+            ctx.store.get_or_create("synthesize", key, lambda out: assemble(ctx, work, out), config=config,
+                                    upstream={"model": ctx.model_key}, seed=int(ctx.cfg.synth.seed))
+        ctx.dist.barrier()
+        art = ctx.store.lookup("synthesize", key)
+        assert art is not None
+    else:
+        def build(out: Path) -> dict:
+            compute_batches(ctx, work)
+            return assemble(ctx, work, out)
+
+        art = ctx.store.get_or_create("synthesize", key, build, config=config,
+                                      upstream={"model": ctx.model_key}, seed=int(ctx.cfg.synth.seed))
+    if ctx.dist.is_main:
+        shutil.rmtree(work, ignore_errors=True)
+    return art
+
+
+def load_impressions(art: Artifact) -> tuple[torch.Tensor, torch.Tensor]:
+    t = art.tensors("impressions.safetensors")
+    return t["images"], t["targets"]
+
+
+def run(cfg) -> None:
+    ctx = Context(cfg)
+    art = ensure_impressions(ctx)
+    s = art.json("summary.json")
+    log.info("synthesize: %d impressions at %s (%.1f%% assigned to target)", s["count"], art.path, 100 * s["target_share"])

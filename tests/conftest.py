@@ -1,0 +1,49 @@
+"""Shared fixtures: composed configs with tiny overrides, a private cache per test, shared-data skips."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+
+from c2ir.config import config_dir, register_resolvers
+from c2ir.data.shared import shared_dir
+
+REPO = Path(__file__).resolve().parents[1]
+# Smaller evaluation for the embedded default (fewer epochs, detectors and OOD sets); synthesis as shipped.
+TINY = ["detectors=[msp,energy,c2ir,mahalanobis_imp,nmd]",
+        "ood=[pixel_shuffled,gaussian_noise]"]
+
+needs_shared = pytest.mark.skipif(shared_dir() is None, reason="shared/ data folder not found (set C2IR_SHARED_DIR)")
+
+
+def make_cfg(tmp_path: Path, overrides: list[str] | None = None):
+    """Compose the real config tree with overrides, caching under tmp_path."""
+    register_resolvers()
+    with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
+        return compose("config", overrides=[f"cache_root={tmp_path / 'cache'}", f"output_dir={tmp_path / 'out'}",
+                                            "device=cpu", *(overrides or [])])
+
+
+@pytest.fixture
+def cfg_factory(tmp_path):
+    return lambda overrides=None: make_cfg(tmp_path, overrides)
+
+
+def run_cli(args: list[str], cwd: Path, env: dict | None = None, timeout: int = 600) -> subprocess.CompletedProcess:
+    """`c2ir <args>` in a subprocess (python -m c2ir), output captured."""
+    full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
+    full_env.pop("HYDRA_FULL_ERROR", None)
+    return subprocess.run([sys.executable, "-m", "c2ir", *args], cwd=cwd, env=full_env, capture_output=True,
+                          text=True, timeout=timeout)
+
+
+@pytest.fixture(autouse=True)
+def _threads():
+    torch.set_num_threads(2)
+    yield

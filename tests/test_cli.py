@@ -1,0 +1,96 @@
+"""End to end through the console entry point, in subprocesses, on the embedded default."""
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+
+from conftest import TINY, run_cli
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory):
+    return tmp_path_factory.mktemp("cli")
+
+
+@pytest.fixture(scope="module")
+def first_run(workdir):
+    """Cold `c2ir run` with tiny settings; later tests reuse its cache."""
+    proc = run_cli(["run", *TINY, f"cache_root={workdir / 'cache'}"], cwd=workdir)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc
+
+
+def _latest_results(workdir: Path) -> dict:
+    files = sorted((workdir / "outputs" / "runs").rglob("results.json"), key=lambda p: p.stat().st_mtime)
+    return json.loads(files[-1].read_text())
+
+
+def test_run_end_to_end(first_run, workdir):
+    res = _latest_results(workdir)
+    assert res["id_accuracy"] >= 0.9
+    for det, per_ood in res["metrics"].items():
+        for ood, m in per_ood.items():
+            assert all(v == v and abs(v) != float("inf") for v in m.values()), (det, ood)
+    assert res["metrics"]["c2ir"]["gaussian_noise"]["auroc"] >= 90.0
+    run_dir = sorted((workdir / "outputs" / "runs").rglob("results.md"))[-1].parent
+    for name in ("results.md", "results.csv", "impressions_grid.png", "roc_gaussian_noise.png", "hist_c2ir.png"):
+        assert (run_dir / name).is_file(), name
+    assert "| c2ir | data-free |" in first_run.stdout
+
+
+def test_second_run_is_all_cache_hits(first_run, workdir):
+    proc = run_cli(["run", *TINY, f"cache_root={workdir / 'cache'}"], cwd=workdir)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    log = proc.stdout + proc.stderr
+    assert "cache miss" not in log
+    assert len(re.findall("cache hit", log)) >= 5
+
+
+def test_changing_ipm_reruns_only_evaluate(first_run, workdir):
+    proc = run_cli(["run", *TINY, "ipm=mean_l2", f"cache_root={workdir / 'cache'}"], cwd=workdir)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    misses = re.findall(r"cache miss: computing (\w+)/", proc.stdout + proc.stderr)
+    assert misses == ["evaluate"]
+
+
+def test_multirun_and_report(first_run, workdir):
+    proc = run_cli(["evaluate", "-m", *TINY, "ipm=mean_l2,mean_l1", f"cache_root={workdir / 'cache'}"], cwd=workdir)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    sweep = sorted((workdir / "outputs" / "multirun").glob("*/*"))[-1]
+    assert len(list(sweep.rglob("results.json"))) == 2
+    rep = run_cli(["report", str(sweep)], cwd=workdir)
+    assert rep.returncode == 0, rep.stderr
+    assert "ipm=mean_l1" in rep.stdout and "ipm=mean_l2" in rep.stdout and "| c2ir |" in rep.stdout
+
+
+def _one_line_error(proc, *needles):
+    assert proc.returncode != 0
+    err = proc.stderr.strip().splitlines()
+    assert "Traceback" not in proc.stderr
+    line = [l for l in err if l.startswith("c2ir: error:")]
+    assert len(line) == 1, proc.stderr
+    for n in needles:
+        assert n in line[0], line[0]
+
+
+def test_help_and_unknown_stage(workdir):
+    top = run_cli(["--help"], cwd=workdir)
+    assert top.returncode == 0 and "synthesize" in top.stdout and "collect-stats" in top.stdout
+    _one_line_error(run_cli(["fly"], cwd=workdir), "unknown stage 'fly'", "synthesize")
+    stage_help = run_cli(["evaluate", "--help"], cwd=workdir)
+    assert stage_help.returncode == 0 and "ood" in stage_help.stdout
+    cfg = run_cli(["synthesize", "--cfg", "job", "synth.iterations=5"], cwd=workdir)
+    assert cfg.returncode == 0 and "iterations: 5" in cfg.stdout
+
+
+def test_bad_inputs_get_one_line(workdir, first_run):
+    cache = f"cache_root={workdir / 'cache'}"
+    _one_line_error(run_cli(["evaluate", "ood=[nope]", cache], cwd=workdir), "unknown ood 'nope'", "gaussian_noise")
+    _one_line_error(run_cli(["run", "model=resnet99", cache], cwd=workdir), "unknown model 'resnet99'", "resnet20")
+    _one_line_error(run_cli(["run", "model.checkpoint=/no/such.pt", cache], cwd=workdir), "checkpoint not found", "model.checkpoint")
+    _one_line_error(run_cli(["run", *TINY, "model.num_classes=5", cache], cwd=workdir), "model.num_classes=5", "data.num_classes=10")
+    _one_line_error(run_cli(["run", "data=imagefolder", f"data.root={workdir / 'none'}", cache], cwd=workdir),
+                    "folder not found", "data.root")
+    _one_line_error(run_cli(["run", "device=cuda:7", cache], cwd=workdir, env={"CUDA_VISIBLE_DEVICES": ""}), "device=")

@@ -1,0 +1,99 @@
+import numpy as np
+import pytest
+import torch
+
+from c2ir.detectors import DETECTOR_TYPES, FitContext, build_detector
+from c2ir.errors import C2IRError, NotFittedError
+from c2ir.metrics import auroc
+from c2ir.stats import compute_class_stats
+
+
+def _bundle(n, k=3, shift=0.0, seed=0, dim=16):
+    """Toy features: class-dependent clusters; `shift` moves everything far away."""
+    g = torch.Generator().manual_seed(seed)
+    labels = torch.arange(n) % k
+    centers = torch.randn(k, dim, generator=torch.Generator().manual_seed(123)) * 3
+    pen = centers[labels] + torch.randn(n, dim, generator=g) * 0.5 + shift
+    pen = pen.abs()
+    logits = pen @ torch.randn(dim, k, generator=torch.Generator().manual_seed(7)) * 0.1
+    logits[torch.arange(n), labels] += 5.0 if shift == 0 else 0.0
+    return {"logits": logits, "penultimate": pen, "layer/a": pen[:, :8], "layer/b": pen[:, 8:],
+            "labels": labels, "spatial/a": pen[:, None, :8].repeat(1, 4, 1), "spatial/b": pen[:, None, 8:].repeat(1, 4, 1)}
+
+
+def _ctx(fit):
+    stats = compute_class_stats(fit, fit["labels"], ["a", "b"], 3, 64)
+    head = torch.nn.Linear(16, 3)
+    return FitContext(layers=["a", "b"], impressions=fit, id_train=fit, class_stats=stats,
+                      layer_weights=torch.tensor([0.5, 0.5]), head=head, ipm={"name": "mean_l2"})
+
+
+@pytest.mark.parametrize("kind,params", [
+    ("c2ir", {"fit_on": "impressions", "logit_score": "none"}),
+    ("c2ir", {"fit_on": "impressions", "logit_score": "energy", "normalize": "impression_std"}),
+    ("mahalanobis", {"fit_on": "impressions"}),
+    ("mahalanobis", {"fit_on": "id_train", "multi_layer": True}),
+    ("knn", {"fit_on": "id_train", "k": 5}),
+])
+def test_far_shift_is_detected(kind, params):
+    fit, test_id, far = _bundle(300, seed=0), _bundle(150, seed=1), _bundle(150, shift=25.0, seed=2)
+    det = build_detector(kind, {"type": kind, **params}).fit(_ctx(fit))
+    assert auroc(det.score(test_id), det.score(far)) > 0.99
+
+
+def test_logit_detectors_on_confident_vs_flat_logits():
+    conf = {"logits": torch.eye(5).repeat(20, 1) * 10}
+    flat = {"logits": torch.zeros(100, 5) + torch.randn(100, 5) * 0.01}
+    for kind in ("msp", "maxlogit", "energy"):
+        det = build_detector(kind, {"type": kind})
+        assert auroc(det.score(conf), det.score(flat)) == 1.0
+
+
+def test_fitted_data_scores_as_id():
+    fit = _bundle(300)
+    for kind, params in [("knn", {"k": 1}), ("mahalanobis", {}), ("c2ir", {"logit_score": "none"})]:
+        det = build_detector(kind, {"type": kind, "fit_on": "impressions", **params}).fit(_ctx(fit))
+        s_fit, s_far = det.score(fit), det.score(_bundle(100, shift=25.0, seed=5))
+        assert np.median(s_fit) < np.min(s_far)
+    knn = build_detector("knn", {"type": "knn", "fit_on": "impressions", "k": 1}).fit(_ctx(fit))
+    assert np.allclose(knn.score(fit), 0.0, atol=1e-3)  # every point is its own nearest neighbour
+
+
+def test_score_before_fit_is_a_typed_error():
+    for kind in ("c2ir", "knn", "mahalanobis", "react", "nmd"):
+        with pytest.raises(NotFittedError):
+            build_detector(kind, {"type": kind, "fit_on": "impressions"}).score(_bundle(4))
+
+
+def test_full_access_detector_without_train_data_says_so():
+    fit = _bundle(30)
+    ctx = _ctx(fit)
+    ctx.id_train = None
+    with pytest.raises(C2IRError, match="id_train"):
+        build_detector("knn", {"type": "knn", "fit_on": "id_train"}).fit(ctx)
+
+
+def test_react_clips_at_fit_percentile():
+    fit = _bundle(200)
+    det = build_detector("react", {"type": "react", "fit_on": "impressions", "percentile": 90}).fit(_ctx(fit))
+    assert det.threshold == pytest.approx(float(torch.quantile(fit["penultimate"].flatten(), 0.9)), rel=1e-4)
+
+
+def test_nmd_is_zero_at_running_means():
+    from c2ir.models.small_cnn import SmallCNN
+
+    model = SmallCNN(1, 10, 4).eval()
+    det = build_detector("nmd", {"type": "nmd"}).fit(FitContext(model=model))
+    feats = {f"bn/{n}": m.running_mean[None].clone() for n, m in model.named_modules() if isinstance(m, torch.nn.BatchNorm2d)}
+    assert det.score(feats)[0] == pytest.approx(0.0, abs=1e-6)
+
+
+def test_every_detector_has_a_config():
+    from c2ir.config import config_dir
+
+    types = set()
+    for f in (config_dir() / "detectors").glob("*.yaml"):
+        import yaml
+        (cfg,) = yaml.safe_load(f.read_text()).values()
+        types.add(cfg["type"])
+    assert types == set(DETECTOR_TYPES)
