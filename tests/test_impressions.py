@@ -78,3 +78,12 @@ def test_divergence_names_iteration_and_fix(trained):
 def test_class_balanced_targets():
     all_t = torch.cat([batch_targets(10, 7, 32, b) for b in range(3)])
     assert len(all_t) == 70 and torch.equal(torch.bincount(all_t), torch.full((10,), 7))
+
+
+def test_channel_mean_var_matches_var_mean():
+    from c2ir.impressions import channel_mean_var
+
+    x = torch.randn(7, 5, 6, 4) * 2 + 1
+    mean, var = channel_mean_var(x)
+    ref_var, ref_mean = torch.var_mean(x, dim=(0, 2, 3), unbiased=False)
+    assert torch.allclose(mean, ref_mean, atol=1e-5) and torch.allclose(var, ref_var, atol=1e-4)
