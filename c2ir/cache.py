@@ -231,17 +231,12 @@ class ArtifactStore:
         assert artifact is not None, f"published artifact {final} failed its own check"
         return artifact
 
-    def get_or_create(
-        self,
-        stage: str,
-        key: str,
-        build: Callable[[Path], Mapping[str, Any] | None],
-        *,
-        config: Mapping[str, Any],
-        upstream: Mapping[str, str] | None = None,
-        seed: int | None = None,
-    ) -> Artifact:
-        """Return the cached artifact, or build and publish it (once, under the key's lock)."""
+    def get_or_create(self, stage: str, key: str, build: Callable[[Path], Mapping[str, Any] | None],
+                      **manifest: Any) -> Artifact:
+        """Return the cached artifact, or build and publish it (once, under the key's lock).
+
+        `manifest` takes `publish`'s keywords (config, upstream, seed).
+        """
         found = self.lookup(stage, key)
         if found is not None:
             log.info("cache hit: %s/%s", stage, key)
@@ -252,4 +247,4 @@ class ArtifactStore:
                 log.info("cache hit: %s/%s (computed by another process)", stage, key)
                 return found
             log.info("cache miss: computing %s/%s", stage, key)
-            return self.publish(stage, key, build, config=config, upstream=upstream, seed=seed)
+            return self.publish(stage, key, build, **manifest)

@@ -38,10 +38,17 @@ def run_dir(cfg: Any) -> Path:
     return path
 
 
+def ordered_detectors(result: dict) -> list[str]:
+    """C2IR first, then the other data-free detectors, then the full-access comparators."""
+    access = result.get("access", {})
+    return sorted(result["metrics"], key=lambda d: (access.get(d) == "full access", d != "c2ir", d))
+
+
 def rows(result: dict) -> list[dict[str, Any]]:
     """Long format: one row per detector x OOD set, plus a `mean` row per detector."""
     out = []
-    for det, per_ood in result["metrics"].items():
+    for det in ordered_detectors(result):
+        per_ood = result["metrics"][det]
         access = result.get("access", {}).get(det, "")
         for ood, m in per_ood.items():
             out.append({"detector": det, "access": access, "ood": ood, **{k: m[k] for k in METRICS}})
@@ -56,7 +63,8 @@ def summary_table(result: dict) -> str:
     head = "| detector | access | " + " | ".join(f"{o} AUROC / FPR95" for o in oods) + " | mean AUROC / FPR95 |"
     sep = "|" + "---|" * (len(oods) + 3)
     lines = [head, sep]
-    for det, per in result["metrics"].items():
+    for det in ordered_detectors(result):
+        per = result["metrics"][det]
         cells = [f"{per[o]['auroc']:.1f} / {per[o]['fpr95']:.1f}" for o in oods]
         mean_auc = np.mean([per[o]["auroc"] for o in oods])
         mean_fpr = np.mean([per[o]["fpr95"] for o in oods])

@@ -94,3 +94,32 @@ def test_bad_inputs_get_one_line(workdir, first_run):
     _one_line_error(run_cli(["run", "data=imagefolder", f"data.root={workdir / 'none'}", cache], cwd=workdir),
                     "folder not found", "data.root")
     _one_line_error(run_cli(["run", "device=cuda:7", cache], cwd=workdir, env={"CUDA_VISIBLE_DEVICES": ""}), "device=")
+
+
+def test_finetune_a_checkpoint_on_an_imagefolder(tmp_path):
+    """`train` fine-tunes `model.checkpoint` on any ImageFolder ID set, logging accuracy per epoch."""
+    import numpy as np
+    import torch
+    from PIL import Image
+
+    from c2ir.models import build_model
+    from omegaconf import OmegaConf
+
+    rng = np.random.default_rng(0)
+    for split in ("train", "test"):
+        for c in range(3):
+            d = tmp_path / "ds" / split / f"c{c}"
+            d.mkdir(parents=True)
+            for i in range(6):
+                Image.fromarray(rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)).save(d / f"{i}.png")
+    model = build_model(OmegaConf.create({"arch": "cifar_resnet", "depth": 20, "num_classes": 3, "in_channels": 3}))
+    torch.save({"net": model.state_dict()}, tmp_path / "ck.pt")
+    proc = run_cli(["train", "model=resnet20", "data=imagefolder", f"data.root={tmp_path / 'ds'}", "data.num_classes=3",
+                    f"model.checkpoint={tmp_path / 'ck.pt'}", "train.finetune=true", "train.epochs=2", "train.batch_size=8",
+                    f"cache_root={tmp_path / 'cache'}"], cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    log = proc.stdout + proc.stderr
+    assert "fine-tuning from" in log and "train epoch 2/2" in log and "test acc" in log
+    refused = run_cli(["train", "model=resnet20", "data=imagefolder", f"data.root={tmp_path / 'ds'}", "data.num_classes=3",
+                       f"model.checkpoint={tmp_path / 'ck.pt'}", f"cache_root={tmp_path / 'cache'}"], cwd=tmp_path)
+    assert refused.returncode == 2 and "train.finetune=true" in refused.stderr

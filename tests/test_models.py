@@ -114,3 +114,12 @@ def test_not_a_checkpoint(tmp_path):
     path.write_bytes(b"this is not a checkpoint")
     with pytest.raises(C2IRError):
         read_checkpoint(path)
+
+
+def test_torchvision_classifier_by_name_offline():
+    cfg = _cfg(arch="torchvision", name="resnet18", weights=None, in_channels=3)
+    model = build_model(cfg).eval()
+    with torch.no_grad():
+        assert model(torch.randn(1, 3, 64, 64)).shape == (1, 10)
+    with pytest.raises(C2IRError, match="unknown torchvision classifier"):
+        build_model(_cfg(arch="torchvision", name="not_a_net", weights=None))

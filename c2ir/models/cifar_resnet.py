@@ -11,6 +11,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from c2ir.models.resnet import make_stage
+
 
 class OptionAShortcut(nn.Module):
     """Parameter-free shortcut: subsample by 2 and zero-pad the channels (planes/4 each side)."""
@@ -23,23 +25,8 @@ class OptionAShortcut(nn.Module):
         return F.pad(x[:, :, ::2, ::2], (0, 0, 0, 0, self.pad, self.pad))
 
 
-class BasicBlock(nn.Module):
-    def __init__(self, in_planes: int, planes: int, stride: int = 1):
-        super().__init__()
-        self.conv1 = nn.Conv2d(in_planes, planes, 3, stride=stride, padding=1, bias=False)
-        self.bn1 = nn.BatchNorm2d(planes)
-        self.act1 = nn.ReLU()
-        self.conv2 = nn.Conv2d(planes, planes, 3, stride=1, padding=1, bias=False)
-        self.bn2 = nn.BatchNorm2d(planes)
-        self.shortcut: nn.Module = nn.Identity()
-        if stride != 1 or in_planes != planes:
-            self.shortcut = OptionAShortcut(planes)
-        self.act2 = nn.ReLU()
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = self.act1(self.bn1(self.conv1(x)))
-        out = self.bn2(self.conv2(out))
-        return self.act2(out + self.shortcut(x))
+def option_a_shortcut(_in_planes: int, planes: int, _stride: int) -> nn.Module:
+    return OptionAShortcut(planes)
 
 
 class CifarResNet(nn.Module):
@@ -48,24 +35,16 @@ class CifarResNet(nn.Module):
         if (depth - 2) % 6 != 0:
             raise ValueError(f"CIFAR ResNet depth must be 6n+2, got {depth}")
         n = (depth - 2) // 6
-        self.in_planes = 16
         self.conv1 = nn.Conv2d(in_channels, 16, 3, stride=1, padding=1, bias=False)
         self.bn1 = nn.BatchNorm2d(16)
         self.stem_act = nn.ReLU()
-        self.layer1 = self._make_layer(16, n, 1)
-        self.layer2 = self._make_layer(32, n, 2)
-        self.layer3 = self._make_layer(64, n, 2)
+        self.layer1 = make_stage(16, 16, n, 1, option_a_shortcut)
+        self.layer2 = make_stage(16, 32, n, 2, option_a_shortcut)
+        self.layer3 = make_stage(32, 64, n, 2, option_a_shortcut)
         self.linear = nn.Linear(64, num_classes)
         for m in self.modules():
             if isinstance(m, (nn.Conv2d, nn.Linear)):
                 nn.init.kaiming_normal_(m.weight)
-
-    def _make_layer(self, planes: int, blocks: int, stride: int) -> nn.Sequential:
-        layers = []
-        for s in [stride] + [1] * (blocks - 1):
-            layers.append(BasicBlock(self.in_planes, planes, s))
-            self.in_planes = planes
-        return nn.Sequential(*layers)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.stem_act(self.bn1(self.conv1(x)))

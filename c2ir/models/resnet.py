@@ -6,25 +6,31 @@ Key-compatible with the ResNet-34 checkpoint released with the Mahalanobis detec
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch import nn
 
 
-class BasicBlock(nn.Module):
-    expansion = 1
+def projection_shortcut(in_planes: int, planes: int, stride: int) -> nn.Module:
+    """Option B: 1x1 conv + BN (keys `shortcut.0`, `shortcut.1`)."""
+    return nn.Sequential(nn.Conv2d(in_planes, planes, 1, stride=stride, bias=False), nn.BatchNorm2d(planes))
 
-    def __init__(self, in_planes: int, planes: int, stride: int = 1):
+
+class BasicBlock(nn.Module):
+    """conv-BN-ReLU-conv-BN + shortcut, then ReLU; `make_shortcut` builds the shortcut when the shape changes."""
+
+    def __init__(self, in_planes: int, planes: int, stride: int = 1,
+                 make_shortcut: Callable[[int, int, int], nn.Module] = projection_shortcut):
         super().__init__()
         self.conv1 = nn.Conv2d(in_planes, planes, 3, stride=stride, padding=1, bias=False)
         self.bn1 = nn.BatchNorm2d(planes)
         self.act1 = nn.ReLU()
         self.conv2 = nn.Conv2d(planes, planes, 3, stride=1, padding=1, bias=False)
         self.bn2 = nn.BatchNorm2d(planes)
-        self.shortcut: nn.Module = nn.Sequential()
+        self.shortcut: nn.Module = nn.Sequential()  # identity, no keys
         if stride != 1 or in_planes != planes:
-            self.shortcut = nn.Sequential(
-                nn.Conv2d(in_planes, planes, 1, stride=stride, bias=False), nn.BatchNorm2d(planes)
-            )
+            self.shortcut = make_shortcut(in_planes, planes, stride)
         self.act2 = nn.ReLU()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -33,25 +39,26 @@ class BasicBlock(nn.Module):
         return self.act2(out + self.shortcut(x))
 
 
+def make_stage(in_planes: int, planes: int, blocks: int, stride: int,
+               make_shortcut: Callable[[int, int, int], nn.Module] = projection_shortcut) -> nn.Sequential:
+    """`blocks` BasicBlocks, the first with `stride`."""
+    return nn.Sequential(*[
+        BasicBlock(in_planes if i == 0 else planes, planes, stride if i == 0 else 1, make_shortcut)
+        for i in range(blocks)
+    ])
+
+
 class ResNet(nn.Module):
     def __init__(self, blocks: list[int], num_classes: int = 10, in_channels: int = 3):
         super().__init__()
-        self.in_planes = 64
         self.conv1 = nn.Conv2d(in_channels, 64, 3, stride=1, padding=1, bias=False)
         self.bn1 = nn.BatchNorm2d(64)
         self.stem_act = nn.ReLU()
-        self.layer1 = self._make_layer(64, blocks[0], 1)
-        self.layer2 = self._make_layer(128, blocks[1], 2)
-        self.layer3 = self._make_layer(256, blocks[2], 2)
-        self.layer4 = self._make_layer(512, blocks[3], 2)
+        self.layer1 = make_stage(64, 64, blocks[0], 1)
+        self.layer2 = make_stage(64, 128, blocks[1], 2)
+        self.layer3 = make_stage(128, 256, blocks[2], 2)
+        self.layer4 = make_stage(256, 512, blocks[3], 2)
         self.linear = nn.Linear(512, num_classes)
-
-    def _make_layer(self, planes: int, n: int, stride: int) -> nn.Sequential:
-        layers = []
-        for s in [stride] + [1] * (n - 1):
-            layers.append(BasicBlock(self.in_planes, planes, s))
-            self.in_planes = planes
-        return nn.Sequential(*layers)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.stem_act(self.bn1(self.conv1(x)))
