@@ -19,6 +19,17 @@ REPO = Path(__file__).resolve().parents[1]
 TINY = ["detectors=[msp,energy,c2ir,mahalanobis_imp,nmd]",
         "ood=[pixel_shuffled,gaussian_noise]"]
 
+def has_module(name: str) -> bool:
+    """True if `name` is importable (find_spec raises when a parent package is missing)."""
+    import importlib.util
+
+    try:
+        return importlib.util.find_spec(name) is not None
+    except ModuleNotFoundError:
+        return False
+
+
+HAS_JOBLIB_LAUNCHER = has_module("hydra_plugins.hydra_joblib_launcher")
 needs_shared = pytest.mark.skipif(shared_dir() is None, reason="shared/ data folder not found (set C2IR_SHARED_DIR)")
 
 

@@ -1,16 +1,14 @@
 """Every option of every config group composes; shared values are interpolated."""
 
-import importlib.util
-
 import pytest
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
 from c2ir.config import config_dir
-from conftest import make_cfg
+from conftest import HAS_JOBLIB_LAUNCHER, make_cfg
 
 GROUPS = ["model", "data", "ood", "synth", "ipm", "mgi", "detectors", "train", "experiment", "launcher"]
-HAS_LAUNCHERS = importlib.util.find_spec("hydra_plugins.hydra_joblib_launcher") is not None
+HAS_LAUNCHERS = HAS_JOBLIB_LAUNCHER
 
 
 def _options(group):

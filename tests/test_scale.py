@@ -1,6 +1,5 @@
 """Scale-out paths on CPU: torchrun with gloo (2 processes) and a parallel joblib multirun."""
 
-import importlib.util
 import os
 import re
 import subprocess
@@ -10,7 +9,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from conftest import run_cli
+from conftest import HAS_JOBLIB_LAUNCHER, run_cli
 
 ARGS = ["synth.per_class=10", "synth.batch_size=20", "synth.iterations=60", "train.epochs=6",
         "detectors=[msp,energy,c2ir,knn_imp]", "ood=[gaussian_noise,pixel_shuffled]", "batch_size=100"]
@@ -40,8 +39,7 @@ def test_torchrun_gloo_two_processes_matches_single_process(tmp_path):
         assert torch.allclose(sa[k], sb[k], rtol=1e-5, atol=1e-6), k
 
 
-@pytest.mark.skipif(importlib.util.find_spec("hydra_plugins.hydra_joblib_launcher") is None,
-                    reason="needs the cluster extra: pip install 'c2ir[cluster]'")
+@pytest.mark.skipif(not HAS_JOBLIB_LAUNCHER, reason="needs the cluster extra: pip install 'c2ir[cluster]'")
 def test_joblib_multirun_shares_upstream_artifacts(tmp_path):
     proc = run_cli(["run", "-m", "launcher=local", *ARGS, "ipm=mean_l2,mean_l1", f"cache_root={tmp_path / 'cache'}"],
                    tmp_path)
