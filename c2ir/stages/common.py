@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import functools
 import logging
-import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -57,8 +56,7 @@ class Context:
 
     @functools.cached_property
     def model_spec(self) -> dict[str, Any]:
-        spec = {k: v for k, v in plain(self.cfg.model).items() if k not in MODEL_NON_SEMANTIC}
-        return spec
+        return {k: v for k, v in plain(self.cfg.model).items() if k not in MODEL_NON_SEMANTIC}
 
     def data_spec(self, split: str) -> dict[str, Any]:
         d = plain(self.cfg.data)
@@ -153,7 +151,3 @@ class Context:
     @property
     def seed(self) -> int:
         return int(self.cfg.seed)
-
-
-def is_main_process() -> bool:
-    return int(os.environ.get("RANK", "0")) == 0
