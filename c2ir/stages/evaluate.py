@@ -60,6 +60,7 @@ class Evaluation:
         self.stats_art = ensure_stats(ctx)
         self.weights_art = ensure_weights(ctx)
         self._id_test: Any = None
+        self._decoded: dict[str, Any] = {}
         self.sets: dict[str, tuple[Artifact, dict[str, torch.Tensor]]] = {}
         self.id_name = f"{cfg.data.name}-test"
         self.sets[self.id_name] = ensure_features(ctx, self.id_name, ctx.data_spec("test"), self.load_id_test, self.spatial)
@@ -80,7 +81,10 @@ class Evaluation:
         return self._id_test
 
     def load_ood(self, name: str):
-        return load_ood(name, self.ctx.cfg.ood[name], self.ctx.cfg.data, self.load_id_test())
+        """Decoded once per evaluation: the feature pass and ODIN's gradient pass share it."""
+        if name not in self._decoded:
+            self._decoded[name] = load_ood(name, self.ctx.cfg.ood[name], self.ctx.cfg.data, self.load_id_test())
+        return self._decoded[name]
 
     def key(self) -> str:
         cfg = self.ctx.cfg
