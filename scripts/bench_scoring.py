@@ -19,7 +19,7 @@ from bench_common import bench_model, median_ratio, paired
 from c2ir.data.imageset import Normalizer
 from c2ir.detectors import FitContext, build_detector
 from c2ir.device import resolve_device
-from c2ir.features import FeatureHooks, extract_features, select_layers
+from c2ir.features import extract_features, select_layers
 from c2ir.models import head_module
 from c2ir.stats import compute_class_stats
 
@@ -56,15 +56,8 @@ def main() -> None:
     def bare() -> None:
         model(norm(x_u8))
 
-    hooks = FeatureHooks(model, layers, head, spatial_grid=0, with_bn=True)
-
-    @torch.no_grad()
     def full() -> None:
-        with hooks:
-            logits = model(norm(x_u8))
-            out = hooks.pop()
-        feats = {k: v.float().cpu() for k, v in out.items()}
-        feats["logits"] = logits.float().cpu()
+        feats = extract_features(model, x_u8, norm, layers, head, batch_size=args.batch, device=device)
         for d in dets:
             d.score(feats)
 

@@ -23,7 +23,7 @@ from hydra import compose, initialize_config_dir
 
 from c2ir.config import config_dir, register_resolvers
 from c2ir.detectors import build_detector
-from c2ir.detectors.c2ir import LOGIT_SCORES
+from c2ir.detectors.c2ir import LOGIT_SCORES, combine, impression_scale
 from c2ir.metrics import auroc
 from c2ir.stages.common import Context
 from c2ir.stages.evaluate import Evaluation
@@ -89,16 +89,13 @@ def main(argv: list[str]) -> None:
         for (sname, cols), (mname, w_all), norm, (logit, lw) in grid:
             w = w_all[cols]
             w = w / w.sum() if w.sum() > 0 else torch.full_like(w, 1 / len(w))
-            imp = raw_imp[:, cols]
-            loc = imp.mean(0) if norm == "impression_z" else torch.zeros(len(cols), dtype=imp.dtype)
-            spread = imp.std(0).clamp(min=1e-12) if norm != "none" else torch.ones(len(cols), dtype=imp.dtype)
+            loc, spread = impression_scale(raw_imp[:, cols], norm)
+            use_logit = logit != "none"
 
             def score(name: str) -> np.ndarray:
-                s = ((raw[name][:, cols] - loc) / spread) @ w
-                if logit != "none":
-                    li_ = logit_imp[logit]
-                    s = s + lw * (logit_cache[logit][name] - li_.mean()) / li_.std().clamp(min=1e-12)
-                return s.numpy()
+                return combine(raw[name][:, cols], loc, spread, w,
+                               logit_cache[logit][name] if use_logit else None,
+                               logit_imp[logit] if use_logit else None, lw).numpy()
 
             id_s = score(ev.id_name)
             aucs = [100 * auroc(id_s, score(o)) for o in oods]

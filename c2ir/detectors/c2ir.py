@@ -29,6 +29,28 @@ LOGIT_SCORES = {
     "maxlogit": lambda logits: -logits.double().max(1).values,
 }
 
+NORMALIZATIONS = ("impression_z", "impression_std", "none")
+
+
+def impression_scale(raw_imp: torch.Tensor, normalize: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """(loc, spread) per column of the impressions' own deviations (N, L), for `normalize`."""
+    if normalize not in NORMALIZATIONS:
+        raise C2IRError(f"c2ir.normalize={normalize!r}; choose impression_z, impression_std or none")
+    cols = raw_imp.shape[1]
+    loc = raw_imp.mean(0) if normalize == "impression_z" else torch.zeros(cols, dtype=raw_imp.dtype)
+    spread = raw_imp.std(0).clamp(min=1e-12) if normalize != "none" else torch.ones(cols, dtype=raw_imp.dtype)
+    return loc, spread
+
+
+def combine(raw: torch.Tensor, loc: torch.Tensor, spread: torch.Tensor, weights: torch.Tensor,
+            logit: torch.Tensor | None = None, logit_imp: torch.Tensor | None = None,
+            logit_weight: float = 0.0) -> torch.Tensor:
+    """S = sum_l w_l (d_l - loc_l) / spread_l [+ logit_weight * z-score of `logit` on `logit_imp`] (pure)."""
+    score = ((raw - loc) / spread) @ weights.to(raw.dtype)
+    if logit is not None and logit_imp is not None:
+        score = score + logit_weight * (logit - logit_imp.mean()) / logit_imp.std().clamp(min=1e-12)
+    return score
+
 
 class C2IR(Detector):
     requires_fit = True
@@ -52,14 +74,9 @@ class C2IR(Detector):
         self.logit_weight = float(self.params.get("logit_weight", 1.0))
         if self.logit_score not in ("none", *LOGIT_SCORES):
             raise C2IRError(f"c2ir.logit_score={self.logit_score!r}; choose none, {', '.join(LOGIT_SCORES)}")
-        raw = self.layer_deviations(ctx.impressions)
-        self.loc = raw.mean(0) if self.normalize == "impression_z" else torch.zeros(raw.shape[1], dtype=raw.dtype)
-        self.spread = raw.std(0).clamp(min=1e-12) if self.normalize != "none" else torch.ones(raw.shape[1], dtype=raw.dtype)
-        if self.normalize not in ("impression_z", "impression_std", "none"):
-            raise C2IRError(f"c2ir.normalize={self.normalize!r}; choose impression_z, impression_std or none")
-        if self.logit_score != "none":
-            s = LOGIT_SCORES[self.logit_score](ctx.impressions["logits"])
-            self.logit_loc, self.logit_spread = s.mean(), s.std().clamp(min=1e-12)
+        self.loc, self.spread = impression_scale(self.layer_deviations(ctx.impressions), self.normalize)
+        self.logit_imp = (None if self.logit_score == "none"
+                          else LOGIT_SCORES[self.logit_score](ctx.impressions["logits"]))
 
     def layer_deviations(self, feats: FeatureBundle, chunk: int = 1024) -> torch.Tensor:
         """(N, L) raw IPM deviations of each input from its predicted class, per layer."""
@@ -75,12 +92,7 @@ class C2IR(Detector):
             cols.append(torch.cat(parts).double())
         return torch.stack(cols, dim=1)
 
-    def normalized_deviations(self, feats: FeatureBundle) -> torch.Tensor:
-        return (self.layer_deviations(feats) - self.loc) / self.spread
-
     def _score(self, feats):
-        score = self.normalized_deviations(feats) @ self.weights
-        if self.logit_score != "none":
-            z = (LOGIT_SCORES[self.logit_score](feats["logits"]) - self.logit_loc) / self.logit_spread
-            score = score + self.logit_weight * z
-        return score
+        logit = None if self.logit_imp is None else LOGIT_SCORES[self.logit_score](feats["logits"])
+        return combine(self.layer_deviations(feats), self.loc, self.spread, self.weights,
+                       logit, self.logit_imp, self.logit_weight)

@@ -59,8 +59,7 @@ class Evaluation:
         self.spatial = int(cfg.features.spatial_grid) if (self.ipm.needs_spatial and uses_ipm) else 0
         self.stats_art = ensure_stats(ctx)
         self.weights_art = ensure_weights(ctx)
-        self._id_test: Any = None
-        self._decoded: dict[str, Any] = {}
+        self._decoded: dict[str, Any] = {}  # decoded image sets, shared by feature passes and ODIN
         self.sets: dict[str, tuple[Artifact, dict[str, torch.Tensor]]] = {}
         self.id_name = f"{cfg.data.name}-test"
         self.sets[self.id_name] = ensure_features(ctx, self.id_name, ctx.data_spec("test"), self.load_id_test, self.spatial)
@@ -76,12 +75,11 @@ class Evaluation:
                 self.detectors = {n: d for n, d in self.detectors.items() if d.fit_on != "id_train"}
 
     def load_id_test(self):
-        if self._id_test is None:
-            self._id_test = load_id(self.ctx.cfg.data, "test")
-        return self._id_test
+        if self.id_name not in self._decoded:
+            self._decoded[self.id_name] = load_id(self.ctx.cfg.data, "test")
+        return self._decoded[self.id_name]
 
     def load_ood(self, name: str):
-        """Decoded once per evaluation: the feature pass and ODIN's gradient pass share it."""
         if name not in self._decoded:
             self._decoded[name] = load_ood(name, self.ctx.cfg.ood[name], self.ctx.cfg.data, self.load_id_test())
         return self._decoded[name]
