@@ -8,9 +8,14 @@ of its upstream artifacts, so changing `ipm` re-runs only evaluate while changin
 Crash safety: an artifact is built in a private temporary directory and published
 with one `os.rename`, so a reader sees either nothing or a complete artifact. A
 per-key file lock (`fcntl.flock`) makes concurrent processes that need the same
-key wait for the first one instead of computing it twice. An artifact whose
-manifest is missing or whose files do not match the sizes recorded there is
-treated as absent (with a warning) and recomputed.
+key wait for the first one instead of computing it twice.
+
+Trust: the manifest records a BLAKE2b content hash of every file, verified on every
+read (once per process per unchanged file), so a damaged or edited file is never
+used: it is reported, discarded and recomputed. A downstream artifact also records
+the content digests of the upstream artifacts it was built from (`inputs`); when an
+upstream artifact is recomputed with different bytes, the downstream one no longer
+matches and is recomputed too, instead of staying cached on top of the repair.
 """
 
 from __future__ import annotations
@@ -48,6 +53,27 @@ def make_key(stage: str, config: Mapping[str, Any], upstream: Mapping[str, str] 
     """Hash of the stage name, the config subset it depends on, and its upstream keys."""
     payload = {"stage": stage, "config": config, "upstream": dict(upstream or {})}
     return hashlib.sha256(canonical_json(payload).encode()).hexdigest()[:KEY_LENGTH]
+
+
+def file_blake2b(path: Path) -> str:
+    """BLAKE2b-256 of a file, streamed: the manifest's content hash (faster than SHA-256 here, docs/BENCHMARKS.md)."""
+    digest = hashlib.blake2b(digest_size=32)
+    with open(path, "rb") as fh:
+        while block := fh.read(1 << 20):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+# (path, size, mtime_ns, inode) -> hash: a file is hashed once per process while it is unchanged
+_VERIFIED: dict[tuple[str, int, int, int], str] = {}
+
+
+def cached_file_hash(path: Path) -> str:
+    st = path.stat()
+    ident = (str(path), st.st_size, st.st_mtime_ns, st.st_ino)
+    if ident not in _VERIFIED:
+        _VERIFIED[ident] = file_blake2b(path)
+    return _VERIFIED[ident]
 
 
 def file_sha256(path: Path) -> str:
@@ -111,6 +137,11 @@ class Artifact:
     path: Path
     manifest: dict[str, Any]
 
+    @property
+    def digest(self) -> str:
+        """Content digest of the artifact (its files' hashes): what downstream artifacts record as their input."""
+        return hashlib.sha256(canonical_json(self.manifest.get("files", {})).encode()).hexdigest()[:KEY_LENGTH]
+
     def tensors(self, name: str = "tensors.safetensors") -> dict[str, torch.Tensor]:
         return load_file(str(self.path / name))
 
@@ -134,34 +165,47 @@ class ArtifactStore:
         """Scratch space for resumable work (completed synthesis batches, training epochs)."""
         return self.root / stage / f"{key}.partial"
 
-    def lookup(self, stage: str, key: str) -> Artifact | None:
-        """Return the artifact if it is complete; a broken one is moved aside and reported absent."""
+    def lookup(self, stage: str, key: str, inputs: Mapping[str, str] | None = None) -> Artifact | None:
+        """Return the artifact if it is complete and verified; a broken one is moved aside and reported absent.
+
+        `inputs` (upstream name -> content digest) must equal what the artifact was built from.
+        """
         path = self.dir(stage, key)
         if not path.exists():
             return None
-        problem = self._check(path)
+        problem, manifest = self._check(path)
+        if problem is None and inputs is not None and manifest.get("inputs", {}) != dict(inputs):
+            problem = "it was built from different upstream artifacts (an upstream artifact was recomputed)"
         if problem is None:
-            return Artifact(stage, key, path, json.loads((path / MANIFEST).read_text()))
-        log.warning("cache: %s/%s is incomplete (%s); recomputing it", stage, key, problem)
+            return Artifact(stage, key, path, manifest)
+        log.warning("cache: %s/%s is damaged or stale (%s); discarding and recomputing it", stage, key, problem)
         self._discard(path)
         return None
 
     @staticmethod
-    def _check(path: Path) -> str | None:
+    def _check(path: Path) -> tuple[str | None, dict[str, Any]]:
+        """(problem or None, manifest): every file present with the recorded size and content hash."""
         manifest_path = path / MANIFEST
         if not manifest_path.is_file():
-            return "manifest.json is missing"
+            return "manifest.json is missing", {}
         try:
             manifest = json.loads(manifest_path.read_text())
-        except (OSError, json.JSONDecodeError):
-            return "manifest.json is unreadable"
-        for name, meta in manifest.get("files", {}).items():
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+            return "manifest.json is unreadable", {}
+        files = manifest.get("files") if isinstance(manifest, dict) else None
+        if not isinstance(files, dict) or not all(isinstance(m, dict) for m in files.values()):
+            return "manifest.json is not a c2ir manifest (no file table)", {}
+        for name, meta in files.items():
             f = path / name
             if not f.is_file():
-                return f"{name} is missing"
-            if f.stat().st_size != meta["size"]:
-                return f"{name} has {f.stat().st_size} bytes, manifest says {meta['size']} (truncated?)"
-        return None
+                return f"{name} is missing", {}
+            if f.stat().st_size != meta.get("size"):
+                return f"{name} has {f.stat().st_size} bytes, manifest says {meta.get('size')} (truncated?)", {}
+            if "blake2b" not in meta:
+                return f"{name} has no content hash in the manifest (written by an older c2ir)", {}
+            if cached_file_hash(f) != meta["blake2b"]:
+                return f"{name} does not match its content hash (modified or corrupted)", {}
+        return None, manifest
 
     def _discard(self, path: Path) -> None:
         trash = path.with_name(f".trash-{path.name}-{uuid.uuid4().hex[:8]}")
@@ -194,6 +238,7 @@ class ArtifactStore:
         config: Mapping[str, Any],
         upstream: Mapping[str, str] | None = None,
         seed: int | None = None,
+        inputs: Mapping[str, str] | None = None,
     ) -> Artifact:
         """Build an artifact in a temporary directory, write its manifest last, rename it into place."""
         final = self.dir(stage, key)
@@ -203,7 +248,7 @@ class ArtifactStore:
         try:
             extra = dict(build(tmp) or {})
             files = {
-                str(p.relative_to(tmp)): {"size": p.stat().st_size}
+                str(p.relative_to(tmp)): {"size": p.stat().st_size, "blake2b": file_blake2b(p)}
                 for p in sorted(tmp.rglob("*"))
                 if p.is_file()
             }
@@ -212,6 +257,7 @@ class ArtifactStore:
                 "key": key,
                 "config": config,
                 "upstream": dict(upstream or {}),
+                "inputs": dict(inputs or {}),
                 "seed": seed,
                 "versions": package_versions(),
                 "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
@@ -227,7 +273,7 @@ class ArtifactStore:
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
-        artifact = self.lookup(stage, key)
+        artifact = self.lookup(stage, key, inputs)
         assert artifact is not None, f"published artifact {final} failed its own check"
         return artifact
 
@@ -235,16 +281,35 @@ class ArtifactStore:
                       **manifest: Any) -> Artifact:
         """Return the cached artifact, or build and publish it (once, under the key's lock).
 
-        `manifest` takes `publish`'s keywords (config, upstream, seed).
+        `manifest` takes `publish`'s keywords (config, upstream, seed, inputs).
         """
-        found = self.lookup(stage, key)
+        inputs = manifest.get("inputs")
+        found = self.lookup(stage, key, inputs)
         if found is not None:
             log.info("cache hit: %s/%s", stage, key)
             return found
         with self.lock(stage, key):
-            found = self.lookup(stage, key)  # another process may have finished it while we waited
+            found = self.lookup(stage, key, inputs)  # another process may have finished it while we waited
             if found is not None:
                 log.info("cache hit: %s/%s (computed by another process)", stage, key)
                 return found
+            self.remove_leftovers(stage, key)
             log.info("cache miss: computing %s/%s", stage, key)
             return self.publish(stage, key, build, **manifest)
+
+    def remove_leftovers(self, stage: str, key: str) -> None:
+        """Delete what killed builders of this key left behind. Call only under the key's lock.
+
+        Every builder of a key holds its lock while its `.tmp-<key>-*` folder exists, so
+        under the lock such folders (and `.trash-<key>-*` from an interrupted discard)
+        have no living owner. An empty `<key>.partial/` holds no resumable work either.
+        """
+        base = self.root / stage
+        for pattern in (f".tmp-{key}-*", f".trash-{key}-*"):
+            for left in base.glob(pattern):
+                log.info("cache: removing %s left by an interrupted run", left.name)
+                shutil.rmtree(left, ignore_errors=True)
+        partial = self.partial_dir(stage, key)
+        if partial.is_dir() and not any(partial.iterdir()):
+            with contextlib.suppress(OSError):
+                partial.rmdir()

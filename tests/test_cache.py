@@ -10,22 +10,34 @@ import torch
 from c2ir.cache import ArtifactStore, atomic_save_tensors
 from c2ir.stages.collect_stats import stats_key
 from c2ir.stages.common import Context
+from c2ir.cache import make_key
 from c2ir.stages.synthesize import synth_key
 from conftest import make_cfg
 
 
 def _keys(tmp_path, overrides):
+    """Every stage's key for a composed config (pure: nothing is trained or computed)."""
+    from c2ir.stages.evaluate import ood_spec
+    from c2ir.stages.features import features_key
+    from c2ir.stages.weight_layers import weights_key
+
     ctx = Context(make_cfg(tmp_path, overrides))
     sk = synth_key(ctx)
-    from c2ir.cache import make_key
-
-    return {
+    keys = {
         "model": ctx.model_key,
         "synthesize": sk,
         "collect_stats": stats_key(ctx, sk),
-        "weight_layers": ctx.key("weight_layers", {"mgi": dict(ctx.cfg.mgi), "layers": ctx.layers}, {"impressions": sk}),
+        "weight_layers": weights_key(ctx, sk),
+        "features:id_test": features_key(ctx, ctx.data_spec("test"), 0),
         "ipm": make_key("x", dict(ctx.cfg.ipm)),
     }
+    for name in ctx.cfg.ood:
+        keys[f"features:{name}"] = features_key(ctx, ood_spec(ctx, name), 0)
+    return keys
+
+
+ALL = {"model", "synthesize", "collect_stats", "weight_layers", "features:id_test", "features:gaussian_noise"}
+UPSTREAM_OF_MODEL = ALL  # everything downstream of a trained model
 
 
 @pytest.mark.parametrize("override,changed", [
@@ -33,16 +45,56 @@ def _keys(tmp_path, overrides):
     ("mgi=uniform", {"weight_layers"}),
     ("synth.iterations=7", {"synthesize", "collect_stats", "weight_layers"}),
     ("synth.lr=0.2", {"synthesize", "collect_stats", "weight_layers"}),
-    ("train.epochs=3", {"model", "synthesize", "collect_stats", "weight_layers"}),
-    ("layer_set=last", {"collect_stats", "weight_layers"}),
+    ("train.epochs=3", UPSTREAM_OF_MODEL),
+    ("layer_set=last", {"collect_stats", "weight_layers", "features:id_test", "features:gaussian_noise"}),
     ("synth.channels_last=true", set()),       # runtime-only options do not change the impressions
     ("detectors=[msp]", set()),                 # evaluate-only
-    ("ood=[gaussian_noise]", set()),
     ("batch_size=64", set()),
+    # issue 11: the seed trains the model and seeds synthesis, so everything downstream changes
+    ("seed=1", UPSTREAM_OF_MODEL),
+    ("synth.seed=5", {"synthesize", "collect_stats", "weight_layers"}),
+    # `model.head` decides what `penultimate` is: features and class statistics, not the weights or impressions
+    ("model.head=act3", {"collect_stats", "features:id_test", "features:gaussian_noise"}),
+    ("ood.gaussian_noise.seed=9", {"features:gaussian_noise"}),
+    ("data.flip_invariant=true", ALL),          # decides training augmentation and synthesis flips
 ])
 def test_keys_change_exactly_when_relevant(tmp_path, override, changed):
-    base, new = _keys(tmp_path, []), _keys(tmp_path, [override])
+    base, new = _keys(tmp_path, ["ood=[gaussian_noise]"]), _keys(tmp_path, ["ood=[gaussian_noise]", override])
     assert {k for k in base if base[k] != new[k]} == changed
+
+
+def test_seed_is_not_in_keys_of_a_checkpoint_model(tmp_path):
+    """With a checkpoint used as it is, the seed changes synthesis and statistics only."""
+    from c2ir.models import build_model
+
+    cfg = make_cfg(tmp_path)
+    torch.save(build_model(cfg.model).state_dict(), tmp_path / "ck.pt")
+    base = _keys(tmp_path, ["ood=[gaussian_noise]", f"model.checkpoint={tmp_path / 'ck.pt'}"])
+    new = _keys(tmp_path, ["ood=[gaussian_noise]", f"model.checkpoint={tmp_path / 'ck.pt'}", "seed=2"])
+    assert {k for k in base if base[k] != new[k]} == {"synthesize", "collect_stats", "weight_layers"}
+
+
+def test_ood_help_text_and_url_are_not_in_keys(tmp_path):
+    base = _keys(tmp_path, ["ood=[isun]"])
+    new = _keys(tmp_path, ["ood=[isun]", "ood.isun.layout=other words", "ood.isun.url=https://example.org/x.tgz"])
+    assert base == new
+
+
+def test_every_config_field_is_in_a_key_or_runtime_only(tmp_path):
+    """A config field that no KEY_RULES entry covers and RUNTIME_ONLY does not list fails here."""
+    from c2ir.config import config_dir
+    from c2ir.stages.common import uncovered_fields
+
+    oods = ",".join(sorted(p.stem for p in (config_dir() / "ood").glob("*.yaml")))
+    dets = ",".join(sorted(p.stem for p in (config_dir() / "detectors").glob("*.yaml")))
+    combos = [[f"ood=[{oods}]", f"detectors=[{dets}]"], ["data=imagefolder"], ["data=cifar10", "model=torchvision"]]
+    combos += [[f"model={p.stem}", "data=cifar10"] for p in (config_dir() / "model").glob("*.yaml")]
+    combos += [[f"{g}={p.stem}"] for g in ("data", "synth", "train", "ipm", "mgi", "experiment")
+               for p in (config_dir() / g).glob("*.yaml")]
+    for overrides in combos:
+        assert uncovered_fields(make_cfg(tmp_path, overrides)) == [], overrides
+    # and the walk does catch a field nobody declared
+    assert sorted(uncovered_fields(make_cfg(tmp_path, ["+new_knob=1", "+data.new_knob=2"]))) == ["data.new_knob", "new_knob"]
 
 
 def test_keys_are_stable_across_processes(tmp_path):
@@ -79,19 +131,55 @@ def test_failed_build_leaves_nothing(tmp_path):
     assert not [p for p in (tmp_path / "s").iterdir() if not p.name.endswith(".lock")]
 
 
-@pytest.mark.parametrize("damage", ["manifest", "truncate"])
+@pytest.mark.parametrize("damage", ["manifest", "truncate", "same_size_bytes", "header", "manifest_not_object"])
 def test_broken_artifact_is_recomputed(tmp_path, damage, caplog):
     store = ArtifactStore(tmp_path)
     art = store.get_or_create("s", "k", _build("one"), config={})
+    f = art.path / "t.safetensors"
     if damage == "manifest":
         (art.path / "manifest.json").unlink()
-    else:
-        f = art.path / "t.safetensors"
+    elif damage == "truncate":
         f.write_bytes(f.read_bytes()[:-7])
+    elif damage == "same_size_bytes":  # issue 11: bytes changed, size kept (used silently before)
+        data = bytearray(f.read_bytes())
+        data[-3] ^= 0xFF
+        f.write_bytes(bytes(data))
+    elif damage == "header":  # a corrupt safetensors header, same size
+        f.write_bytes(b"\xff" * 8 + f.read_bytes()[8:])
+    else:  # valid JSON, not an object
+        (art.path / "manifest.json").write_text("[1, 2]")
     again = store.get_or_create("s", "k", _build("two"), config={})
     assert again.manifest["tag"] == "two"
-    assert "incomplete" in caplog.text
+    assert "discarding and recomputing" in caplog.text
     assert torch.equal(again.tensors("t.safetensors")["x"], torch.arange(10))
+
+
+def test_downstream_is_recomputed_when_upstream_content_changes(tmp_path, caplog):
+    """An artifact built from an upstream artifact does not stay cached on top of a different upstream."""
+    store = ArtifactStore(tmp_path)
+    up = store.get_or_create("up", "u", _build("one"), config={})
+    down = store.get_or_create("down", "d", _build("from-one"), config={}, inputs={"up": up.digest})
+    # the upstream is recomputed with other bytes (damage detected, or a nondeterministic rebuild)
+    import shutil
+    shutil.rmtree(up.path)
+    up2 = store.get_or_create("up", "u", lambda out: (out / "x.txt").write_text("other") and {}, config={})
+    assert up2.digest != up.digest
+    again = store.get_or_create("down", "d", _build("from-two"), config={}, inputs={"up": up2.digest})
+    assert again.manifest["tag"] == "from-two" and "different upstream" in caplog.text
+    # identical upstream content: the downstream artifact is reused
+    assert store.get_or_create("down", "d", _build("x"), config={}, inputs={"up": up2.digest}).manifest["tag"] == "from-two"
+
+
+def test_leftovers_of_killed_builders_are_removed(tmp_path):
+    store = ArtifactStore(tmp_path)
+    (tmp_path / "s" / ".tmp-k-999999-abcd1234").mkdir(parents=True)
+    (tmp_path / "s" / ".tmp-k-999999-abcd1234" / "big.bin").write_bytes(b"x" * 1000)
+    (tmp_path / "s" / "k.partial").mkdir()
+    (tmp_path / "s" / "other.partial").mkdir()
+    (tmp_path / "s" / "other.partial" / "batch_00000.safetensors").write_bytes(b"resumable")
+    store.get_or_create("s", "k", _build("one"), config={})
+    left = sorted(p.name for p in (tmp_path / "s").iterdir() if not p.name.endswith(".lock"))
+    assert left == ["k", "other.partial"]  # another key's resumable work is kept
 
 
 def _slow_worker(root, q):

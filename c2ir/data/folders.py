@@ -24,6 +24,23 @@ def list_images(root: Path) -> list[Path]:
     return sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
 
 
+def folder_fingerprint(root: Path) -> str:
+    """Hash of a folder's image listing (relative path, size, modification time of every image).
+
+    Folder datasets are keyed by this, not by their path: adding, deleting, replacing or
+    touching an image gives a new key (costs one stat per file, no decoding).
+    """
+    import hashlib
+
+    digest = hashlib.blake2b(digest_size=16)
+    if not root.is_dir():
+        return "missing"
+    for p in list_images(root):
+        st = p.stat()
+        digest.update(f"{p.relative_to(root).as_posix()}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+    return digest.hexdigest()
+
+
 def _fit(img: Image.Image, size: int, mode: str, rng: np.random.Generator) -> Image.Image:
     """Bring an image to size x size: `resize`, `center_crop`, or `random_crop` (seeded)."""
     w, h = img.size

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from c2ir.data import embedded
-from c2ir.data.folders import decode, load_flat_folder, load_labelled_folder
+from c2ir.data.folders import decode, folder_fingerprint, load_flat_folder, load_labelled_folder
 from c2ir.data.imageset import ImageSet, subsample
 from c2ir.data.shared import ensure_extracted
 from c2ir.errors import C2IRError
@@ -99,6 +99,34 @@ def _folder_root(cfg: Any, name: str) -> Path:
     if cfg.get("archive"):
         return ensure_extracted(str(cfg.archive)) / str(cfg.get("subdir") or "")
     raise C2IRError(f"{name}: no root= given; set root= to the folder ({cfg.get('layout', 'a folder of images')})")
+
+
+def _folder_content(cfg: Any, suffix: str = "") -> str | None:
+    """Fingerprint of a folder source: the listing of `root`, or the shared archive's identity."""
+    if cfg.get("root"):
+        return folder_fingerprint(Path(str(cfg.root)).expanduser() / suffix)
+    if cfg.get("archive"):
+        from c2ir.data.shared import shared_dir
+
+        base = shared_dir()
+        src = base / "data" / str(cfg.archive) if base else None
+        if src is None or not src.is_file():
+            return f"archive:{cfg.archive}:missing"
+        st = src.stat()
+        return f"archive:{cfg.archive}:{st.st_size}:{st.st_mtime_ns}:{cfg.get('subdir') or ''}/{suffix}"
+    return None
+
+
+def id_fingerprint(data_cfg: Any, split: str) -> str | None:
+    """Content fingerprint of an ID split read from files (None for sources that are not folders)."""
+    if data_cfg.source not in ("imagefolder", "shared"):
+        return None
+    return _folder_content(data_cfg, str(data_cfg.get(f"{split}_split", split)))
+
+
+def ood_fingerprint(cfg: Any, name: str) -> str | None:
+    """Content fingerprint of a folder OOD set (None for generated or torchvision sets)."""
+    return _folder_content(cfg) if cfg.get("source") == "folder" else None
 
 
 def load_id(data_cfg: Any, split: str) -> ImageSet:

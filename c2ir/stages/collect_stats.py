@@ -16,7 +16,7 @@ from c2ir.cache import Artifact, atomic_save_tensors, atomic_write_json
 from c2ir.data import load_id
 from c2ir.features import extract_features
 from c2ir.stats import ClassStats, compare_stats, compute_class_stats
-from c2ir.stages.common import Context, plain
+from c2ir.stages.common import Context, key_fields, plain
 from c2ir.stages.features import ensure_features
 from c2ir.stages.synthesize import ensure_impressions, load_impressions
 
@@ -24,15 +24,13 @@ log = logging.getLogger(__name__)
 
 
 def stats_key(ctx: Context, synth_key: str) -> str:
-    spec = {"layers": ctx.layers, "spatial_grid": int(ctx.cfg.features.spatial_grid),
-            "max_spatial_per_class": int(ctx.cfg.collect_stats.max_spatial_per_class),
-            "compare_with_id": bool(ctx.cfg.collect_stats.compare_with_id)}
+    spec = {**key_fields(ctx.cfg, "collect_stats"), "layers": ctx.layers}
     return ctx.key("collect_stats", spec, {"impressions": synth_key, "model": ctx.model_key})
 
 
 def id_train_features(ctx: Context, spatial_grid: int = 0):
     """Features of (a fixed-seed subset of) the real ID training split: full-access detectors only."""
-    spec = {**ctx.data_spec("train"), "max_train_samples": ctx.cfg.evaluate.max_train_samples}
+    spec = ctx.data_spec("train")
     data_cfg = ctx.cfg.data.copy()
     data_cfg.max_train_samples = ctx.cfg.evaluate.max_train_samples
     return ensure_features(ctx, f"{ctx.cfg.data.name}-train", spec, lambda: load_id(data_cfg, "train"), spatial_grid)
@@ -68,7 +66,8 @@ def ensure_stats(ctx: Context) -> Artifact:
 
     return ctx.store.get_or_create("collect_stats", key, build,
                                    config={"collect_stats": plain(cs), "layers": ctx.layers},
-                                   upstream={"impressions": synth.key, "model": ctx.model_key}, seed=ctx.seed)
+                                   upstream={"impressions": synth.key, "model": ctx.model_key}, seed=ctx.seed,
+                                   inputs={"impressions": synth.digest, "model": ctx.model_digest})
 
 
 def load_stats(art: Artifact) -> tuple[ClassStats, dict]:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import functools
 import logging
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -26,11 +27,97 @@ from c2ir.models import build_model, head_module, load_checkpoint
 
 log = logging.getLogger(__name__)
 
-# Model config fields that do not change the network's function (excluded from keys).
-MODEL_NON_SEMANTIC = {"checkpoint", "trust_checkpoint", "layer_sets", "head", "description"}
 # Per stage: a code version; bump it when a stage's output format or algorithm changes.
-STAGE_VERSIONS = {"train": 1, "synthesize": 1, "collect_stats": 1, "weight_layers": 1, "features": 1,
-                  "odin": 1, "evaluate": 1}
+STAGE_VERSIONS = {"train": 2, "synthesize": 2, "collect_stats": 2, "weight_layers": 2, "features": 2,
+                  "odin": 2, "evaluate": 2, "model": 2}
+
+
+@dataclass(frozen=True)
+class KeyRule:
+    """The config fields one stage's output depends on (its cache key), declared in one place.
+
+    A pattern is a dotted config path that covers its whole subtree; `*` matches one
+    segment and `{name}` the dataset a per-dataset stage is keyed for. Upstream artifacts
+    enter a key as their keys (and their content digests are checked on read, see cache.py).
+    """
+
+    fields: tuple[str, ...]
+    exclude: tuple[str, ...] = ()
+
+
+# ID data fields that decide which images a split holds (folder sources add a content fingerprint).
+_DATA = ("data.name", "data.source", "data.dataset", "data.root", "data.archive", "data.subdir", "data.image_size",
+         "data.channels", "data.seed", "data.num_classes", "data.mean", "data.std")
+# Model fields that are not the network's function: the checkpoint enters keys by its content hash.
+_MODEL_RUNTIME = ("model.checkpoint", "model.trust_checkpoint", "model.description")
+_LAYERS = ("layer_set", "model.layer_sets", "model.head")  # which activations / which `penultimate` are read
+
+KEY_RULES: dict[str, KeyRule] = {
+    # `seed` draws the initial weights and the batch order/augmentation
+    "train": KeyRule(("seed", "model", "train", *_DATA, "data.train_split", "data.max_train_samples",
+                      "data.flip_invariant"), exclude=(*_MODEL_RUNTIME, *_LAYERS)),
+    # a checkpoint used as it is (no training): no seed
+    "model": KeyRule(("model",), exclude=(*_MODEL_RUNTIME, *_LAYERS)),
+    # synth.seed (default: ${seed}) draws the starting noise, jitter and flips
+    "synthesize": KeyRule(("synth", "data.num_classes", "data.channels", "data.image_size", "data.jitter",
+                           "data.flip_invariant")),
+    # `seed` draws the fixed sample of spatial vectors per class
+    "collect_stats": KeyRule(("seed", "collect_stats", "features.spatial_grid", *_LAYERS, "evaluate.max_train_samples")),
+    "weight_layers": KeyRule(("mgi", "layer_set", "model.layer_sets")),  # gradients on impressions: no seed
+    "features:id_test": KeyRule((*_DATA, "data.test_split", "data.max_test_samples", *_LAYERS)),
+    "features:id_train": KeyRule((*_DATA, "data.train_split", "evaluate.max_train_samples", *_LAYERS)),
+    # an OOD set's own seed chooses its fixed subset / random crops / noise; help text and download
+    # location do not change the images
+    "features:ood": KeyRule(("ood.{name}", "data.image_size", "data.channels", *_LAYERS),
+                            exclude=("ood.{name}.layout", "ood.{name}.url", "ood.{name}.md5", "ood.{name}.download")),
+    "evaluate": KeyRule(("detectors", "ipm")),  # plus the evaluated sets' feature keys as upstream
+}
+# Fields no stage's output depends on (how or where a run happens, not what it computes).
+RUNTIME_ONLY = ("stage", "device", "threads", "batch_size", "cache_root", "output_dir", "paths", "hydra",
+                "synth.autocast", "synth.channels_last", "synth.compile", *_MODEL_RUNTIME,
+                "data.download", "ood.*.layout", "ood.*.url", "ood.*.md5", "ood.*.download")
+
+
+def _matches(pattern: str, path: str, name: str | None = None) -> bool:
+    """Does `pattern` cover the dotted `path` (pattern segments match a prefix of the path's)?"""
+    pat, parts = pattern.split("."), path.split(".")
+    if len(pat) > len(parts):
+        return False
+    for p, q in zip(pat, parts):
+        if p == "*" or (p == "{name}" and (name is None or q == name)):
+            continue
+        if p != q:
+            return False
+    return True
+
+
+def flatten(node: Any, prefix: str = "") -> dict[str, Any]:
+    """{dotted path: leaf value} of a plain config (lists are leaves)."""
+    out: dict[str, Any] = {}
+    for k, v in node.items():
+        path = f"{prefix}{k}"
+        if isinstance(v, dict) and v:
+            out.update(flatten(v, path + "."))
+        else:
+            out[path] = v
+    return out
+
+
+def key_fields(cfg: Any, rule: str, name: str | None = None) -> dict[str, Any]:
+    """The values of the config fields `KEY_RULES[rule]` selects, as {dotted path: value}."""
+    r = KEY_RULES[rule]
+    flat = flatten(plain(cfg))
+    return {p: v for p, v in sorted(flat.items())
+            if any(_matches(f, p, name) for f in r.fields)
+            and not any(_matches(x, p, name) for x in (*r.exclude, *RUNTIME_ONLY))}
+
+
+def uncovered_fields(cfg: Any) -> list[str]:
+    """Config fields that are in no stage's key and not declared runtime-only (must be empty)."""
+    flat = flatten(plain(cfg))
+    return [p for p in flat
+            if not any(_matches(f, p) for f in RUNTIME_ONLY)
+            and not any(any(_matches(f, p) for f in r.fields) for r in KEY_RULES.values())]
 
 
 def plain(node: Any) -> Any:
@@ -54,18 +141,15 @@ class Context:
     def key(self, stage: str, config: Mapping[str, Any], upstream: Mapping[str, str] | None = None) -> str:
         return make_key(stage, {"v": STAGE_VERSIONS[stage], **config}, upstream)
 
-    @functools.cached_property
-    def model_spec(self) -> dict[str, Any]:
-        return {k: v for k, v in plain(self.cfg.model).items() if k not in MODEL_NON_SEMANTIC}
-
     def data_spec(self, split: str) -> dict[str, Any]:
-        d = plain(self.cfg.data)
-        fields = ["name", "source", "dataset", "archive", "subdir", "image_size", "channels", "seed",
-                  f"{split}_split", f"max_{split}_samples", "num_classes"]
-        spec = {k: d.get(k) for k in fields}
-        if d.get("root") and d.get("source") in ("imagefolder", "torchvision"):
-            spec["root"] = str(Path(str(d["root"])).expanduser())
+        """Key fields of an ID split, plus a fingerprint of the files when it comes from a folder."""
+        spec = key_fields(self.cfg, f"features:id_{split}")
         spec["split"] = split
+        from c2ir.data.sources import id_fingerprint
+
+        fingerprint = id_fingerprint(self.cfg.data, split)
+        if fingerprint:
+            spec["content"] = fingerprint
         return spec
 
     @functools.cached_property
@@ -85,15 +169,28 @@ class Context:
 
     @functools.cached_property
     def train_key(self) -> str:
-        train_cfg = plain(self.cfg.train)
-        return self.key("train", {"model": self.model_spec, "data": self.data_spec("train"), "train": train_cfg},
-                        {"init": self.checkpoint_sha or "scratch"})
+        spec = key_fields(self.cfg, "train")
+        from c2ir.data.sources import id_fingerprint
+
+        content = id_fingerprint(self.cfg.data, "train")
+        if content:
+            spec["data.content"] = content
+        return self.key("train", spec, {"init": self.checkpoint_sha or "scratch"})
 
     @functools.cached_property
     def model_key(self) -> str:
         if self.uses_training:
             return self.train_key
-        return make_key("model", {"model": self.model_spec}, {"checkpoint": self.checkpoint_sha or ""})
+        return self.key("model", key_fields(self.cfg, "model"), {"checkpoint": self.checkpoint_sha or ""})
+
+    @functools.cached_property
+    def model_digest(self) -> str:
+        """Content of the model downstream artifacts are built from: the trained weights or the checkpoint."""
+        if self.uses_training:
+            from c2ir.stages.train import ensure_trained
+
+            return ensure_trained(self).digest
+        return f"checkpoint:{self.checkpoint_sha}"
 
     # ----- the model ------------------------------------------------------------------
     def fresh_model(self) -> nn.Module:

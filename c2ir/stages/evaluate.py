@@ -20,13 +20,14 @@ import torch
 from c2ir import report
 from c2ir.cache import Artifact, atomic_save_tensors, atomic_write_json
 from c2ir.data import load_id, load_ood
+from c2ir.data.sources import ood_fingerprint
 from c2ir.detectors import Detector, FitContext, build_detector
 from c2ir.detectors.c2ir import C2IR
 from c2ir.errors import C2IRError
 from c2ir.ipm import get_ipm
 from c2ir.metrics import accuracy, ood_metrics
 from c2ir.stages.collect_stats import ensure_stats, id_train_features, load_stats
-from c2ir.stages.common import Context, plain
+from c2ir.stages.common import Context, key_fields, plain
 from c2ir.stages.features import ensure_features
 from c2ir.stages.weight_layers import ensure_weights, load_weights
 
@@ -34,10 +35,13 @@ log = logging.getLogger(__name__)
 
 
 def ood_spec(ctx: Context, name: str) -> dict[str, Any]:
-    spec = dict(plain(ctx.cfg.ood[name]))
-    spec.pop("download", None)
+    """Key fields of one OOD set (KEY_RULES["features:ood"]), with its folder's content fingerprint."""
+    spec = {k.removeprefix(f"ood.{name}."): v for k, v in key_fields(ctx.cfg, "features:ood", name).items()}
     if spec.get("source") == "pixel_shuffled":
         spec["base"] = ctx.data_spec("test")
+    content = ood_fingerprint(ctx.cfg.ood[name], name)
+    if content:
+        spec["content"] = content
     return {"ood": name, **spec}
 
 
@@ -86,13 +90,20 @@ class Evaluation:
 
     def key(self) -> str:
         cfg = self.ctx.cfg
-        spec = {"detectors": {n: plain(cfg.detectors[n]) for n in self.detectors}, "ipm": plain(cfg.ipm),
-                "sets": list(self.sets)}
+        spec = {**key_fields(cfg, "evaluate"), "used": sorted(self.detectors), "sets": list(self.sets)}
         upstream = {f"features:{n}": a.key for n, (a, _) in self.sets.items()}
         upstream.update(stats=self.stats_art.key, weights=self.weights_art.key, model=self.ctx.model_key)
         if self.id_train is not None:
             upstream["features:id_train"] = self.id_train[0].key
         return self.ctx.key("evaluate", spec, upstream)
+
+    def inputs(self) -> dict[str, str]:
+        """Content digests of every upstream artifact the evaluation reads."""
+        out = {f"features:{n}": a.digest for n, (a, _) in self.sets.items()}
+        out.update(stats=self.stats_art.digest, weights=self.weights_art.digest, model=self.ctx.model_digest)
+        if self.id_train is not None:
+            out["features:id_train"] = self.id_train[0].digest
+        return out
 
     def fit_context(self) -> FitContext:
         stats, imp = load_stats(self.stats_art)
@@ -115,7 +126,8 @@ class Evaluation:
             return {}
 
         art = ctx.store.get_or_create("odin", key, build, config={"params": det.params, "set": set_name},
-                                      upstream={"features": feat_art.key})
+                                      upstream={"features": feat_art.key},
+                                      inputs={"features": feat_art.digest, "model": ctx.model_digest})
         return art.tensors("scores.safetensors")["scores"].numpy()
 
     def compute(self, out: Path) -> dict:
@@ -153,7 +165,8 @@ def evaluate(ctx: Context) -> Artifact:
     ev = Evaluation(ctx)
     key = ev.key()
     return ctx.store.get_or_create("evaluate", key, ev.compute, config={"ipm": plain(ctx.cfg.ipm)},
-                                   upstream={"stats": ev.stats_art.key, "weights": ev.weights_art.key}, seed=ctx.seed)
+                                   upstream={"stats": ev.stats_art.key, "weights": ev.weights_art.key}, seed=ctx.seed,
+                                   inputs=ev.inputs())
 
 
 def run(cfg) -> None:

@@ -22,8 +22,8 @@ log = logging.getLogger(__name__)
 
 
 def features_key(ctx: Context, dataset_spec: dict[str, Any], spatial_grid: int) -> str:
-    spec = {"dataset": dataset_spec, "layers": ctx.layers, "spatial_grid": int(spatial_grid),
-            "image_size": int(ctx.cfg.data.image_size), "channels": int(ctx.cfg.data.channels)}
+    """`dataset_spec` holds the set's key fields (KEY_RULES["features:*"]) and content fingerprint."""
+    spec = {"dataset": dataset_spec, "layers": ctx.layers, "spatial_grid": int(spatial_grid)}
     return ctx.key("features", spec, {"model": ctx.model_key})
 
 
@@ -31,7 +31,8 @@ def ensure_features(ctx: Context, name: str, dataset_spec: dict[str, Any], load:
                     spatial_grid: int = 0) -> tuple[Artifact, FeatureBundle]:
     """Features of one dataset, from the cache or from one (possibly sharded) forward pass."""
     key = features_key(ctx, dataset_spec, spatial_grid)
-    found = ctx.store.lookup("features", key)
+    inputs = {"model": ctx.model_digest}
+    found = ctx.store.lookup("features", key, inputs)
     if found is None:
         data = load()
         if data.skipped:
@@ -44,9 +45,9 @@ def ensure_features(ctx: Context, name: str, dataset_spec: dict[str, Any], load:
 
         if ctx.dist.is_main:
             ctx.store.get_or_create("features", key, build, config={"dataset": dataset_spec},
-                                    upstream={"model": ctx.model_key})
+                                    upstream={"model": ctx.model_key}, inputs=inputs)
         ctx.dist.barrier()
-        found = ctx.store.lookup("features", key)
+        found = ctx.store.lookup("features", key, inputs)
         assert found is not None
         return found, bundle
     log.info("cache hit: features/%s (%s)", key, name)

@@ -18,16 +18,13 @@ from safetensors.torch import load_file
 
 from c2ir.cache import Artifact, atomic_save_tensors, atomic_write_json
 from c2ir.impressions import SynthConfig, batch_seed, batch_targets, impression_grid, num_batches, synthesize_batch
-from c2ir.stages.common import Context, plain
+from c2ir.stages.common import Context, key_fields, plain
 
 log = logging.getLogger(__name__)
 
-RUNTIME_ONLY = {"autocast", "channels_last", "compile"}  # do not change the impressions
-
 
 def synth_key(ctx: Context) -> str:
-    spec = {k: v for k, v in plain(ctx.cfg.synth).items() if k not in RUNTIME_ONLY}
-    return ctx.key("synthesize", {"synth": spec}, {"model": ctx.model_key})
+    return ctx.key("synthesize", key_fields(ctx.cfg, "synthesize"), {"model": ctx.model_key})
 
 
 def _batch_path(work: Path, b: int) -> Path:
@@ -52,7 +49,7 @@ def compute_batches(ctx: Context, work: Path) -> None:
     mine = range(ctx.dist.rank, n_batches, ctx.dist.world)
     for b in mine:
         path = _batch_path(work, b)
-        if path.is_file():
+        if path.is_file() and batch_ok(path):
             log.info("synthesize: batch %d/%d already done (resuming)", b + 1, n_batches)
             continue
         targets = batch_targets(k, sc.per_class, sc.batch_size, b)
@@ -66,12 +63,26 @@ def compute_batches(ctx: Context, work: Path) -> None:
                                    **{f"curve/{n}": v for n, v in c.items()}})
 
 
+def batch_ok(path: Path) -> bool:
+    """A finished batch file that loads with the expected tensors; a damaged one is deleted (and recomputed)."""
+    try:
+        t = load_file(str(path))
+        if {"images", "targets"} <= set(t) and len(t["images"]) == len(t["targets"]) > 0:
+            return True
+        problem = "missing tensors"
+    except Exception as exc:  # noqa: BLE001 - safetensors raises its own error types for bad headers
+        problem = f"{type(exc).__name__}: {str(exc)[:80]}"
+    log.warning("synthesize: damaged batch file %s (%s); discarding and recomputing it", path, problem)
+    path.unlink(missing_ok=True)
+    return False
+
+
 def assemble(ctx: Context, work: Path, out: Path) -> dict:
     """Concatenate all batches into the artifact: impressions, loss curves, target share, grid PNG."""
     sc = SynthConfig.from_cfg(ctx.cfg.synth)
     k = int(ctx.cfg.data.num_classes)
     n_batches = num_batches(k, sc.per_class, sc.batch_size)
-    parts = [load_file(str(_batch_path(work, b))) for b in range(n_batches)]
+    parts = [load_file(str(_batch_path(work, b))) for b in range(n_batches)]  # each checked by batch_ok
     images = torch.cat([p["images"] for p in parts])
     targets = torch.cat([p["targets"] for p in parts])
     curves = {n[6:]: torch.stack([p[n] for p in parts]) for n in parts[0] if n.startswith("curve/")}
@@ -109,20 +120,21 @@ def _save_grid(grid: torch.Tensor, path: Path) -> None:
 
 def ensure_impressions(ctx: Context) -> Artifact:
     key = synth_key(ctx)
-    found = ctx.store.lookup("synthesize", key)
+    inputs = {"model": ctx.model_digest}
+    found = ctx.store.lookup("synthesize", key, inputs)
     if found is not None:
         log.info("cache hit: synthesize/%s", key)
         return found
     work = ctx.store.partial_dir("synthesize", key)
-    config = {"synth": plain(ctx.cfg.synth), "model": ctx.model_spec}
+    config = {"synth": plain(ctx.cfg.synth), "model": key_fields(ctx.cfg, "model")}
     if ctx.dist.enabled:  # every rank fills its batches, then rank 0 publishes
         compute_batches(ctx, work)
         ctx.dist.barrier()
         if ctx.dist.is_main:
             ctx.store.get_or_create("synthesize", key, lambda out: assemble(ctx, work, out), config=config,
-                                    upstream={"model": ctx.model_key}, seed=int(ctx.cfg.synth.seed))
+                                    upstream={"model": ctx.model_key}, seed=int(ctx.cfg.synth.seed), inputs=inputs)
         ctx.dist.barrier()
-        art = ctx.store.lookup("synthesize", key)
+        art = ctx.store.lookup("synthesize", key, inputs)
         assert art is not None
     else:
         def build(out: Path) -> dict:
@@ -130,7 +142,7 @@ def ensure_impressions(ctx: Context) -> Artifact:
             return assemble(ctx, work, out)
 
         art = ctx.store.get_or_create("synthesize", key, build, config=config,
-                                      upstream={"model": ctx.model_key}, seed=int(ctx.cfg.synth.seed))
+                                      upstream={"model": ctx.model_key}, seed=int(ctx.cfg.synth.seed), inputs=inputs)
     if ctx.dist.is_main:
         shutil.rmtree(work, ignore_errors=True)
     return art

@@ -28,7 +28,7 @@ from c2ir.data import load_id
 from c2ir.data.imageset import ImageSet
 from c2ir.errors import C2IRError
 from c2ir.models import load_checkpoint
-from c2ir.stages.common import Context, plain
+from c2ir.stages.common import Context, key_fields
 
 log = logging.getLogger(__name__)
 
@@ -159,7 +159,7 @@ def ensure_trained(ctx: Context) -> Artifact:
         atomic_write_json(out / "history.json", history)
         return {"test_acc": history[-1]["test_acc"] if history else None}
 
-    art = ctx.store.get_or_create("train", key, build, config={"train": plain(ctx.cfg.train), "model": ctx.model_spec}, seed=ctx.seed)
+    art = ctx.store.get_or_create("train", key, build, config=key_fields(ctx.cfg, "train"), seed=ctx.seed)
     shutil.rmtree(work, ignore_errors=True)
     return art
 

@@ -9,17 +9,21 @@ import torch
 
 from c2ir.cache import Artifact, atomic_write_json
 from c2ir.mgi import METHODS, impression_importance, normalize_weights
-from c2ir.stages.common import Context, plain
+from c2ir.stages.common import Context, key_fields, plain
 from c2ir.stages.synthesize import ensure_impressions, load_impressions
 
 log = logging.getLogger(__name__)
 
 
+def weights_key(ctx: Context, synth_key: str) -> str:
+    return ctx.key("weight_layers", {**key_fields(ctx.cfg, "weight_layers"), "layers": ctx.layers},
+                   {"impressions": synth_key, "model": ctx.model_key})
+
+
 def ensure_weights(ctx: Context) -> Artifact:
     synth = ensure_impressions(ctx)
     method = str(ctx.cfg.mgi.method)
-    key = ctx.key("weight_layers", {"mgi": plain(ctx.cfg.mgi), "layers": ctx.layers},
-                  {"impressions": synth.key, "model": ctx.model_key})
+    key = weights_key(ctx, synth.key)
 
     def build(out: Path) -> dict:
         images, targets = load_impressions(synth)
@@ -35,7 +39,8 @@ def ensure_weights(ctx: Context) -> Artifact:
         return {"method": method}
 
     return ctx.store.get_or_create("weight_layers", key, build, config={"mgi": plain(ctx.cfg.mgi)},
-                                   upstream={"impressions": synth.key, "model": ctx.model_key}, seed=ctx.seed)
+                                   upstream={"impressions": synth.key, "model": ctx.model_key},
+                                   inputs={"impressions": synth.digest, "model": ctx.model_digest})
 
 
 def load_weights(art: Artifact) -> tuple[list[str], torch.Tensor]:
