@@ -54,6 +54,94 @@ def check_group_choices(overrides: list[str]) -> None:
         for v in values:
             if v not in options:
                 raise C2IRError(f"unknown {m['group']} {v!r}; choose from: {', '.join(options)}")
+        if raw.startswith("[") and len(set(values)) != len(values):
+            twice = sorted({v for v in values if values.count(v) > 1})
+            raise C2IRError(f"{m['group']}={raw} lists {', '.join(twice)} more than once; give each once")
+
+
+def split_flags(args: list[str]) -> tuple[list[str], list[str]]:
+    """Hydra's flags (with their values) and the overrides, so flags work in any position.
+
+    Hydra's own parser wants flags before overrides; `c2ir run model=x --cfg job` would
+    otherwise fail with 'unrecognized arguments'.
+    """
+    from hydra._internal.utils import get_args_parser
+
+    takes_value: dict[str, object] = {}
+    for action in get_args_parser()._actions:
+        for opt in action.option_strings:
+            takes_value[opt] = action.nargs
+    flags, overrides, i = [], [], 0
+    while i < len(args):
+        tok = args[i]
+        name = tok.split("=", 1)[0]
+        if tok.startswith("-") and name in takes_value:
+            flags.append(tok)
+            nargs = takes_value[name]
+            if "=" not in tok and nargs is None and i + 1 < len(args):
+                flags.append(args[i + 1])
+                i += 1
+            elif "=" not in tok and nargs == "?" and i + 1 < len(args) and not args[i + 1].startswith("-") \
+                    and "=" not in args[i + 1]:
+                flags.append(args[i + 1])
+                i += 1
+        else:
+            overrides.append(tok)
+        i += 1
+    return flags, overrides
+
+
+_NO_VALIDATION_FLAGS = {"--help", "-h", "--hydra-help", "--version", "--cfg", "-c", "--info", "-i",
+                        "--shell-completion", "-sc", "--experimental-rerun"}
+
+
+def _one_line(exc: BaseException) -> str:
+    """Hydra/OmegaConf composition errors, reduced to their first meaningful line."""
+    text = str(exc).strip()
+    m = re.search(r"Could not override '([^']+)'", text)
+    if m:
+        key = m.group(1)
+        parent, _, leaf = key.rpartition(".")
+        return (f"unknown config key {key}; check the spelling (c2ir <stage> --cfg job lists every key)"
+                f"{'' if not parent else f', or add a new key on purpose with +{key}=...'}")
+    first = text.splitlines()[0] if text else type(exc).__name__
+    return f"{first.rstrip('.')} (c2ir <stage> --cfg job shows the composed config)"
+
+
+def validate_overrides(overrides: list[str]) -> None:
+    """Compose the config for every value of every sweep and validate it against the schemas.
+
+    Runs before Hydra starts, so a bad value is one line (exit 2) rather than Hydra's
+    multi-line report or a traceback inside a stage, and a sweep fails before its first job.
+    """
+    from hydra import compose, initialize_config_dir
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    from c2ir.schema import validate
+
+    try:
+        parsed = OverridesParser.create().parse_overrides(overrides)
+    except Exception as exc:  # noqa: BLE001 - Hydra's parse errors
+        raise C2IRError(_one_line(exc)) from None
+    plain_args = [o.input_line for o in parsed if not o.is_sweep_override() and not o.key_or_group.startswith("hydra")]
+    sweeps = [o for o in parsed if o.is_sweep_override()]
+    variants: list[list[str]] = [plain_args]
+    for sw in sweeps:
+        values = list(sw.sweep_string_iterator())
+        if not values:
+            continue
+        key = sw.get_key_element()
+        others = [f"{o.get_key_element()}={next(iter(o.sweep_string_iterator()))}" for o in sweeps if o is not sw]
+        variants += [[*plain_args, *others, f"{key}={v}"] for v in values]
+    with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
+        for variant in variants:
+            try:
+                cfg = compose("config", overrides=variant)
+            except C2IRError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - ConfigCompositionException, OmegaConf errors alike
+                raise C2IRError(_one_line(exc)) from None
+            validate(cfg)
 
 
 def _task(stage: str):
@@ -102,14 +190,19 @@ def main(argv: list[str] | None = None) -> int:
         return report_main(rest)
     if stage not in STAGES:
         return fail(f"unknown stage {stage!r}; choose one of: {', '.join([*STAGES, 'report'])}")
-    try:
-        check_group_choices(rest)
-    except C2IRError as exc:
-        return fail(str(exc))
+    flags, overrides = split_flags(rest)
     register_resolvers()
+    try:
+        check_group_choices(overrides)
+        if not _NO_VALIDATION_FLAGS.intersection(f.split("=", 1)[0] for f in flags):
+            validate_overrides([*overrides, f"stage={stage}"])
+    except C2IRError as exc:
+        if os.environ.get("HYDRA_FULL_ERROR") == "1":
+            raise
+        return fail(str(exc))
     import hydra
 
-    sys.argv = ["c2ir", *rest, f"stage={stage}"]
+    sys.argv = ["c2ir", *flags, f"stage={stage}", *overrides]
     hydra.main(config_path=str(config_dir()), config_name="config", version_base="1.3")(_task(stage))()
     return 0
 

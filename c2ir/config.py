@@ -36,9 +36,18 @@ def _rank_suffix() -> str:
     return f"_rank{rank}" if rank > 0 else ""
 
 
+def _run_id() -> str:
+    """`p<pid>`: two runs started in the same second get different run directories."""
+    import os
+
+    return f"p{os.getpid()}"
+
+
 def register_resolvers() -> None:
     if not OmegaConf.has_resolver("c2ir.shared_model"):
         OmegaConf.register_new_resolver("c2ir.shared_model", _shared_model)
+    if not OmegaConf.has_resolver("c2ir.run_id"):
+        OmegaConf.register_new_resolver("c2ir.run_id", _run_id, use_cache=True)
     if not OmegaConf.has_resolver("c2ir.rank_suffix"):
         OmegaConf.register_new_resolver("c2ir.rank_suffix", _rank_suffix)
 

@@ -151,14 +151,19 @@ def aggregate(multirun_dir: Path) -> tuple[str, list[dict[str, Any]]]:
 
     groups: dict[tuple[str, str], dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
     found = sorted(multirun_dir.rglob("results.json"))
+    skipped = 0
     for path in found:
-        result = json.loads(path.read_text())
-        if "metrics" not in result:
+        try:  # one damaged run must not hide the others: skip it with a warning
+            result = json.loads(path.read_text())
+            ov_file = path.parent / ".hydra" / "overrides.yaml"
+            overrides = yaml.safe_load(ov_file.read_text()) if ov_file.is_file() else []
+            setting = " ".join(str(o) for o in overrides or [] if not str(o).startswith(("seed=", "synth.seed=")))
+            run_rows = rows(result)
+        except Exception as exc:  # noqa: BLE001 - bad JSON, wrong shape, bad overrides.yaml alike
+            log.warning("report: skipping %s (%s: %s)", path, type(exc).__name__, str(exc).splitlines()[0][:120] if str(exc) else "")
+            skipped += 1
             continue
-        ov_file = path.parent / ".hydra" / "overrides.yaml"
-        overrides = yaml.safe_load(ov_file.read_text()) if ov_file.is_file() else []
-        setting = " ".join(o for o in overrides if not o.startswith(("seed=", "synth.seed=")))
-        for r in rows(result):
+        for r in run_rows:
             if r["ood"] != "mean":
                 continue
             g = groups[(setting or "(defaults)", r["detector"])]
@@ -169,7 +174,9 @@ def aggregate(multirun_dir: Path) -> tuple[str, list[dict[str, Any]]]:
         table.append({"setting": setting, "detector": det, "runs": len(m["auroc"]),
                       "auroc_mean": float(np.mean(m["auroc"])), "auroc_std": float(np.std(m["auroc"])),
                       "fpr95_mean": float(np.mean(m["fpr95"])), "fpr95_std": float(np.std(m["fpr95"]))})
-    lines = [f"Sweep {multirun_dir}: {len(found)} runs. Mean over OOD sets; mean +- std over seeds.", CONVENTION, "",
+    note = f" ({skipped} unreadable results.json skipped)" if skipped else ""
+    lines = [f"Sweep {multirun_dir}: {len(found) - skipped} runs{note}. Mean over OOD sets; mean +- std over seeds.",
+             CONVENTION, "",
              "| setting | detector | runs | AUROC | FPR95 |", "|---|---|---|---|---|"]
     for r in table:
         lines.append(f"| {r['setting']} | {r['detector']} | {r['runs']} | {r['auroc_mean']:.2f} +- {r['auroc_std']:.2f} "

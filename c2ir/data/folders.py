@@ -41,6 +41,21 @@ def folder_fingerprint(root: Path) -> str:
     return digest.hexdigest()
 
 
+MAX_PIXELS = 8192 * 8192  # larger images are skipped (decompression-bomb guard), far above any benchmark image
+
+
+def to_8bit(img: Image.Image) -> Image.Image:
+    """16/32-bit integer images scaled to 8 bits (PIL's convert('L') would clip them to white)."""
+    if img.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
+        arr = np.asarray(img, dtype=np.float64)
+        top = 65535.0 if img.mode.startswith("I;16") or arr.max(initial=0) <= 65535 else float(arr.max())
+        return Image.fromarray(np.clip(np.round(arr / top * 255.0), 0, 255).astype(np.uint8), "L")
+    if img.mode == "F":
+        arr = np.asarray(img, dtype=np.float64)
+        return Image.fromarray(np.clip(np.round(arr * 255.0 if arr.max(initial=0) <= 1 else arr), 0, 255).astype(np.uint8), "L")
+    return img
+
+
 def _fit(img: Image.Image, size: int, mode: str, rng: np.random.Generator) -> Image.Image:
     """Bring an image to size x size: `resize`, `center_crop`, or `random_crop` (seeded)."""
     w, h = img.size
@@ -59,11 +74,13 @@ def decode(path: Path, size: int, channels: int, mode: str, seed: int) -> np.nda
     """One image as uint8 (C, size, size), or None if the file cannot be decoded."""
     try:
         with Image.open(path) as img:
-            img = img.convert("L" if channels == 1 else "RGB")
+            if img.width * img.height > MAX_PIXELS:  # checked before decoding: a decompression bomb is skipped
+                raise ValueError(f"{img.width}x{img.height} pixels exceeds the {MAX_PIXELS}-pixel limit")
+            img = to_8bit(img).convert("L" if channels == 1 else "RGB")
             # per-file seed: the crop of an image does not depend on which other files exist
             rng = np.random.default_rng([seed, zlib.crc32(path.name.encode())])
             arr = np.asarray(_fit(img, size, mode, rng), dtype=np.uint8)
-    except (OSError, UnidentifiedImageError, ValueError) as exc:
+    except (OSError, UnidentifiedImageError, ValueError, Image.DecompressionBombError) as exc:
         log.warning("skipping unreadable image %s (%s)", path, exc)
         return None
     return arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1)

@@ -7,11 +7,13 @@ that is renamed into place only when complete, under a file lock.
 from __future__ import annotations
 
 import fcntl
+import gzip
 import logging
 import os
 import shutil
 import tarfile
 import uuid
+import zlib
 from pathlib import Path
 
 from c2ir.errors import C2IRError
@@ -59,11 +61,21 @@ def ensure_extracted(archive: str) -> Path:
         fcntl.flock(lock.fileno(), fcntl.LOCK_EX)
         if marker.is_file():
             return dest
+        for left in dest.parent.glob(f".tmp-{stem}-*"):  # under the lock: left by a killed extraction
+            log.info("removing %s left by an interrupted extraction", left)
+            shutil.rmtree(left, ignore_errors=True)
         log.info("extracting %s into %s (once)", src, dest)
         tmp = dest.parent / f".tmp-{stem}-{uuid.uuid4().hex[:8]}"
         try:
-            with tarfile.open(src, "r:gz") as tar:
-                tar.extractall(tmp, filter="data")
+            try:
+                with tarfile.open(src, "r:gz") as tar:
+                    tar.extractall(tmp, filter="data")
+            except (tarfile.TarError, EOFError, zlib.error, gzip.BadGzipFile) as exc:
+                why = str(exc).splitlines()[0][:160] if str(exc) else ""
+                raise C2IRError(
+                    f"shared archive {src} cannot be extracted ({type(exc).__name__}: {why}); it must be an intact "
+                    ".tar.gz whose members stay inside it: replace it with a good copy"
+                ) from None
             (tmp / ".complete").write_text(archive + "\n")
             if dest.exists():
                 shutil.rmtree(dest)

@@ -129,6 +129,19 @@ def ood_fingerprint(cfg: Any, name: str) -> str | None:
     return _folder_content(cfg) if cfg.get("source") == "folder" else None
 
 
+def check_split_classes(base: Path, splits: list[str]) -> None:
+    """Labels come from sorted class-folder names: train and test must have the same names, or the
+    labels of one split silently mean other classes."""
+    found = {s: sorted(d.name for d in (base / s).iterdir() if d.is_dir()) for s in splits if (base / s).is_dir()}
+    if len(found) < 2:
+        return
+    (a, ca), (b, cb) = found.items()
+    if ca != cb:
+        only_a, only_b = sorted(set(ca) - set(cb)), sorted(set(cb) - set(ca))
+        raise C2IRError(f"class folders differ between {base / a} and {base / b}: only in {a}: {only_a[:5]}, "
+                        f"only in {b}: {only_b[:5]}; both splits need the same class folder names")
+
+
 def load_id(data_cfg: Any, split: str) -> ImageSet:
     """The in-distribution set's `train` or `test` split."""
     source = data_cfg.source
@@ -143,7 +156,9 @@ def load_id(data_cfg: Any, split: str) -> ImageSet:
         ds = _torchvision(str(data_cfg.get("dataset", data_cfg.name)), str(data_cfg.root), split,
                           bool(data_cfg.get("download", True)), size, ch, "resize", max_n, seed, name)
     elif source in ("imagefolder", "shared"):
-        root = _folder_root(data_cfg, name) / str(data_cfg.get(f"{split}_split", split))
+        base = _folder_root(data_cfg, name)
+        check_split_classes(base, [str(data_cfg.get(f"{s}_split", s)) for s in ("train", "test")])
+        root = base / str(data_cfg.get(f"{split}_split", split))
         ds = load_labelled_folder(root, name, size, ch, "resize", max_n, seed, int(data_cfg.num_classes))
     else:
         raise C2IRError(f"unknown data.source={source!r}; use sklearn_digits, torchvision, imagefolder or shared")

@@ -24,6 +24,7 @@ from c2ir.device import resolve_device
 from c2ir.errors import C2IRError
 from c2ir.features import select_layers
 from c2ir.models import build_model, head_module, load_checkpoint
+from c2ir.schema import validate
 
 log = logging.getLogger(__name__)
 
@@ -69,8 +70,10 @@ KEY_RULES: dict[str, KeyRule] = {
     # an OOD set's own seed chooses its fixed subset / random crops / noise; help text and download
     # location do not change the images
     "features:ood": KeyRule(("ood.{name}", "data.image_size", "data.channels", *_LAYERS),
-                            exclude=("ood.{name}.layout", "ood.{name}.url", "ood.{name}.md5", "ood.{name}.download")),
-    "evaluate": KeyRule(("detectors", "ipm")),  # plus the evaluated sets' feature keys as upstream
+                            exclude=("ood.{name}.layout", "ood.{name}.url", "ood.{name}.md5", "ood.{name}.download",
+                                     "ood.{name}.name")),
+    # plus the evaluated sets' feature keys as upstream; `ood.<set>.name` is only the column's name
+    "evaluate": KeyRule(("detectors", "ipm", "ood.*.name")),
 }
 # Fields no stage's output depends on (how or where a run happens, not what it computes).
 RUNTIME_ONLY = ("stage", "device", "threads", "batch_size", "cache_root", "output_dir", "paths", "hydra",
@@ -127,11 +130,20 @@ def plain(node: Any) -> Any:
     return node
 
 
+def check_finite_weights(model: nn.Module, source: str) -> None:
+    """A model with NaN/Inf weights makes every later stage diverge with a misleading hint: say so at load."""
+    bad = [n for n, t in model.state_dict().items() if t.is_floating_point() and not bool(torch.isfinite(t).all())]
+    if bad:
+        more = f" (+{len(bad) - 3} more)" if len(bad) > 3 else ""
+        raise C2IRError(f"{source} has non-finite (NaN/Inf) weights in {', '.join(bad[:3])}{more}; "
+                        "the checkpoint is damaged: use another checkpoint or retrain it")
+
+
 class Context:
     """Lazily resolved inputs shared by the stages of one invocation."""
 
     def __init__(self, cfg: DictConfig):
-        self.cfg = cfg
+        self.cfg = validate(cfg)
         self.store = ArtifactStore(cfg.cache_root)
         self.device = resolve_device(str(cfg.device))
         self.dist = distributed.current()
@@ -212,6 +224,7 @@ class Context:
         else:
             model = self.fresh_model()
             load_checkpoint(model, self.cfg.model, str(self.cfg.model.checkpoint))
+            check_finite_weights(model, f"checkpoint {self.cfg.model.checkpoint}")
         head = head_module(model, self.cfg.model.get("head"))
         if head.out_features != int(self.cfg.data.num_classes):
             raise C2IRError(

@@ -26,6 +26,7 @@ from c2ir.detectors.c2ir import C2IR
 from c2ir.errors import C2IRError
 from c2ir.ipm import get_ipm
 from c2ir.metrics import accuracy, ood_metrics
+from c2ir.schema import ood_names
 from c2ir.stages.collect_stats import ensure_stats, id_train_features, load_stats
 from c2ir.stages.common import Context, key_fields, plain
 from c2ir.stages.features import ensure_features
@@ -46,8 +47,8 @@ def ood_spec(ctx: Context, name: str) -> dict[str, Any]:
 
 
 def build_detectors(ctx: Context) -> dict[str, Detector]:
-    if not ctx.cfg.detectors:
-        raise C2IRError("no detectors selected; pass e.g. detectors=[c2ir,energy,msp]")
+    if not ctx.cfg.get("detectors"):
+        raise C2IRError("no detectors selected (detectors=[]); pass at least one, e.g. detectors=[c2ir,energy,msp]")
     return {name: build_detector(name, ctx.cfg.detectors[name]) for name in ctx.cfg.detectors}
 
 
@@ -67,8 +68,11 @@ class Evaluation:
         self.sets: dict[str, tuple[Artifact, dict[str, torch.Tensor]]] = {}
         self.id_name = f"{cfg.data.name}-test"
         self.sets[self.id_name] = ensure_features(ctx, self.id_name, ctx.data_spec("test"), self.load_id_test, self.spatial)
-        for name in cfg.ood:
-            self.sets[name] = ensure_features(ctx, name, ood_spec(ctx, name), lambda n=name: self.load_ood(n), self.spatial)
+        self.ood_keys = {col: key for key, col in ood_names(cfg).items()}  # column name -> ood.<key>
+        if self.id_name in self.ood_keys:
+            raise C2IRError(f"an OOD set is named {self.id_name!r} like the ID test set; rename it with ood.<set>.name")
+        for col, key in self.ood_keys.items():
+            self.sets[col] = ensure_features(ctx, col, ood_spec(ctx, key), lambda k=key: self.load_ood(k), self.spatial)
         self.id_train = None
         if any(d.fit_on == "id_train" for d in self.detectors.values()):
             try:
@@ -86,6 +90,7 @@ class Evaluation:
     def load_ood(self, name: str):
         if name not in self._decoded:
             self._decoded[name] = load_ood(name, self.ctx.cfg.ood[name], self.ctx.cfg.data, self.load_id_test())
+            self._decoded[name].name = str(self.ctx.cfg.ood[name].get("name") or name)
         return self._decoded[name]
 
     def key(self) -> str:
@@ -120,7 +125,7 @@ class Evaluation:
         key = ctx.key("odin", {"params": det.params}, {"features": feat_art.key, "model": ctx.model_key})
 
         def build(out: Path) -> dict:
-            data = self.load_id_test() if set_name == self.id_name else self.load_ood(set_name)
+            data = self.load_id_test() if set_name == self.id_name else self.load_ood(self.ood_keys[set_name])
             s = det.score_images(ctx.model, ctx.normalizer, data.images, ctx.batch_size, ctx.device)
             atomic_save_tensors(out / "scores.safetensors", {"scores": torch.from_numpy(s)})
             return {}
@@ -142,7 +147,7 @@ class Evaluation:
         id_bundle = self.sets[self.id_name][1]
         id_acc = accuracy(id_bundle["logits"].numpy(), id_bundle["labels"].numpy())
         metrics = {
-            det: {ood: ood_metrics(per_set[self.id_name], per_set[ood]) for ood in self.ctx.cfg.ood}
+            det: {ood: ood_metrics(per_set[self.id_name], per_set[ood]) for ood in self.ood_keys}
             for det, per_set in scores.items()
         }
         for det, per_set in scores.items():
@@ -150,14 +155,14 @@ class Evaluation:
                 if not np.all(np.isfinite(v)):
                     log.warning("detector %s gave %d non-finite scores on %s", det, int((~np.isfinite(v)).sum()), s)
         access = {n: d.data_access for n, d in self.detectors.items()}
-        result = {"id_set": self.id_name, "id_accuracy": id_acc, "ood_sets": list(self.ctx.cfg.ood),
+        result = {"id_set": self.id_name, "id_accuracy": id_acc, "ood_sets": list(self.ood_keys),
                   "metrics": metrics, "access": access, "ipm": plain(self.ctx.cfg.ipm),
                   "mgi": plain(self.ctx.cfg.mgi), "layer_weights": self.weights_art.json("weights.json"),
                   "counts": {s: int(len(b["logits"])) for s, (_, b) in self.sets.items()}}
         atomic_save_tensors(out / "scores.safetensors",
                             {f"{d}/{s}": torch.from_numpy(np.ascontiguousarray(v)) for d, ps in scores.items() for s, v in ps.items()})
         atomic_write_json(out / "results.json", result)
-        report.plot_all(out, scores, self.id_name, list(self.ctx.cfg.ood))
+        report.plot_all(out, scores, self.id_name, list(self.ood_keys))
         return {"id_accuracy": id_acc}
 
 

@@ -28,7 +28,7 @@ from c2ir.data import load_id
 from c2ir.data.imageset import ImageSet
 from c2ir.errors import C2IRError
 from c2ir.models import load_checkpoint
-from c2ir.stages.common import Context, key_fields
+from c2ir.stages.common import Context, check_finite_weights, key_fields
 
 log = logging.getLogger(__name__)
 
@@ -89,6 +89,7 @@ def train_model(ctx: Context, work: Path) -> tuple[nn.Module, list[dict]]:
     model = ctx.fresh_model()
     if cfg.model.get("checkpoint"):
         load_checkpoint(model, cfg.model, str(cfg.model.checkpoint))
+        check_finite_weights(model, f"checkpoint {cfg.model.checkpoint}")
         log.info("fine-tuning from %s", cfg.model.checkpoint)
     model.to(ctx.device)
     train = load_id(cfg.data, "train")
@@ -104,12 +105,25 @@ def train_model(ctx: Context, work: Path) -> tuple[nn.Module, list[dict]]:
     done = sorted(work.glob("epoch_*.safetensors"))
     if done:
         last = done[-1]
-        tensors = load_file(str(last))
-        model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model/")})
-        _load_opt_state(opt, tensors)
-        meta = json.loads(last.with_suffix(".json").read_text())
-        start_epoch, history = int(meta["epoch"]) + 1, meta["history"]
-        log.info("train: resuming after epoch %d from %s", start_epoch, last.name)
+        try:
+            tensors = load_file(str(last))
+            model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model/")})
+            _load_opt_state(opt, tensors)
+            meta = json.loads(last.with_suffix(".json").read_text())
+            start_epoch, history = int(meta["epoch"]) + 1, meta["history"]
+            log.info("train: resuming after epoch %d from %s", start_epoch, last.name)
+        except Exception as exc:  # noqa: BLE001 - a damaged resume file: start over rather than fail forever
+            log.warning("train: damaged resume state %s (%s: %s); discarding it and training from the start",
+                        last.name, type(exc).__name__, str(exc)[:80])
+            for f in work.glob("epoch_*"):
+                f.unlink(missing_ok=True)
+            torch.manual_seed(ctx.seed)
+            model = ctx.fresh_model().to(ctx.device)
+            if cfg.model.get("checkpoint"):
+                load_checkpoint(model, cfg.model, str(cfg.model.checkpoint))
+            opt = torch.optim.SGD(model.parameters(), lr=float(tcfg.lr), momentum=0.9, nesterov=True,
+                                  weight_decay=float(tcfg.weight_decay))
+            start_epoch, history = 0, []
     pad = int(tcfg.get("pad", max(1, int(cfg.data.image_size) // 8)))
     flip = bool(cfg.data.get("flip_invariant", True))
     for epoch in range(start_epoch, epochs):
@@ -134,7 +148,7 @@ def train_model(ctx: Context, work: Path) -> tuple[nn.Module, list[dict]]:
             opt.step()
             seen += len(y)
             correct += int((out.argmax(1) == y).sum())
-            loss_sum += float(loss) * len(y)
+            loss_sum += float(loss.detach()) * len(y)
         test_acc = evaluate_accuracy(model, ctx, test)
         history.append({"epoch": epoch + 1, "loss": loss_sum / seen, "train_acc": correct / seen, "test_acc": test_acc})
         log.info("train epoch %d/%d: loss %.4f, train acc %.4f, test acc %.4f",
