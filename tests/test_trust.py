@@ -109,6 +109,8 @@ def test_run_directories_are_unique_per_process(tmp_path):
         p.wait(timeout=300)
     overrides = sorted((tmp_path / "outputs" / "runs").rglob("overrides.yaml"))
     assert len(overrides) == 2, overrides
+    # unique by construction, not by timing: each folder carries its process id
+    assert sorted(o.parent.parent.name.rsplit("_p", 1)[-1] for o in overrides) == sorted(str(p.pid) for p in procs)
     assert {next(l for l in o.read_text().splitlines() if "seed=" in l).strip("- ") for o in overrides} == {"seed=1", "seed=2"}
 
 

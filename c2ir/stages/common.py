@@ -145,6 +145,7 @@ class Context:
     def __init__(self, cfg: DictConfig):
         self.cfg = validate(cfg)
         self.store = ArtifactStore(cfg.cache_root)
+        self._data_specs: dict[str, dict[str, Any]] = {}
         self.device = resolve_device(str(cfg.device))
         self.dist = distributed.current()
         torch.set_num_threads(int(cfg.get("threads") or torch.get_num_threads()))
@@ -154,7 +155,13 @@ class Context:
         return make_key(stage, {"v": STAGE_VERSIONS[stage], **config}, upstream)
 
     def data_spec(self, split: str) -> dict[str, Any]:
-        """Key fields of an ID split, plus a fingerprint of the files when it comes from a folder."""
+        """Key fields of an ID split, plus a fingerprint of the files when it comes from a folder
+        (listed once per invocation: a large ImageFolder costs one stat per file)."""
+        if split not in self._data_specs:
+            self._data_specs[split] = self._data_spec(split)
+        return dict(self._data_specs[split])
+
+    def _data_spec(self, split: str) -> dict[str, Any]:
         spec = key_fields(self.cfg, f"features:id_{split}")
         spec["split"] = split
         from c2ir.data.sources import id_fingerprint
