@@ -4,9 +4,15 @@ from __future__ import annotations
 
 from typing import Any
 
+from c2ir.detectors.ash import ASH
 from c2ir.detectors.base import Detector, FitContext
 from c2ir.detectors.c2ir import C2IR
+from c2ir.detectors.dice import DICE
 from c2ir.detectors.energy import Energy
+from c2ir.detectors.entropy import Entropy
+from c2ir.detectors.gen import GEN
+from c2ir.detectors.gradnorm import GradNorm
+from c2ir.detectors.kl_matching import KLMatching
 from c2ir.detectors.knn import KNN
 from c2ir.detectors.mahalanobis import Mahalanobis
 from c2ir.detectors.maxlogit import MaxLogit
@@ -14,11 +20,15 @@ from c2ir.detectors.msp import MSP
 from c2ir.detectors.nmd import NMD
 from c2ir.detectors.odin import ODIN
 from c2ir.detectors.react import ReAct
+from c2ir.detectors.scale import SCALE
+from c2ir.detectors.vim import ViM
 from c2ir.errors import C2IRError
 
 DETECTOR_TYPES: dict[str, type[Detector]] = {
     "msp": MSP, "maxlogit": MaxLogit, "energy": Energy, "odin": ODIN, "nmd": NMD, "c2ir": C2IR,
     "mahalanobis": Mahalanobis, "knn": KNN, "react": ReAct,
+    "entropy": Entropy, "gen": GEN, "gradnorm": GradNorm, "ash": ASH, "scale": SCALE,
+    "dice": DICE, "kl_matching": KLMatching, "vim": ViM,
 }
 
 

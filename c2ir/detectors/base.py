@@ -2,7 +2,8 @@
 
 Scores are computed from cached forward outputs (a FeatureBundle), so one forward pass
 over a dataset serves every detector; the exception is a detector that needs input
-gradients (ODIN), which sets `needs_input_gradients` and implements `score_images`.
+gradients (ODIN), which sets `needs_input_gradients` and implements `score_images`
+(evaluate fits it first and caches its scores per set, keyed by its config).
 """
 
 from __future__ import annotations

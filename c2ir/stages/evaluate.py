@@ -1,7 +1,7 @@
 """Stage `evaluate`: score the ID test set and every OOD set with every configured detector.
 
-One cached forward pass per dataset serves all detectors (ODIN, which needs input
-gradients, has its own cached pass). Detectors fit on the impressions (data-free) or,
+One cached forward pass per dataset serves all detectors (a detector that needs input
+gradients, such as ODIN, has its own cached pass per set: `image_scores`). Detectors fit on the impressions (data-free) or,
 for the full-access comparators, on real ID training features. The scores and metrics
 are cached under a key of everything they depend on, then written as reports into the
 Hydra run directory.
@@ -64,7 +64,7 @@ class Evaluation:
         self.spatial = int(cfg.features.spatial_grid) if (self.ipm.needs_spatial and uses_ipm) else 0
         self.stats_art = ensure_stats(ctx)
         self.weights_art = ensure_weights(ctx)
-        self._decoded: dict[str, Any] = {}  # decoded image sets, shared by feature passes and ODIN
+        self._decoded: dict[str, Any] = {}  # decoded image sets, shared by feature passes and gradient passes
         self.sets: dict[str, tuple[Artifact, dict[str, torch.Tensor]]] = {}
         self.id_name = f"{cfg.data.name}-test"
         self.sets[self.id_name] = ensure_features(ctx, self.id_name, ctx.data_spec("test"), self.load_id_test, self.spatial)
@@ -119,30 +119,42 @@ class Evaluation:
                           id_train=None if self.id_train is None else self.id_train[1],
                           class_stats=stats, layer_weights=weights, head=self.ctx.head, ipm=plain(self.ctx.cfg.ipm))
 
-    def odin_scores(self, det: Detector, set_name: str) -> np.ndarray:
+    def image_scores(self, name: str, det: Detector, set_name: str) -> np.ndarray:
+        """Scores of a detector that needs its own gradient pass over the images (ODIN, ...).
+
+        Cached per set under a key of the detector's whole config (type + parameters, not its display
+        name), the set's features key and the model key; a detector fitted on impressions also
+        depends on their statistics.
+        """
         ctx = self.ctx
         feat_art = self.sets[set_name][0]
-        key = ctx.key("odin", {"params": det.params}, {"features": feat_art.key, "model": ctx.model_key})
+        spec = {"detector": plain(ctx.cfg.detectors[name])}
+        upstream = {"features": feat_art.key, "model": ctx.model_key}
+        if det.requires_fit and det.fit_on != "none":
+            upstream["stats"] = self.stats_art.key
+        key = ctx.key("image_scores", spec, upstream)
 
         def build(out: Path) -> dict:
             data = self.load_id_test() if set_name == self.id_name else self.load_ood(self.ood_keys[set_name])
             s = det.score_images(ctx.model, ctx.normalizer, data.images, ctx.batch_size, ctx.device)
-            atomic_save_tensors(out / "scores.safetensors", {"scores": torch.from_numpy(s)})
+            atomic_save_tensors(out / "scores.safetensors", {"scores": torch.from_numpy(np.asarray(s, dtype=np.float64))})
             return {}
 
-        art = ctx.store.get_or_create("odin", key, build, config={"params": det.params, "set": set_name},
-                                      upstream={"features": feat_art.key},
-                                      inputs={"features": feat_art.digest, "model": ctx.model_digest})
+        inputs = {"features": feat_art.digest, "model": ctx.model_digest}
+        if "stats" in upstream:
+            inputs["stats"] = self.stats_art.digest
+        art = ctx.store.get_or_create("image_scores", key, build, config={**spec, "set": set_name}, upstream=upstream,
+                                      inputs=inputs)
         return art.tensors("scores.safetensors")["scores"].numpy()
 
     def compute(self, out: Path) -> dict:
         fit = self.fit_context()
         scores: dict[str, dict[str, np.ndarray]] = {}
         for name, det in self.detectors.items():
-            if det.needs_input_gradients:
-                scores[name] = {s: self.odin_scores(det, s) for s in self.sets}
-                continue
             det.fit(fit)
+            if det.needs_input_gradients:
+                scores[name] = {s: self.image_scores(name, det, s) for s in self.sets}
+                continue
             scores[name] = {s: det.score(bundle) for s, (_, bundle) in self.sets.items()}
         id_bundle = self.sets[self.id_name][1]
         id_acc = accuracy(id_bundle["logits"].numpy(), id_bundle["labels"].numpy())

@@ -1,0 +1,44 @@
+"""SCALE (Xu, Lian, Zhang, Cheng & Ma, "Scaling for Training Time and Post-hoc Out-of-distribution
+Detection Enhancement", ICLR 2024, arXiv 2310.00227).
+
+Like ASH-S but without pruning: the whole penultimate activation a is scaled,
+    a' = a * exp(s1 / s2),  s1 = sum a,  s2 = sum of the top (100-p)% entries of a,
+and scored with Energy, -logsumexp(W a' + b) (higher = more OOD). The scale factor grows with how
+evenly the activation is spread, which is larger for OOD inputs; not pruning keeps ID accuracy.
+Paper default p = 85. Uses only the head's weights: data-free.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from c2ir.detectors.base import Detector, FitContext
+from c2ir.detectors.energy import energy
+from c2ir.detectors.head import head_params
+from c2ir.errors import C2IRError
+
+
+def scale_shape(a: torch.Tensor, percentile: float = 85.0) -> torch.Tensor:
+    """a * exp(sum(a) / sum(top-k of a)), k = D - round(D p / 100), per row."""
+    a = a.double()
+    k = max(1, a.shape[1] - int(round(a.shape[1] * percentile / 100.0)))
+    s1, s2 = a.sum(dim=1, keepdim=True), a.topk(k, dim=1).values.sum(dim=1, keepdim=True)
+    r = torch.where(s2 > 0, s1 / s2.clamp_min(1e-12), torch.zeros_like(s1))
+    return a * torch.exp(r)
+
+
+class SCALE(Detector):
+    requires_fit = True  # reads the head's weights; fits on no data
+
+    def __init__(self, name: str = "scale", *, fit_on: str = "none", percentile: float = 85.0) -> None:
+        super().__init__(name, fit_on=fit_on)
+        if not 0.0 <= float(percentile) < 100.0:
+            raise C2IRError(f"detector {name}: percentile={percentile} must be in [0, 100)")
+        self.percentile = float(percentile)
+
+    def _fit(self, ctx: FitContext) -> None:
+        self.weight, self.bias = head_params(ctx, self.name)
+
+    def _score(self, feats):
+        a = scale_shape(feats["penultimate"], self.percentile)
+        return energy(torch.nn.functional.linear(a, self.weight.double(), self.bias.double()))
