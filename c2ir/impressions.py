@@ -8,7 +8,9 @@ BatchNorm layer match that layer's running mean and variance:
          + a_bn * sum_l m_l (||mu_l(x) - running_mean_l||_2 + ||var_l(x) - running_var_l||_2)
          + a_tv * TV(x) + a_l2 * ||x||_2
 
-with m_1 = `first_bn_multiplier` and m_l = 1 otherwise. Images live in the model's
+with m_1 = `first_bn_multiplier` and m_l = 1 otherwise. `bn_reduce: mean` divides the BN sum by
+the number of BatchNorm layers L (a per-layer average), so the BN term's weight relative to the
+class term does not grow with depth. Images live in the model's
 normalised input space and are clipped to the valid pixel range after each step;
 random jitter (roll) and flips augment every step. Each batch has its own seed, so
 batches are independent: they can be resumed one by one and split across processes.
@@ -43,6 +45,7 @@ class SynthConfig:
     ce_weight: float = 1.0
     bn_weight: float = 10.0
     first_bn_multiplier: float = 10.0
+    bn_reduce: str = "sum"   # sum | mean over BatchNorm layers
     tv_weight: float = 2.5e-5
     l2_weight: float = 3e-8
     jitter: int = 2
@@ -101,7 +104,10 @@ class BNStatLoss:
     """Hooks on every BatchNorm layer that measure the distance of the batch's input statistics
     to the running statistics (DeepInversion's feature-distribution regulariser)."""
 
-    def __init__(self, model: nn.Module, first_multiplier: float):
+    def __init__(self, model: nn.Module, first_multiplier: float, reduce: str = "sum"):
+        if reduce not in ("sum", "mean"):
+            raise C2IRError(f"synth.bn_reduce={reduce!r} is not a reduction; choose sum or mean")
+        self.reduce = reduce
         self.bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
         if not self.bns:
             raise C2IRError("the model has no BatchNorm layer: DeepInversion needs running statistics to invert")
@@ -127,7 +133,8 @@ class BNStatLoss:
         return hook
 
     def pop(self) -> torch.Tensor:
-        total = torch.stack(self.terms).sum()
+        terms = torch.stack(self.terms)
+        total = terms.mean() if self.reduce == "mean" else terms.sum()
         self.terms = []
         return total
 
@@ -161,7 +168,7 @@ def synthesize_batch(model: nn.Module, normalizer: Normalizer, targets: torch.Te
     flips = torch.rand(cfg.iterations, generator=g) < 0.5
     names = ("total", "ce", "bn", "tv", "l2")
     curves = {k: torch.zeros(cfg.iterations) for k in names}
-    with BNStatLoss(model, cfg.first_bn_multiplier) as bn_loss:
+    with BNStatLoss(model, cfg.first_bn_multiplier, cfg.bn_reduce) as bn_loss:
         for it in tqdm(range(cfg.iterations), desc=desc, leave=False, disable=not sys.stderr.isatty()):
             inp = x
             if rolls is not None:

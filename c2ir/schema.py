@@ -41,6 +41,7 @@ class SynthSchema:
     ce_weight: float = _spec("float", lo=0, example="1.0")
     bn_weight: float = _spec("float", lo=0, example="10.0")
     first_bn_multiplier: float = _spec("float", lo=0, example="10.0")
+    bn_reduce: str = _spec("str", choices=("sum", "mean"))
     tv_weight: float = _spec("float", lo=0, example="2.5e-5")
     l2_weight: float = _spec("float", lo=0, example="3e-8")
     jitter: int = _spec("int", lo=0, example="2")

@@ -1,5 +1,7 @@
 """DeepInversion on a small trained model: BN loss falls, impressions hit their class, seeds repeat."""
 
+import copy
+
 import pytest
 import torch
 
@@ -87,3 +89,29 @@ def test_channel_mean_var_matches_var_mean():
     mean, var = channel_mean_var(x)
     ref_var, ref_mean = torch.var_mean(x, dim=(0, 2, 3), unbiased=False)
     assert torch.allclose(mean, ref_mean, atol=1e-5) and torch.allclose(var, ref_var, atol=1e-4)
+
+
+def test_bn_reduce_mean_is_the_per_layer_average():
+    from c2ir.errors import C2IRError
+    from c2ir.impressions import BNStatLoss
+    from c2ir.models.small_cnn import SmallCNN
+
+    model = SmallCNN(1, 10, 4).eval()
+    x = torch.randn(6, 1, 8, 8)
+    losses = {}
+    for reduce in ("sum", "mean"):
+        with BNStatLoss(model, 10.0, reduce) as bn:
+            model(x)
+            losses[reduce] = bn.pop()
+    assert losses["mean"].item() == pytest.approx(losses["sum"].item() / 3, rel=1e-6)  # 3 BN layers
+    with pytest.raises(C2IRError, match="bn_reduce='max'"):
+        BNStatLoss(model, 10.0, "max")
+
+
+def test_bn_reduce_is_in_the_synth_key(tmp_path):
+    from c2ir.stages.common import Context
+    from c2ir.stages.synthesize import synth_key
+    from conftest import make_cfg
+
+    keys = {v: synth_key(Context(make_cfg(tmp_path, [f"synth.bn_reduce={v}"]))) for v in ("sum", "mean")}
+    assert keys["sum"] != keys["mean"]

@@ -1,0 +1,155 @@
+"""Multi-model benchmark of issue 14: every model/data pair x synthesis seeds, then one summary table.
+
+For each model it runs one Hydra multirun `c2ir run -m <experiment> seed=<seeds> cache_root=<cache>`
+into `<out>/<model>/`, aggregates it with `c2ir report <out>/<model>` (writes sweep_results.md there),
+and writes `<out>/summary.md`:
+  - model x detector -> mean AUROC +- std and mean FPR95 +- std over seeds (each run's value is the
+    mean over that pair's OOD sets), data-free detectors first;
+  - per model: ID accuracy, the share of impressions predicted as their target class (from the
+    synthesize artifact each run used), and C2IR vs the best other data-free detector vs Energy per OOD set.
+
+    python scripts/bench_models.py                                   # all four pairs, seeds 0,1,2
+    python scripts/bench_models.py --models digits --seeds 0         # the check that runs here in minutes
+    python scripts/bench_models.py --models resnet32 -- synth.per_class=10   # extra overrides after --
+
+Seeds must be part of the cache keys for the seeds to differ (issue 11); with an older c2ir every seed
+reuses seed 0's impressions and the std is 0.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import subprocess
+import sys
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+
+# model -> Hydra overrides selecting its model/data pair
+MODELS: dict[str, list[str]] = {
+    "digits": [],                                       # embedded default: small CNN on scikit-learn digits
+    "resnet20": ["experiment=cifar10_resnet20_cpu"],    # shared ResNet-20 fine-tuned on CIFAR-10 JPEG
+    "resnet32": ["experiment=cifar10_resnet32_cpu"],    # shared original ResNet-32 (PNG-trained) on JPEG
+    "resnet44": ["experiment=cifar10_resnet44_cpu"],    # shared original ResNet-44 (PNG-trained) on JPEG
+}
+ALL_DETECTORS = ("msp,maxlogit,energy,entropy,gen,odin,gradnorm,ash_s,ash_b,scale,nmd,c2ir,mahalanobis_imp,"
+                 "knn_imp,react_imp,dice_imp,kl_matching_imp,vim_imp,mahalanobis,mahalanobis_multi,knn,react")
+SYNTH_KEY = re.compile(r"synthesize/([0-9a-f]+)")
+
+
+def run_model(name: str, seeds: str, cache: Path, out: Path, extra: list[str]) -> Path:
+    sweep = out / name
+    cmd = ["c2ir", "run", "-m", *MODELS[name], f"seed={seeds}", f"detectors=[{ALL_DETECTORS}]",
+           f"cache_root={cache}", f"hydra.sweep.dir={sweep}", *extra]
+    print("+", " ".join(cmd), flush=True)
+    subprocess.run(cmd, check=True)
+    subprocess.run(["c2ir", "report", str(sweep)], check=True, stdout=subprocess.DEVNULL)
+    return sweep
+
+
+def target_share(run_dir: Path, cache: Path) -> float | None:
+    """Share of impressions predicted as their target, from the synthesize artifact named in the run's log."""
+    for log in run_dir.glob("*.log"):
+        hit = SYNTH_KEY.search(log.read_text(errors="replace"))
+        if hit:
+            summary = cache / "synthesize" / hit.group(1) / "summary.json"
+            if summary.is_file():
+                return float(json.loads(summary.read_text())["target_share"])
+    return None
+
+
+def collect(sweep: Path, cache: Path) -> dict:
+    """Per detector: per-seed mean AUROC / FPR95 and per-OOD AUROC; ID accuracy and target share per seed."""
+    per_det: dict[str, dict[str, list]] = defaultdict(lambda: defaultdict(list))
+    access: dict[str, str] = {}
+    acc, share, oods = [], [], []
+    for path in sorted(sweep.rglob("results.json")):
+        res = json.loads(path.read_text())
+        if "metrics" not in res:
+            continue
+        oods = res["ood_sets"]
+        acc.append(100 * res["id_accuracy"])
+        s = target_share(path.parent, cache)
+        if s is not None:
+            share.append(100 * s)
+        access.update(res.get("access", {}))
+        for det, per in res["metrics"].items():
+            per_det[det]["auroc"].append(float(np.mean([per[o]["auroc"] for o in oods])))
+            per_det[det]["fpr95"].append(float(np.mean([per[o]["fpr95"] for o in oods])))
+            for o in oods:
+                per_det[det][f"auroc/{o}"].append(per[o]["auroc"])
+    return {"detectors": per_det, "access": access, "acc": acc, "share": share, "oods": oods}
+
+
+def _ms(v: list[float]) -> str:
+    return f"{np.mean(v):.1f} ± {np.std(v):.1f}" if v else "n/a"
+
+
+def summary(results: dict[str, dict], seeds: str) -> str:
+    models = list(results)
+    dets: list[str] = []
+    access: dict[str, str] = {}
+    for r in results.values():
+        access.update(r["access"])
+        dets += [d for d in r["detectors"] if d not in dets]
+    dets.sort(key=lambda d: (access.get(d) == "full access", d != "c2ir", d))
+    lines = [f"Seeds {seeds}; each run's value is the mean over its OOD sets; mean ± std over seeds. "
+             "Scores: higher = more OOD; FPR95 at 95% ID TPR; %.", "",
+             "| model | ID accuracy | impressions at their target |", "|---|---|---|"]
+    lines += [f"| {m} | {_ms(results[m]['acc'])} | {_ms(results[m]['share'])} |" for m in models]
+    lines += ["", "| detector | access | " + " | ".join(f"{m} AUROC / FPR95" for m in models) + " |",
+              "|---|---|" + "---|" * len(models)]
+    for d in dets:
+        cells = []
+        for m in models:
+            r = results[m]["detectors"].get(d)
+            cells.append(f"{_ms(r['auroc'])} / {np.mean(r['fpr95']):.1f}" if r else "—")
+        lines.append(f"| {d} | {access.get(d, '')} | " + " | ".join(cells) + " |")
+    for m in models:
+        r = results[m]
+        free = [d for d in r["detectors"] if access.get(d) != "full access" and d != "c2ir"]
+        if "c2ir" not in r["detectors"] or not free:
+            continue
+        best = max(free, key=lambda d: np.mean(r["detectors"][d]["auroc"]))
+        lines += ["", f"{m}: C2IR vs the best other data-free detector ({best}) vs Energy, mean AUROC per OOD set",
+                  "", "| detector | " + " | ".join(r["oods"]) + " | mean |", "|---|" + "---|" * (len(r["oods"]) + 1)]
+        for d in dict.fromkeys(["c2ir", best, "energy"]):
+            if d in r["detectors"]:
+                x = r["detectors"][d]
+                lines.append(f"| {d} | " + " | ".join(f"{np.mean(x[f'auroc/{o}']):.1f}" for o in r["oods"])
+                             + f" | {np.mean(x['auroc']):.1f} |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    extra = argv[argv.index("--") + 1:] if "--" in argv else []
+    argv = argv[:argv.index("--")] if "--" in argv else argv
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--models", default=",".join(MODELS), help=f"comma list of {sorted(MODELS)}")
+    p.add_argument("--seeds", default="0,1,2")
+    p.add_argument("--cache-root", type=Path, default=Path("outputs/cache_bench"))
+    p.add_argument("--out", type=Path, default=Path("outputs/bench_models"))
+    p.add_argument("--summarize-only", action="store_true", help="only rebuild summary.md from existing sweeps")
+    args = p.parse_args(argv)
+    models = [m for m in args.models.split(",") if m]
+    unknown = [m for m in models if m not in MODELS]
+    if unknown:
+        print(f"bench_models: error: unknown model(s) {unknown}; choose from {sorted(MODELS)}", file=sys.stderr)
+        return 2
+    results = {}
+    for m in models:
+        sweep = args.out / m if args.summarize_only else run_model(m, args.seeds, args.cache_root, args.out, extra)
+        results[m] = collect(sweep, args.cache_root)
+    text = summary(results, args.seeds)
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "summary.md").write_text(text)
+    print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
