@@ -1,8 +1,8 @@
 """Stage `evaluate`: score the ID test set and every OOD set with every configured detector.
 
-One cached forward pass per dataset serves all detectors (a detector that needs input
-gradients, such as ODIN, has its own cached pass per set: `image_scores`). Detectors fit on the impressions (data-free) or,
-for the full-access comparators, on real ID training features. The scores and metrics
+One cached forward pass per dataset serves all detectors; a detector that needs input
+gradients (ODIN) has its own cached pass per set (`image_scores`). Detectors fit on the
+impressions (data-free) or, for the full-access comparators, on real ID training features. The scores and metrics
 are cached under a key of everything they depend on, then written as reports into the
 Hydra run directory.
 """
