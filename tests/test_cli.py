@@ -55,6 +55,20 @@ def test_changing_ipm_reruns_only_evaluate(first_run, workdir):
     assert misses == ["evaluate"]
 
 
+def test_gradient_pass_scores_are_cached_per_detector_config(first_run, workdir):
+    """ODIN's own pass is keyed by its config: reused under another detector list, redone for other parameters."""
+    args = ["evaluate", *TINY[1:], f"cache_root={workdir / 'cache'}"]
+
+    def misses(*extra):
+        proc = run_cli([*args, *extra], cwd=workdir)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        return re.findall(r"cache miss: computing (\w+)/", proc.stdout + proc.stderr)
+
+    assert "image_scores" in misses("detectors=[odin]")
+    assert misses("detectors=[odin,energy]") == ["evaluate"]
+    assert "image_scores" in misses("detectors=[odin]", "detectors.odin.epsilon=0.0")
+
+
 def test_multirun_and_report(first_run, workdir):
     proc = run_cli(["evaluate", "-m", *TINY, "ipm=mean_l2,mean_l1", f"cache_root={workdir / 'cache'}"], cwd=workdir)
     assert proc.returncode == 0, proc.stderr[-2000:]
