@@ -12,8 +12,7 @@ and writes `<out>/summary.md`:
     python scripts/bench_models.py --models digits --seeds 0         # the check that runs here in minutes
     python scripts/bench_models.py --models resnet32 -- synth.per_class=10   # extra overrides after --
 
-Seeds must be part of the cache keys for the seeds to differ (issue 11); with an older c2ir every seed
-reuses seed 0's impressions and the std is 0.
+`seed` is in the train/synthesize/collect_stats cache keys (issue 11), so each seed draws its own impressions.
 """
 
 from __future__ import annotations
