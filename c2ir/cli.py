@@ -28,7 +28,7 @@ def usage() -> str:
     width = max(len(s) for s in STAGES) + 2
     lines = ["usage: c2ir <stage> [hydra overrides ...]   (c2ir <stage> --help for its config)", "", "stages:"]
     lines += [f"  {name:<{width}}{desc}" for name, (_, desc) in STAGES.items()]
-    lines += [f"  {'report':<{width}}aggregate a multirun folder into one table: c2ir report <multirun_dir>", "",
+    lines += [f"  {'report':<{width}}aggregate a multirun folder (table + sweep_report.html): c2ir report <multirun_dir>", "",
               "examples:", "  c2ir run", "  c2ir run experiment=cifar10_resnet20_cpu",
               "  c2ir evaluate ood=[tin_resize,mnist] ipm=mean_l2", "  c2ir synthesize -m synth.iterations=100,300"]
     return "\n".join(lines)
@@ -172,6 +172,9 @@ def report_main(args: list[str]) -> int:
         return fail(f"no results.json found under {folder}; run `c2ir evaluate -m ...` or `c2ir run -m ...` first")
     print(text)
     (folder / "sweep_results.md").write_text(text + "\n")
+    from c2ir.report_html import write_sweep_report
+
+    write_sweep_report(folder)  # after the table; a failure is a warning
     return 0
 
 

@@ -71,3 +71,11 @@ def ood_metrics(id_scores: np.ndarray, ood_scores: np.ndarray) -> dict[str, floa
 
 def accuracy(logits: np.ndarray, labels: np.ndarray) -> float:
     return float((np.asarray(logits).argmax(1) == np.asarray(labels)).mean())
+
+
+def columnwise_auroc(id_cols: np.ndarray, ood_cols: np.ndarray) -> list[float]:
+    """AUROC (%) of each column of (N, L) ID and (M, L) OOD scores on its own (e.g. one C2IR layer's deviation)."""
+    id_cols, ood_cols = np.atleast_2d(np.asarray(id_cols, np.float64)), np.atleast_2d(np.asarray(ood_cols, np.float64))
+    if id_cols.shape[1] != ood_cols.shape[1]:
+        raise ValueError(f"column counts differ: {id_cols.shape[1]} (ID) vs {ood_cols.shape[1]} (OOD)")
+    return [100 * auroc(id_cols[:, j], ood_cols[:, j]) for j in range(id_cols.shape[1])]

@@ -1,4 +1,4 @@
-"""Reports: results tables (terminal, Markdown, CSV, JSON), plots, and sweep aggregation.
+"""Reports: results tables (terminal, Markdown, CSV, JSON) and sweep aggregation (pictures: c2ir.report_html).
 
 Convention stated in every table: scores are higher for OOD; FPR95 is the OOD false-
 positive rate at 95% ID true-positive rate (ID is the positive class); metrics in %.
@@ -17,7 +17,6 @@ from typing import Any
 import numpy as np
 
 from c2ir.cache import atomic_write_bytes, atomic_write_json
-from c2ir.metrics import roc_points
 
 log = logging.getLogger(__name__)
 
@@ -111,38 +110,6 @@ def write_reports(directory: Path, result: dict) -> None:
     writer.writerows(rows(result))
     atomic_write_bytes(directory / "results.csv", buf.getvalue().encode())
     atomic_write_json(directory / "results.json", {**result, "rows": rows(result), "convention": CONVENTION})
-
-
-def plot_all(directory: Path, scores: dict[str, dict[str, np.ndarray]], id_name: str, oods: list[str]) -> None:
-    """ROC curves per OOD set (all detectors) and score histograms per detector (ID vs each OOD set)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    for ood in oods:
-        fig, ax = plt.subplots(figsize=(5, 5))
-        for det, per in scores.items():
-            fpr, tpr, _ = roc_points(per[id_name], per[ood])
-            ax.plot(fpr, tpr, label=det, lw=1.2)
-        ax.plot([0, 1], [0, 1], "k:", lw=0.8)
-        ax.set(xlabel="FPR (OOD accepted as ID)", ylabel="TPR (ID accepted)", title=f"ROC: {id_name} vs {ood}")
-        ax.legend(fontsize=7)
-        fig.tight_layout()
-        fig.savefig(directory / f"roc_{ood}.png", dpi=90)
-        plt.close(fig)
-    for det, per in scores.items():
-        fig, ax = plt.subplots(figsize=(6, 4))
-        finite = np.concatenate([v[np.isfinite(v)] for v in per.values()])
-        lo, hi = np.percentile(finite, [0.5, 99.5]) if finite.size else (0, 1)
-        bins = np.linspace(lo, hi if hi > lo else lo + 1, 60)
-        for name in [id_name, *oods]:
-            ax.hist(np.clip(per[name], lo, hi), bins=bins, histtype="step", density=True, label=name, lw=1.2)
-        ax.set(xlabel=f"{det} score (higher = more OOD)", ylabel="density", title=f"{det}: ID vs OOD scores")
-        ax.legend(fontsize=7)
-        fig.tight_layout()
-        fig.savefig(directory / f"hist_{det}.png", dpi=90)
-        plt.close(fig)
 
 
 def aggregate(multirun_dir: Path) -> tuple[str, list[dict[str, Any]]]:

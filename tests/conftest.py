@@ -58,3 +58,17 @@ def run_cli(args: list[str], cwd: Path, env: dict | None = None, timeout: int = 
 def _threads():
     torch.set_num_threads(2)
     yield
+
+
+def assert_self_contained(page: str) -> None:
+    """An HTML page opens from disk with no network: images are data: URIs, links are in-page anchors."""
+    import re
+
+    assert page.lstrip().startswith("<!DOCTYPE html>")
+    srcs = re.findall(r"""\bsrc\s*=\s*["']?([^"' >]*)""", page, flags=re.I)
+    hrefs = re.findall(r"""\bhref\s*=\s*["']?([^"' >]*)""", page, flags=re.I)
+    assert srcs, "no embedded image"
+    assert all(s.startswith("data:image/png;base64,") for s in srcs), [s[:40] for s in srcs if not s.startswith("data:")]
+    assert all(h.startswith("#") for h in hrefs), [h for h in hrefs if not h.startswith("#")]
+    for needle in ("<script", "<link", "@import", "url(", "<iframe", "<object", "<embed"):
+        assert needle not in page.lower(), needle

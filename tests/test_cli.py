@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import TINY, run_cli
+from conftest import TINY, assert_self_contained, make_cfg, run_cli
 
 
 @pytest.fixture(scope="module")
@@ -38,6 +38,17 @@ def test_run_end_to_end(first_run, workdir):
     for name in ("results.md", "results.csv", "impressions_grid.png", "roc_gaussian_noise.png", "hist_c2ir.png"):
         assert (run_dir / name).is_file(), name
     assert "| c2ir | data-free |" in first_run.stdout
+    page = (run_dir / "report.html").read_text()
+    assert_self_contained(page)
+    for name in [*res["metrics"], *res["ood_sets"], res["id_set"], *res["layer_weights"]["layers"]]:
+        assert name in page, name
+    for section in ("ROC curves", "Score histograms", "Impressions", "Synthesis loss curves", "per-layer AUROC",
+                    "Resolved config", "Artifacts used"):
+        assert section in page, section
+    assert 'class="note"' not in page, "every input of the page should be available after `c2ir run`"
+    c2ir_layers = res["layer_auroc"]["c2ir"]
+    assert c2ir_layers["layers"] == res["layer_weights"]["layers"]
+    assert set(c2ir_layers["auroc"]) == set(res["ood_sets"])
 
 
 def test_second_run_is_all_cache_hits(first_run, workdir):
@@ -77,6 +88,58 @@ def test_multirun_and_report(first_run, workdir):
     rep = run_cli(["report", str(sweep)], cwd=workdir)
     assert rep.returncode == 0, rep.stderr
     assert "ipm=mean_l1" in rep.stdout and "ipm=mean_l2" in rep.stdout and "| c2ir |" in rep.stdout
+    page = (sweep / "sweep_report.html").read_text()
+    assert_self_contained(page)
+    res = _latest_results(workdir)
+    for name in [*res["metrics"], "ipm=mean_l1", "ipm=mean_l2", "metrics vs ipm"]:
+        assert name in page, name
+
+
+def test_a_failing_plot_keeps_the_tables(first_run, workdir, tmp_path, monkeypatch, caplog):
+    """In-process on first_run's cache (all hits): a plot that raises is a warning, the tables are written."""
+    import logging
+
+    from c2ir import plots
+    from c2ir.stages.common import Context
+    from c2ir.stages.evaluate import report_evaluation
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("plot exploded")
+
+    monkeypatch.setattr(plots, "histogram_panels", broken)
+    cfg = make_cfg(tmp_path, [*TINY, f"cache_root={workdir / 'cache'}"])
+    with caplog.at_level(logging.INFO):
+        report_evaluation(Context(cfg))
+    assert "cache miss" not in caplog.text
+    out = tmp_path / "out"
+    for name in ("results.md", "results.csv", "results.json", "roc_gaussian_noise.png"):
+        assert (out / name).stat().st_size > 0, name
+    assert "could not draw score histograms" in caplog.text
+    page = (out / "report.html").read_text()
+    assert "plot exploded" in page and "ROC curves" in page
+
+
+def _browser() -> str | None:
+    import shutil
+
+    return next((b for b in ("chromium", "chromium-browser", "google-chrome") if shutil.which(b)), None)
+
+
+@pytest.mark.skipif(_browser() is None, reason="no Chromium/Chrome on PATH")
+def test_report_renders_in_a_headless_browser(first_run, workdir, tmp_path):
+    import subprocess
+
+    page = sorted((workdir / "outputs" / "runs").rglob("report.html"))[-1]
+    args = [_browser(), "--headless", "--no-sandbox", "--disable-gpu", "--window-size=1400,3000"]
+    dom = subprocess.run([*args, "--dump-dom", page.as_uri()], capture_output=True, text=True, timeout=120)
+    assert "<table>" in dom.stdout and "ROC curves" in dom.stdout and "data:image/png;base64," in dom.stdout
+    shot = tmp_path / "shot.png"
+    subprocess.run([*args, f"--screenshot={shot}", page.as_uri()], capture_output=True, timeout=120)
+    from PIL import Image
+
+    img = Image.open(shot).convert("L")
+    assert img.size == (1400, 3000)
+    assert len(set(img.getdata())) > 50, "the screenshot is blank"
 
 
 def _one_line_error(proc, *needles):

@@ -45,3 +45,15 @@ def test_hand_computed_cases():
 def test_accuracy():
     logits = np.array([[2.0, 1.0], [0.0, 3.0], [1.0, 0.0]])
     assert metrics.accuracy(logits, np.array([0, 1, 1])) == pytest.approx(2 / 3)
+
+
+def test_columnwise_auroc_is_auroc_per_column():
+    rng = np.random.default_rng(0)
+    id_cols, ood_cols = rng.normal(0, 1, (80, 3)), rng.normal([0.0, 1.0, -1.0], 1, (60, 3))
+    got = metrics.columnwise_auroc(id_cols, ood_cols)
+    y = np.r_[np.zeros(80), np.ones(60)]  # OOD positive for sklearn, higher score = OOD
+    want = [100 * roc_auc_score(y, np.r_[id_cols[:, j], ood_cols[:, j]]) for j in range(3)]
+    assert np.allclose(got, want)
+    assert got[1] > 60 > got[2]
+    with pytest.raises(ValueError, match="column counts differ"):
+        metrics.columnwise_auroc(id_cols, ood_cols[:, :2])

@@ -30,7 +30,7 @@ log = logging.getLogger(__name__)
 
 # Per stage: a code version; bump it when a stage's output format or algorithm changes.
 STAGE_VERSIONS = {"train": 2, "synthesize": 2, "collect_stats": 2, "weight_layers": 2, "features": 2,
-                  "image_scores": 2, "evaluate": 2, "model": 2}
+                  "image_scores": 2, "evaluate": 3, "model": 2}  # evaluate 3: per-layer AUROC
 
 
 @dataclass(frozen=True)

@@ -25,11 +25,12 @@ from c2ir.detectors import Detector, FitContext, build_detector
 from c2ir.detectors.c2ir import C2IR
 from c2ir.errors import C2IRError
 from c2ir.ipm import get_ipm
-from c2ir.metrics import accuracy, ood_metrics
+from c2ir.metrics import accuracy, columnwise_auroc, ood_metrics
 from c2ir.schema import ood_names
 from c2ir.stages.collect_stats import ensure_stats, id_train_features, load_stats
 from c2ir.stages.common import Context, key_fields, plain
 from c2ir.stages.features import ensure_features
+from c2ir.stages.report_page import write_run_page
 from c2ir.stages.weight_layers import ensure_weights, load_weights
 
 log = logging.getLogger(__name__)
@@ -170,20 +171,33 @@ class Evaluation:
         result = {"id_set": self.id_name, "id_accuracy": id_acc, "ood_sets": list(self.ood_keys),
                   "metrics": metrics, "access": access, "ipm": plain(self.ctx.cfg.ipm),
                   "mgi": plain(self.ctx.cfg.mgi), "layer_weights": self.weights_art.json("weights.json"),
-                  "counts": {s: int(len(b["logits"])) for s, (_, b) in self.sets.items()}}
+                  "counts": {s: int(len(b["logits"])) for s, (_, b) in self.sets.items()},
+                  "layer_auroc": self.layer_auroc()}
         atomic_save_tensors(out / "scores.safetensors",
                             {f"{d}/{s}": torch.from_numpy(np.ascontiguousarray(v)) for d, ps in scores.items() for s, v in ps.items()})
         atomic_write_json(out / "results.json", result)
-        report.plot_all(out, scores, self.id_name, list(self.ood_keys))
         return {"id_accuracy": id_acc}
+
+    def layer_auroc(self) -> dict[str, dict]:
+        """Per C2IR detector: AUROC (%) of each layer's raw deviation alone, per OOD set (the report's
+        evidence for the layer choice; AUROC is invariant to the per-layer normalisation)."""
+        out = {}
+        for name, det in self.detectors.items():
+            if not isinstance(det, C2IR):
+                continue
+            dev = {s: det.layer_deviations(bundle).numpy() for s, (_, bundle) in self.sets.items()}
+            out[name] = {"layers": list(det.layers),
+                         "auroc": {o: columnwise_auroc(dev[self.id_name], dev[o]) for o in self.ood_keys}}
+        return out
 
 
 def evaluate(ctx: Context) -> Artifact:
     ev = Evaluation(ctx)
     key = ev.key()
     return ctx.store.get_or_create("evaluate", key, ev.compute, config={"ipm": plain(ctx.cfg.ipm)},
-                                   upstream={"stats": ev.stats_art.key, "weights": ev.weights_art.key}, seed=ctx.seed,
-                                   inputs=ev.inputs())
+                                   upstream={"stats": ev.stats_art.key, "weights": ev.weights_art.key,
+                                             **{f"features:{n}": a.key for n, (a, _) in ev.sets.items()}},
+                                   seed=ctx.seed, inputs=ev.inputs())
 
 
 def run(cfg) -> None:
@@ -191,15 +205,16 @@ def run(cfg) -> None:
 
 
 def report_evaluation(ctx: Context) -> None:
-    """Evaluate (or load the cached evaluation) and write the reports into the run directory."""
+    """Evaluate (or load the cached evaluation) and write the reports into the run directory.
+
+    Tables (md/csv/json) first, then the pictures and report.html, so a failing plot costs no result.
+    """
     cfg = ctx.cfg
     art = evaluate(ctx)
     if not ctx.dist.is_main:
         return
     run_dir = report.run_dir(cfg)
     result = art.json("results.json")
-    for f in art.path.glob("*.png"):
-        shutil.copy2(f, run_dir / f.name)
     from c2ir.stages.synthesize import synth_key
 
     grid = ctx.store.dir("synthesize", synth_key(ctx)) / "impressions_grid.png"
@@ -207,4 +222,5 @@ def report_evaluation(ctx: Context) -> None:
         shutil.copy2(grid, run_dir / "impressions_grid.png")
     report.write_reports(run_dir, result)
     print(report.terminal_table(result))
+    write_run_page(ctx, art, run_dir)
     log.info("reports written to %s", run_dir)

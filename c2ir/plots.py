@@ -1,0 +1,279 @@
+"""Matplotlib figures for the reports: each function takes plain arrays and returns a Figure.
+
+Why a module of its own: the figures are shared by the PNG files of a run, the HTML page
+(`c2ir.report_html`) and the sweep page, and a figure that fails must not take the
+tables with it, so callers wrap each one (see `report_html.Page.figure`). Nothing here
+reads artifacts or writes files except `save_png`.
+"""
+
+from __future__ import annotations
+
+import io
+import itertools
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+
+from c2ir.metrics import roc_points
+
+VERSION = 1  # bump when a figure changes: cached report figures are keyed by it
+COLORS = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf")
+LINESTYLES = ("-", "--", ":", "-.")
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def line_styles(names: Sequence[str]) -> dict[str, dict]:
+    """A distinct (colour, line style) per name: 10 colours x 4 styles = 40 before any repeat.
+
+    Colour varies fastest, so neighbours in the legend differ in colour; the line style
+    separates the 11th to 40th. `c2ir*` detectors are drawn thicker so the method stands out.
+    """
+    combos = list(itertools.product(LINESTYLES, COLORS))
+    out = {}
+    for i, name in enumerate(names):
+        ls, color = combos[i % len(combos)]
+        out[name] = {"color": color, "linestyle": ls, "lw": 2.4 if name.startswith("c2ir") else 1.3}
+    return out
+
+
+def to_png(fig, dpi: int = 90) -> bytes:
+    """PNG bytes of a figure; the figure is closed (figures are not reused)."""
+    plt = _plt()
+    buf = io.BytesIO()
+    try:
+        fig.savefig(buf, format="png", dpi=dpi, bbox_inches="tight")
+    finally:
+        plt.close(fig)
+    return buf.getvalue()
+
+
+def save_png(png: bytes, path: Path) -> None:
+    from c2ir.cache import atomic_write_bytes
+
+    atomic_write_bytes(path, png)
+
+
+def roc_figure(scores: Mapping[str, Mapping[str, np.ndarray]], id_name: str, ood: str,
+               aurocs: Mapping[str, float] | None = None):
+    """ROC of every detector for one OOD set; legend sorted by AUROC (shown), colour + line style per detector."""
+    plt = _plt()
+    names = list(scores)
+    styles = line_styles(names)
+    aurocs = dict(aurocs or {})
+    order = sorted(names, key=lambda d: -aurocs.get(d, -1.0))
+    fig, ax = plt.subplots(figsize=(7.5, 5.2))
+    for det in order:
+        fpr, tpr, _ = roc_points(scores[det][id_name], scores[det][ood])
+        label = f"{det} ({aurocs[det]:.1f})" if det in aurocs else det
+        ax.plot(fpr, tpr, label=label, **styles[det])
+    ax.plot([0, 1], [0, 1], color="0.6", lw=0.8, linestyle=":")
+    ax.set(xlabel="FPR (OOD accepted as ID)", ylabel="TPR (ID accepted)", title=f"ROC: {id_name} vs {ood}",
+           xlim=(0, 1), ylim=(0, 1.01))
+    ax.grid(alpha=0.3)
+    ax.legend(title="detector (AUROC %)", fontsize=7, title_fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0),
+              ncol=1 if len(names) <= 20 else 2, frameon=False)
+    return fig
+
+
+def _bins(arrays: Sequence[np.ndarray]) -> np.ndarray:
+    finite = np.concatenate([a[np.isfinite(a)] for a in arrays]) if arrays else np.zeros(0)
+    lo, hi = np.percentile(finite, [0.5, 99.5]) if finite.size else (0.0, 1.0)
+    return np.linspace(lo, hi if hi > lo else lo + 1, 50)
+
+
+def histogram_panels(scores: Mapping[str, Mapping[str, np.ndarray]], id_name: str, oods: Sequence[str],
+                     cols: int = 4):
+    """Small multiples: one panel per detector, ID vs each OOD set (step histograms, shared legend)."""
+    plt = _plt()
+    dets = list(scores)
+    rows = max(1, -(-len(dets) // cols))
+    fig, axes = plt.subplots(rows, cols, figsize=(3.4 * cols, 2.4 * rows), squeeze=False)
+    sets = [id_name, *oods]
+    colors = {s: ("black" if s == id_name else COLORS[i % len(COLORS)]) for i, s in enumerate(sets)}
+    for ax, det in zip(axes.flat, dets):
+        per = scores[det]
+        bins = _bins([per[s] for s in sets])
+        for s in sets:
+            v = np.clip(per[s][np.isfinite(per[s])], bins[0], bins[-1])
+            ax.hist(v, bins=bins, histtype="step", density=True, color=colors[s],
+                    lw=1.8 if s == id_name else 1.1, label=s)
+        ax.set_title(det, fontsize=9)
+        ax.tick_params(labelsize=6)
+        ax.xaxis.set_major_locator(plt.MaxNLocator(5))
+        ax.ticklabel_format(axis="x", useOffset=True, style="sci", scilimits=(-3, 4))
+        ax.set_yticks([])
+    for ax in list(axes.flat)[len(dets):]:
+        ax.axis("off")
+    handles, labels = axes.flat[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="upper center", ncol=min(len(sets), 6), fontsize=8, frameon=False,
+               bbox_to_anchor=(0.5, 1.0))
+    fig.supxlabel("score (higher = more OOD); x range: 0.5-99.5 percentile of all sets", fontsize=8)
+    fig.tight_layout(rect=(0, 0, 1, 0.97))
+    return fig
+
+
+def detector_histogram(per: Mapping[str, np.ndarray], det: str, id_name: str, oods: Sequence[str]):
+    """One detector's ID vs OOD score histograms (the per-detector PNG scripts use)."""
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(6, 4))
+    bins = _bins([per[s] for s in [id_name, *oods]])
+    for s in [id_name, *oods]:
+        ax.hist(np.clip(per[s], bins[0], bins[-1]), bins=bins, histtype="step", density=True, label=s, lw=1.2)
+    ax.set(xlabel=f"{det} score (higher = more OOD)", ylabel="density", title=f"{det}: ID vs OOD scores")
+    ax.legend(fontsize=7)
+    return fig
+
+
+def labelled_grid(images: np.ndarray, targets: np.ndarray, predicted: np.ndarray, num_classes: int,
+                  per_row: int = 10, max_classes: int = 20, pad: int = 2):
+    """Impressions, one row per class, labelled with the class and its on-target share.
+
+    An impression the model does not assign to its target gets a red frame. `images` is
+    (N, C, H, W) in [0, 1]. Only the first `max_classes` classes are drawn (the page
+    tabulates all shares).
+    """
+    plt = _plt()
+    n, c, h, w = images.shape
+    shown = min(num_classes, max_classes)
+    cell_h, cell_w = h + 2 * pad, w + 2 * pad
+    canvas = np.ones((shown * cell_h, per_row * cell_w, 3), dtype=np.float32)
+    labels = []
+    for k in range(shown):
+        idx = np.flatnonzero(targets == k)
+        share = float((predicted[idx] == k).mean()) if idx.size else float("nan")
+        labels.append(f"class {k}: {100 * share:.0f}%")
+        for j, i in enumerate(idx[:per_row]):
+            y, x = k * cell_h, j * cell_w
+            if predicted[i] != k:
+                canvas[y:y + cell_h, x:x + cell_w] = (0.85, 0.1, 0.1)
+            img = images[i].transpose(1, 2, 0)
+            canvas[y + pad:y + pad + h, x + pad:x + pad + w] = img if c == 3 else np.repeat(img[:, :, :1], 3, axis=2)
+    scale = max(0.25, 22.0 / max(cell_h, 1))
+    fig, ax = plt.subplots(figsize=(min(14, 2 + per_row * cell_w * scale / 22), 0.6 + shown * cell_h * scale / 22 * 0.9))
+    ax.imshow(canvas, interpolation="nearest")
+    ax.set_yticks([k * cell_h + cell_h / 2 for k in range(shown)], labels, fontsize=8)
+    ax.set_xticks([])
+    ax.set_title("impressions per target class (red frame: the model predicts another class)", fontsize=9)
+    return fig
+
+
+def synthesis_curves(curves: Mapping[str, np.ndarray], names: Sequence[str] = ("total", "ce", "bn", "tv")):
+    """Loss curves per batch: one panel per loss term, one line per batch (log scale when positive)."""
+    plt = _plt()
+    present = [k for k in names if k in curves]
+    fig, axes = plt.subplots(1, len(present), figsize=(3.6 * len(present), 3.0), squeeze=False)
+    for ax, name in zip(axes[0], present):
+        arr = np.atleast_2d(np.asarray(curves[name], dtype=np.float64))
+        for b, row in enumerate(arr):
+            ax.plot(np.arange(1, len(row) + 1), row, lw=1.0, color=COLORS[b % len(COLORS)],
+                    alpha=0.9 if len(arr) <= 10 else 0.35, label=f"batch {b + 1}" if len(arr) <= 10 else None)
+        if np.all(arr > 0):
+            from matplotlib.ticker import NullFormatter
+
+            ax.set_yscale("log")
+            ax.yaxis.set_minor_formatter(NullFormatter())  # mathtext minor labels: slow and cluttered
+        ax.set_title(name, fontsize=9)
+        ax.set_xlabel("iteration", fontsize=8)
+        ax.tick_params(labelsize=7)
+        ax.grid(alpha=0.3)
+    if 1 < len(np.atleast_2d(np.asarray(curves[present[0]]))) <= 10:
+        axes[0][0].legend(fontsize=7)
+    fig.tight_layout()
+    return fig
+
+
+def layer_weights(layers: Sequence[str], by_method: Mapping[str, Sequence[float]], used: str):
+    """Grouped bars: the MGI weight of each layer under each method; the method in use is labelled."""
+    plt = _plt()
+    methods = list(by_method)
+    x = np.arange(len(layers))
+    width = 0.8 / max(len(methods), 1)
+    fig, ax = plt.subplots(figsize=(max(5.0, 0.7 * len(layers) + 2), 3.4))
+    for i, m in enumerate(methods):
+        ax.bar(x + i * width - 0.4 + width / 2, by_method[m], width, color=COLORS[i % len(COLORS)],
+               edgecolor="black" if m == used else "none", label=f"{m} (used)" if m == used else m)
+    ax.set_xticks(x, layers, rotation=30, ha="right", fontsize=8)
+    ax.set_ylabel("weight (sums to 1)")
+    ax.set_title("MGI layer weights (gradients on the impressions)", fontsize=9)
+    ax.legend(fontsize=7)
+    return fig
+
+
+def layer_auroc(layers: Sequence[str], per_ood: Mapping[str, Sequence[float]], weights: Sequence[float] | None = None):
+    """AUROC of each layer's deviation alone, one line per OOD set (and the MGI weights as bars behind)."""
+    plt = _plt()
+    x = np.arange(len(layers))
+    fig, ax = plt.subplots(figsize=(max(5.5, 0.7 * len(layers) + 3), 3.6))
+    if weights is not None and len(weights) == len(layers):
+        ax2 = ax.twinx()
+        ax2.bar(x, weights, 0.5, color="0.85", label="MGI weight")
+        ax2.set_ylabel("MGI weight", color="0.5", fontsize=8)
+        ax2.tick_params(labelsize=7)
+        ax.set_zorder(ax2.get_zorder() + 1)
+        ax.patch.set_visible(False)
+    for i, (ood, vals) in enumerate(per_ood.items()):
+        ax.plot(x, vals, marker="o", color=COLORS[i % len(COLORS)], linestyle=LINESTYLES[(i // len(COLORS)) % 4],
+                label=ood)
+    ax.axhline(50, color="0.6", lw=0.8, linestyle=":")
+    ax.set_xticks(x, layers, rotation=30, ha="right", fontsize=8)
+    ax.set_ylabel("AUROC % of the layer's deviation")
+    ax.set_title("C2IR per-layer deviations: AUROC per OOD set", fontsize=9)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.18, 1.0), frameon=False)
+    return fig
+
+
+def sweep_panels(param: str, values: Sequence[str], panels: Mapping[str, Mapping[str, Mapping[str, tuple[float, float]]]],
+                 metrics: Sequence[str] = ("auroc", "fpr95")):
+    """Metric vs the swept parameter's values, error bars = std over seeds, one line per detector.
+
+    `panels[title][metric][detector][value] = (mean, std)`; one row of panels per title (a
+    setting of the other swept parameters, "" when there are none), one column per metric.
+    """
+    plt = _plt()
+    titles = list(panels)
+    fig, axes = plt.subplots(len(titles), len(metrics), figsize=(5.2 * len(metrics) + 2, 3.4 * len(titles)),
+                             squeeze=False)
+    numeric = all(_is_number(v) for v in values)
+    xs = {v: (float(v) if numeric else i) for i, v in enumerate(values)}
+    dets = sorted({d for t in titles for m in metrics for d in panels[t].get(m, {})},
+                  key=lambda d: (not d.startswith("c2ir"), d))
+    styles = line_styles(dets)
+    for r, title in enumerate(titles):
+        for c, metric in enumerate(metrics):
+            ax = axes[r][c]
+            for det in dets:
+                pts = panels[title].get(metric, {}).get(det, {})
+                vs = [v for v in values if v in pts]
+                if not vs:
+                    continue
+                ax.errorbar([xs[v] for v in vs], [pts[v][0] for v in vs], yerr=[pts[v][1] for v in vs], capsize=3,
+                            marker="o", ms=3, label=det, **styles[det])
+            if not numeric:
+                ax.set_xticks(range(len(values)), values, rotation=20, fontsize=8)
+            ax.set_xlabel(param)
+            ax.set_ylabel(f"{metric} % (mean over OOD sets)")
+            ax.set_title(title if title else f"{metric} vs {param}", fontsize=9)
+            ax.grid(alpha=0.3)
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    if handles:
+        fig.legend(handles, labels, loc="upper left", bbox_to_anchor=(1.0, 0.98), fontsize=7, frameon=False,
+                   ncol=1 if len(dets) <= 20 else 2)
+    fig.tight_layout()
+    return fig
+
+
+def _is_number(v: str) -> bool:
+    try:
+        float(v)
+    except (TypeError, ValueError):
+        return False
+    return True

@@ -1,0 +1,179 @@
+"""The HTML report pages, on synthetic results (no run needed): complete, self-contained, robust."""
+
+from __future__ import annotations
+
+import json
+import logging
+
+import numpy as np
+import pytest
+
+from c2ir import plots, report, report_html
+from c2ir.report_html import RunInputs, write_run_report, write_sweep_report
+from conftest import assert_self_contained
+
+OODS = ["noise_a", "shuffled_b"]
+
+
+def fake_result(dets: list[str], rng: np.random.Generator) -> tuple[dict, dict]:
+    """A results.json-like dict and scores for `dets` (the last two are full-access)."""
+    scores, metrics = {}, {}
+    from c2ir.metrics import ood_metrics
+
+    for i, d in enumerate(dets):
+        per = {"digits-test": rng.normal(0, 1, 120)}
+        for j, o in enumerate(OODS):
+            per[o] = rng.normal(0.1 * i + j, 1, 90)
+        scores[d] = per
+        metrics[d] = {o: ood_metrics(per["digits-test"], per[o]) for o in OODS}
+    access = {d: ("full access" if i >= len(dets) - 2 else "data-free") for i, d in enumerate(dets)}
+    layers = ["act1", "act2", "act3"]
+    result = {"id_set": "digits-test", "id_accuracy": 0.97, "ood_sets": OODS, "metrics": metrics, "access": access,
+              "counts": {"digits-test": 120, **{o: 90 for o in OODS}},
+              "layer_weights": {"method": "grad_abs", "layers": layers, "weights": [0.5, 0.3, 0.2],
+                                "weights_by_method": {"grad_abs": [0.5, 0.3, 0.2], "uniform": [1 / 3] * 3}},
+              "layer_auroc": {"c2ir": {"layers": layers, "auroc": {o: [90.0, 80.0, 70.0] for o in OODS}}}}
+    return result, scores
+
+
+def fake_inputs(n_dets: int = 3, seed: int = 0) -> RunInputs:
+    rng = np.random.default_rng(seed)
+    dets = ["c2ir", *[f"det{i:02d}" for i in range(n_dets - 1)]]
+    result, scores = fake_result(dets, rng)
+    targets = np.arange(40) % 4
+    predicted = targets.copy()
+    predicted[[1, 6]] = 0  # two impressions miss their target
+    return RunInputs(result=result, scores=scores,
+                     impressions={"images": rng.random((40, 1, 8, 8)).astype(np.float32), "targets": targets,
+                                  "predicted": predicted},
+                     curves={k: rng.random((2, 30)) + 0.1 for k in ("total", "ce", "bn", "tv", "l2")},
+                     synth_summary={"count": 40, "target_share": 0.95, "per_class_target_share": [0.8, 0.9, 1.0, 1.0]},
+                     config_yaml="seed: 0\nipm:\n  name: mean_l2\n", keys={"evaluate": "abc123", "synthesize": "def456"})
+
+
+def test_line_styles_stay_distinct_for_many_detectors():
+    names = [f"d{i}" for i in range(40)]
+    styles = plots.line_styles(names)
+    assert len({(s["color"], s["linestyle"]) for s in styles.values()}) == 40
+
+
+def test_run_page_is_complete_and_self_contained(tmp_path):
+    inp = fake_inputs(n_dets=8)
+    path = write_run_report(tmp_path, inp)
+    assert path == tmp_path / "report.html"
+    page = path.read_text()
+    assert_self_contained(page)
+    for det in inp.result["metrics"]:
+        assert f">{det}<" in page, det
+    for name in [*OODS, "digits-test", "act1", "act3", "grad_abs", "abc123", "ipm:", "on target %"]:
+        assert name in page, name
+    for section in ("Results", "ROC curves", "Score histograms", "Impressions", "Synthesis loss curves",
+                    "MGI weights and per-layer AUROC", "Resolved config", "Artifacts used"):
+        assert section in page, section
+    # ROC per OOD set, histograms, impressions, curves, MGI weights, per-layer AUROC
+    assert page.count("data:image/png;base64,") == len(OODS) + 5
+    assert 'class="note"' not in page
+    for ood in OODS:
+        assert (tmp_path / f"roc_{ood}.png").stat().st_size > 1000
+    assert (tmp_path / "hist_c2ir.png").is_file()
+
+
+def test_best_value_per_column_is_marked():
+    result, _ = fake_result(["c2ir", "a", "full"], np.random.default_rng(1))
+    for d, m in zip(["c2ir", "a", "full"], [70.0, 80.0, 90.0]):
+        for o in OODS:
+            result["metrics"][d][o]["auroc"] = m
+    result["access"] = {"c2ir": "data-free", "a": "data-free", "full": "full access"}
+    table = report_html.metric_table(result, "auroc")
+    assert '<td class="best">90.0</td>' in table  # best overall (full access)
+    assert '<td class="bestfree">80.0</td>' in table  # best data-free, underlined
+    assert table.index(">C2IR<") < table.index(">data-free<") < table.index(">full access<")
+    fpr = report_html.metric_table(result, "fpr95")
+    assert "lower is better" in fpr
+
+
+def test_a_failing_plot_is_a_warning_and_a_note(tmp_path, monkeypatch, caplog):
+    def broken(*args, **kwargs):
+        raise RuntimeError("plot exploded")
+
+    monkeypatch.setattr(plots, "roc_figure", broken)
+    with caplog.at_level(logging.WARNING):
+        path = write_run_report(tmp_path, fake_inputs())
+    page = path.read_text()
+    assert "plot exploded" in page and 'class="note"' in page
+    assert "could not draw ROC" in caplog.text
+    assert "Score histograms" in page and page.count("data:image/png") == 5  # everything else is still drawn
+
+
+def test_missing_inputs_become_notes(tmp_path):
+    inp = fake_inputs()
+    bare = RunInputs(result={k: v for k, v in inp.result.items() if k not in ("layer_auroc", "layer_weights")})
+    page = write_run_report(tmp_path, bare).read_text()
+    for words in ("Scores not available", "Impressions not available", "loss curves not available",
+                  "Per-layer AUROC not available", "MGI layer weights not available", "config is not available"):
+        assert words in page, words
+
+
+def test_run_page_failure_never_raises(tmp_path, caplog):
+    with caplog.at_level(logging.WARNING):
+        assert write_run_report(tmp_path, RunInputs(result={"nothing": 1})) is None
+    assert "report.html not written" in caplog.text
+    assert not (tmp_path / "report.html").exists()
+
+
+def _fake_sweep(root, settings):
+    rng = np.random.default_rng(0)
+    for i, overrides in enumerate(settings):
+        run = root / str(i)
+        (run / ".hydra").mkdir(parents=True)
+        (run / ".hydra" / "overrides.yaml").write_text("".join(f"- {o}\n" for o in overrides))
+        result, _ = fake_result(["c2ir", "energy", "mahalanobis"], rng)
+        (run / "results.json").write_text(json.dumps({**result, "rows": report.rows(result)}))
+
+
+def test_sweep_page_plots_each_swept_parameter(tmp_path):
+    settings = [[f"ipm={ipm}", f"synth.iterations={it}", f"seed={s}"]
+                for ipm in ("mean_l1", "mean_l2") for it in (50, 100, 200) for s in (0, 1)]
+    _fake_sweep(tmp_path, settings)
+    runs = report_html.load_sweep(tmp_path)
+    assert len(runs) == 12
+    assert report_html.swept_parameters(runs) == ["ipm", "synth.iterations"]
+    data = report_html.sweep_panels_data(runs, "synth.iterations", ["ipm"], ("auroc",))
+    assert set(data) == {"ipm=mean_l1", "ipm=mean_l2"}
+    mean, std = data["ipm=mean_l1"]["auroc"]["c2ir"]["100"]
+    assert std >= 0 and 0 <= mean <= 100
+    page = write_sweep_report(tmp_path).read_text()
+    assert_self_contained(page)
+    assert page.count("data:image/png;base64,") == 2  # one figure per swept parameter
+    for needle in ("c2ir", "energy", "mahalanobis", "ipm=mean_l1 synth.iterations=200", "(2 runs)", "±"):
+        assert needle in page, needle
+
+
+def test_sweep_of_seeds_only_says_so(tmp_path):
+    _fake_sweep(tmp_path, [["seed=0"], ["seed=1"]])
+    page = write_sweep_report(tmp_path).read_text()
+    assert "nothing but the seed" in page and "(2 runs)" in page
+
+
+def test_figures_are_cached_and_failures_are_not(tmp_path, monkeypatch):
+    inp = fake_inputs()
+    inp.figure_cache = tmp_path / "figs"
+    calls = []
+    real_roc, real_hist = plots.roc_figure, plots.histogram_panels
+
+    def counting(*args, **kwargs):
+        calls.append(1)
+        return real_roc(*args, **kwargs)
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("plot exploded")
+
+    monkeypatch.setattr(plots, "histogram_panels", broken)
+    monkeypatch.setattr(plots, "roc_figure", counting)
+    first = write_run_report(tmp_path / "a", inp).read_text()
+    assert len(calls) == len(OODS) and "plot exploded" in first
+    monkeypatch.setattr(plots, "histogram_panels", real_hist)
+    second = write_run_report(tmp_path / "b", inp).read_text()
+    assert len(calls) == len(OODS), "ROC curves were redrawn instead of read from the figure cache"
+    assert "plot exploded" not in second and second.count("data:image/png") == len(OODS) + 5  # retried, not cached
+    assert (tmp_path / "b" / f"roc_{OODS[0]}.png").read_bytes() == (tmp_path / "a" / f"roc_{OODS[0]}.png").read_bytes()
