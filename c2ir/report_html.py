@@ -48,7 +48,7 @@ td.best{font-weight:700;background:#d9f2d9}
 .meta{color:#555}pre{background:#f7f7f7;padding:.8em;overflow-x:auto;font-size:.8em;border:1px solid #ddd}
 img{max-width:100%;height:auto;display:block;margin:.4em 0 1em 0}
 .row{display:flex;flex-wrap:wrap;gap:0 2%;align-items:flex-start}.row img{max-width:48%}
-td.bestfree{text-decoration:underline;font-weight:600}
+td.bestfree{text-decoration:underline;font-weight:600}.scroll{overflow-x:auto;max-width:100%}
 nav ul{columns:3;list-style:none;padding-left:0}nav a{text-decoration:none}
 """
 
@@ -455,16 +455,21 @@ def sweep_table(runs: Sequence[SweepRun], swept: Sequence[str], metric: str) -> 
     """Detectors x settings: mean +- std over seeds of the metric (mean over OOD sets); best per column bold."""
     settings: dict[str, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
     counts: dict[str, int] = defaultdict(int)
+    values: dict[str, dict[str, str]] = {}
     for r in runs:
         s = setting_of(r, swept) or "(all runs)"
         counts[s] += 1
+        values[s] = {k: r.overrides.get(k, "(default)") for k in swept}
         for det in r.result["metrics"]:
             settings[s][det].append(mean_over_oods(r.result, det, metric))
     dets = sorted({d for per in settings.values() for d in per}, key=lambda d: (not d.startswith("c2ir"), d))
     cols = list(settings)
     stats = {s: {d: mean_std(v) for d, v in settings[s].items()} for s in cols}
     best = {s: best_marks({d: m for d, (m, _) in stats[s].items()}, metric) for s in cols}
-    head = '<tr><th class="name">detector</th>' + "".join(f"<th>{esc(s)}<br>({counts[s]} runs)</th>" for s in cols) + "</tr>"
+    # one header row per swept parameter (its values), then the number of runs: narrow columns
+    head = "".join(f'<tr><th class="name">{esc(k)}</th>' + "".join(f"<th>{esc(values[c][k])}</th>" for c in cols)
+                   + "</tr>" for k in swept)
+    head += ('<tr><th class="name">detector \\ runs</th>' + "".join(f"<th>{counts[c]}</th>" for c in cols) + "</tr>")
     body = []
     for d in dets:
         cells = []
@@ -476,7 +481,7 @@ def sweep_table(runs: Sequence[SweepRun], swept: Sequence[str], metric: str) -> 
             cells.append(f'<td{" class=best" if d in best[s] else ""}>{m:.1f} &plusmn; {sd:.1f}</td>')
         body.append(f'<tr><td class="name">{esc(d)}</td>{"".join(cells)}</tr>')
     arrow = "lower is better" if metric in LOWER_IS_BETTER else "higher is better"
-    return f"<h3>{esc(METRIC_TITLES[metric])} ({arrow})</h3><table>{head}{''.join(body)}</table>"
+    return f"<h3>{esc(METRIC_TITLES[metric])} ({arrow})</h3><div class=\"scroll\"><table>{head}{''.join(body)}</table></div>"
 
 
 def sweep_panels_data(runs: Sequence[SweepRun], param: str, others: Sequence[str], metrics: Sequence[str]):

@@ -6,7 +6,6 @@ import json
 import logging
 
 import numpy as np
-import pytest
 
 from c2ir import plots, report, report_html
 from c2ir.report_html import RunInputs, write_run_report, write_sweep_report
@@ -145,14 +144,14 @@ def test_sweep_page_plots_each_swept_parameter(tmp_path):
     page = write_sweep_report(tmp_path).read_text()
     assert_self_contained(page)
     assert page.count("data:image/png;base64,") == 2  # one figure per swept parameter
-    for needle in ("c2ir", "energy", "mahalanobis", "ipm=mean_l1 synth.iterations=200", "(2 runs)", "±"):
+    for needle in ("c2ir", "energy", "mahalanobis", "<th>mean_l1</th>", "<th>200</th>", "runs</th><th>2</th>", "±"):
         assert needle in page, needle
 
 
 def test_sweep_of_seeds_only_says_so(tmp_path):
     _fake_sweep(tmp_path, [["seed=0"], ["seed=1"]])
     page = write_sweep_report(tmp_path).read_text()
-    assert "nothing but the seed" in page and "(2 runs)" in page
+    assert "nothing but the seed" in page and "runs</th><th>2</th>" in page
 
 
 def test_figures_are_cached_and_failures_are_not(tmp_path, monkeypatch):
