@@ -316,9 +316,9 @@ def _impressions_section(page: Page, inp: RunInputs) -> None:
         page.figure("impressions grid", lambda: plots.labelled_grid(imp["images"], imp["targets"], imp["predicted"], k))
     else:
         page.note("Impressions not available (synthesis artifact not found in the cache).")
-    if shares:
-        page.add(small_table(["class", *[str(c) for c in range(len(shares))]],
-                             [["on target %", *[f"{100 * s:.0f}" for s in shares]]]))
+    for start in range(0, len(shares or []), 25):  # rows of 25 classes keep 100-class sets on screen
+        chunk = range(start, min(start + 25, len(shares)))
+        page.add(small_table(["class", *[str(c) for c in chunk]], [["on target %", *[f"{100 * shares[c]:.0f}" for c in chunk]]]))
 
 
 def _layers_section(page: Page, res: dict) -> None:

@@ -99,7 +99,7 @@ def test_a_failing_plot_keeps_the_tables(first_run, workdir, tmp_path, monkeypat
     """In-process on first_run's cache (all hits): a plot that raises is a warning, the tables are written."""
     import logging
 
-    from c2ir import plots
+    from c2ir import plots, report_html
     from c2ir.stages.common import Context
     from c2ir.stages.evaluate import report_evaluation
 
@@ -107,6 +107,7 @@ def test_a_failing_plot_keeps_the_tables(first_run, workdir, tmp_path, monkeypat
         raise RuntimeError("plot exploded")
 
     monkeypatch.setattr(plots, "histogram_panels", broken)
+    monkeypatch.setattr(report_html.FigureCache, "get", lambda self, name: None)  # first_run cached the figures
     cfg = make_cfg(tmp_path, [*TINY, f"cache_root={workdir / 'cache'}"])
     with caplog.at_level(logging.INFO):
         report_evaluation(Context(cfg))

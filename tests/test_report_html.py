@@ -176,3 +176,19 @@ def test_figures_are_cached_and_failures_are_not(tmp_path, monkeypatch):
     assert len(calls) == len(OODS), "ROC curves were redrawn instead of read from the figure cache"
     assert "plot exploded" not in second and second.count("data:image/png") == len(OODS) + 5  # retried, not cached
     assert (tmp_path / "b" / f"roc_{OODS[0]}.png").read_bytes() == (tmp_path / "a" / f"roc_{OODS[0]}.png").read_bytes()
+
+
+def test_impressions_grid_labels_classes_and_frames_misses_in_red():
+    rng = np.random.default_rng(0)
+    targets = np.arange(60) % 30
+    predicted = targets.copy()
+    predicted[0] = 5  # the first impression of class 0 misses its target
+    fig = plots.labelled_grid(rng.random((60, 1, 4, 4)).astype(np.float32), targets, predicted, 30, per_row=2)  # grey: red only from frames
+    ax = fig.axes[0]
+    labels = [t.get_text() for t in ax.get_yticklabels()]
+    assert len(labels) == 20 and labels[0] == "class 0: 50%" and labels[1] == "class 1: 100%"
+    canvas = np.asarray(ax.images[0].get_array())
+    red = (canvas[..., 0] > 0.8) & (canvas[..., 1] < 0.2) & (canvas[..., 2] < 0.2)
+    cell = 4 + 2 * 2
+    assert red[:cell, :cell].any() and not red[:, cell:].any() and not red[cell:, :].any()
+    plots.to_png(fig)
