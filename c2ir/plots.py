@@ -176,7 +176,7 @@ def synthesis_curves(curves: Mapping[str, np.ndarray], names: Sequence[str] = ("
         for b, row in enumerate(arr):
             ax.plot(np.arange(1, len(row) + 1), row, lw=1.0, color=COLORS[b % len(COLORS)],
                     alpha=0.9 if len(arr) <= 10 else 0.35, label=f"batch {b + 1}" if len(arr) <= 10 else None)
-        if np.all(arr > 0) and arr.max() > 30 * arr.min():  # log only where it spans decades
+        if np.all(arr > 0) and arr.max() > 100 * arr.min():  # log only where it spans decades
             from matplotlib.ticker import NullFormatter
 
             ax.set_yscale("log")
