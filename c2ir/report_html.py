@@ -410,14 +410,15 @@ def load_sweep(folder: Path) -> list[SweepRun]:
     """Every run under a multirun folder that has a results table, with its Hydra overrides."""
     import yaml  # PyYAML ships with omegaconf
 
+    from c2ir.report import rows as report_rows
+
     runs = []
     for path in sorted(folder.rglob("results.json")):
-        try:
+        try:  # the same shape check as the sweep table (report.rows), so both skip the same runs
             result = json.loads(path.read_text())
-        except (OSError, json.JSONDecodeError) as exc:
-            log.warning("sweep report: skipping unreadable %s (%s)", path, exc)
-            continue
-        if "metrics" not in result:
+            report_rows(result)
+        except Exception as exc:  # noqa: BLE001 - bad JSON and wrong shape alike
+            log.warning("sweep report: skipping %s (%s)", path, type(exc).__name__)
             continue
         ov = path.parent / ".hydra" / "overrides.yaml"
         lines = (yaml.safe_load(ov.read_text()) or []) if ov.is_file() else []
