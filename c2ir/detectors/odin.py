@@ -17,6 +17,7 @@ from tqdm import tqdm
 from c2ir.data.imageset import Normalizer
 from c2ir.detectors.base import Detector
 from c2ir.features import batches
+from c2ir.models.state import frozen_eval
 
 
 class ODIN(Detector):
@@ -36,8 +37,13 @@ class ODIN(Detector):
 
     def score_images(self, model: nn.Module, normalizer: Normalizer, images: torch.Tensor,
                      batch_size: int = 256, device: torch.device | str = "cpu") -> np.ndarray:
-        """Scores of pixel images: uint8 in [0, 255] or float in [0, 1], (N, C, H, W)."""
-        model.eval()
+        """Scores of pixel images: uint8 in [0, 255] or float in [0, 1], (N, C, H, W).
+        The model's training flags and `requires_grad` are restored afterwards."""
+        with frozen_eval(model):
+            return self._score_images(model, normalizer, images, batch_size, device)
+
+    def _score_images(self, model: nn.Module, normalizer: Normalizer, images: torch.Tensor,
+                      batch_size: int, device: torch.device | str) -> np.ndarray:
         out = []
         for span in tqdm(list(batches(len(images), batch_size)), desc="odin", leave=False,
                          disable=not sys.stderr.isatty()):

@@ -13,7 +13,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import torch
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
@@ -148,7 +147,6 @@ class Context:
         self._data_specs: dict[str, dict[str, Any]] = {}
         self.device = resolve_device(str(cfg.device))
         self.dist = distributed.current()
-        torch.set_num_threads(int(cfg.get("threads") or torch.get_num_threads()))
 
     # ----- config subsets -------------------------------------------------------------
     def key(self, stage: str, config: Mapping[str, Any], upstream: Mapping[str, str] | None = None) -> str:
