@@ -148,7 +148,7 @@ class OODDetector:
         if (self.mean is None) != (self.std is None):
             raise C2IRError("pass both mean and std (the model's input normalisation), or neither")
         self.layer_patterns = None if layers is None else [str(p) for p in layers]
-        self.layers = auto_layers(model) if layers is None else select_layers(model, self.layer_patterns)
+        self.layers = self._choose_layers(model) if layers is None else select_layers(model, self.layer_patterns)
         self.synth, self.mgi = _synth_config(synth), mgi
         self.spatial_grid, self.max_spatial_per_class = int(spatial_grid), int(max_spatial_per_class)
         self.tpr, self.batch_size, self.seed = float(tpr), int(batch_size), int(seed)
@@ -158,6 +158,16 @@ class OODDetector:
         self.layer_weights: list[float] | None = None
 
     # ----- helpers -----------------------------------------------------------------------
+    def _choose_layers(self, model: nn.Module) -> list[str]:
+        """`auto_layers`, required only by detectors that read layer features (a model without
+        BatchNorm still works with the logit and penultimate-feature detectors)."""
+        try:
+            return auto_layers(model)
+        except C2IRError:
+            if {POOLED_LAYERS, SPATIAL} & self.detector.needs:
+                raise
+            return []
+
     @property
     def normalizer(self) -> Normalizer | None:
         return None if self.mean is None else Normalizer(self.mean, self.std)  # type: ignore[arg-type]
@@ -296,6 +306,9 @@ class OODDetector:
         """Write the fitted detector to folder `path`: tensors as safetensors, settings as JSON (no pickle)."""
         if not self.detector._fitted:
             raise NotFittedError(f"{self.name}: call fit() before save()")
+        if self.detector.requires_fit and type(self.detector).state is Detector.state:
+            raise C2IRError(f"{self.name} ({type(self.detector).__name__}) does not declare its fitted state "
+                            "(Detector.state / load_state), so it cannot be saved; refit it after loading the model")
         out = Path(path)
         out.mkdir(parents=True, exist_ok=True)
         atomic_save_tensors(out / SAVED_STATE, {k: v.contiguous() for k, v in self.detector.state().items()})

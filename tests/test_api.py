@@ -13,6 +13,7 @@ from c2ir.errors import C2IRError, NotFittedError
 from c2ir.features import auto_layers
 from c2ir.impressions import SynthConfig
 from c2ir.models.small_cnn import SmallCNN
+from conftest import needs_shared
 
 TINY_SYNTH = {"per_class": 3, "batch_size": 30, "iterations": 8, "jitter": 1, "flip": False}
 DIGITS = {"num_classes": 10, "input_shape": (1, 8, 8), "mean": [0.3], "std": [0.4]}
@@ -40,7 +41,8 @@ def test_c2ir_api_gives_the_scores_of_c2ir_evaluate(cfg_factory):
     from c2ir.stages import evaluate
     from c2ir.stages.common import Context
 
-    cfg = cfg_factory(["synth=fast", "train.epochs=2", "detectors=[c2ir]", "ood=[gaussian_noise]"])
+    cfg = cfg_factory(["synth=fast", "train.epochs=2", "data.max_test_samples=300", "detectors=[c2ir]",
+                       "ood=[gaussian_noise]"])
     ctx = Context(cfg)
     cli = evaluate.evaluate(ctx).tensors("scores.safetensors")["c2ir/digits-test"]
     det = c2ir.C2IR(ctx.model, 10, (1, 8, 8), list(cfg.data.mean), list(cfg.data.std), layers=ctx.layer_patterns,
@@ -111,8 +113,9 @@ def test_every_zoo_detector_through_the_api(tmp_path):
     x = torch.randn(6, 1, 8, 8, generator=torch.Generator().manual_seed(4))
     names = c2ir.detector_names()
     assert {build_detector(n, c2ir.api.zoo_config(n)).__class__ for n in names} == set(DETECTOR_TYPES.values())
+    tiny = {**TINY_SYNTH, "per_class": 1, "batch_size": 10, "iterations": 3}
     for name in names:
-        det = c2ir.detector(name, model, **DIGITS, synth=TINY_SYNTH).fit(_loader())
+        det = c2ir.detector(name, model, **DIGITS, synth=tiny).fit(_loader())
         s = det.score(x)
         assert s.shape == (6,) and torch.isfinite(s).all(), name
         assert det.predict(x).dtype == torch.bool, name
@@ -148,6 +151,7 @@ def test_bad_arguments_are_one_clear_error():
     plain = nn.Sequential(nn.Conv2d(1, 4, 3), nn.ReLU(), nn.Flatten(), nn.Linear(144, 10))
     with pytest.raises(C2IRError, match="C2IR needs a model with BatchNorm layers.*Sequential has none"):
         c2ir.C2IR(plain, **DIGITS)
+    assert c2ir.detector("energy", plain).fit().score(torch.randn(3, 1, 8, 8)).shape == (3,)  # needs no BN
 
 
 def test_unknown_detector_parameter_in_config_is_an_error():
@@ -176,3 +180,31 @@ def test_data_free_threshold_is_reported_as_such():
     det = c2ir.C2IR(_model(), **DIGITS, synth=TINY_SYNTH).fit()
     assert det.threshold_source == "impressions (data-free)"
     assert np.isfinite(det.threshold)
+
+
+@needs_shared
+def test_the_issue_snippet_on_the_shared_resnet20(tmp_path):
+    """The documented snippet, with the model's real mean/std (configs/model/resnet20.yaml), on the shared fine-tuned ResNet-20 (tiny synthesis)."""
+    from omegaconf import OmegaConf
+
+    from c2ir.data.shared import shared_model
+    from c2ir.models import build_model, load_checkpoint
+
+    spec = OmegaConf.create({"arch": "cifar_resnet", "depth": 20, "num_classes": 10, "in_channels": 3,
+                             "name": "resnet20", "trust_checkpoint": False})
+    model = build_model(spec)
+    load_checkpoint(model, spec, str(shared_model("cifar10jpeg-resnet20.pt")))
+    model.eval()
+    x = torch.randn(4, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    det = c2ir.C2IR(model, num_classes=10, input_shape=(3, 32, 32), mean=(0.485, 0.456, 0.406),  # its training
+                    std=(0.229, 0.224, 0.225), synth={"per_class": 1, "batch_size": 10, "iterations": 2})  # normalisation
+    assert det.layers == ["layer2.0", "layer2.1", "layer2.2", "layer3.0"]
+    det.fit()
+    s = det.score(x)
+    assert s.shape == (4,) and det.predict(x).shape == (4,)
+    det.save(tmp_path / "fitted")
+    assert torch.equal(c2ir.C2IR.load(tmp_path / "fitted", model).score(x), s)
+    e = c2ir.detector("energy", model)
+    assert e.fit().score(x).shape == (4,)
+    m = c2ir.detector("mahalanobis", model).fit([(torch.randn(40, 3, 32, 32), torch.arange(40) % 10)])
+    assert torch.isfinite(m.score(x)).all()
