@@ -145,7 +145,7 @@ def test_score_a_folder(first_run, workdir):
     assert proc.returncode == 0, proc.stderr[-2000:]
     summary = [line for line in proc.stdout.splitlines() if line.startswith("c2ir score:")]
     assert len(summary) == 1 and "of 4 images flagged as OOD by c2ir" in summary[0] and "1 unreadable" in summary[0]
-    run_dir = sorted((workdir / "outputs" / "runs").glob("*/*_score"))[-1]
+    run_dir = sorted((workdir / "outputs" / "runs").glob("*/*_score*"), key=lambda p: p.stat().st_mtime)[-1]
     rows = list(csv.DictReader((run_dir / "scores.csv").open()))
     assert [r["path"] for r in rows] == ["img0.png", "img1.png", "img2.png", "sub/rgb.jpg"]
     assert all(r["ood"] in ("0", "1") and 0 <= int(r["predicted_class"]) < 10 for r in rows)
