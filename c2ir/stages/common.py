@@ -148,7 +148,6 @@ class Context:
         self._data_specs: dict[str, dict[str, Any]] = {}
         self.device = resolve_device(str(cfg.device))
         self.dist = distributed.current()
-        torch.set_num_threads(int(cfg.get("threads") or torch.get_num_threads()))
 
     # ----- config subsets -------------------------------------------------------------
     def key(self, stage: str, config: Mapping[str, Any], upstream: Mapping[str, str] | None = None) -> str:
