@@ -90,7 +90,7 @@ def test_multirun_and_report(first_run, workdir):
     assert "ipm=mean_l1" in rep.stdout and "ipm=mean_l2" in rep.stdout and "| c2ir |" in rep.stdout
     page = (sweep / "sweep_report.html").read_text()
     assert_self_contained(page)
-    res = _latest_results(workdir)
+    res = json.loads(next(sweep.rglob("results.json")).read_text())  # this sweep's own detectors
     for name in [*res["metrics"], "ipm=mean_l1", "ipm=mean_l2", "metrics vs ipm"]:
         assert name in page, name
 
