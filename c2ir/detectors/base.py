@@ -15,7 +15,7 @@ the values back (cache keys, reports, saved detectors).
 from __future__ import annotations
 
 import inspect
-from abc import ABC, abstractmethod
+from abc import ABC
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 

@@ -156,7 +156,7 @@ class Evaluation:
         """
         ctx = self.ctx
         feat_art = self.sets[set_name][0]
-        spec = {"detector": plain(ctx.cfg.detectors[name])}
+        spec = {"detector": {"type": type(det).__name__, **det.params}}  # resolved parameters, not the YAML overrides
         upstream = {"features": feat_art.key, "model": ctx.model_key}
         if det.requires_fit and det.fit_on != "none":
             upstream["stats"] = self.stats_art.key
