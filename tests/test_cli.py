@@ -77,7 +77,7 @@ def test_gradient_pass_scores_are_cached_per_detector_config(first_run, workdir)
 
     assert "image_scores" in misses("detectors=[odin]")
     assert misses("detectors=[odin,energy]") == ["evaluate"]
-    assert "image_scores" in misses("detectors=[odin]", "detectors.odin.epsilon=0.0")
+    assert "image_scores" in misses("detectors=[odin]", "++detectors.odin.epsilon=0.0")  # YAMLs hold only overrides
 
 
 def test_multirun_and_report(first_run, workdir):
