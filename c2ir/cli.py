@@ -146,6 +146,10 @@ def validate_overrides(overrides: list[str]) -> None:
 
 def _task(stage: str):
     def task(cfg) -> None:
+        if cfg.get("threads"):  # process-wide torch state is set by the entry point, not by library objects
+            import torch
+
+            torch.set_num_threads(int(cfg.threads))
         module = importlib.import_module(STAGES[stage][0])
         try:
             module.run(cfg)

@@ -22,10 +22,9 @@ def config_dir() -> Path:
 
 def _shared_model(filename: str) -> str:
     """Path of a checkpoint in shared/models (or where it would be, so the error names it)."""
-    from c2ir.data.shared import shared_dir
+    from c2ir.data.shared import shared_model_path
 
-    base = shared_dir()
-    return str((base if base else Path("../shared").resolve()) / "models" / filename)
+    return str(shared_model_path(filename))
 
 
 def _rank_suffix() -> str:

@@ -19,6 +19,7 @@ from tqdm import tqdm
 
 from c2ir.data.imageset import ImageSet, Normalizer
 from c2ir.errors import C2IRError
+from c2ir.models.state import frozen_eval
 
 FeatureBundle = dict[str, torch.Tensor]
 """Flat tensor dict: `logits`, `penultimate`, `labels` (if any), `layer/<name>` (N, C),
@@ -41,7 +42,59 @@ def select_layers(model: nn.Module, patterns: Sequence[str]) -> list[str]:
 
 
 def bn_layers(model: nn.Module) -> list[str]:
-    return [n for n, m in model.named_modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    """Names of the BatchNorm layers that keep running statistics, in registration order (the one
+    place BN layers are found: synthesis, NMD and the BN-input hooks all use it)."""
+    return [n for n, m in model.named_modules()
+            if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.running_mean is not None]
+
+
+ACTIVATIONS = (nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.ELU, nn.GELU, nn.SiLU, nn.Hardswish, nn.Mish)
+CONTAINERS = (nn.Sequential, nn.ModuleList, nn.ModuleDict)
+
+
+def candidate_layers(model: nn.Module) -> list[str]:
+    """The feature maps C2IR can compare, in forward (registration) order.
+
+    Blocks: the outermost modules (not the model itself, not a plain container) that own a
+    BatchNorm child, e.g. residual blocks; their output is the block's feature map. A flat
+    model without such blocks gives the activation registered right after each BatchNorm
+    (or the BatchNorm itself when none follows, or when that activation is shared).
+    """
+    bn = set(bn_layers(model))
+    owners: list[str] = []
+    for name, m in model.named_modules():
+        if not name or isinstance(m, CONTAINERS) or any(name.startswith(o + ".") for o in owners):
+            continue
+        if any(f"{name}.{c}" in bn for c, _ in m.named_children()):
+            owners.append(name)
+    if owners:
+        return owners
+    modules = list(model.named_modules())
+    index = {n: i for i, (n, _) in enumerate(modules)}
+    out = []
+    for b in bn_layers(model):
+        nxt = modules[index[b] + 1] if index[b] + 1 < len(modules) else None
+        out.append(nxt[0] if nxt is not None and isinstance(nxt[1], ACTIVATIONS) else b)
+    shared = {n for n in out if out.count(n) > 1}
+    return [b if o in shared else o for b, o in zip(bn_layers(model), out)]
+
+
+def auto_layers(model: nn.Module) -> list[str]:
+    """Layers chosen without data for a model outside the zoo: the middle of `candidate_layers`.
+
+    With n >= 4 candidates, keep indices [n // 3, n - n // 4): drop the first third (stem and
+    early blocks: low-level statistics that OOD images share, per-layer AUROC 48-84% on the
+    CIFAR ResNet-20 vs 95-100% for layer2) and the last quarter (the final block's deviation
+    is inverted for OOD, AUROC 26-40% at layer3.2; docs/BENCHMARKS.md). On ResNet-20 this
+    gives exactly the measured best set (layer2.0-2.2, layer3.0); with n <= 3 (small CNNs)
+    every candidate is kept.
+    """
+    cands = candidate_layers(model)
+    if not cands:
+        raise C2IRError("the model has no BatchNorm layer with running statistics, so there are no feature maps "
+                        "C2IR can choose automatically; pass layers=[...] (module-name regexes)")
+    n = len(cands)
+    return cands if n <= 3 else cands[n // 3: n - n // 4]
 
 
 class FeatureHooks:
@@ -97,15 +150,23 @@ def batches(n: int, batch_size: int) -> Iterable[slice]:
 
 
 @torch.no_grad()
-def extract_features(model: nn.Module, images: ImageSet | torch.Tensor, normalizer: Normalizer,
+def extract_features(model: nn.Module, images: ImageSet | torch.Tensor, normalizer: Normalizer | None,
                      layers: Sequence[str], head: nn.Linear, *, batch_size: int = 256,
                      device: torch.device | str = "cpu", spatial_grid: int = 0, with_bn: bool = True,
                      desc: str = "features", shard: tuple[int, int] | None = None) -> FeatureBundle:
     """Run the model once over `images` and return the FeatureBundle (float32, on CPU).
 
+    `normalizer=None` takes `images` as model inputs already (the public API's normalised batches).
     `shard=(rank, world)` processes only every world-th batch, for distributed evaluation.
+    The model's training flags and `requires_grad` are restored afterwards.
     """
-    model.eval()
+    with frozen_eval(model):
+        return _extract(model, images, normalizer, layers, head, batch_size, device, spatial_grid, with_bn, desc, shard)
+
+
+def _extract(model: nn.Module, images: ImageSet | torch.Tensor, normalizer: Normalizer | None,
+             layers: Sequence[str], head: nn.Linear, batch_size: int, device: torch.device | str,
+             spatial_grid: int, with_bn: bool, desc: str, shard: tuple[int, int] | None) -> FeatureBundle:
     data = images.images if isinstance(images, ImageSet) else images
     chunks: dict[str, list[torch.Tensor]] = {}
     spans = list(batches(len(data), batch_size))
@@ -113,7 +174,8 @@ def extract_features(model: nn.Module, images: ImageSet | torch.Tensor, normaliz
         spans = spans[shard[0]::shard[1]]
     with FeatureHooks(model, layers, head, spatial_grid, with_bn) as hooks:
         for span in tqdm(spans, desc=desc, leave=False, disable=not sys.stderr.isatty()):
-            x = normalizer(data[span].to(device))
+            x = data[span].to(device)
+            x = normalizer(x) if normalizer is not None else x
             logits = model(x)
             out = hooks.pop()
             out["logits"] = logits

@@ -31,15 +31,20 @@ from tqdm import tqdm
 
 from c2ir.data.imageset import Normalizer
 from c2ir.errors import C2IRError
+from c2ir.features import bn_layers
+from c2ir.models.state import frozen_eval
 
 log = logging.getLogger(__name__)
 
 
 @dataclass
 class SynthConfig:
-    per_class: int = 50
-    batch_size: int = 256
-    iterations: int = 2000
+    """DeepInversion settings; the defaults are the CLI's `synth=default` (CPU scale, docs/BENCHMARKS.md).
+    `synth=paper` (per_class=100, batch_size=256, iterations=2000, lr=0.05) is the GPU setting."""
+
+    per_class: int = 40
+    batch_size: int = 200
+    iterations: int = 300
     lr: float = 0.1
     betas: tuple[float, float] = (0.5, 0.9)
     ce_weight: float = 1.0
@@ -108,9 +113,11 @@ class BNStatLoss:
         if reduce not in ("sum", "mean"):
             raise C2IRError(f"synth.bn_reduce={reduce!r} is not a reduction; choose sum or mean")
         self.reduce = reduce
-        self.bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+        modules = dict(model.named_modules())
+        self.bns = [modules[n] for n in bn_layers(model)]
         if not self.bns:
-            raise C2IRError("the model has no BatchNorm layer: DeepInversion needs running statistics to invert")
+            raise C2IRError("the model has no BatchNorm layer with running statistics: DeepInversion needs "
+                            "them to synthesise impressions (C2IR works only on BatchNorm models)")
         self.multipliers = [float(first_multiplier)] + [1.0] * (len(self.bns) - 1)
         self.terms: list[torch.Tensor] = []
         self._handles = []
@@ -153,9 +160,13 @@ def synthesize_batch(model: nn.Module, normalizer: Normalizer, targets: torch.Te
                      desc: str = "synthesize", autocast_dtype: torch.dtype | None = None,
                      channels_last: bool = False) -> BatchResult:
     """Optimise one batch of impressions for `targets` (1-D class indices)."""
-    model.eval()
-    for p in model.parameters():
-        p.requires_grad_(False)
+    with frozen_eval(model):
+        return _synthesize_batch(model, normalizer, targets, shape, cfg, seed, device, desc, autocast_dtype, channels_last)
+
+
+def _synthesize_batch(model: nn.Module, normalizer: Normalizer, targets: torch.Tensor, shape: Sequence[int],
+                      cfg: SynthConfig, seed: int, device: torch.device | str, desc: str,
+                      autocast_dtype: torch.dtype | None, channels_last: bool) -> BatchResult:
     g = torch.Generator().manual_seed(seed)
     n = len(targets)
     x = torch.randn((n, *shape), generator=g).to(device)
@@ -203,6 +214,17 @@ def synthesize_batch(model: nn.Module, normalizer: Normalizer, targets: torch.Te
                          float(curves["total"][it]), float(curves["ce"][it]), float(curves["bn"][it]))
     pixels = normalizer.to_pixels(x.detach()).clamp_(0, 1).cpu()
     return BatchResult(pixels, targets.cpu(), curves)
+
+
+def synthesize_impressions(model: nn.Module, normalizer: Normalizer, num_classes: int, shape: Sequence[int],
+                           cfg: SynthConfig, device: torch.device | str = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
+    """Every batch of impressions in order: (pixel images in [0, 1], targets). The `synthesize` stage
+    runs the same batches one by one (resumable, sharded); the result is the same."""
+    n = num_batches(num_classes, cfg.per_class, cfg.batch_size)
+    parts = [synthesize_batch(model, normalizer, batch_targets(num_classes, cfg.per_class, cfg.batch_size, b), shape,
+                              cfg, batch_seed(cfg.seed, b), device, desc=f"synthesize batch {b + 1}/{n}")
+             for b in range(n)]
+    return torch.cat([p.images for p in parts]), torch.cat([p.targets for p in parts])
 
 
 def impression_grid(images: torch.Tensor, targets: torch.Tensor, num_classes: int, per_row: int = 10) -> torch.Tensor:

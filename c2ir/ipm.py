@@ -90,57 +90,60 @@ def sliced_wasserstein(xs: torch.Tensor, class_samples: torch.Tensor, pred: torc
     return wasserstein_channels(xs.float() @ projections, class_samples.float() @ projections, pred)
 
 
-@dataclass
+def _no_constants(stats: LayerStats, seed: int, projections: int) -> dict[str, torch.Tensor]:
+    return {}
+
+
+def _mmd_constants(stats: LayerStats, seed: int, projections: int) -> dict[str, torch.Tensor]:
+    h = median_bandwidth(stats.samples, seed=seed)
+    kyy = rbf_kernel_mean(stats.samples.float(), stats.samples.float(), h.expand(len(stats.samples)))
+    return {"bandwidth": h, "kyy": kyy}
+
+
+def _projection_constants(stats: LayerStats, seed: int, projections: int) -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    p = torch.randn(stats.samples.shape[-1], projections, generator=g)
+    return {"projections": p / torch.linalg.vector_norm(p, dim=0, keepdim=True)}
+
+
+Deviation = Callable[[torch.Tensor, "torch.Tensor | None", LayerStats, torch.Tensor, dict], torch.Tensor]
+
+
+@dataclass(frozen=True)
 class IPM:
-    """A named deviation with what it needs; `prepare` caches per-layer constants from the stats."""
+    """A named deviation: `fn(pooled, spatial, stats, pred, constants) -> (B,)`, and `constants`,
+    which computes once per layer what `fn` needs from the statistics (bandwidths, projections).
+
+    A new IPM = one pure function above + one entry in IPMS + one YAML in configs/ipm/.
+    """
 
     name: str
     needs_spatial: bool
-    fn: Callable[..., torch.Tensor]
+    fn: Deviation
+    constants: Callable[[LayerStats, int, int], dict[str, torch.Tensor]] = _no_constants
 
     def prepare(self, stats: LayerStats, seed: int = 0, projections: int = 64) -> dict[str, torch.Tensor]:
-        if not self.needs_spatial:
-            return {}
-        if stats.samples is None:
+        if self.needs_spatial and stats.samples is None:
             raise C2IRError(f"ipm={self.name} needs spatial class samples; set features.spatial_grid > 0")
-        extra: dict[str, torch.Tensor] = {}
-        if self.name == "mmd_rbf":
-            h = median_bandwidth(stats.samples, seed=seed)
-            extra["bandwidth"] = h
-            extra["kyy"] = rbf_kernel_mean(stats.samples.float(), stats.samples.float(), h.expand(len(stats.samples)))
-        if self.name == "sliced_wasserstein":
-            g = torch.Generator().manual_seed(seed)
-            p = torch.randn(stats.samples.shape[-1], projections, generator=g)
-            extra["projections"] = p / torch.linalg.vector_norm(p, dim=0, keepdim=True)
-        return extra
+        return self.constants(stats, seed, projections)
 
     def __call__(self, pooled: torch.Tensor, spatial: torch.Tensor | None, stats: LayerStats,
                  pred: torch.Tensor, extra: dict[str, torch.Tensor]) -> torch.Tensor:
-        if self.name == "mean_l2":
-            return mean_l2(pooled, stats.mean, pred)
-        if self.name == "mean_l1":
-            return mean_l1(pooled, stats.mean, pred)
-        if self.name == "mean_standardized":
-            return mean_standardized(pooled, stats.mean, stats.var, pred)
-        if spatial is None:
+        if self.needs_spatial and spatial is None:
             raise C2IRError(f"ipm={self.name} needs spatial features; set features.spatial_grid > 0")
-        if self.name == "mmd_rbf":
-            return mmd_rbf(spatial, stats.samples, pred, extra["bandwidth"], extra["kyy"])
-        if self.name == "wasserstein":
-            return wasserstein_channels(spatial, stats.samples, pred)
-        if self.name == "sliced_wasserstein":
-            return sliced_wasserstein(spatial, stats.samples, pred, extra["projections"])
-        raise AssertionError(self.name)
+        return self.fn(pooled, spatial, stats, pred, extra)
 
 
-IPMS = {
-    "mean_l2": IPM("mean_l2", False, mean_l2),
-    "mean_l1": IPM("mean_l1", False, mean_l1),
-    "mean_standardized": IPM("mean_standardized", False, mean_standardized),
-    "mmd_rbf": IPM("mmd_rbf", True, mmd_rbf),
-    "wasserstein": IPM("wasserstein", True, wasserstein_channels),
-    "sliced_wasserstein": IPM("sliced_wasserstein", True, sliced_wasserstein),
-}
+IPMS: dict[str, IPM] = {ipm.name: ipm for ipm in (
+    IPM("mean_l2", False, lambda x, _s, st, pred, _c: mean_l2(x, st.mean, pred)),
+    IPM("mean_l1", False, lambda x, _s, st, pred, _c: mean_l1(x, st.mean, pred)),
+    IPM("mean_standardized", False, lambda x, _s, st, pred, _c: mean_standardized(x, st.mean, st.var, pred)),
+    IPM("mmd_rbf", True, lambda _x, s, st, pred, c: mmd_rbf(s, st.samples, pred, c["bandwidth"], c["kyy"]),
+        _mmd_constants),
+    IPM("wasserstein", True, lambda _x, s, st, pred, _c: wasserstein_channels(s, st.samples, pred)),
+    IPM("sliced_wasserstein", True, lambda _x, s, st, pred, c: sliced_wasserstein(s, st.samples, pred, c["projections"]),
+        _projection_constants),
+)}
 
 
 def get_ipm(name: str) -> IPM:

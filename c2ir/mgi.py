@@ -20,6 +20,8 @@ from tqdm import tqdm
 
 from c2ir.data.imageset import Normalizer
 from c2ir.errors import C2IRError
+from c2ir.features import batches
+from c2ir.models.state import frozen_eval
 
 METHODS = ("grad_abs", "grad_x_act", "uniform")
 
@@ -46,11 +48,20 @@ def mgi_weights(acts: Sequence[torch.Tensor], grads: Sequence[torch.Tensor], met
     return normalize_weights(layer_importance(acts, grads)[method])
 
 
-def impression_importance(model: nn.Module, normalizer: Normalizer, images: torch.Tensor, targets: torch.Tensor,
+def impression_importance(model: nn.Module, normalizer: Normalizer | None, images: torch.Tensor, targets: torch.Tensor,
                           layers: Sequence[str], batch_size: int = 256,
                           device: torch.device | str = "cpu") -> dict[str, torch.Tensor]:
-    """Importance of each layer under every method, averaged over impression batches (size-weighted)."""
-    model.eval()
+    """Importance of each layer under every method, averaged over impression batches (size-weighted).
+
+    Gradients flow to the activations only (parameters are frozen inside), so the caller's model,
+    its `requires_grad` flags and any `.grad` it holds come back untouched.
+    """
+    with frozen_eval(model):
+        return _importance(model, normalizer, images, targets, layers, batch_size, device)
+
+
+def _importance(model: nn.Module, normalizer: Normalizer | None, images: torch.Tensor, targets: torch.Tensor,
+                layers: Sequence[str], batch_size: int, device: torch.device | str) -> dict[str, torch.Tensor]:
     modules = dict(model.named_modules())
     captured: dict[str, torch.Tensor] = {}
 
@@ -63,10 +74,11 @@ def impression_importance(model: nn.Module, normalizer: Normalizer, images: torc
     handles = [modules[n].register_forward_hook(hook(n)) for n in layers]
     totals: dict[str, torch.Tensor] = {}
     try:
-        for start in tqdm(range(0, len(images), batch_size), desc="mgi", leave=False, disable=not sys.stderr.isatty()):
-            x = normalizer(images[start:start + batch_size].to(device)).requires_grad_(True)
-            y = targets[start:start + batch_size].to(device)
-            model.zero_grad(set_to_none=True)
+        for span in tqdm(list(batches(len(images), batch_size)), desc="mgi", leave=False,
+                         disable=not sys.stderr.isatty()):
+            x = images[span].to(device)
+            x = (normalizer(x) if normalizer is not None else x).requires_grad_(True)
+            y = targets[span].to(device)
             loss = F.cross_entropy(model(x), y, reduction="sum")
             loss.backward()
             acts = [captured[n].detach() for n in layers]

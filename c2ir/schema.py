@@ -91,6 +91,16 @@ class EvaluateSchema:
 
 
 @dataclass
+class ScoreSchema:
+    """`c2ir score`: the folder, the detector, the data-free threshold's share of impressions kept as ID."""
+
+    input: str = _spec("str", optional=True, example="path/to/images")
+    detector: str = _spec("str", example="c2ir")
+    tpr: float = _spec("float", lo=0, hi=1, example="0.95")
+    resize: str = _spec("str", choices=("resize", "center_crop"))
+
+
+@dataclass
 class DataSchema:
     """Typed fields of every `data=` option; other keys (root, archive, ...) are source-specific."""
 
@@ -120,7 +130,7 @@ class OODSchema:
 SCHEMAS: list[tuple[str, type, bool]] = [
     ("", RootSchema, False), ("synth", SynthSchema, True), ("train", TrainSchema, True),
     ("features", FeaturesSchema, True), ("collect_stats", CollectStatsSchema, True),
-    ("evaluate", EvaluateSchema, True), ("data", DataSchema, False),
+    ("evaluate", EvaluateSchema, True), ("score", ScoreSchema, True), ("data", DataSchema, False),
 ]
 
 

@@ -23,7 +23,8 @@ from hydra import compose, initialize_config_dir
 
 from c2ir.config import config_dir, register_resolvers
 from c2ir.detectors import build_detector
-from c2ir.detectors.c2ir import LOGIT_SCORES, combine, impression_scale
+from c2ir.detectors.c2ir import combine, impression_scale
+from c2ir.detectors.logits import LOGIT_SCORES
 from c2ir.metrics import auroc
 from c2ir.stages.common import Context
 from c2ir.stages.evaluate import Evaluation
@@ -65,7 +66,7 @@ def main(argv: list[str]) -> None:
         ctx = Context(cfg)
         ev = Evaluation(ctx)
         fit = ev.fit_context()
-        det = build_detector("c2ir", {**cfg.detectors.c2ir, "logit_score": "none", "normalize": "none"})
+        det = build_detector("c2ir", {**cfg.detectors.c2ir, "logit_score": "none", "normalize": "none"}, ipm=ipm_name)
         det.fit(fit)
         oods = list(cfg.ood)
         bundles = {name: b for name, (_, b) in ev.sets.items()}

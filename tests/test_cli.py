@@ -77,7 +77,7 @@ def test_gradient_pass_scores_are_cached_per_detector_config(first_run, workdir)
 
     assert "image_scores" in misses("detectors=[odin]")
     assert misses("detectors=[odin,energy]") == ["evaluate"]
-    assert "image_scores" in misses("detectors=[odin]", "detectors.odin.epsilon=0.0")
+    assert "image_scores" in misses("detectors=[odin]", "++detectors.odin.epsilon=0.0")  # YAMLs hold only overrides
 
 
 def test_multirun_and_report(first_run, workdir):
@@ -201,3 +201,37 @@ def test_finetune_a_checkpoint_on_an_imagefolder(tmp_path):
     refused = run_cli(["train", "model=resnet20", "data=imagefolder", f"data.root={tmp_path / 'ds'}", "data.num_classes=3",
                        f"model.checkpoint={tmp_path / 'ck.pt'}", f"cache_root={tmp_path / 'cache'}"], cwd=tmp_path)
     assert refused.returncode == 2 and "train.finetune=true" in refused.stderr
+
+
+def test_score_a_folder(first_run, workdir):
+    """`c2ir score`: scores.csv for every readable image, unreadable files skipped and listed, a summary line;
+    an empty folder and a misspelled detector parameter are one-line errors."""
+    import csv
+
+    import numpy as np
+    from PIL import Image
+
+    folder = workdir / "to_score"
+    (folder / "sub").mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for i in range(3):
+        Image.fromarray(rng.integers(0, 255, (8, 8), dtype=np.uint8)).save(folder / f"img{i}.png")
+    Image.fromarray(rng.integers(0, 255, (12, 12, 3), dtype=np.uint8)).save(folder / "sub" / "rgb.jpg")
+    (folder / "broken.png").write_text("not an image")
+    cache = f"cache_root={workdir / 'cache'}"
+    proc = run_cli(["score", *TINY, f"score.input={folder}", cache], cwd=workdir)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    summary = [line for line in proc.stdout.splitlines() if line.startswith("c2ir score:")]
+    assert len(summary) == 1 and "of 4 images flagged as OOD by c2ir" in summary[0] and "1 unreadable" in summary[0]
+    run_dir = sorted((workdir / "outputs" / "runs").glob("*/*_score*"), key=lambda p: p.stat().st_mtime)[-1]
+    rows = list(csv.DictReader((run_dir / "scores.csv").open()))
+    assert [r["path"] for r in rows] == ["img0.png", "img1.png", "img2.png", "sub/rgb.jpg"]
+    assert all(r["ood"] in ("0", "1") and 0 <= int(r["predicted_class"]) < 10 for r in rows)
+    assert (run_dir / "skipped.txt").read_text().split() == ["broken.png"]
+    again = run_cli(["score", *TINY, f"score.input={folder}", "score.detector=energy", cache], cwd=workdir)
+    assert again.returncode == 0 and "flagged as OOD by energy" in again.stdout, again.stderr[-2000:]
+    (workdir / "empty").mkdir()
+    _one_line_error(run_cli(["score", f"score.input={workdir / 'empty'}", cache], cwd=workdir), "no files found", "score.input")
+    _one_line_error(run_cli(["score", cache], cwd=workdir), "score.input=DIR")
+    _one_line_error(run_cli(["evaluate", *TINY, "++detectors.c2ir.normalise=none", cache], cwd=workdir),
+                    "unknown parameter(s) normalise", "valid: fit_on")

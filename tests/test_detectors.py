@@ -25,11 +25,11 @@ def _ctx(fit):
     stats = compute_class_stats(fit, fit["labels"], ["a", "b"], 3, 64)
     head = torch.nn.Linear(16, 3)
     return FitContext(layers=["a", "b"], impressions=fit, id_train=fit, class_stats=stats,
-                      layer_weights=torch.tensor([0.5, 0.5]), head=head, ipm={"name": "mean_l2"})
+                      layer_weights=torch.tensor([0.5, 0.5]), head=head)
 
 
 @pytest.mark.parametrize("kind,params", [
-    ("c2ir", {"fit_on": "impressions", "logit_score": "none"}),
+    ("c2ir", {"fit_on": "impressions", "logit_score": "none", "ipm": "mean_l2"}),
     ("c2ir", {"fit_on": "impressions", "logit_score": "energy", "normalize": "impression_std"}),
     ("mahalanobis", {"fit_on": "impressions"}),
     ("mahalanobis", {"fit_on": "id_train", "multi_layer": True}),

@@ -14,7 +14,7 @@ from c2ir.models.small_cnn import SmallCNN
 @pytest.fixture(scope="module")
 def trained():
     """A SmallCNN trained on the embedded digits with the train stage's recipe (about 5 s)."""
-    from c2ir.stages.train import augment, lr_at
+    from c2ir.training import augment, lr_at
 
     torch.manual_seed(0)
     data = digits("train", 0)

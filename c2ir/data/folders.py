@@ -56,7 +56,7 @@ def to_8bit(img: Image.Image) -> Image.Image:
     return img
 
 
-def _fit(img: Image.Image, size: int, mode: str, rng: np.random.Generator) -> Image.Image:
+def resize_or_crop(img: Image.Image, size: int, mode: str, rng: np.random.Generator) -> Image.Image:
     """Bring an image to size x size: `resize`, `center_crop`, or `random_crop` (seeded)."""
     w, h = img.size
     if mode == "resize" or (mode.endswith("crop") and (w < size or h < size)):
@@ -79,7 +79,7 @@ def decode(path: Path, size: int, channels: int, mode: str, seed: int) -> np.nda
             img = to_8bit(img).convert("L" if channels == 1 else "RGB")
             # per-file seed: the crop of an image does not depend on which other files exist
             rng = np.random.default_rng([seed, zlib.crc32(path.name.encode())])
-            arr = np.asarray(_fit(img, size, mode, rng), dtype=np.uint8)
+            arr = np.asarray(resize_or_crop(img, size, mode, rng), dtype=np.uint8)
     except (OSError, UnidentifiedImageError, ValueError, Image.DecompressionBombError) as exc:
         log.warning("skipping unreadable image %s (%s)", path, exc)
         return None

@@ -85,9 +85,15 @@ def ensure_extracted(archive: str) -> Path:
     return dest
 
 
-def shared_model(filename: str) -> Path:
-    """Path of a checkpoint in `shared/models/`."""
+def shared_model_path(filename: str) -> Path:
+    """Where a checkpoint of `shared/models/` is, or would be (so an error can name it)."""
     sdir = shared_dir()
-    if sdir is None or not (sdir / "models" / filename).is_file():
+    return (sdir if sdir else Path("../shared").resolve()) / "models" / filename
+
+
+def shared_model(filename: str) -> Path:
+    """Path of an existing checkpoint in `shared/models/`."""
+    path = shared_model_path(filename)
+    if not path.is_file():
         raise C2IRError(f"shared checkpoint {filename} not found; set C2IR_SHARED_DIR to the folder holding models/{filename}")
-    return sdir / "models" / filename
+    return path

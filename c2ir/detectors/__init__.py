@@ -1,7 +1,9 @@
-"""Detector registry: a method = one class in its own file + one config file in configs/detectors/."""
+"""Detector registry: a method = one class in its own file (typed keyword-only parameters with
+defaults) + one entry here + one config file in configs/detectors/ that only overrides defaults."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from c2ir.detectors.ash import ASH
@@ -32,14 +34,25 @@ DETECTOR_TYPES: dict[str, type[Detector]] = {
 }
 
 
-def build_detector(name: str, cfg: Any) -> Detector:
-    """Instantiate detector `name` from its `detectors.<name>` config (`type`, `fit_on`, parameters)."""
+def build_detector(name: str, cfg: Mapping[str, Any], **extra: Any) -> Detector:
+    """Instantiate detector `name` from its `detectors.<name>` config (`type` + parameter overrides).
+
+    `extra` are values the caller supplies from elsewhere (e.g. the CLI's `ipm=` group); they are
+    passed only to detector types whose constructor declares them. A parameter the type does not
+    declare is an error that names the valid ones.
+    """
     params = dict(cfg)
     kind = params.pop("type", name)
     if kind not in DETECTOR_TYPES:
         raise C2IRError(f"detector {name}: unknown type {kind!r}; choose one of {sorted(DETECTOR_TYPES)}")
-    fit_on = params.pop("fit_on", "none")
-    return DETECTOR_TYPES[kind](name, fit_on=fit_on, **params)
+    cls = DETECTOR_TYPES[kind]
+    valid = cls.parameters()
+    unknown = sorted(set(params) - set(valid))
+    if unknown:
+        raise C2IRError(f"detector {name} ({kind}): unknown parameter(s) {', '.join(unknown)}; "
+                        f"valid: {', '.join(valid) or 'none'}")
+    params = {**{k: v for k, v in extra.items() if k in valid}, **params}  # the detector's own config wins
+    return cls(name, **params)
 
 
 __all__ = ["Detector", "FitContext", "build_detector", "DETECTOR_TYPES"]

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import torch
 
-from c2ir.detectors.base import Detector, FitContext
+from c2ir.detectors.base import AttributeState, Detector, FitContext
 from c2ir.detectors.energy import energy
 from c2ir.detectors.head import head_params
 from c2ir.errors import C2IRError
@@ -46,7 +46,8 @@ def ash_b(a: torch.Tensor, percentile: float = 65.0) -> torch.Tensor:
     return torch.zeros_like(a).scatter_(1, idx, fill)
 
 
-class ASH(Detector):
+class ASH(AttributeState, Detector):
+    state_attrs = ('weight', 'bias')
     requires_fit = True  # reads the head's weights; fits on no data
 
     def __init__(self, name: str = "ash_s", *, fit_on: str = "none", variant: str = "s",

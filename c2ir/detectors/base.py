@@ -4,11 +4,18 @@ Scores are computed from cached forward outputs (a FeatureBundle), so one forwar
 over a dataset serves every detector; the exception is a detector that needs input
 gradients (ODIN), which sets `needs_input_gradients` and implements `score_images`
 (evaluate fits it first and caches its scores per set, keyed by its config).
+
+Every detector declares its parameters once, as typed keyword-only constructor
+arguments with defaults, each stored on an attribute of the same name. That signature
+is the single source of defaults: the YAML in `configs/detectors/` only overrides it,
+`build_detector` rejects a parameter the signature does not name, and `params` reads
+the values back (cache keys, reports, saved detectors).
 """
 
 from __future__ import annotations
 
-from abc import ABC, abstractmethod
+import inspect
+from abc import ABC
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -19,6 +26,13 @@ from torch import nn
 from c2ir.errors import C2IRError, NotFittedError
 from c2ir.features import FeatureBundle
 from c2ir.stats import ClassStats
+
+FIT_SOURCES = ("none", "impressions", "id_train")
+
+# What a detector can need from the forward pass (see `Detector.needs`).
+POOLED_LAYERS, SPATIAL, BN_MEANS, INPUT_GRADIENTS = "pooled_layers", "spatial", "bn_means", "input_gradients"
+# ... and what it fits on besides features (`FitContext.class_stats`, `FitContext.layer_weights`).
+CLASS_STATS, LAYER_WEIGHTS = "class_stats", "layer_weights"
 
 
 @dataclass
@@ -32,22 +46,48 @@ class FitContext:
     class_stats: ClassStats | None = None
     layer_weights: torch.Tensor | None = None
     head: nn.Linear | None = None
-    ipm: dict[str, Any] = field(default_factory=dict)
 
 
 class Detector(ABC):
-    """Base class. Subclasses set `requires_fit` and implement `_fit` (optional) and `_score`."""
+    """Base class. Subclasses set `requires_fit`, declare typed keyword-only parameters, and
+    implement `_fit` (optional) and `_score`."""
 
     requires_fit: ClassVar[bool] = False
     needs_input_gradients: ClassVar[bool] = False
-    data_access: ClassVar[str] = "data-free"   # or "full access" when fitted on real ID data
+    data_access: str = "data-free"   # or "full access" when fitted on real ID data
 
-    def __init__(self, name: str, fit_on: str = "none", **params: Any):
-        self.name, self.fit_on, self.params = name, fit_on, params
+    def __init__(self, name: str, *, fit_on: str = "none") -> None:
+        if fit_on not in FIT_SOURCES:
+            raise C2IRError(f"detector {name}: fit_on={fit_on!r}; choose one of {', '.join(FIT_SOURCES)}")
+        self.name, self.fit_on = name, fit_on
         self._fitted = not self.requires_fit
-        if fit_on == "id_train":
-            self.data_access = "full access"
+        self.data_access = "full access" if fit_on == "id_train" else "data-free"
 
+    # ----- declared parameters -----------------------------------------------------------
+    @classmethod
+    def parameters(cls) -> dict[str, inspect.Parameter]:
+        """The keyword-only constructor parameters (name -> inspect.Parameter, with default)."""
+        sig = inspect.signature(cls.__init__)
+        return {n: p for n, p in sig.parameters.items() if p.kind is inspect.Parameter.KEYWORD_ONLY}
+
+    @classmethod
+    def defaults(cls) -> dict[str, Any]:
+        return {n: p.default for n, p in cls.parameters().items()}
+
+    @property
+    def params(self) -> dict[str, Any]:
+        """The parameter values of this instance (fit_on included), as plain values."""
+        return {n: getattr(self, n) for n in self.parameters()}
+
+    @property
+    def needs(self) -> frozenset[str]:
+        """What the forward pass must record for this detector: POOLED_LAYERS (layer/<name>),
+        SPATIAL (spatial/<name>), BN_MEANS (bn/<name>), INPUT_GRADIENTS (scores images, not features);
+        and what its fit needs besides features: CLASS_STATS, LAYER_WEIGHTS (MGI).
+        Logits and penultimate features are always there."""
+        return frozenset({INPUT_GRADIENTS} if self.needs_input_gradients else ())
+
+    # ----- fit / score -------------------------------------------------------------------
     def fit(self, ctx: FitContext) -> "Detector":
         self._fit(ctx)
         self._fitted = True
@@ -59,10 +99,22 @@ class Detector(ABC):
     def score(self, feats: FeatureBundle) -> np.ndarray:
         if not self._fitted:
             raise NotFittedError(f"detector {self.name} is used before fit(); call fit(ctx) first")
+        if self.needs_input_gradients:
+            raise C2IRError(f"detector {self.name} needs input gradients: it scores images (score_images), "
+                            "not cached features")
         return np.asarray(self._score(feats), dtype=np.float64)
 
-    @abstractmethod
-    def _score(self, feats: FeatureBundle) -> np.ndarray | torch.Tensor: ...
+    def _score(self, feats: FeatureBundle) -> np.ndarray | torch.Tensor:
+        raise NotImplementedError(f"{type(self).__name__} scores images, not features")
+
+    # ----- fitted state (save/load) ------------------------------------------------------
+    def state(self) -> dict[str, torch.Tensor]:
+        """Fitted tensors, for saving (safetensors). Detectors without fitted state return {}."""
+        return {}
+
+    def load_state(self, tensors: dict[str, torch.Tensor]) -> None:
+        """Restore what `state()` returned; the detector counts as fitted afterwards."""
+        self._fitted = True
 
     def source(self, ctx: FitContext) -> FeatureBundle:
         """The feature bundle this detector fits on (`fit_on`: impressions or id_train)."""
@@ -74,3 +126,24 @@ class Detector(ABC):
                    else "run synthesize and collect-stats first")
             )
         return bundle
+
+
+class AttributeState:
+    """Mixin: the fitted state is the attributes named in `state_attrs` (tensors, or floats kept
+    as one-element float64 tensors), so save/load needs no per-detector code."""
+
+    state_attrs: ClassVar[tuple[str, ...]] = ()
+
+    def state(self) -> dict[str, torch.Tensor]:
+        out = {}
+        for name in self.state_attrs:
+            value = getattr(self, name)
+            out[name] = value if isinstance(value, torch.Tensor) else torch.tensor([float(value)], dtype=torch.float64)
+        return out
+
+    def load_state(self, tensors: dict[str, torch.Tensor]) -> None:
+        for name in self.state_attrs:
+            value = tensors[name]
+            current = getattr(type(self), "scalar_attrs", ())
+            setattr(self, name, float(value[0]) if name in current else value)
+        self._fitted = True

@@ -17,19 +17,16 @@ from __future__ import annotations
 
 import torch
 
-from c2ir.detectors.base import Detector, FitContext
-from c2ir.detectors.energy import energy
+from c2ir.detectors.base import CLASS_STATS, LAYER_WEIGHTS, POOLED_LAYERS, SPATIAL, Detector, FitContext
+from c2ir.detectors.logits import LOGIT_SCORES
 from c2ir.errors import C2IRError
-from c2ir.features import FeatureBundle
-from c2ir.ipm import get_ipm
-
-LOGIT_SCORES = {
-    "energy": lambda logits: energy(logits),
-    "msp": lambda logits: -torch.softmax(logits.double(), 1).max(1).values,
-    "maxlogit": lambda logits: -logits.double().max(1).values,
-}
+from c2ir.features import FeatureBundle, batches
+from c2ir.ipm import IPMS, get_ipm
+from c2ir.stats import ClassStats
 
 NORMALIZATIONS = ("impression_z", "impression_std", "none")
+
+__all__ = ["C2IR", "LOGIT_SCORES", "NORMALIZATIONS", "combine", "impression_scale"]
 
 
 def impression_scale(raw_imp: torch.Tensor, normalize: str) -> tuple[torch.Tensor, torch.Tensor]:
@@ -53,42 +50,68 @@ def combine(raw: torch.Tensor, loc: torch.Tensor, spread: torch.Tensor, weights:
 
 
 class C2IR(Detector):
+    """C2IR on cached features: class-conditional IPM deviations, scaled on the impressions, MGI-weighted.
+
+    Args:
+        fit_on: `impressions` (the method is data-free by construction).
+        ipm: deviation measure, a name of `c2ir.ipm.IPMS` (the CLI passes its `ipm=` group here).
+        ipm_seed: seed of the IPM's random constants (bandwidth subsample, projections).
+        ipm_projections: random directions of `sliced_wasserstein`.
+        normalize: `impression_z`, `impression_std` or `none` (see the module docstring).
+        logit_score: optional logit term, `energy`, `msp`, `maxlogit` or `none`.
+        logit_weight: weight of the logit term after z-scoring it on the impressions.
+    """
+
     requires_fit = True
+
+    def __init__(self, name: str = "c2ir", *, fit_on: str = "impressions", ipm: str = "mean_standardized",
+                 ipm_seed: int = 0, ipm_projections: int = 64, normalize: str = "impression_z",
+                 logit_score: str = "energy", logit_weight: float = 1.0) -> None:
+        super().__init__(name, fit_on=fit_on)
+        get_ipm(str(ipm))  # fail at construction, not at fit
+        if normalize not in NORMALIZATIONS:
+            raise C2IRError(f"{name}.normalize={normalize!r}; choose one of {', '.join(NORMALIZATIONS)}")
+        if logit_score not in ("none", *LOGIT_SCORES):
+            raise C2IRError(f"{name}.logit_score={logit_score!r}; choose none, {', '.join(LOGIT_SCORES)}")
+        self.ipm, self.ipm_seed, self.ipm_projections = str(ipm), int(ipm_seed), int(ipm_projections)
+        self.normalize, self.logit_score, self.logit_weight = str(normalize), str(logit_score), float(logit_weight)
+
+    @property
+    def needs(self) -> frozenset[str]:
+        base = {POOLED_LAYERS, CLASS_STATS, LAYER_WEIGHTS}
+        return frozenset(base | {SPATIAL}) if IPMS[self.ipm].needs_spatial else frozenset(base)
 
     def _fit(self, ctx: FitContext) -> None:
         if ctx.class_stats is None or ctx.impressions is None:
             raise C2IRError("c2ir needs impression statistics: run collect-stats (or `c2ir run`) first")
-        self.stats = ctx.class_stats
-        self.layers = list(self.stats.layers)
-        weights = ctx.layer_weights if ctx.layer_weights is not None else torch.ones(len(self.layers))
-        if len(weights) != len(self.layers):
-            raise C2IRError(f"c2ir: {len(weights)} MGI weights for {len(self.layers)} layers; rerun weight-layers")
-        self.weights = weights.double()
-        ipm_cfg = dict(ctx.ipm or {})
-        self.ipm = get_ipm(str(ipm_cfg.get("name", self.params.get("ipm", "mean_l2"))))
-        self.extra = {n: self.ipm.prepare(self.stats[n], seed=int(ipm_cfg.get("seed", 0)),
-                                          projections=int(ipm_cfg.get("projections", 64)))
-                      for n in self.layers}
-        self.normalize = str(self.params.get("normalize", "impression_z"))
-        self.logit_score = str(self.params.get("logit_score", "none"))
-        self.logit_weight = float(self.params.get("logit_weight", 1.0))
-        if self.logit_score not in ("none", *LOGIT_SCORES):
-            raise C2IRError(f"c2ir.logit_score={self.logit_score!r}; choose none, {', '.join(LOGIT_SCORES)}")
+        weights = ctx.layer_weights if ctx.layer_weights is not None else torch.ones(len(ctx.class_stats.layers))
+        self._setup(ctx.class_stats, weights)
         self.loc, self.spread = impression_scale(self.layer_deviations(ctx.impressions), self.normalize)
         self.logit_imp = (None if self.logit_score == "none"
                           else LOGIT_SCORES[self.logit_score](ctx.impressions["logits"]))
 
+    def _setup(self, stats: ClassStats, weights: torch.Tensor) -> None:
+        self.stats = stats
+        self.layers = list(stats.layers)
+        if len(weights) != len(self.layers):
+            raise C2IRError(f"c2ir: {len(weights)} MGI weights for {len(self.layers)} layers; rerun weight-layers")
+        self.weights = weights.double()
+        fn = get_ipm(self.ipm)
+        self.extra = {n: fn.prepare(stats[n], seed=self.ipm_seed, projections=self.ipm_projections)
+                      for n in self.layers}
+
     def layer_deviations(self, feats: FeatureBundle, chunk: int = 1024) -> torch.Tensor:
         """(N, L) raw IPM deviations of each input from its predicted class, per layer."""
+        fn = IPMS[self.ipm]
         pred = feats["logits"].argmax(1)
         cols = []
         for name in self.layers:
             pooled = feats[f"layer/{name}"].float()
             spatial = feats.get(f"spatial/{name}")
             parts = []
-            for s in range(0, len(pred), chunk):
-                sp = None if spatial is None else spatial[s:s + chunk].float()
-                parts.append(self.ipm(pooled[s:s + chunk], sp, self.stats[name], pred[s:s + chunk], self.extra[name]))
+            for s in batches(len(pred), chunk):
+                sp = None if spatial is None else spatial[s].float()
+                parts.append(fn(pooled[s], sp, self.stats[name], pred[s], self.extra[name]))
             cols.append(torch.cat(parts).double())
         return torch.stack(cols, dim=1)
 
@@ -96,3 +119,19 @@ class C2IR(Detector):
         logit = None if self.logit_imp is None else LOGIT_SCORES[self.logit_score](feats["logits"])
         return combine(self.layer_deviations(feats), self.loc, self.spread, self.weights,
                        logit, self.logit_imp, self.logit_weight)
+
+    def state(self) -> dict[str, torch.Tensor]:
+        out = {f"stats/{k}": v for k, v in self.stats.to_tensors().items()}
+        out.update({"weights": self.weights, "loc": self.loc, "spread": self.spread})
+        out.update({f"layer/{i:03d}/{n}": torch.zeros(0) for i, n in enumerate(self.layers)})  # names, in order
+        if self.logit_imp is not None:
+            out["logit_imp"] = self.logit_imp
+        return out
+
+    def load_state(self, tensors: dict[str, torch.Tensor]) -> None:
+        layers = [k.split("/", 2)[2] for k in sorted(k for k in tensors if k.startswith("layer/"))]
+        stats = ClassStats.from_tensors(layers, {k[len("stats/"):]: v for k, v in tensors.items() if k.startswith("stats/")})
+        self._setup(stats, tensors["weights"])
+        self.weights = tensors["weights"]
+        self.loc, self.spread, self.logit_imp = tensors["loc"], tensors["spread"], tensors.get("logit_imp")
+        super().load_state(tensors)

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import torch
 
-from c2ir.detectors.base import Detector, FitContext
+from c2ir.detectors.base import AttributeState, Detector, FitContext
 from c2ir.detectors.energy import energy
 from c2ir.detectors.head import head_params
 from c2ir.errors import C2IRError
@@ -26,7 +26,8 @@ def dice_mask(weight: torch.Tensor, mean_activation: torch.Tensor, sparsity: flo
     return contrib > threshold
 
 
-class DICE(Detector):
+class DICE(AttributeState, Detector):
+    state_attrs = ('weight', 'bias')
     requires_fit = True
 
     def __init__(self, name: str = "dice_imp", *, fit_on: str = "impressions", sparsity: float = 90.0) -> None:

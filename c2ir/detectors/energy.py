@@ -1,15 +1,23 @@
 """Energy score (Liu et al., "Energy-based Out-of-distribution Detection", NeurIPS 2020)."""
 
-import torch
+from __future__ import annotations
 
 from c2ir.detectors.base import Detector
+from c2ir.detectors.logits import energy
 
-
-def energy(logits: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
-    """E(x) = -T logsumexp(f(x) / T); higher energy = more OOD."""
-    return -temperature * torch.logsumexp(logits.double() / temperature, dim=1)
+__all__ = ["Energy", "energy"]
 
 
 class Energy(Detector):
+    """E(x) = -T logsumexp(f(x)/T) of the logits. Data-free, no fit.
+
+    Args:
+        temperature: T; 1 is the paper's choice without OOD tuning.
+    """
+
+    def __init__(self, name: str = "energy", *, fit_on: str = "none", temperature: float = 1.0) -> None:
+        super().__init__(name, fit_on=fit_on)
+        self.temperature = float(temperature)
+
     def _score(self, feats):
-        return energy(feats["logits"], float(self.params.get("temperature", 1.0)))
+        return energy(feats["logits"], self.temperature)

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import torch
 
-from c2ir.detectors.base import Detector, FitContext
+from c2ir.detectors.base import AttributeState, Detector, FitContext
 from c2ir.errors import C2IRError
 
 
@@ -32,7 +32,8 @@ def kl_to_templates(logits: torch.Tensor, templates: torch.Tensor, eps: float = 
     return kl.min(dim=1).values
 
 
-class KLMatching(Detector):
+class KLMatching(AttributeState, Detector):
+    state_attrs = ('templates',)
     requires_fit = True
 
     def __init__(self, name: str = "kl_matching_imp", *, fit_on: str = "impressions") -> None:

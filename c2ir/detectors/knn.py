@@ -7,6 +7,7 @@ from __future__ import annotations
 import torch
 
 from c2ir.detectors.base import Detector, FitContext
+from c2ir.features import batches
 
 
 def _normalize(x: torch.Tensor) -> torch.Tensor:
@@ -14,16 +15,31 @@ def _normalize(x: torch.Tensor) -> torch.Tensor:
 
 
 class KNN(Detector):
+    """k-th nearest-neighbour distance in the fit set's L2-normalised penultimate features.
+
+    Args:
+        fit_on: `id_train` (full access, the paper's setting) or `impressions` (data-free).
+        k: the neighbour rank; capped at the fit set's size.
+    """
+
     requires_fit = True
+
+    def __init__(self, name: str = "knn", *, fit_on: str = "id_train", k: int = 50) -> None:
+        super().__init__(name, fit_on=fit_on)
+        self.k = int(k)
 
     def _fit(self, ctx: FitContext) -> None:
         self.bank = _normalize(self.source(ctx)["penultimate"])
-        self.k = min(int(self.params.get("k", 50)), len(self.bank))
 
     def _score(self, feats):
         x = _normalize(feats["penultimate"])
-        out = []
-        for start in range(0, len(x), 1024):
-            d = torch.cdist(x[start:start + 1024], self.bank)
-            out.append(d.topk(self.k, dim=1, largest=False).values[:, -1])
-        return torch.cat(out).double()
+        k = min(self.k, len(self.bank))
+        return torch.cat([torch.cdist(x[s], self.bank).topk(k, dim=1, largest=False).values[:, -1]
+                          for s in batches(len(x), 1024)]).double()
+
+    def state(self) -> dict[str, torch.Tensor]:
+        return {"bank": self.bank}
+
+    def load_state(self, tensors: dict[str, torch.Tensor]) -> None:
+        self.bank = tensors["bank"]
+        super().load_state(tensors)

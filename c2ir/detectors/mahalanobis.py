@@ -8,54 +8,77 @@ from __future__ import annotations
 
 import torch
 
-from c2ir.detectors.base import Detector, FitContext
+from c2ir.detectors.base import POOLED_LAYERS, Detector, FitContext
+from c2ir.features import batches
 
 
-class _Gaussian:
-    """Class means + Ledoit-Wolf-shrunk tied covariance of one feature space."""
+def fit_gaussian(x: torch.Tensor, labels: torch.Tensor, num_classes: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(class means (K, D), Ledoit-Wolf-shrunk tied precision (D, D)) of one feature space, float64."""
+    from sklearn.covariance import LedoitWolf
 
-    def __init__(self, x: torch.Tensor, labels: torch.Tensor, num_classes: int):
-        from sklearn.covariance import LedoitWolf
+    x = x.double()
+    means = torch.stack([x[labels == c].mean(0) if (labels == c).any() else x.mean(0) for c in range(num_classes)])
+    centered = (x - means[labels]).numpy()
+    precision = torch.from_numpy(LedoitWolf(assume_centered=True).fit(centered).precision_)
+    return means, precision
 
-        x = x.double()
-        self.means = torch.stack([
-            x[labels == c].mean(0) if (labels == c).any() else x.mean(0) for c in range(num_classes)
-        ])
-        centered = (x - self.means[labels]).numpy()
-        precision = LedoitWolf(assume_centered=True).fit(centered).precision_
-        self.precision = torch.from_numpy(precision)
 
-    def min_distance(self, x: torch.Tensor) -> torch.Tensor:
-        x = x.double()
-        out = []
-        for start in range(0, len(x), 2048):
-            diff = x[start:start + 2048, None, :] - self.means[None]          # (B, K, D)
-            d = torch.einsum("bkd,de,bke->bk", diff, self.precision, diff)
-            out.append(d.min(dim=1).values)
-        return torch.cat(out)
+def min_distance(x: torch.Tensor, means: torch.Tensor, precision: torch.Tensor) -> torch.Tensor:
+    """Squared Mahalanobis distance of each row of x to its closest class mean (pure)."""
+    x = x.double()
+    out = []
+    for span in batches(len(x), 2048):
+        diff = x[span, None, :] - means[None]          # (B, K, D)
+        out.append(torch.einsum("bkd,de,bke->bk", diff, precision, diff).min(dim=1).values)
+    return torch.cat(out)
 
 
 class Mahalanobis(Detector):
+    """Distance to the closest class mean under a tied covariance.
+
+    Args:
+        fit_on: `id_train` (full access, the paper's setting) or `impressions` (data-free).
+        multi_layer: also use every selected layer's pooled features (mean of standardised scores).
+    """
+
     requires_fit = True
 
-    def _keys(self, bundle) -> list[str]:
-        if not self.params.get("multi_layer", False):
-            return ["penultimate"]
-        return [k for k in bundle if k.startswith("layer/")] + ["penultimate"]
+    def __init__(self, name: str = "mahalanobis", *, fit_on: str = "id_train", multi_layer: bool = False) -> None:
+        super().__init__(name, fit_on=fit_on)
+        self.multi_layer = bool(multi_layer)
+
+    @property
+    def needs(self) -> frozenset[str]:
+        return frozenset({POOLED_LAYERS}) if self.multi_layer else frozenset()
 
     def _fit(self, ctx: FitContext) -> None:
         src = self.source(ctx)
         labels = src["labels"].long()
         k = int(src["logits"].shape[1])
-        self.keys = self._keys(src)
-        self.models = {key: _Gaussian(src[key], labels, k) for key in self.keys}
+        self.keys = ([k for k in src if k.startswith("layer/")] if self.multi_layer else []) + ["penultimate"]
+        self.models = {key: fit_gaussian(src[key], labels, k) for key in self.keys}
         self.scale = {}
-        for key, g in self.models.items():
-            d = g.min_distance(src[key])
+        for key, (means, precision) in self.models.items():
+            d = min_distance(src[key], means, precision)
             self.scale[key] = (d.mean(), d.std().clamp(min=1e-12))
 
     def _score(self, feats):
         if len(self.keys) == 1:
-            return self.models[self.keys[0]].min_distance(feats[self.keys[0]])
-        z = [(self.models[k].min_distance(feats[k]) - m) / s for k, (m, s) in self.scale.items()]
+            return min_distance(feats[self.keys[0]], *self.models[self.keys[0]])
+        z = [(min_distance(feats[k], *self.models[k]) - m) / s for k, (m, s) in self.scale.items()]
         return torch.stack(z, dim=1).mean(dim=1)
+
+    def state(self) -> dict[str, torch.Tensor]:
+        out = {}
+        for i, (key, (means, precision)) in enumerate(self.models.items()):  # index keeps the fitted order
+            loc, spread = self.scale[key]
+            out[f"{i:03d}/means/{key}"], out[f"{i:03d}/precision/{key}"] = means, precision
+            out[f"{i:03d}/loc/{key}"], out[f"{i:03d}/spread/{key}"] = loc.reshape(1), spread.reshape(1)
+        return out
+
+    def load_state(self, tensors: dict[str, torch.Tensor]) -> None:
+        found = sorted(k.split("/", 2) for k in tensors if k.split("/", 2)[1] == "means")
+        self.keys = [key for _, _, key in found]
+        self.models = {k: (tensors[f"{i}/means/{k}"], tensors[f"{i}/precision/{k}"]) for i, _, k in found}
+        self.scale = {k: (tensors[f"{i}/loc/{k}"][0], tensors[f"{i}/spread/{k}"][0]) for i, _, k in found}
+        super().load_state(tensors)

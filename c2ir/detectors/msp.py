@@ -1,10 +1,16 @@
 """Maximum softmax probability (Hendrycks & Gimpel, ICLR 2017)."""
 
-import torch
+from __future__ import annotations
 
 from c2ir.detectors.base import Detector
+from c2ir.detectors.logits import msp
 
 
 class MSP(Detector):
+    """Negative maximum softmax probability. Data-free, no parameters."""
+
+    def __init__(self, name: str = "msp", *, fit_on: str = "none") -> None:
+        super().__init__(name, fit_on=fit_on)
+
     def _score(self, feats):
-        return -torch.softmax(feats["logits"].double(), dim=1).max(dim=1).values
+        return msp(feats["logits"])

@@ -16,27 +16,44 @@ from tqdm import tqdm
 
 from c2ir.data.imageset import Normalizer
 from c2ir.detectors.base import Detector
+from c2ir.features import batches
+from c2ir.models.state import frozen_eval
 
 
 class ODIN(Detector):
+    """Negative max softmax at temperature T after a step of size epsilon that raises it.
+
+    Args:
+        temperature: T (the paper's 1000).
+        epsilon: perturbation size in pixel units ([0, 1] scale).
+    """
+
     needs_input_gradients = True
 
-    def _score(self, feats):
-        raise NotImplementedError("ODIN scores images (score_images), not cached features")
+    def __init__(self, name: str = "odin", *, fit_on: str = "none", temperature: float = 1000.0,
+                 epsilon: float = 0.0014) -> None:
+        super().__init__(name, fit_on=fit_on)
+        self.temperature, self.epsilon = float(temperature), float(epsilon)
 
     def score_images(self, model: nn.Module, normalizer: Normalizer, images: torch.Tensor,
                      batch_size: int = 256, device: torch.device | str = "cpu") -> np.ndarray:
-        temperature = float(self.params.get("temperature", 1000.0))
-        eps = float(self.params.get("epsilon", 0.0014))
-        model.eval()
+        """Scores of pixel images: uint8 in [0, 255] or float in [0, 1], (N, C, H, W).
+        The model's training flags and `requires_grad` are restored afterwards."""
+        with frozen_eval(model):
+            return self._score_images(model, normalizer, images, batch_size, device)
+
+    def _score_images(self, model: nn.Module, normalizer: Normalizer, images: torch.Tensor,
+                      batch_size: int, device: torch.device | str) -> np.ndarray:
         out = []
-        for start in tqdm(range(0, len(images), batch_size), desc="odin", leave=False, disable=not sys.stderr.isatty()):
-            x = images[start:start + batch_size].to(device).float().div(255.0).requires_grad_(True)
-            logits = model(normalizer(x)) / temperature
+        for span in tqdm(list(batches(len(images), batch_size)), desc="odin", leave=False,
+                         disable=not sys.stderr.isatty()):
+            x = images[span].to(device)
+            x = (x.float().div(255.0) if x.dtype == torch.uint8 else x.float()).requires_grad_(True)
+            logits = model(normalizer(x)) / self.temperature
             loss = F.cross_entropy(logits, logits.argmax(1))  # -log S_yhat(x; T)
             (grad,) = torch.autograd.grad(loss, x)
-            x_tilde = (x - eps * grad.sign()).clamp(0, 1)  # move to raise the top softmax score
+            x_tilde = (x - self.epsilon * grad.sign()).clamp(0, 1)  # move to raise the top softmax score
             with torch.no_grad():
-                probs = torch.softmax(model(normalizer(x_tilde)).double() / temperature, dim=1)
+                probs = torch.softmax(model(normalizer(x_tilde)).double() / self.temperature, dim=1)
             out.append(-probs.max(1).values.cpu())
         return torch.cat(out).numpy()

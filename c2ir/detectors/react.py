@@ -6,24 +6,47 @@ from __future__ import annotations
 import torch
 
 from c2ir.detectors.base import Detector, FitContext
-from c2ir.detectors.energy import energy
+from c2ir.detectors.logits import energy
 from c2ir.errors import C2IRError
 
 
 class ReAct(Detector):
+    """Energy of the head applied to penultimate features clipped at a fit-set percentile.
+
+    Args:
+        fit_on: `id_train` (full access, the paper's setting) or `impressions` (data-free).
+        percentile: clip level, as a percentile of the fit set's penultimate activations.
+        temperature: of the Energy score.
+    """
+
     requires_fit = True
+
+    def __init__(self, name: str = "react", *, fit_on: str = "id_train", percentile: float = 90.0,
+                 temperature: float = 1.0) -> None:
+        super().__init__(name, fit_on=fit_on)
+        if not 0.0 < float(percentile) <= 100.0:
+            raise C2IRError(f"{name}.percentile={percentile}; choose a value in (0, 100]")
+        self.percentile, self.temperature = float(percentile), float(temperature)
 
     def _fit(self, ctx: FitContext) -> None:
         if ctx.head is None:
             raise C2IRError("react needs the model's classifier head")
         acts = self.source(ctx)["penultimate"].float().flatten()
-        q = float(self.params.get("percentile", 90.0)) / 100.0
         sample = acts[torch.randperm(len(acts), generator=torch.Generator().manual_seed(0))[:1_000_000]]
-        self.threshold = float(torch.quantile(sample, q))
+        self.threshold = float(torch.quantile(sample, self.percentile / 100.0))
         self.weight = ctx.head.weight.detach().cpu().float()
         self.bias = None if ctx.head.bias is None else ctx.head.bias.detach().cpu().float()
 
     def _score(self, feats):
         h = feats["penultimate"].float().clamp(max=self.threshold)
         logits = torch.nn.functional.linear(h, self.weight, self.bias)
-        return energy(logits, float(self.params.get("temperature", 1.0)))
+        return energy(logits, self.temperature)
+
+    def state(self) -> dict[str, torch.Tensor]:
+        out = {"clip": torch.tensor([self.threshold], dtype=torch.float64), "weight": self.weight}
+        return out if self.bias is None else {**out, "bias": self.bias}
+
+    def load_state(self, tensors: dict[str, torch.Tensor]) -> None:
+        self.threshold = float(tensors["clip"][0])
+        self.weight, self.bias = tensors["weight"], tensors.get("bias")
+        super().load_state(tensors)

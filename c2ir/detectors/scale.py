@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import torch
 
-from c2ir.detectors.base import Detector, FitContext
+from c2ir.detectors.base import AttributeState, Detector, FitContext
 from c2ir.detectors.energy import energy
 from c2ir.detectors.head import head_params
 from c2ir.errors import C2IRError
@@ -27,7 +27,8 @@ def scale_shape(a: torch.Tensor, percentile: float = 85.0) -> torch.Tensor:
     return a * torch.exp(r)
 
 
-class SCALE(Detector):
+class SCALE(AttributeState, Detector):
+    state_attrs = ('weight', 'bias')
     requires_fit = True  # reads the head's weights; fits on no data
 
     def __init__(self, name: str = "scale", *, fit_on: str = "none", percentile: float = 85.0) -> None:

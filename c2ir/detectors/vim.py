@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import torch
 
-from c2ir.detectors.base import Detector, FitContext
+from c2ir.detectors.base import AttributeState, Detector, FitContext
 from c2ir.detectors.head import head_params
 from c2ir.errors import C2IRError
 
@@ -41,7 +41,9 @@ def residual_norm(h: torch.Tensor, origin: torch.Tensor, basis: torch.Tensor) ->
     return ((h.double() - origin) @ basis).norm(dim=1)
 
 
-class ViM(Detector):
+class ViM(AttributeState, Detector):
+    state_attrs = ('origin', 'basis', 'alpha')
+    scalar_attrs = ('alpha',)
     requires_fit = True
 
     def __init__(self, name: str = "vim_imp", *, fit_on: str = "impressions", dim: int | None = None) -> None:

@@ -6,5 +6,6 @@ STAGES: dict[str, tuple[str, str]] = {
     "collect-stats": ("c2ir.stages.collect_stats", "per-layer, per-class feature statistics of the impressions"),
     "weight-layers": ("c2ir.stages.weight_layers", "MGI layer weights from gradients on the impressions only"),
     "evaluate": ("c2ir.stages.evaluate", "score ID and OOD sets with every detector; write tables and plots"),
+    "score": ("c2ir.stages.score", "score a folder of images with a fitted detector: score.input=DIR -> scores.csv"),
     "run": ("c2ir.stages.run", "all stages in order, each skipped when its artifact is cached"),
 }

@@ -74,11 +74,16 @@ KEY_RULES: dict[str, KeyRule] = {
                                      "ood.{name}.name")),
     # plus the evaluated sets' feature keys as upstream; `ood.<set>.name` is only the column's name
     "evaluate": KeyRule(("detectors", "ipm", "ood.*.name")),
+    # the fitted detector `c2ir score` caches: its resolved type + parameters and threshold share
+    # (stages/score.py builds the key from those resolved values and the fit inputs' keys)
+    "score": KeyRule(("score.detector", "score.tpr")),
 }
 # Fields no stage's output depends on (how or where a run happens, not what it computes).
 RUNTIME_ONLY = ("stage", "device", "threads", "batch_size", "cache_root", "output_dir", "paths", "hydra",
                 "synth.autocast", "synth.channels_last", "synth.compile", *_MODEL_RUNTIME,
-                "data.download", "ood.*.layout", "ood.*.url", "ood.*.md5", "ood.*.download")
+                "data.download", "ood.*.layout", "ood.*.url", "ood.*.md5", "ood.*.download",
+                # `c2ir score` writes its per-file scores into the run directory, uncached
+                "score.input", "score.resize")
 
 
 def _matches(pattern: str, path: str, name: str | None = None) -> bool:
@@ -148,7 +153,6 @@ class Context:
         self._data_specs: dict[str, dict[str, Any]] = {}
         self.device = resolve_device(str(cfg.device))
         self.dist = distributed.current()
-        torch.set_num_threads(int(cfg.get("threads") or torch.get_num_threads()))
 
     # ----- config subsets -------------------------------------------------------------
     def key(self, stage: str, config: Mapping[str, Any], upstream: Mapping[str, str] | None = None) -> str:

@@ -22,9 +22,9 @@ from c2ir.cache import Artifact, atomic_save_tensors, atomic_write_json
 from c2ir.data import load_id, load_ood
 from c2ir.data.sources import ood_fingerprint
 from c2ir.detectors import Detector, FitContext, build_detector
+from c2ir.detectors.base import SPATIAL
 from c2ir.detectors.c2ir import C2IR
 from c2ir.errors import C2IRError
-from c2ir.ipm import get_ipm
 from c2ir.metrics import accuracy, columnwise_auroc, ood_metrics
 from c2ir.schema import ood_names
 from c2ir.stages.collect_stats import ensure_stats, id_train_features, load_stats
@@ -47,10 +47,44 @@ def ood_spec(ctx: Context, name: str) -> dict[str, Any]:
     return {"ood": name, **spec}
 
 
+def ipm_overrides(ctx: Context) -> dict[str, Any]:
+    """The `ipm=` group as detector parameters, for the detector types that declare them (C2IR)."""
+    ipm = plain(ctx.cfg.ipm)
+    return {"ipm": ipm["name"], "ipm_seed": ipm.get("seed", 0), "ipm_projections": ipm.get("projections", 64)}
+
+
 def build_detectors(ctx: Context) -> dict[str, Detector]:
     if not ctx.cfg.get("detectors"):
         raise C2IRError("no detectors selected (detectors=[]); pass at least one, e.g. detectors=[c2ir,energy,msp]")
-    return {name: build_detector(name, ctx.cfg.detectors[name]) for name in ctx.cfg.detectors}
+    return {name: build_detector(name, plain(ctx.cfg.detectors[name]), **ipm_overrides(ctx)) for name in ctx.cfg.detectors}
+
+
+class FitInputs:
+    """What detectors fit on, from the cache: the impressions' statistics and features, the MGI
+    weights, and (only when a full-access detector is selected) real ID training features."""
+
+    def __init__(self, ctx: Context, detectors: dict[str, Detector]):
+        self.ctx = ctx
+        self.stats_art = ensure_stats(ctx)
+        self.weights_art = ensure_weights(ctx)
+        self.id_train = None
+        if any(d.fit_on == "id_train" for d in detectors.values()):
+            self.id_train = id_train_features(ctx)
+
+    def upstream(self) -> dict[str, str]:
+        up = {"stats": self.stats_art.key, "weights": self.weights_art.key, "model": self.ctx.model_key}
+        if self.id_train is not None:
+            up["features:id_train"] = self.id_train[0].key
+        return up
+
+    def fit_context(self) -> FitContext:
+        stats, imp = load_stats(self.stats_art)
+        layers, weights = load_weights(self.weights_art)
+        if layers != stats.layers:
+            raise C2IRError("MGI weights and class statistics were computed for different layer sets; rerun `c2ir run`")
+        return FitContext(model=self.ctx.model, layers=layers, impressions=imp,
+                          id_train=None if self.id_train is None else self.id_train[1],
+                          class_stats=stats, layer_weights=weights, head=self.ctx.head)
 
 
 class Evaluation:
@@ -60,11 +94,19 @@ class Evaluation:
         self.ctx = ctx
         cfg = ctx.cfg
         self.detectors = build_detectors(ctx)
-        self.ipm = get_ipm(str(cfg.ipm.name))
-        uses_ipm = any(isinstance(d, C2IR) for d in self.detectors.values())
-        self.spatial = int(cfg.features.spatial_grid) if (self.ipm.needs_spatial and uses_ipm) else 0
-        self.stats_art = ensure_stats(ctx)
-        self.weights_art = ensure_weights(ctx)
+        needs_spatial = any(SPATIAL in d.needs for d in self.detectors.values())
+        self.spatial = int(cfg.features.spatial_grid) if needs_spatial else 0
+        try:
+            self.fit_inputs = FitInputs(ctx, self.detectors)
+        except C2IRError as exc:
+            dropped = [n for n, d in self.detectors.items() if d.fit_on == "id_train"]
+            if not dropped:
+                raise
+            log.warning("full-access detectors %s skipped: ID training data unavailable (%s)", dropped, exc)
+            self.detectors = {n: d for n, d in self.detectors.items() if d.fit_on != "id_train"}
+            self.fit_inputs = FitInputs(ctx, self.detectors)
+        fi = self.fit_inputs
+        self.stats_art, self.weights_art, self.id_train = fi.stats_art, fi.weights_art, fi.id_train
         self._decoded: dict[str, Any] = {}  # decoded image sets, shared by feature passes and gradient passes
         self.sets: dict[str, tuple[Artifact, dict[str, torch.Tensor]]] = {}
         self.id_name = f"{cfg.data.name}-test"
@@ -74,14 +116,9 @@ class Evaluation:
             raise C2IRError(f"an OOD set is named {self.id_name!r} like the ID test set; rename it with ood.<set>.name")
         for col, key in self.ood_keys.items():
             self.sets[col] = ensure_features(ctx, col, ood_spec(ctx, key), lambda k=key: self.load_ood(k), self.spatial)
-        self.id_train = None
-        if any(d.fit_on == "id_train" for d in self.detectors.values()):
-            try:
-                self.id_train = id_train_features(ctx)
-            except C2IRError as exc:
-                dropped = [n for n, d in self.detectors.items() if d.fit_on == "id_train"]
-                log.warning("full-access detectors %s skipped: ID training data unavailable (%s)", dropped, exc)
-                self.detectors = {n: d for n, d in self.detectors.items() if d.fit_on != "id_train"}
+
+    def fit_context(self) -> FitContext:
+        return self.fit_inputs.fit_context()
 
     def load_id_test(self):
         if self.id_name not in self._decoded:
@@ -96,11 +133,10 @@ class Evaluation:
 
     def key(self) -> str:
         cfg = self.ctx.cfg
-        spec = {**key_fields(cfg, "evaluate"), "used": sorted(self.detectors), "sets": list(self.sets)}
+        spec = {**key_fields(cfg, "evaluate"), "used": sorted(self.detectors), "sets": list(self.sets),
+                "params": {n: {"type": type(d).__name__, **d.params} for n, d in self.detectors.items()}}
         upstream = {f"features:{n}": a.key for n, (a, _) in self.sets.items()}
-        upstream.update(stats=self.stats_art.key, weights=self.weights_art.key, model=self.ctx.model_key)
-        if self.id_train is not None:
-            upstream["features:id_train"] = self.id_train[0].key
+        upstream.update(self.fit_inputs.upstream())
         return self.ctx.key("evaluate", spec, upstream)
 
     def inputs(self) -> dict[str, str]:
@@ -111,15 +147,6 @@ class Evaluation:
             out["features:id_train"] = self.id_train[0].digest
         return out
 
-    def fit_context(self) -> FitContext:
-        stats, imp = load_stats(self.stats_art)
-        layers, weights = load_weights(self.weights_art)
-        if layers != stats.layers:
-            raise C2IRError("MGI weights and class statistics were computed for different layer sets; rerun `c2ir run`")
-        return FitContext(model=self.ctx.model, layers=layers, impressions=imp,
-                          id_train=None if self.id_train is None else self.id_train[1],
-                          class_stats=stats, layer_weights=weights, head=self.ctx.head, ipm=plain(self.ctx.cfg.ipm))
-
     def image_scores(self, name: str, det: Detector, set_name: str) -> np.ndarray:
         """Scores of a detector that needs its own gradient pass over the images (ODIN, ...).
 
@@ -129,7 +156,7 @@ class Evaluation:
         """
         ctx = self.ctx
         feat_art = self.sets[set_name][0]
-        spec = {"detector": plain(ctx.cfg.detectors[name])}
+        spec = {"detector": {"type": type(det).__name__, **det.params}}  # resolved parameters, not the YAML overrides
         upstream = {"features": feat_art.key, "model": ctx.model_key}
         if det.requires_fit and det.fit_on != "none":
             upstream["stats"] = self.stats_art.key

@@ -1,0 +1,165 @@
+"""Training (or fine-tuning) a classifier: the loop, resumable epoch by epoch.
+
+SGD with Nesterov momentum and a one-cycle (warm-up + cosine) learning rate, pad-crop
+and (for flip-invariant data) horizontal-flip augmentation. With a `work` folder, every
+epoch's state is saved atomically there; a killed run resumes from the last finished
+epoch and ends bitwise equal (on CPU) to an uninterrupted one, because shuffling and
+augmentation draw from generators seeded by (seed, epoch) and the learning rate is a
+function of the step alone. The `train` stage adds the cache around it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file
+from torch import nn
+from tqdm import tqdm
+
+from c2ir.cache import atomic_save_tensors, atomic_write_json
+from c2ir.data.imageset import ImageSet, Normalizer
+from c2ir.errors import C2IRError
+from c2ir.features import batches
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class TrainConfig:
+    """The `train.*` settings the loop uses (configs/train/default.yaml)."""
+
+    epochs: int = 20
+    batch_size: int = 64
+    lr: float = 0.05
+    warmup: float = 0.15
+    weight_decay: float = 5e-4
+    pad: int = 1
+    flip: bool = True
+    seed: int = 0
+
+
+def lr_at(step: int, total: int, peak: float, warmup_frac: float) -> float:
+    """One-cycle schedule: linear warm-up to `peak`, then cosine decay to zero."""
+    warm = max(1, int(total * warmup_frac))
+    if step < warm:
+        return peak * (step + 1) / warm
+    progress = (step - warm) / max(1, total - warm)
+    return 0.5 * peak * (1 + math.cos(math.pi * min(progress, 1.0)))
+
+
+def augment(x: torch.Tensor, pad: int, flip: bool, g: torch.Generator) -> torch.Tensor:
+    """Random pad-crop (zero padding) and optional horizontal flip of a uint8 batch."""
+    n, _, h, w = x.shape
+    if pad:
+        padded = F.pad(x, (pad, pad, pad, pad))
+        dy = torch.randint(0, 2 * pad + 1, (n,), generator=g)
+        dx = torch.randint(0, 2 * pad + 1, (n,), generator=g)
+        x = torch.stack([padded[i, :, dy[i]:dy[i] + h, dx[i]:dx[i] + w] for i in range(n)])
+    if flip:
+        mask = torch.rand(n, generator=g) < 0.5
+        x = torch.where(mask[:, None, None, None], x.flip(3), x)
+    return x
+
+
+@torch.no_grad()
+def evaluate_accuracy(model: nn.Module, normalizer: Normalizer, data: ImageSet, batch_size: int = 256,
+                      device: torch.device | str = "cpu") -> float:
+    model.eval()
+    correct = 0
+    for span in batches(len(data), batch_size):
+        x = normalizer(data.images[span].to(device))
+        correct += int((model(x).argmax(1).cpu() == data.labels[span]).sum())
+    return correct / max(len(data), 1)
+
+
+def _opt_state(opt: torch.optim.Optimizer) -> dict[str, torch.Tensor]:
+    out = {}
+    for i, st in opt.state_dict()["state"].items():
+        if st.get("momentum_buffer") is not None:
+            out[f"opt/{i}"] = st["momentum_buffer"]
+    return out
+
+
+def _load_opt_state(opt: torch.optim.Optimizer, tensors: dict[str, torch.Tensor]) -> None:
+    sd = opt.state_dict()
+    for k, v in tensors.items():
+        if k.startswith("opt/"):
+            sd["state"][int(k[4:])] = {"momentum_buffer": v}
+    opt.load_state_dict(sd)
+
+
+def train_classifier(model: nn.Module, train: ImageSet, test: ImageSet, normalizer: Normalizer, tc: TrainConfig,
+                     work: Path, device: torch.device | str = "cpu", eval_batch_size: int = 256
+                     ) -> tuple[nn.Module, list[dict]]:
+    """Train `model` in place with per-epoch resumable checkpoints in `work`; returns it (eval mode) and its history."""
+    model.to(device)
+    epochs, bs = int(tc.epochs), int(tc.batch_size)
+    steps_per_epoch = math.ceil(len(train) / bs)
+    total = epochs * steps_per_epoch
+    opt = torch.optim.SGD(model.parameters(), lr=float(tc.lr), momentum=0.9, nesterov=True,
+                          weight_decay=float(tc.weight_decay))
+    history: list[dict] = []
+    start_epoch = 0
+    work.mkdir(parents=True, exist_ok=True)
+    done = sorted(work.glob("epoch_*.safetensors"))
+    if done:
+        last = done[-1]
+        initial = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        try:
+            tensors = load_file(str(last))
+            model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model/")})
+            _load_opt_state(opt, tensors)
+            meta = json.loads(last.with_suffix(".json").read_text())
+            start_epoch, history = int(meta["epoch"]) + 1, meta["history"]
+            log.info("train: resuming after epoch %d from %s", start_epoch, last.name)
+        except Exception as exc:  # noqa: BLE001 - a damaged resume file: start over rather than fail forever
+            log.warning("train: damaged resume state %s (%s: %s); discarding it and training from the start",
+                        last.name, type(exc).__name__, str(exc)[:80])
+            for f in work.glob("epoch_*"):
+                f.unlink(missing_ok=True)
+            model.load_state_dict(initial)  # the same initial weights as an uninterrupted run
+            opt = torch.optim.SGD(model.parameters(), lr=float(tc.lr), momentum=0.9, nesterov=True,
+                                  weight_decay=float(tc.weight_decay))
+            start_epoch, history = 0, []
+    for epoch in range(start_epoch, epochs):
+        model.train()
+        g = torch.Generator().manual_seed(tc.seed * 10_007 + epoch)
+        order = torch.randperm(len(train), generator=g)
+        seen, correct, loss_sum = 0, 0, 0.0
+        bar = tqdm(range(steps_per_epoch), desc=f"train epoch {epoch + 1}/{epochs}", leave=False,
+                   disable=not sys.stderr.isatty())
+        for i in bar:
+            idx = order[i * bs:(i + 1) * bs]
+            x = normalizer(augment(train.images[idx], tc.pad, tc.flip, g).to(device))
+            y = train.labels[idx].to(device)
+            for group in opt.param_groups:
+                group["lr"] = lr_at(epoch * steps_per_epoch + i, total, float(tc.lr), float(tc.warmup))
+            out = model(x)
+            loss = F.cross_entropy(out, y)
+            if not torch.isfinite(loss):
+                raise C2IRError(f"training diverged (loss {loss.item()}) in epoch {epoch + 1}; lower train.lr (now {tc.lr})")
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            seen += len(y)
+            correct += int((out.argmax(1) == y).sum())
+            loss_sum += float(loss.detach()) * len(y)
+        test_acc = evaluate_accuracy(model, normalizer, test, eval_batch_size, device)
+        history.append({"epoch": epoch + 1, "loss": loss_sum / seen, "train_acc": correct / seen, "test_acc": test_acc})
+        log.info("train epoch %d/%d: loss %.4f, train acc %.4f, test acc %.4f",
+                 epoch + 1, epochs, loss_sum / seen, correct / seen, test_acc)
+        state = {f"model/{k}": v for k, v in model.state_dict().items()}
+        path = work / f"epoch_{epoch:04d}.safetensors"
+        atomic_write_json(path.with_suffix(".json"), {"epoch": epoch, "history": history})
+        atomic_save_tensors(path, {**state, **_opt_state(opt)})
+        for old in sorted(work.glob("epoch_*.safetensors"))[:-1]:  # keep only the newest epoch
+            old.unlink(missing_ok=True)
+            old.with_suffix(".json").unlink(missing_ok=True)
+    return model.eval(), history

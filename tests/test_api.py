@@ -1,0 +1,210 @@
+"""The public API (c2ir.C2IR, c2ir.detector): same scores as the CLI, exact save/load, the model untouched."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+import c2ir
+from c2ir.detectors import DETECTOR_TYPES, build_detector
+from c2ir.errors import C2IRError, NotFittedError
+from c2ir.features import auto_layers
+from c2ir.impressions import SynthConfig
+from c2ir.models.small_cnn import SmallCNN
+from conftest import needs_shared
+
+TINY_SYNTH = {"per_class": 3, "batch_size": 30, "iterations": 8, "jitter": 1, "flip": False}
+DIGITS = {"num_classes": 10, "input_shape": (1, 8, 8), "mean": [0.3], "std": [0.4]}
+
+
+def _model() -> nn.Module:
+    torch.manual_seed(0)
+    m = SmallCNN(1, 10, 4)
+    with torch.no_grad():  # non-trivial running statistics, as a trained model has
+        for bn in (m.bn1, m.bn2, m.bn3):
+            bn.running_mean.uniform_(0.0, 0.5)
+            bn.running_var.uniform_(0.5, 2.0)
+    return m
+
+
+def _loader(n: int = 60, seed: int = 1):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, 1, 8, 8, generator=g)
+    return [(x[i:i + 20], torch.arange(i, i + 20) % 10) for i in range(0, n, 20)]
+
+
+def test_c2ir_api_gives_the_scores_of_c2ir_evaluate(cfg_factory):
+    """Same configuration (the CLI defaults; fast synthesis, short training), same scores on the ID test set."""
+    from c2ir.data import load_id
+    from c2ir.stages import evaluate
+    from c2ir.stages.common import Context
+
+    cfg = cfg_factory(["synth=fast", "train.epochs=2", "data.max_test_samples=300", "detectors=[c2ir]",
+                       "ood=[gaussian_noise]"])
+    ctx = Context(cfg)
+    cli = evaluate.evaluate(ctx).tensors("scores.safetensors")["c2ir/digits-test"]
+    det = c2ir.C2IR(ctx.model, 10, (1, 8, 8), list(cfg.data.mean), list(cfg.data.std), layers=ctx.layer_patterns,
+                    synth=SynthConfig.from_cfg(cfg.synth), batch_size=int(cfg.batch_size)).fit()
+    api = det.score(ctx.normalizer(load_id(cfg.data, "test").images))
+    assert api.shape == cli.shape
+    torch.testing.assert_close(api, cli.double(), rtol=1e-9, atol=1e-9)
+
+
+def test_api_synthesis_defaults_are_the_cli_defaults(cfg_factory):
+    cli = SynthConfig.from_cfg(cfg_factory().synth)
+    api = SynthConfig()
+    for f in ("per_class", "batch_size", "iterations", "lr", "betas", "bn_weight", "first_bn_multiplier",
+              "tv_weight", "l2_weight", "ce_weight", "seed"):
+        assert getattr(api, f) == getattr(cli, f), f
+
+
+def test_fit_score_predict_save_load_exact(tmp_path):
+    model = _model()
+    det = c2ir.C2IR(model, **DIGITS, synth=TINY_SYNTH).fit()
+    x = torch.randn(9, 1, 8, 8, generator=torch.Generator().manual_seed(3))
+    s = det.score(x)
+    assert s.shape == (9,) and s.dtype == torch.float64 and torch.isfinite(s).all()
+    assert torch.equal(det.predict(x), s > det.threshold)
+    det.save(tmp_path / "fitted")
+    assert sorted(p.name for p in (tmp_path / "fitted").iterdir()) == ["detector.json", "state.safetensors"]
+    det2 = c2ir.C2IR.load(tmp_path / "fitted", model)
+    assert torch.equal(det2.score(x), s)
+    assert det2.threshold == det.threshold and det2.layers == det.layers
+
+
+def test_data_free_threshold_keeps_tpr_of_impressions_and_calibrate_keeps_tpr_of_id():
+    model = _model()
+    det = c2ir.C2IR(model, **DIGITS, synth=TINY_SYNTH, tpr=0.9)
+    images, bundle = det._impressions()
+    det.fit()
+    kept = float((det.detector.score(bundle) <= det.threshold).mean())
+    assert kept == pytest.approx(0.9, abs=1 / 30 + 1e-9)
+    loader = _loader(200)
+    det.calibrate(loader, tpr=0.8)
+    flagged = torch.cat([det.predict(x) for x, _ in loader]).float().mean().item()
+    assert flagged == pytest.approx(0.2, abs=0.01)
+
+
+def test_caller_model_is_returned_unchanged():
+    model = _model().to(memory_format=torch.channels_last)
+    model.train()
+    model.bn2.eval()
+    model.conv1.weight.requires_grad_(False)
+    model.fc.weight.grad = torch.ones_like(model.fc.weight)
+    modes = [m.training for m in model.modules()]
+    flags = [p.requires_grad for p in model.parameters()]
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    det = c2ir.C2IR(model, **DIGITS, synth=TINY_SYNTH).fit()
+    det.score(torch.randn(4, 1, 8, 8))
+    c2ir.detector("odin", model, mean=[0.3], std=[0.4]).fit().score(torch.randn(4, 1, 8, 8))
+    assert [m.training for m in model.modules()] == modes
+    assert [p.requires_grad for p in model.parameters()] == flags
+    assert torch.equal(model.fc.weight.grad, torch.ones_like(model.fc.weight))
+    assert all(p.grad is None for n, p in model.named_parameters() if n != "fc.weight")
+    assert model.conv1.weight.is_contiguous(memory_format=torch.channels_last)
+    for k, v in model.state_dict().items():  # BN running statistics included: no train-mode forward
+        assert torch.equal(v, state[k]), k
+
+
+def test_every_zoo_detector_through_the_api(tmp_path):
+    model = _model()
+    x = torch.randn(6, 1, 8, 8, generator=torch.Generator().manual_seed(4))
+    names = c2ir.detector_names()
+    assert {build_detector(n, c2ir.api.zoo_config(n)).__class__ for n in names} == set(DETECTOR_TYPES.values())
+    tiny = {**TINY_SYNTH, "per_class": 1, "batch_size": 10, "iterations": 3}
+    for name in names:
+        det = c2ir.detector(name, model, **DIGITS, synth=tiny).fit(_loader())
+        s = det.score(x)
+        assert s.shape == (6,) and torch.isfinite(s).all(), name
+        assert det.predict(x).dtype == torch.bool, name
+        det.save(tmp_path / name)
+        assert torch.equal(c2ir.load_detector(tmp_path / name, model).score(x), s), name
+
+
+def test_detectors_without_synthesis_inputs():
+    model = _model()
+    x = torch.randn(5, 1, 8, 8)
+    energy = c2ir.detector("energy", model)
+    assert torch.equal(energy.fit().score(x), -torch.logsumexp(model.eval()(x).double(), 1))
+    with pytest.raises(NotFittedError, match="calibrate"):
+        energy.predict(x)
+    maha = c2ir.detector("mahalanobis", model).fit(_loader())
+    assert maha.threshold is not None and maha.threshold_source.startswith("in-sample")
+    with pytest.raises(C2IRError, match="full-access.*fit\\(id_loader\\)"):
+        c2ir.detector("knn", model).fit()
+    with pytest.raises(C2IRError, match="num_classes, input_shape, mean, std"):
+        c2ir.detector("knn_imp", model).fit()
+
+
+def test_bad_arguments_are_one_clear_error():
+    model = _model()
+    with pytest.raises(C2IRError, match="unknown parameter.*temperatur.*valid: fit_on, temperature"):
+        c2ir.detector("energy", model, temperatur=2.0)
+    with pytest.raises(C2IRError, match="unknown detector 'energi'.*energy"):
+        c2ir.detector("energi", model)
+    with pytest.raises(C2IRError, match="synth: unknown setting.*iteration"):
+        c2ir.C2IR(model, **DIGITS, synth={"iteration": 3})
+    with pytest.raises(C2IRError, match="predicts 10 classes"):
+        c2ir.C2IR(model, 7, (1, 8, 8), [0.3], [0.4])
+    plain = nn.Sequential(nn.Conv2d(1, 4, 3), nn.ReLU(), nn.Flatten(), nn.Linear(144, 10))
+    with pytest.raises(C2IRError, match="C2IR needs a model with BatchNorm layers.*Sequential has none"):
+        c2ir.C2IR(plain, **DIGITS)
+    assert c2ir.detector("energy", plain).fit().score(torch.randn(3, 1, 8, 8)).shape == (3,)  # needs no BN
+
+
+def test_unknown_detector_parameter_in_config_is_an_error():
+    with pytest.raises(C2IRError, match=r"unknown parameter\(s\) normalise; valid: fit_on, ipm"):
+        build_detector("c2ir", {"type": "c2ir", "normalise": "none"})
+
+
+def test_detector_yaml_only_overrides_the_typed_defaults():
+    for name in c2ir.detector_names():
+        cfg = c2ir.api.zoo_config(name)
+        defaults = DETECTOR_TYPES[cfg.pop("type")].defaults()
+        for key, value in cfg.items():
+            assert key in defaults and value != defaults[key], (name, key)
+
+
+def test_automatic_layers():
+    from c2ir.models.cifar_resnet import CifarResNet
+
+    assert auto_layers(CifarResNet(20)) == ["layer2.0", "layer2.1", "layer2.2", "layer3.0"]  # the measured best set
+    assert auto_layers(SmallCNN(1, 10, 4)) == ["act1", "act2", "act3"]
+    with pytest.raises(C2IRError, match="no BatchNorm"):
+        auto_layers(nn.Sequential(nn.Conv2d(1, 4, 3), nn.ReLU()))
+
+
+def test_data_free_threshold_is_reported_as_such():
+    det = c2ir.C2IR(_model(), **DIGITS, synth=TINY_SYNTH).fit()
+    assert det.threshold_source == "impressions (data-free)"
+    assert np.isfinite(det.threshold)
+
+
+@needs_shared
+def test_the_issue_snippet_on_the_shared_resnet20(tmp_path):
+    """The documented snippet, with the model's real mean/std (configs/model/resnet20.yaml), on the shared fine-tuned ResNet-20 (tiny synthesis)."""
+    from omegaconf import OmegaConf
+
+    from c2ir.data.shared import shared_model
+    from c2ir.models import build_model, load_checkpoint
+
+    spec = OmegaConf.create({"arch": "cifar_resnet", "depth": 20, "num_classes": 10, "in_channels": 3,
+                             "name": "resnet20", "trust_checkpoint": False})
+    model = build_model(spec)
+    load_checkpoint(model, spec, str(shared_model("cifar10jpeg-resnet20.pt")))
+    model.eval()
+    x = torch.randn(4, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    det = c2ir.C2IR(model, num_classes=10, input_shape=(3, 32, 32), mean=(0.485, 0.456, 0.406),  # its training
+                    std=(0.229, 0.224, 0.225), synth={"per_class": 1, "batch_size": 10, "iterations": 2})  # normalisation
+    assert det.layers == ["layer2.0", "layer2.1", "layer2.2", "layer3.0"]
+    det.fit()
+    s = det.score(x)
+    assert s.shape == (4,) and det.predict(x).shape == (4,)
+    det.save(tmp_path / "fitted")
+    assert torch.equal(c2ir.C2IR.load(tmp_path / "fitted", model).score(x), s)
+    e = c2ir.detector("energy", model)
+    assert e.fit().score(x).shape == (4,)
+    m = c2ir.detector("mahalanobis", model).fit([(torch.randn(40, 3, 32, 32), torch.arange(40) % 10)])
+    assert torch.isfinite(m.score(x)).all()
