@@ -35,9 +35,9 @@ from c2ir.config import config_dir
 from c2ir.data.imageset import Normalizer
 from c2ir.detectors import DETECTOR_TYPES, build_detector
 from c2ir.detectors.base import (BN_MEANS, CLASS_STATS, INPUT_GRADIENTS, LAYER_WEIGHTS, POOLED_LAYERS, SPATIAL,
-                                 Detector, FitContext)
+                                 Detector, FitData)
 from c2ir.errors import C2IRError, NotFittedError
-from c2ir.features import FeatureBundle, auto_layers, bn_layers, extract_features, select_layers
+from c2ir.extraction import FeatureBundle, auto_layers, bn_layers, extract_features, select_layers
 from c2ir.impressions import SynthConfig, synthesize_impressions
 from c2ir.mgi import METHODS, impression_importance, normalize_weights
 from c2ir.models import head_module
@@ -110,7 +110,7 @@ class OODDetector:
             `*_imp` variants, and a data-free threshold for any detector); `mean`/`std` are the
             per-channel normalisation the model expects (also needed by ODIN).
         layers: module-name regexes of the feature layers; None chooses them automatically
-            (`c2ir.features.auto_layers`). Used by C2IR and `mahalanobis_multi*`.
+            (`c2ir.extraction.auto_layers`). Used by C2IR and `mahalanobis_multi*`.
         head: module name of the classifier layer, if not the last `nn.Linear`.
         synth: DeepInversion settings (a `SynthConfig` or a mapping of its fields); defaults are
             the CLI's `synth=default`. Use `{"flip": False}` for data that is not mirror-symmetric.
@@ -231,26 +231,26 @@ class OODDetector:
                                       0, BN_MEANS in det.needs)
             if "labels" not in bundle:
                 raise C2IRError(f"{self.name} fits on labelled data: the DataLoader must yield (x, y) batches")
-            det.fit(FitContext(model=self.model, layers=self.layers, id_train=bundle, head=self.head))
+            det.fit(FitData(model=self.model, layers=self.layers, id_train=bundle, head=self.head))
             self._set_threshold(det.score(bundle), "in-sample on the fit data")
             return self
         if det.fit_on == "impressions" or self._can_synthesize():
             self._require_synthesis_inputs(f"fitting {self.name}" if det.fit_on == "impressions"
                                            else "a data-free threshold")
             images, bundle = self._impressions()
-            ctx = FitContext(model=self.model, layers=self.layers, impressions=bundle, head=self.head)
+            fit_data = FitData(model=self.model, layers=self.layers, impressions=bundle, head=self.head)
             if CLASS_STATS in det.needs:
-                ctx.class_stats = compute_class_stats(bundle, bundle["labels"], self.layers, int(self.num_classes or 0),
+                fit_data.class_stats = compute_class_stats(bundle, bundle["labels"], self.layers, int(self.num_classes or 0),
                                                       self.max_spatial_per_class, self.seed)
             if LAYER_WEIGHTS in det.needs:
                 importance = impression_importance(self.model, self.normalizer, images, bundle["labels"], self.layers,
                                                    self.batch_size, self._device())
-                ctx.layer_weights = normalize_weights(importance[self.mgi])
-                self.layer_weights = ctx.layer_weights.tolist()
-            det.fit(ctx)
+                fit_data.layer_weights = normalize_weights(importance[self.mgi])
+                self.layer_weights = fit_data.layer_weights.tolist()
+            det.fit(fit_data)
             self._set_threshold(self._score_bundle_or_pixels(bundle, images), "impressions (data-free)")
             return self
-        det.fit(FitContext(model=self.model, layers=self.layers, head=self.head))
+        det.fit(FitData(model=self.model, layers=self.layers, head=self.head))
         return self
 
     def _set_threshold(self, scores: np.ndarray, source: str) -> None:
@@ -359,7 +359,7 @@ class C2IR(OODDetector):
         num_classes: number of classes the model predicts.
         input_shape: (C, H, W) of one input.
         mean, std: per-channel normalisation the model expects (inputs are `(pixels - mean) / std`).
-        layers: module-name regexes, or None for the automatic choice (`c2ir.features.auto_layers`).
+        layers: module-name regexes, or None for the automatic choice (`c2ir.extraction.auto_layers`).
         ipm: deviation measure (`mean_standardized` default; `mean_l2`, `mean_l1`, `mmd_rbf`,
             `wasserstein`, `sliced_wasserstein`).
         normalize, logit_score, logit_weight, ipm_seed, ipm_projections: see `c2ir.detectors.c2ir.C2IR`.

@@ -31,7 +31,7 @@ from tqdm import tqdm
 
 from c2ir.data.imageset import Normalizer
 from c2ir.errors import C2IRError
-from c2ir.features import bn_layers
+from c2ir.extraction import bn_layers
 from c2ir.models.state import frozen_eval
 
 log = logging.getLogger(__name__)

@@ -20,7 +20,7 @@ from tqdm import tqdm
 
 from c2ir.data.imageset import Normalizer
 from c2ir.errors import C2IRError
-from c2ir.features import batches
+from c2ir.extraction import batches
 from c2ir.models.state import frozen_eval
 
 METHODS = ("grad_abs", "grad_x_act", "uniform")

@@ -26,7 +26,7 @@ from tqdm import tqdm
 from c2ir.cache import atomic_save_tensors, atomic_write_json
 from c2ir.data.imageset import ImageSet, Normalizer
 from c2ir.errors import C2IRError
-from c2ir.features import batches
+from c2ir.extraction import batches
 
 log = logging.getLogger(__name__)
 

@@ -17,9 +17,9 @@ import torch
 
 from bench_common import bench_model, median_ratio, paired
 from c2ir.data.imageset import Normalizer
-from c2ir.detectors import FitContext, build_detector
+from c2ir.detectors import FitData, build_detector
 from c2ir.device import resolve_device
-from c2ir.features import extract_features, select_layers
+from c2ir.extraction import extract_features, select_layers
 from c2ir.models import head_module
 from c2ir.stats import compute_class_stats
 
@@ -47,7 +47,7 @@ def main() -> None:
     imp_images = torch.randint(0, 256, (400, 3, 32, 32), dtype=torch.uint8, generator=g)
     imp = extract_features(model, imp_images, norm, layers, head, device=device)
     imp["labels"] = torch.arange(400) % 10
-    fit = FitContext(model=model, layers=layers, impressions=imp, class_stats=compute_class_stats(imp, imp["labels"], layers, 10),
+    fit = FitData(model=model, layers=layers, impressions=imp, class_stats=compute_class_stats(imp, imp["labels"], layers, 10),
                      layer_weights=torch.full((len(layers),), 1 / len(layers)), head=head)
     dets = [build_detector(n, {"type": n, **kw}).fit(fit) for n, kw in DATA_FREE.items()]
     x_u8 = torch.randint(0, 256, (args.batch, 3, 32, 32), dtype=torch.uint8, generator=g).to(device)

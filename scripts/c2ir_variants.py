@@ -26,7 +26,7 @@ from c2ir.detectors import build_detector
 from c2ir.detectors.c2ir import combine, impression_scale
 from c2ir.detectors.logits import LOGIT_SCORES
 from c2ir.metrics import auroc
-from c2ir.stages.common import Context
+from c2ir.stages.common import RunContext
 from c2ir.stages.evaluate import Evaluation
 
 log = logging.getLogger("c2ir_variants")
@@ -63,7 +63,7 @@ def main(argv: list[str]) -> None:
         with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
             cfg = compose("config", overrides=[*args.overrides, f"ipm={ipm_name}",
                                                "detectors=[c2ir,energy,msp,maxlogit,odin,knn]"])
-        ctx = Context(cfg)
+        ctx = RunContext(cfg)
         ev = Evaluation(ctx)
         fit = ev.fit_context()
         det = build_detector("c2ir", {**cfg.detectors.c2ir, "logit_score": "none", "normalize": "none"}, ipm=ipm_name)

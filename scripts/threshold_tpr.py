@@ -18,7 +18,7 @@ import numpy as np
 from hydra import compose, initialize_config_dir
 
 from c2ir.config import config_dir, register_resolvers
-from c2ir.stages.common import Context
+from c2ir.stages.common import RunContext
 from c2ir.stages.evaluate import Evaluation
 
 DETECTORS = "detectors=[c2ir,msp,maxlogit,energy,nmd,mahalanobis_imp,knn_imp,react_imp]"
@@ -33,7 +33,7 @@ def main(argv: list[str]) -> None:
     register_resolvers()
     with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
         cfg = compose("config", overrides=[DETECTORS, *args.overrides])
-    ctx = Context(cfg)
+    ctx = RunContext(cfg)
     ev = Evaluation(ctx)
     fit = ev.fit_context()
     oods = [s for s in ev.sets if s != ev.id_name]

@@ -10,7 +10,7 @@ from torch import nn
 import c2ir
 from c2ir.detectors import DETECTOR_TYPES, build_detector
 from c2ir.errors import C2IRError, NotFittedError
-from c2ir.features import auto_layers
+from c2ir.extraction import auto_layers
 from c2ir.impressions import SynthConfig
 from c2ir.models.small_cnn import SmallCNN
 from conftest import needs_shared
@@ -39,12 +39,12 @@ def test_c2ir_api_gives_the_scores_of_c2ir_evaluate(cfg_factory):
     """Same configuration (the CLI defaults; fast synthesis, short training), same scores on the ID test set."""
     from c2ir.data import load_id
     from c2ir.stages import evaluate
-    from c2ir.stages.common import Context
+    from c2ir.stages.common import RunContext
 
     cfg = cfg_factory(["synth=fast", "train.epochs=2", "data.max_test_samples=300", "detectors=[c2ir]",
                        "ood=[gaussian_noise]"])
-    ctx = Context(cfg)
-    cli = evaluate.evaluate(ctx).tensors("scores.safetensors")["c2ir/digits-test"]
+    ctx = RunContext(cfg)
+    cli = evaluate.ensure(ctx).tensors("scores.safetensors")["c2ir/digits-test"]
     det = c2ir.C2IR(ctx.model, 10, (1, 8, 8), list(cfg.data.mean), list(cfg.data.std), layers=ctx.layer_patterns,
                     synth=SynthConfig.from_cfg(cfg.synth), batch_size=int(cfg.batch_size)).fit()
     api = det.score(ctx.normalizer(load_id(cfg.data, "test").images))

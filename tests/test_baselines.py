@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from c2ir.detectors import FitContext, build_detector
+from c2ir.detectors import FitData, build_detector
 from c2ir.detectors.ash import ash_b, ash_s
 from c2ir.detectors.dice import dice_mask
 from c2ir.detectors.entropy import entropy
@@ -77,7 +77,7 @@ def test_scale_known_values_and_keeps_prediction():
     a = torch.tensor([[4.0, 3.0, 2.0, 1.0]])
     assert torch.allclose(scale_shape(a, 50), a.double() * math.exp(10 / 7))
     w = torch.randn(3, 4, generator=torch.Generator().manual_seed(1))
-    det = build_detector("scale", {"type": "scale", "percentile": 50}).fit(FitContext(head=_head(w)))
+    det = build_detector("scale", {"type": "scale", "percentile": 50}).fit(FitData(head=_head(w)))
     feats = {"penultimate": a, "logits": a @ w.T}
     expected = -torch.logsumexp((a.double() * math.exp(10 / 7)) @ w.double().T, dim=1)
     assert det.score(feats)[0] == pytest.approx(expected.item())
@@ -91,7 +91,7 @@ def test_dice_mask_known_values():
     assert mask.tolist() == [[True, False, True], [False, True, False]]
     imp = {"penultimate": m[None].repeat(4, 1), "logits": torch.zeros(4, 2), "labels": torch.zeros(4)}
     det = build_detector("dice_imp", {"type": "dice", "fit_on": "impressions", "sparsity": 50}).fit(
-        FitContext(head=_head(w), impressions=imp))
+        FitData(head=_head(w), impressions=imp))
     h = torch.tensor([[1.0, 2.0, 1.0]])  # masked logits: [1 + 2, 6]
     assert det.score({"penultimate": h})[0] == pytest.approx(-math.log(math.exp(3) + math.exp(6)))
 
@@ -104,7 +104,7 @@ def test_kl_matching_is_zero_at_a_template():
     scores = kl_to_templates(torch.tensor([[0.0, 4.0, 0.0], [0.0, 0.0, 0.0]]), templates)
     assert scores[0] == pytest.approx(0.0, abs=1e-12) and scores[1] > 0.1
     det = build_detector("kl_matching_imp", {"type": "kl_matching", "fit_on": "impressions"})
-    det.fit(FitContext(impressions={"logits": fit_logits}))
+    det.fit(FitData(impressions={"logits": fit_logits}))
     assert det.score({"logits": fit_logits[2:]})[0] == pytest.approx(0.0, abs=1e-12)
 
 
@@ -117,7 +117,7 @@ def test_vim_residual_is_zero_in_the_principal_space():
     off = 0.1 * torch.randn(100, d // 2, generator=g) @ basis[:, d // 2:].T   # with a small residual off it,
     fit_h = torch.cat([main + off, main - off])                                # uncorrelated with the main part
     det = build_detector("vim_imp", {"type": "vim", "fit_on": "impressions"})
-    det.fit(FitContext(head=_head(w), impressions={"penultimate": fit_h, "logits": fit_h @ w.T}))
+    det.fit(FitData(head=_head(w), impressions={"penultimate": fit_h, "logits": fit_h @ w.T}))
     assert principal_dim(d) == d // 2
     inside = torch.randn(5, d // 2, generator=g) @ basis[:, : d // 2].T
     outside = inside + 3.0 * basis[:, -1]  # same point pushed off the subspace
@@ -130,14 +130,14 @@ def test_vim_residual_is_zero_in_the_principal_space():
 def test_vim_bad_dim_is_a_clear_error():
     det = build_detector("vim_imp", {"type": "vim", "fit_on": "impressions", "dim": 8})
     with pytest.raises(C2IRError, match="dim=8"):
-        det.fit(FitContext(head=_head(torch.randn(3, 8)), impressions={"penultimate": torch.rand(10, 8), "logits": torch.rand(10, 3)}))
+        det.fit(FitData(head=_head(torch.randn(3, 8)), impressions={"penultimate": torch.rand(10, 8), "logits": torch.rand(10, 3)}))
 
 
 def test_head_detectors_without_head_say_so():
     for name in ("ash_s", "scale", "dice_imp", "vim_imp"):
         cfg = {"type": name.split("_")[0] if name != "ash_s" else "ash", **NEW[name]}
         with pytest.raises(C2IRError, match="final linear layer"):
-            build_detector(name, cfg).fit(FitContext(impressions={"penultimate": torch.rand(4, 4), "logits": torch.rand(4, 3)}))
+            build_detector(name, cfg).fit(FitData(impressions={"penultimate": torch.rand(4, 4), "logits": torch.rand(4, 3)}))
 
 
 def test_new_detectors_are_data_free_and_reported():

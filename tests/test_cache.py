@@ -8,31 +8,29 @@ import pytest
 import torch
 
 from c2ir.cache import ArtifactStore, atomic_save_tensors
-from c2ir.stages.collect_stats import stats_key
-from c2ir.stages.common import Context
+from c2ir.stages.common import RunContext
 from c2ir.cache import make_key
-from c2ir.stages.synthesize import synth_key
+from c2ir.stages import collect_stats, synthesize
 from conftest import make_cfg
 
 
 def _keys(tmp_path, overrides):
     """Every stage's key for a composed config (pure: nothing is trained or computed)."""
     from c2ir.stages.evaluate import ood_spec
-    from c2ir.stages.features import features_key
-    from c2ir.stages.weight_layers import weights_key
+    from c2ir.stages import features, weight_layers
 
-    ctx = Context(make_cfg(tmp_path, overrides))
-    sk = synth_key(ctx)
+    ctx = RunContext(make_cfg(tmp_path, overrides))
+    sk = synthesize.key(ctx)
     keys = {
         "model": ctx.model_key,
         "synthesize": sk,
-        "collect_stats": stats_key(ctx, sk),
-        "weight_layers": weights_key(ctx, sk),
-        "features:id_test": features_key(ctx, ctx.data_spec("test"), 0),
+        "collect_stats": collect_stats.key(ctx, sk),
+        "weight_layers": weight_layers.key(ctx, sk),
+        "features:id_test": features.key(ctx, ctx.data_spec("test"), 0),
         "ipm": make_key("x", dict(ctx.cfg.ipm)),
     }
     for name in ctx.cfg.ood:
-        keys[f"features:{name}"] = features_key(ctx, ood_spec(ctx, name), 0)
+        keys[f"features:{name}"] = features.key(ctx, ood_spec(ctx, name), 0)
     return keys
 
 

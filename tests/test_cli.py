@@ -100,7 +100,7 @@ def test_a_failing_plot_keeps_the_tables(first_run, workdir, tmp_path, monkeypat
     import logging
 
     from c2ir import plots, report_html
-    from c2ir.stages.common import Context
+    from c2ir.stages.common import RunContext
     from c2ir.stages.evaluate import report_evaluation
 
     def broken(*args, **kwargs):
@@ -110,7 +110,7 @@ def test_a_failing_plot_keeps_the_tables(first_run, workdir, tmp_path, monkeypat
     monkeypatch.setattr(report_html.FigureCache, "get", lambda self, name: None)  # first_run cached the figures
     cfg = make_cfg(tmp_path, [*TINY, f"cache_root={workdir / 'cache'}"])
     with caplog.at_level(logging.INFO):
-        report_evaluation(Context(cfg))
+        report_evaluation(RunContext(cfg))
     assert "cache miss" not in caplog.text
     out = tmp_path / "out"
     for name in ("results.md", "results.csv", "results.json", "roc_gaussian_noise.png"):

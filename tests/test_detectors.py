@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import torch
 
-from c2ir.detectors import DETECTOR_TYPES, FitContext, build_detector
+from c2ir.detectors import DETECTOR_TYPES, FitData, build_detector
 from c2ir.errors import C2IRError, NotFittedError
 from c2ir.metrics import auroc
 from c2ir.stats import compute_class_stats
@@ -24,7 +24,7 @@ def _bundle(n, k=3, shift=0.0, seed=0, dim=16):
 def _ctx(fit):
     stats = compute_class_stats(fit, fit["labels"], ["a", "b"], 3, 64)
     head = torch.nn.Linear(16, 3)
-    return FitContext(layers=["a", "b"], impressions=fit, id_train=fit, class_stats=stats,
+    return FitData(layers=["a", "b"], impressions=fit, id_train=fit, class_stats=stats,
                       layer_weights=torch.tensor([0.5, 0.5]), head=head)
 
 
@@ -83,7 +83,7 @@ def test_nmd_is_zero_at_running_means():
     from c2ir.models.small_cnn import SmallCNN
 
     model = SmallCNN(1, 10, 4).eval()
-    det = build_detector("nmd", {"type": "nmd"}).fit(FitContext(model=model))
+    det = build_detector("nmd", {"type": "nmd"}).fit(FitData(model=model))
     feats = {f"bn/{n}": m.running_mean[None].clone() for n, m in model.named_modules() if isinstance(m, torch.nn.BatchNorm2d)}
     assert det.score(feats)[0] == pytest.approx(0.0, abs=1e-6)
 

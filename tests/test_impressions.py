@@ -109,9 +109,9 @@ def test_bn_reduce_mean_is_the_per_layer_average():
 
 
 def test_bn_reduce_is_in_the_synth_key(tmp_path):
-    from c2ir.stages.common import Context
-    from c2ir.stages.synthesize import synth_key
+    from c2ir.stages.common import RunContext
+    from c2ir.stages import synthesize
     from conftest import make_cfg
 
-    keys = {v: synth_key(Context(make_cfg(tmp_path, [f"synth.bn_reduce={v}"]))) for v in ("sum", "mean")}
+    keys = {v: synthesize.key(RunContext(make_cfg(tmp_path, [f"synth.bn_reduce={v}"]))) for v in ("sum", "mean")}
     assert keys["sum"] != keys["mean"]

@@ -78,11 +78,11 @@ def test_cache_root_that_is_a_file_or_read_only(tmp_path, capsys, monkeypatch):
 
 
 def test_empty_cache_root_does_not_write_into_the_cwd(tmp_path, monkeypatch):
-    from c2ir.stages.common import Context
+    from c2ir.stages.common import RunContext
 
     monkeypatch.chdir(tmp_path)
     with pytest.raises(C2IRError, match="cache_root"):
-        Context(make_cfg(tmp_path, ["cache_root="]))
+        RunContext(make_cfg(tmp_path, ["cache_root="]))
     assert not any(tmp_path.iterdir())
 
 
@@ -116,27 +116,27 @@ def test_run_directories_are_unique_per_process(tmp_path):
 
 # ----- configuration combinations -----------------------------------------------------------------
 def test_any_ood_list_works_on_top_of_an_experiment(tmp_path):
-    from c2ir.stages.common import Context
+    from c2ir.stages.common import RunContext
 
     cfg = make_cfg(tmp_path, ["experiment=cifar10_resnet20_cpu", "ood=[folder]", f"ood.folder.root={tmp_path}"])
-    ctx = Context(cfg)
+    ctx = RunContext(cfg)
     assert list(ctx.cfg.ood) == ["folder"]  # the experiment's max_samples for unselected sets are dropped
     cfg = make_cfg(tmp_path, ["experiment=cifar10_resnet20_cpu", "ood=[tin_resize,gaussian_noise]"])
-    assert Context(cfg).cfg.ood.tin_resize.max_samples == 3000  # kept for a selected set
+    assert RunContext(cfg).cfg.ood.tin_resize.max_samples == 3000  # kept for a selected set
 
 
 def test_several_named_folder_sets_in_one_run(tmp_path):
     from c2ir.schema import ood_names
-    from c2ir.stages.common import Context
+    from c2ir.stages.common import RunContext
 
     cfg = make_cfg(tmp_path, ["ood=[folder]", f"ood.folder.root={tmp_path}", "ood.folder.name=textures"])
-    assert ood_names(Context(cfg).cfg) == {"folder": "textures"}
+    assert ood_names(RunContext(cfg).cfg) == {"folder": "textures"}
     cfg = make_cfg(tmp_path, ["ood=[]", f"+ood.textures={{source:folder,root:{tmp_path}}}",
                               f"+ood.faces={{source:folder,root:{tmp_path}}}"])
-    assert ood_names(Context(cfg).cfg) == {"textures": "textures", "faces": "faces"}
+    assert ood_names(RunContext(cfg).cfg) == {"textures": "textures", "faces": "faces"}
     cfg = make_cfg(tmp_path, ["ood=[folder,gaussian_noise]", f"ood.folder.root={tmp_path}", "ood.folder.name=gaussian_noise"])
     with pytest.raises(C2IRError, match="both named 'gaussian_noise'"):
-        Context(cfg)
+        RunContext(cfg)
 
 
 # ----- data -----------------------------------------------------------------------------------------
@@ -149,30 +149,30 @@ def _images(folder: Path, n: int, size: int = 8) -> None:
 
 def test_folder_sets_are_keyed_by_content(tmp_path):
     """Deleting images from a folder OOD set changes its features key (was: keyed by path, stale count)."""
-    from c2ir.stages.common import Context
+    from c2ir.stages.common import RunContext
     from c2ir.stages.evaluate import ood_spec
-    from c2ir.stages.features import features_key
+    from c2ir.stages import features
 
     _images(tmp_path / "ood", 12)
     over = ["ood=[folder]", f"ood.folder.root={tmp_path / 'ood'}"]
-    before = features_key(Context(make_cfg(tmp_path, over)), ood_spec(Context(make_cfg(tmp_path, over)), "folder"), 0)
+    before = features.key(RunContext(make_cfg(tmp_path, over)), ood_spec(RunContext(make_cfg(tmp_path, over)), "folder"), 0)
     for p in sorted((tmp_path / "ood").iterdir())[:9]:
         p.unlink()
-    ctx = Context(make_cfg(tmp_path, over))
-    assert features_key(ctx, ood_spec(ctx, "folder"), 0) != before
+    ctx = RunContext(make_cfg(tmp_path, over))
+    assert features.key(ctx, ood_spec(ctx, "folder"), 0) != before
 
 
 def test_imagefolder_id_data_is_keyed_by_content(tmp_path):
-    from c2ir.stages.common import Context
+    from c2ir.stages.common import RunContext
 
     for split in ("train", "test"):
         for c in range(2):
             _images(tmp_path / "ds" / split / f"c{c}", 3)
     over = ["data=imagefolder", f"data.root={tmp_path / 'ds'}", "data.num_classes=2", "data.channels=1",
             "model.num_classes=2"]
-    before = Context(make_cfg(tmp_path, over)).data_spec("test")
+    before = RunContext(make_cfg(tmp_path, over)).data_spec("test")
     (tmp_path / "ds" / "test" / "c0" / "000.png").unlink()
-    assert Context(make_cfg(tmp_path, over)).data_spec("test") != before
+    assert RunContext(make_cfg(tmp_path, over)).data_spec("test") != before
 
 
 def test_16bit_png_decodes_to_its_grey_level(tmp_path):
@@ -243,7 +243,7 @@ def test_bad_shared_archives_are_one_line(tmp_path, monkeypatch, damage):
 # ----- damaged cache states and checkpoints --------------------------------------------------------
 def _checkpoint_ctx(tmp_path, overrides=(), damage=None):
     from c2ir.models import build_model
-    from c2ir.stages.common import Context
+    from c2ir.stages.common import RunContext
 
     cfg = make_cfg(tmp_path, ["ood=[gaussian_noise]"])
     torch.manual_seed(0)
@@ -252,7 +252,7 @@ def _checkpoint_ctx(tmp_path, overrides=(), damage=None):
     if damage == "nan":
         state["conv1.weight"][0, 0, 0, 0] = float("nan")
     torch.save(state, tmp_path / "ck.pt")
-    return Context(make_cfg(tmp_path, ["ood=[gaussian_noise]", f"model.checkpoint={tmp_path / 'ck.pt'}", *overrides]))
+    return RunContext(make_cfg(tmp_path, ["ood=[gaussian_noise]", f"model.checkpoint={tmp_path / 'ck.pt'}", *overrides]))
 
 
 def test_non_finite_checkpoint_names_the_checkpoint(tmp_path):
@@ -265,10 +265,11 @@ def test_non_finite_checkpoint_names_the_checkpoint(tmp_path):
 def test_zero_byte_partial_batch_is_recomputed(tmp_path, caplog):
     from safetensors.torch import load_file
 
-    from c2ir.stages.synthesize import _batch_path, compute_batches, synth_key
+    from c2ir.stages import synthesize
+    from c2ir.stages.synthesize import _batch_path, compute_batches
 
     ctx = _checkpoint_ctx(tmp_path, ["synth.iterations=2", "synth.per_class=1", "synth.batch_size=10"])
-    work = ctx.store.partial_dir("synthesize", synth_key(ctx))
+    work = ctx.store.partial_dir("synthesize", synthesize.key(ctx))
     work.mkdir(parents=True)
     _batch_path(work, 0).write_bytes(b"")
     compute_batches(ctx, work)
@@ -277,10 +278,10 @@ def test_zero_byte_partial_batch_is_recomputed(tmp_path, caplog):
 
 
 def test_train_prints_no_requires_grad_warning(tmp_path):
-    from c2ir.stages.common import Context
+    from c2ir.stages.common import RunContext
     from c2ir.stages.train import train_model
 
-    ctx = Context(make_cfg(tmp_path, ["train.epochs=1", "data.max_train_samples=64"]))
+    ctx = RunContext(make_cfg(tmp_path, ["train.epochs=1", "data.max_train_samples=64"]))
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         train_model(ctx, tmp_path / "work")
@@ -288,10 +289,10 @@ def test_train_prints_no_requires_grad_warning(tmp_path):
 
 
 def test_damaged_train_resume_state_restarts(tmp_path, caplog):
-    from c2ir.stages.common import Context
+    from c2ir.stages.common import RunContext
     from c2ir.stages.train import train_model
 
-    ctx = Context(make_cfg(tmp_path, ["train.epochs=1", "data.max_train_samples=64"]))
+    ctx = RunContext(make_cfg(tmp_path, ["train.epochs=1", "data.max_train_samples=64"]))
     (tmp_path / "work").mkdir()
     (tmp_path / "work" / "epoch_0000.safetensors").write_bytes(b"")
     _, history = train_model(ctx, tmp_path / "work")

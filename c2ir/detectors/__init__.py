@@ -7,7 +7,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from c2ir.detectors.ash import ASH
-from c2ir.detectors.base import Detector, FitContext
+from c2ir.detectors.base import Detector, FitData
 from c2ir.detectors.c2ir import C2IR
 from c2ir.detectors.dice import DICE
 from c2ir.detectors.energy import Energy
@@ -55,4 +55,4 @@ def build_detector(name: str, cfg: Mapping[str, Any], **extra: Any) -> Detector:
     return cls(name, **params)
 
 
-__all__ = ["Detector", "FitContext", "build_detector", "DETECTOR_TYPES"]
+__all__ = ["Detector", "FitData", "build_detector", "DETECTOR_TYPES"]

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import torch
 
-from c2ir.detectors.base import AttributeState, Detector, FitContext
+from c2ir.detectors.base import AttributeState, Detector, FitData
 from c2ir.detectors.energy import energy
 from c2ir.detectors.head import head_params
 from c2ir.errors import C2IRError
@@ -60,8 +60,8 @@ class ASH(AttributeState, Detector):
         if not 0.0 <= self.percentile < 100.0:
             raise C2IRError(f"detector {name}: percentile={self.percentile} must be in [0, 100)")
 
-    def _fit(self, ctx: FitContext) -> None:
-        self.weight, self.bias = head_params(ctx, self.name)
+    def _fit(self, data: FitData) -> None:
+        self.weight, self.bias = head_params(data, self.name)
 
     def _score(self, feats):
         shape = ash_s if self.variant == "s" else ash_b

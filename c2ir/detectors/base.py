@@ -1,4 +1,4 @@
-"""The detector contract: `fit(ctx)` once, then `score(features) -> np.ndarray`, higher = more OOD.
+"""The detector contract: `fit(data)` once, then `score(features) -> np.ndarray`, higher = more OOD.
 
 Scores are computed from cached forward outputs (a FeatureBundle), so one forward pass
 over a dataset serves every detector; the exception is a detector that needs input
@@ -24,19 +24,19 @@ import torch
 from torch import nn
 
 from c2ir.errors import C2IRError, NotFittedError
-from c2ir.features import FeatureBundle
+from c2ir.extraction import FeatureBundle
 from c2ir.stats import ClassStats
 
 FIT_SOURCES = ("none", "impressions", "id_train")
 
 # What a detector can need from the forward pass (see `Detector.needs`).
 POOLED_LAYERS, SPATIAL, BN_MEANS, INPUT_GRADIENTS = "pooled_layers", "spatial", "bn_means", "input_gradients"
-# ... and what it fits on besides features (`FitContext.class_stats`, `FitContext.layer_weights`).
+# ... and what it fits on besides features (`FitData.class_stats`, `FitData.layer_weights`).
 CLASS_STATS, LAYER_WEIGHTS = "class_stats", "layer_weights"
 
 
 @dataclass
-class FitContext:
+class FitData:
     """Everything a detector may fit on; each detector takes what it needs and says what is missing."""
 
     model: nn.Module | None = None
@@ -88,17 +88,17 @@ class Detector(ABC):
         return frozenset({INPUT_GRADIENTS} if self.needs_input_gradients else ())
 
     # ----- fit / score -------------------------------------------------------------------
-    def fit(self, ctx: FitContext) -> "Detector":
-        self._fit(ctx)
+    def fit(self, data: FitData) -> "Detector":
+        self._fit(data)
         self._fitted = True
         return self
 
-    def _fit(self, ctx: FitContext) -> None:  # noqa: B027 - optional hook
+    def _fit(self, data: FitData) -> None:  # noqa: B027 - optional hook
         pass
 
     def score(self, feats: FeatureBundle) -> np.ndarray:
         if not self._fitted:
-            raise NotFittedError(f"detector {self.name} is used before fit(); call fit(ctx) first")
+            raise NotFittedError(f"detector {self.name} is used before fit(); call fit(data) first")
         if self.needs_input_gradients:
             raise C2IRError(f"detector {self.name} needs input gradients: it scores images (score_images), "
                             "not cached features")
@@ -116,9 +116,9 @@ class Detector(ABC):
         """Restore what `state()` returned; the detector counts as fitted afterwards."""
         self._fitted = True
 
-    def source(self, ctx: FitContext) -> FeatureBundle:
+    def source(self, data: FitData) -> FeatureBundle:
         """The feature bundle this detector fits on (`fit_on`: impressions or id_train)."""
-        bundle = {"impressions": ctx.impressions, "id_train": ctx.id_train}.get(self.fit_on)
+        bundle = {"impressions": data.impressions, "id_train": data.id_train}.get(self.fit_on)
         if bundle is None:
             raise C2IRError(
                 f"detector {self.name} fits on {self.fit_on} features, which are not available; "

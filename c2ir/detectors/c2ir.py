@@ -17,10 +17,10 @@ from __future__ import annotations
 
 import torch
 
-from c2ir.detectors.base import CLASS_STATS, LAYER_WEIGHTS, POOLED_LAYERS, SPATIAL, Detector, FitContext
+from c2ir.detectors.base import CLASS_STATS, LAYER_WEIGHTS, POOLED_LAYERS, SPATIAL, Detector, FitData
 from c2ir.detectors.logits import LOGIT_SCORES
 from c2ir.errors import C2IRError
-from c2ir.features import FeatureBundle, batches
+from c2ir.extraction import FeatureBundle, batches
 from c2ir.ipm import IPMS, get_ipm
 from c2ir.stats import ClassStats
 
@@ -81,14 +81,14 @@ class C2IR(Detector):
         base = {POOLED_LAYERS, CLASS_STATS, LAYER_WEIGHTS}
         return frozenset(base | {SPATIAL}) if IPMS[self.ipm].needs_spatial else frozenset(base)
 
-    def _fit(self, ctx: FitContext) -> None:
-        if ctx.class_stats is None or ctx.impressions is None:
+    def _fit(self, data: FitData) -> None:
+        if data.class_stats is None or data.impressions is None:
             raise C2IRError("c2ir needs impression statistics: run collect-stats (or `c2ir run`) first")
-        weights = ctx.layer_weights if ctx.layer_weights is not None else torch.ones(len(ctx.class_stats.layers))
-        self._setup(ctx.class_stats, weights)
-        self.loc, self.spread = impression_scale(self.layer_deviations(ctx.impressions), self.normalize)
+        weights = data.layer_weights if data.layer_weights is not None else torch.ones(len(data.class_stats.layers))
+        self._setup(data.class_stats, weights)
+        self.loc, self.spread = impression_scale(self.layer_deviations(data.impressions), self.normalize)
         self.logit_imp = (None if self.logit_score == "none"
-                          else LOGIT_SCORES[self.logit_score](ctx.impressions["logits"]))
+                          else LOGIT_SCORES[self.logit_score](data.impressions["logits"]))
 
     def _setup(self, stats: ClassStats, weights: torch.Tensor) -> None:
         self.stats = stats

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import torch
 
-from c2ir.detectors.base import AttributeState, Detector, FitContext
+from c2ir.detectors.base import AttributeState, Detector, FitData
 from c2ir.detectors.energy import energy
 from c2ir.detectors.head import head_params
 from c2ir.errors import C2IRError
@@ -36,9 +36,9 @@ class DICE(AttributeState, Detector):
             raise C2IRError(f"detector {name}: sparsity={sparsity} must be in [0, 100)")
         self.sparsity = float(sparsity)
 
-    def _fit(self, ctx: FitContext) -> None:
-        weight, self.bias = head_params(ctx, self.name)
-        mean = self.source(ctx)["penultimate"].double().mean(dim=0)
+    def _fit(self, data: FitData) -> None:
+        weight, self.bias = head_params(data, self.name)
+        mean = self.source(data)["penultimate"].double().mean(dim=0)
         self.weight = weight.double() * dice_mask(weight, mean, self.sparsity)
 
     def _score(self, feats):

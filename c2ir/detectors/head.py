@@ -4,15 +4,15 @@ from __future__ import annotations
 
 import torch
 
-from c2ir.detectors.base import FitContext
+from c2ir.detectors.base import FitData
 from c2ir.errors import C2IRError
 
 
-def head_params(ctx: FitContext, detector: str) -> tuple[torch.Tensor, torch.Tensor]:
+def head_params(data: FitData, detector: str) -> tuple[torch.Tensor, torch.Tensor]:
     """(weight (C, D), bias (C,)) of the final linear layer, float32 on CPU; a zero bias when it has none."""
-    if ctx.head is None:
-        raise C2IRError(f"detector {detector} needs the model's final linear layer (FitContext.head); "
+    if data.head is None:
+        raise C2IRError(f"detector {detector} needs the model's final linear layer (FitData.head); "
                         "set model.head to the name of the classifier module")
-    weight = ctx.head.weight.detach().cpu().float()
-    bias = torch.zeros(weight.shape[0]) if ctx.head.bias is None else ctx.head.bias.detach().cpu().float()
+    weight = data.head.weight.detach().cpu().float()
+    bias = torch.zeros(weight.shape[0]) if data.head.bias is None else data.head.bias.detach().cpu().float()
     return weight, bias

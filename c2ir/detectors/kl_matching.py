@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import torch
 
-from c2ir.detectors.base import AttributeState, Detector, FitContext
+from c2ir.detectors.base import AttributeState, Detector, FitData
 from c2ir.errors import C2IRError
 
 
@@ -39,8 +39,8 @@ class KLMatching(AttributeState, Detector):
     def __init__(self, name: str = "kl_matching_imp", *, fit_on: str = "impressions") -> None:
         super().__init__(name, fit_on=fit_on)
 
-    def _fit(self, ctx: FitContext) -> None:
-        logits = self.source(ctx)["logits"]
+    def _fit(self, data: FitData) -> None:
+        logits = self.source(data)["logits"]
         if len(logits) == 0:
             raise C2IRError(f"detector {self.name}: no {self.fit_on} samples to fit class templates on")
         self.templates = class_templates(logits)

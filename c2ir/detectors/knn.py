@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import torch
 
-from c2ir.detectors.base import Detector, FitContext
-from c2ir.features import batches
+from c2ir.detectors.base import Detector, FitData
+from c2ir.extraction import batches
 
 
 def _normalize(x: torch.Tensor) -> torch.Tensor:
@@ -28,8 +28,8 @@ class KNN(Detector):
         super().__init__(name, fit_on=fit_on)
         self.k = int(k)
 
-    def _fit(self, ctx: FitContext) -> None:
-        self.bank = _normalize(self.source(ctx)["penultimate"])
+    def _fit(self, data: FitData) -> None:
+        self.bank = _normalize(self.source(data)["penultimate"])
 
     def _score(self, feats):
         x = _normalize(feats["penultimate"])

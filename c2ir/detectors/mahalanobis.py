@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import torch
 
-from c2ir.detectors.base import POOLED_LAYERS, Detector, FitContext
-from c2ir.features import batches
+from c2ir.detectors.base import POOLED_LAYERS, Detector, FitData
+from c2ir.extraction import batches
 
 
 def fit_gaussian(x: torch.Tensor, labels: torch.Tensor, num_classes: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -51,8 +51,8 @@ class Mahalanobis(Detector):
     def needs(self) -> frozenset[str]:
         return frozenset({POOLED_LAYERS}) if self.multi_layer else frozenset()
 
-    def _fit(self, ctx: FitContext) -> None:
-        src = self.source(ctx)
+    def _fit(self, data: FitData) -> None:
+        src = self.source(data)
         labels = src["labels"].long()
         k = int(src["logits"].shape[1])
         self.keys = ([k for k in src if k.startswith("layer/")] if self.multi_layer else []) + ["penultimate"]

@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import torch
 
-from c2ir.detectors.base import BN_MEANS, Detector, FitContext
+from c2ir.detectors.base import BN_MEANS, Detector, FitData
 from c2ir.errors import C2IRError
-from c2ir.features import bn_layers
+from c2ir.extraction import bn_layers
 
 
 class NMD(Detector):
@@ -28,12 +28,12 @@ class NMD(Detector):
     def needs(self) -> frozenset[str]:
         return frozenset({BN_MEANS})
 
-    def _fit(self, ctx: FitContext) -> None:
-        if ctx.model is None:
+    def _fit(self, data: FitData) -> None:
+        if data.model is None:
             raise C2IRError("nmd needs the model's BatchNorm running statistics")
-        modules = dict(ctx.model.named_modules())
+        modules = dict(data.model.named_modules())
         self.bn = {}
-        for n in bn_layers(ctx.model):
+        for n in bn_layers(data.model):
             m = modules[n]
             self.bn[n] = (m.running_mean.detach().cpu().float(), torch.sqrt(m.running_var.detach().cpu().float() + m.eps))
         if not self.bn:

@@ -16,7 +16,7 @@ from tqdm import tqdm
 
 from c2ir.data.imageset import Normalizer
 from c2ir.detectors.base import Detector
-from c2ir.features import batches
+from c2ir.extraction import batches
 from c2ir.models.state import frozen_eval
 
 

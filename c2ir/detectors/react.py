@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import torch
 
-from c2ir.detectors.base import Detector, FitContext
+from c2ir.detectors.base import Detector, FitData
 from c2ir.detectors.logits import energy
 from c2ir.errors import C2IRError
 
@@ -28,14 +28,14 @@ class ReAct(Detector):
             raise C2IRError(f"{name}.percentile={percentile}; choose a value in (0, 100]")
         self.percentile, self.temperature = float(percentile), float(temperature)
 
-    def _fit(self, ctx: FitContext) -> None:
-        if ctx.head is None:
+    def _fit(self, data: FitData) -> None:
+        if data.head is None:
             raise C2IRError("react needs the model's classifier head")
-        acts = self.source(ctx)["penultimate"].float().flatten()
+        acts = self.source(data)["penultimate"].float().flatten()
         sample = acts[torch.randperm(len(acts), generator=torch.Generator().manual_seed(0))[:1_000_000]]
         self.threshold = float(torch.quantile(sample, self.percentile / 100.0))
-        self.weight = ctx.head.weight.detach().cpu().float()
-        self.bias = None if ctx.head.bias is None else ctx.head.bias.detach().cpu().float()
+        self.weight = data.head.weight.detach().cpu().float()
+        self.bias = None if data.head.bias is None else data.head.bias.detach().cpu().float()
 
     def _score(self, feats):
         h = feats["penultimate"].float().clamp(max=self.threshold)

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import torch
 
-from c2ir.detectors.base import AttributeState, Detector, FitContext
+from c2ir.detectors.base import AttributeState, Detector, FitData
 from c2ir.detectors.energy import energy
 from c2ir.detectors.head import head_params
 from c2ir.errors import C2IRError
@@ -37,8 +37,8 @@ class SCALE(AttributeState, Detector):
             raise C2IRError(f"detector {name}: percentile={percentile} must be in [0, 100)")
         self.percentile = float(percentile)
 
-    def _fit(self, ctx: FitContext) -> None:
-        self.weight, self.bias = head_params(ctx, self.name)
+    def _fit(self, data: FitData) -> None:
+        self.weight, self.bias = head_params(data, self.name)
 
     def _score(self, feats):
         a = scale_shape(feats["penultimate"], self.percentile)

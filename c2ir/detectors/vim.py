@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import torch
 
-from c2ir.detectors.base import AttributeState, Detector, FitContext
+from c2ir.detectors.base import AttributeState, Detector, FitData
 from c2ir.detectors.head import head_params
 from c2ir.errors import C2IRError
 
@@ -50,9 +50,9 @@ class ViM(AttributeState, Detector):
         super().__init__(name, fit_on=fit_on)
         self.dim = None if dim is None else int(dim)
 
-    def _fit(self, ctx: FitContext) -> None:
-        weight, bias = head_params(ctx, self.name)
-        bundle = self.source(ctx)
+    def _fit(self, data: FitData) -> None:
+        weight, bias = head_params(data, self.name)
+        bundle = self.source(data)
         h = bundle["penultimate"].double()
         n_features = h.shape[1]
         dim = principal_dim(n_features) if self.dim is None else self.dim

@@ -14,36 +14,35 @@ from pathlib import Path
 
 from c2ir.cache import Artifact, atomic_save_tensors, atomic_write_json
 from c2ir.data import load_id
-from c2ir.features import extract_features
+from c2ir.extraction import extract_features
 from c2ir.stats import ClassStats, compare_stats, compute_class_stats
-from c2ir.stages.common import Context, key_fields, plain
-from c2ir.stages.features import ensure_features
-from c2ir.stages.synthesize import ensure_impressions, load_impressions
+from c2ir.stages.common import RunContext, key_fields, plain
+from c2ir.stages import features, synthesize
 
 log = logging.getLogger(__name__)
 
 
-def stats_key(ctx: Context, synth_key: str) -> str:
+def key(ctx: RunContext, synth_key: str) -> str:
     spec = {**key_fields(ctx.cfg, "collect_stats"), "layers": ctx.layers}
-    return ctx.key("collect_stats", spec, {"impressions": synth_key, "model": ctx.model_key})
+    return ctx.key("collect_stats", spec, {"synthesize": synth_key, "model": ctx.model_key})
 
 
-def id_train_features(ctx: Context, spatial_grid: int = 0):
+def id_train_features(ctx: RunContext, spatial_grid: int = 0):
     """Features of (a fixed-seed subset of) the real ID training split: full-access detectors only."""
     spec = ctx.data_spec("train")
     data_cfg = ctx.cfg.data.copy()
     data_cfg.max_train_samples = ctx.cfg.evaluate.max_train_samples
-    return ensure_features(ctx, f"{ctx.cfg.data.name}-train", spec, lambda: load_id(data_cfg, "train"), spatial_grid)
+    return features.ensure(ctx, f"{ctx.cfg.data.name}-train", spec, lambda: load_id(data_cfg, "train"), spatial_grid)
 
 
-def ensure_stats(ctx: Context) -> Artifact:
-    synth = ensure_impressions(ctx)
-    key = stats_key(ctx, synth.key)
+def ensure(ctx: RunContext) -> Artifact:
+    synth = synthesize.ensure(ctx)
+    art_key = key(ctx, synth.key)
     k = int(ctx.cfg.data.num_classes)
     cs = ctx.cfg.collect_stats
 
     def build(out: Path) -> dict:
-        images, targets = load_impressions(synth)
+        images, targets = synthesize.load(synth)
         bundle = extract_features(ctx.model, images, ctx.normalizer, ctx.layers, ctx.head,
                                   batch_size=ctx.batch_size, device=ctx.device,
                                   spatial_grid=int(ctx.cfg.features.spatial_grid), desc="features impressions")
@@ -64,18 +63,18 @@ def ensure_stats(ctx: Context) -> Artifact:
             extra["comparison_with_id"] = comparison
         return extra
 
-    return ctx.store.get_or_create("collect_stats", key, build,
+    return ctx.store.get_or_create("collect_stats", art_key, build,
                                    config={"collect_stats": plain(cs), "layers": ctx.layers},
-                                   upstream={"impressions": synth.key, "model": ctx.model_key}, seed=ctx.seed,
-                                   inputs={"impressions": synth.digest, "model": ctx.model_digest})
+                                   upstream={"synthesize": synth.key, "model": ctx.model_key}, seed=ctx.seed,
+                                   inputs={"synthesize": synth.digest, "model": ctx.model_digest})
 
 
-def load_stats(art: Artifact) -> tuple[ClassStats, dict]:
+def load(art: Artifact) -> tuple[ClassStats, dict]:
     layers = art.json("layers.json")
     return ClassStats.from_tensors(layers, art.tensors("stats.safetensors")), art.tensors("impression_features.safetensors")
 
 
 def run(cfg) -> None:
-    ctx = Context(cfg)
-    art = ensure_stats(ctx)
+    ctx = RunContext(cfg)
+    art = ensure(ctx)
     log.info("collect-stats: statistics of %d layers at %s", len(art.json("layers.json")), art.path)

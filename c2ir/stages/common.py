@@ -22,7 +22,7 @@ from c2ir.cache import ArtifactStore, file_sha256, make_key
 from c2ir.data.imageset import Normalizer
 from c2ir.device import resolve_device
 from c2ir.errors import C2IRError
-from c2ir.features import select_layers
+from c2ir.extraction import select_layers
 from c2ir.models import build_model, head_module, load_checkpoint
 from c2ir.schema import validate
 
@@ -144,7 +144,7 @@ def check_finite_weights(model: nn.Module, source: str) -> None:
                         "the checkpoint is damaged: use another checkpoint or retrain it")
 
 
-class Context:
+class RunContext:
     """Lazily resolved inputs shared by the stages of one invocation."""
 
     def __init__(self, cfg: DictConfig):
@@ -210,9 +210,9 @@ class Context:
     def model_digest(self) -> str:
         """Content of the model downstream artifacts are built from: the trained weights or the checkpoint."""
         if self.uses_training:
-            from c2ir.stages.train import ensure_trained
+            from c2ir.stages import train
 
-            return ensure_trained(self).digest
+            return train.ensure(self).digest
         return f"checkpoint:{self.checkpoint_sha}"
 
     # ----- the model ------------------------------------------------------------------
@@ -229,9 +229,9 @@ class Context:
     def model(self) -> nn.Module:
         """The classifier in eval mode on the device: trained/fine-tuned, or loaded from the checkpoint."""
         if self.uses_training:
-            from c2ir.stages.train import ensure_trained, load_trained
+            from c2ir.stages import train
 
-            model = load_trained(self, ensure_trained(self))
+            model = train.load(self, train.ensure(self))
         else:
             model = self.fresh_model()
             load_checkpoint(model, self.cfg.model, str(self.cfg.model.checkpoint))

@@ -21,22 +21,21 @@ from c2ir import report
 from c2ir.cache import Artifact, atomic_save_tensors, atomic_write_json
 from c2ir.data import load_id, load_ood
 from c2ir.data.sources import ood_fingerprint
-from c2ir.detectors import Detector, FitContext, build_detector
+from c2ir.detectors import Detector, FitData, build_detector
 from c2ir.detectors.base import SPATIAL
 from c2ir.detectors.c2ir import C2IR
 from c2ir.errors import C2IRError
 from c2ir.metrics import accuracy, columnwise_auroc, ood_metrics
 from c2ir.schema import ood_names
-from c2ir.stages.collect_stats import ensure_stats, id_train_features, load_stats
-from c2ir.stages.common import Context, key_fields, plain
-from c2ir.stages.features import ensure_features
+from c2ir.stages import collect_stats, features, synthesize, weight_layers
+from c2ir.stages.collect_stats import id_train_features
+from c2ir.stages.common import RunContext, key_fields, plain
 from c2ir.stages.report_page import write_run_page
-from c2ir.stages.weight_layers import ensure_weights, load_weights
 
 log = logging.getLogger(__name__)
 
 
-def ood_spec(ctx: Context, name: str) -> dict[str, Any]:
+def ood_spec(ctx: RunContext, name: str) -> dict[str, Any]:
     """Key fields of one OOD set (KEY_RULES["features:ood"]), with its folder's content fingerprint."""
     spec = {k.removeprefix(f"ood.{name}."): v for k, v in key_fields(ctx.cfg, "features:ood", name).items()}
     if spec.get("source") == "pixel_shuffled":
@@ -47,13 +46,13 @@ def ood_spec(ctx: Context, name: str) -> dict[str, Any]:
     return {"ood": name, **spec}
 
 
-def ipm_overrides(ctx: Context) -> dict[str, Any]:
+def ipm_overrides(ctx: RunContext) -> dict[str, Any]:
     """The `ipm=` group as detector parameters, for the detector types that declare them (C2IR)."""
     ipm = plain(ctx.cfg.ipm)
     return {"ipm": ipm["name"], "ipm_seed": ipm.get("seed", 0), "ipm_projections": ipm.get("projections", 64)}
 
 
-def build_detectors(ctx: Context) -> dict[str, Detector]:
+def build_detectors(ctx: RunContext) -> dict[str, Detector]:
     if not ctx.cfg.get("detectors"):
         raise C2IRError("no detectors selected (detectors=[]); pass at least one, e.g. detectors=[c2ir,energy,msp]")
     return {name: build_detector(name, plain(ctx.cfg.detectors[name]), **ipm_overrides(ctx)) for name in ctx.cfg.detectors}
@@ -63,26 +62,26 @@ class FitInputs:
     """What detectors fit on, from the cache: the impressions' statistics and features, the MGI
     weights, and (only when a full-access detector is selected) real ID training features."""
 
-    def __init__(self, ctx: Context, detectors: dict[str, Detector]):
+    def __init__(self, ctx: RunContext, detectors: dict[str, Detector]):
         self.ctx = ctx
-        self.stats_art = ensure_stats(ctx)
-        self.weights_art = ensure_weights(ctx)
+        self.stats_art = collect_stats.ensure(ctx)
+        self.weights_art = weight_layers.ensure(ctx)
         self.id_train = None
         if any(d.fit_on == "id_train" for d in detectors.values()):
             self.id_train = id_train_features(ctx)
 
     def upstream(self) -> dict[str, str]:
-        up = {"stats": self.stats_art.key, "weights": self.weights_art.key, "model": self.ctx.model_key}
+        up = {"collect_stats": self.stats_art.key, "weight_layers": self.weights_art.key, "model": self.ctx.model_key}
         if self.id_train is not None:
             up["features:id_train"] = self.id_train[0].key
         return up
 
-    def fit_context(self) -> FitContext:
-        stats, imp = load_stats(self.stats_art)
-        layers, weights = load_weights(self.weights_art)
+    def fit_context(self) -> FitData:
+        stats, imp = collect_stats.load(self.stats_art)
+        layers, weights = weight_layers.load(self.weights_art)
         if layers != stats.layers:
             raise C2IRError("MGI weights and class statistics were computed for different layer sets; rerun `c2ir run`")
-        return FitContext(model=self.ctx.model, layers=layers, impressions=imp,
+        return FitData(model=self.ctx.model, layers=layers, impressions=imp,
                           id_train=None if self.id_train is None else self.id_train[1],
                           class_stats=stats, layer_weights=weights, head=self.ctx.head)
 
@@ -90,7 +89,7 @@ class FitInputs:
 class Evaluation:
     """Collects the inputs of one evaluation, lazily, so a cache hit loads nothing else."""
 
-    def __init__(self, ctx: Context):
+    def __init__(self, ctx: RunContext):
         self.ctx = ctx
         cfg = ctx.cfg
         self.detectors = build_detectors(ctx)
@@ -110,14 +109,14 @@ class Evaluation:
         self._decoded: dict[str, Any] = {}  # decoded image sets, shared by feature passes and gradient passes
         self.sets: dict[str, tuple[Artifact, dict[str, torch.Tensor]]] = {}
         self.id_name = f"{cfg.data.name}-test"
-        self.sets[self.id_name] = ensure_features(ctx, self.id_name, ctx.data_spec("test"), self.load_id_test, self.spatial)
+        self.sets[self.id_name] = features.ensure(ctx, self.id_name, ctx.data_spec("test"), self.load_id_test, self.spatial)
         self.ood_keys = {col: key for key, col in ood_names(cfg).items()}  # column name -> ood.<key>
         if self.id_name in self.ood_keys:
             raise C2IRError(f"an OOD set is named {self.id_name!r} like the ID test set; rename it with ood.<set>.name")
         for col, key in self.ood_keys.items():
-            self.sets[col] = ensure_features(ctx, col, ood_spec(ctx, key), lambda k=key: self.load_ood(k), self.spatial)
+            self.sets[col] = features.ensure(ctx, col, ood_spec(ctx, key), lambda k=key: self.load_ood(k), self.spatial)
 
-    def fit_context(self) -> FitContext:
+    def fit_context(self) -> FitData:
         return self.fit_inputs.fit_context()
 
     def load_id_test(self):
@@ -142,7 +141,7 @@ class Evaluation:
     def inputs(self) -> dict[str, str]:
         """Content digests of every upstream artifact the evaluation reads."""
         out = {f"features:{n}": a.digest for n, (a, _) in self.sets.items()}
-        out.update(stats=self.stats_art.digest, weights=self.weights_art.digest, model=self.ctx.model_digest)
+        out.update(collect_stats=self.stats_art.digest, weight_layers=self.weights_art.digest, model=self.ctx.model_digest)
         if self.id_train is not None:
             out["features:id_train"] = self.id_train[0].digest
         return out
@@ -159,7 +158,7 @@ class Evaluation:
         spec = {"detector": {"type": type(det).__name__, **det.params}}  # resolved parameters, not the YAML overrides
         upstream = {"features": feat_art.key, "model": ctx.model_key}
         if det.requires_fit and det.fit_on != "none":
-            upstream["stats"] = self.stats_art.key
+            upstream["collect_stats"] = self.stats_art.key
         key = ctx.key("image_scores", spec, upstream)
 
         def build(out: Path) -> dict:
@@ -169,8 +168,8 @@ class Evaluation:
             return {}
 
         inputs = {"features": feat_art.digest, "model": ctx.model_digest}
-        if "stats" in upstream:
-            inputs["stats"] = self.stats_art.digest
+        if "collect_stats" in upstream:
+            inputs["collect_stats"] = self.stats_art.digest
         art = ctx.store.get_or_create("image_scores", key, build, config={**spec, "set": set_name}, upstream=upstream,
                                       inputs=inputs)
         return art.tensors("scores.safetensors")["scores"].numpy()
@@ -218,33 +217,30 @@ class Evaluation:
         return out
 
 
-def evaluate(ctx: Context) -> Artifact:
+def ensure(ctx: RunContext) -> Artifact:
     ev = Evaluation(ctx)
-    key = ev.key()
-    return ctx.store.get_or_create("evaluate", key, ev.compute, config={"ipm": plain(ctx.cfg.ipm)},
-                                   upstream={"stats": ev.stats_art.key, "weights": ev.weights_art.key,
+    return ctx.store.get_or_create("evaluate", ev.key(), ev.compute, config={"ipm": plain(ctx.cfg.ipm)},
+                                   upstream={"collect_stats": ev.stats_art.key, "weight_layers": ev.weights_art.key,
                                              **{f"features:{n}": a.key for n, (a, _) in ev.sets.items()}},
                                    seed=ctx.seed, inputs=ev.inputs())
 
 
 def run(cfg) -> None:
-    report_evaluation(Context(cfg))
+    report_evaluation(RunContext(cfg))
 
 
-def report_evaluation(ctx: Context) -> None:
+def report_evaluation(ctx: RunContext) -> None:
     """Evaluate (or load the cached evaluation) and write the reports into the run directory.
 
     Tables (md/csv/json) first, then the pictures and report.html, so a failing plot costs no result.
     """
     cfg = ctx.cfg
-    art = evaluate(ctx)
+    art = ensure(ctx)
     if not ctx.dist.is_main:
         return
     run_dir = report.run_dir(cfg)
     result = art.json("results.json")
-    from c2ir.stages.synthesize import synth_key
-
-    grid = ctx.store.dir("synthesize", synth_key(ctx)) / "impressions_grid.png"
+    grid = ctx.store.dir("synthesize", synthesize.key(ctx)) / "impressions_grid.png"
     if grid.is_file():
         shutil.copy2(grid, run_dir / "impressions_grid.png")
     report.write_reports(run_dir, result)

@@ -16,7 +16,8 @@ from omegaconf import OmegaConf
 from c2ir import plots
 from c2ir.cache import Artifact, make_key
 from c2ir.report_html import RunInputs, split_scores, write_run_report
-from c2ir.stages.common import Context
+from c2ir.stages import synthesize
+from c2ir.stages.common import RunContext
 
 log = logging.getLogger(__name__)
 
@@ -28,10 +29,8 @@ def config_yaml(cfg) -> str:
         return OmegaConf.to_yaml(cfg)
 
 
-def run_inputs(ctx: Context, art: Artifact) -> RunInputs:
+def run_inputs(ctx: RunContext, art: Artifact) -> RunInputs:
     """The page's inputs; missing pieces are left None with a note saying why."""
-    from c2ir.stages.synthesize import synth_key
-
     inp = RunInputs(result=art.json("results.json"), config_yaml=config_yaml(ctx.cfg))
     inp.keys = {"evaluate": art.key, **{k: str(v) for k, v in art.manifest.get("upstream", {}).items()}}
     try:
@@ -40,7 +39,7 @@ def run_inputs(ctx: Context, art: Artifact) -> RunInputs:
         inp.notes.append(f"Scores could not be loaded from the evaluate artifact ({exc}).")
     try:
         inp.keys["model"] = ctx.model_key
-        skey = synth_key(ctx)
+        skey = synthesize.key(ctx)
         synth = ctx.store.lookup("synthesize", skey)
     except Exception as exc:
         synth = None
@@ -64,7 +63,7 @@ def run_inputs(ctx: Context, art: Artifact) -> RunInputs:
     return inp
 
 
-def write_run_page(ctx: Context, art: Artifact, run_dir: Path) -> Path | None:
+def write_run_page(ctx: RunContext, art: Artifact, run_dir: Path) -> Path | None:
     """report.html (+ roc_*.png, hist_*.png) in the run directory; never raises (a warning instead)."""
     try:
         inp = run_inputs(ctx, art)

@@ -2,19 +2,15 @@
 
 from __future__ import annotations
 
-from c2ir.stages import evaluate
-from c2ir.stages.collect_stats import ensure_stats
-from c2ir.stages.common import Context
-from c2ir.stages.synthesize import ensure_impressions
-from c2ir.stages.train import ensure_trained
-from c2ir.stages.weight_layers import ensure_weights
+from c2ir.stages import collect_stats, evaluate, synthesize, train, weight_layers
+from c2ir.stages.common import RunContext
 
 
 def run(cfg) -> None:
-    ctx = Context(cfg)
+    ctx = RunContext(cfg)
     if ctx.uses_training:
-        ensure_trained(ctx)
-    ensure_impressions(ctx)
-    ensure_stats(ctx)
-    ensure_weights(ctx)
+        train.ensure(ctx)
+    synthesize.ensure(ctx)
+    collect_stats.ensure(ctx)
+    weight_layers.ensure(ctx)
     evaluate.report_evaluation(ctx)

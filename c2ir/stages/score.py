@@ -4,7 +4,7 @@
 
 The detector is fitted exactly as `evaluate` fits it (from the cached impressions,
 statistics, MGI weights, and ID training features for the full-access ones) and cached
-as its own artifact (`detector/<key>`: its fitted tensors and threshold). The threshold
+as its own artifact (`score/<key>`: its fitted tensors and threshold). The threshold
 is data-free: the score that a share `score.tpr` of the impressions stays below. Every
 readable image under DIR gets a row of `scores.csv` in the run directory (relative path,
 predicted class, score, OOD decision); unreadable files are skipped, logged and listed
@@ -28,10 +28,10 @@ from c2ir.data.folders import decode_many
 from c2ir.detectors import Detector, build_detector
 from c2ir.detectors.base import BN_MEANS, INPUT_GRADIENTS, POOLED_LAYERS, SPATIAL
 from c2ir.errors import C2IRError
-from c2ir.features import extract_features
-from c2ir.stages.common import Context, plain
+from c2ir.extraction import extract_features
+from c2ir.stages.common import RunContext, plain
 from c2ir.stages.evaluate import FitInputs, ipm_overrides
-from c2ir.stages.synthesize import ensure_impressions, load_impressions
+from c2ir.stages import synthesize
 
 log = logging.getLogger(__name__)
 SCORE_VERSION = 1
@@ -58,18 +58,19 @@ def detector_config(cfg, name: str) -> dict:
     return zoo_config(name)
 
 
-def fitted_detector(ctx: Context, name: str, tpr: float) -> tuple[Detector, float, Artifact]:
-    """Detector `name` fitted as `evaluate` fits it, and its data-free threshold at `tpr`, via the cache."""
+def ensure(ctx: RunContext, name: str, tpr: float) -> tuple[Detector, float, Artifact]:
+    """Detector `name` fitted as `evaluate` fits it, and its data-free threshold at `tpr`, via the cache
+    (the `score` artifact: fitted tensors + threshold)."""
     det = build_detector(name, detector_config(ctx.cfg, name), **ipm_overrides(ctx))
     inputs = FitInputs(ctx, {name: det})
-    key = make_key("detector", {"v": SCORE_VERSION, "type": type(det).__name__, "params": det.params, "tpr": tpr},
+    art_key = make_key("score", {"v": SCORE_VERSION, "type": type(det).__name__, "params": det.params, "tpr": tpr},
                    inputs.upstream())
 
     def build(out: Path) -> dict:
         fit = inputs.fit_context()
         det.fit(fit)
         if INPUT_GRADIENTS in det.needs:
-            images, _ = load_impressions(ensure_impressions(ctx))
+            images, _ = synthesize.load(synthesize.ensure(ctx))
             imp_scores = det.score_images(ctx.model, ctx.normalizer, images, ctx.batch_size, ctx.device)  # type: ignore[attr-defined]
         else:
             imp_scores = det.score(fit.impressions)  # type: ignore[arg-type]
@@ -80,7 +81,7 @@ def fitted_detector(ctx: Context, name: str, tpr: float) -> tuple[Detector, floa
                                                   "threshold_source": "impressions (data-free)"})
         return {"threshold": threshold}
 
-    art = ctx.store.get_or_create("detector", key, build, config={"detector": name, "params": det.params, "tpr": tpr},
+    art = ctx.store.get_or_create("score", art_key, build, config={"detector": name, "params": det.params, "tpr": tpr},
                                   upstream=inputs.upstream(), seed=ctx.seed)
     if not det._fitted:  # a cache hit: restore the fitted state (or refit a detector that declares none)
         if type(det).state is Detector.state:
@@ -98,7 +99,7 @@ def input_files(root: Path) -> list[Path]:
     return paths
 
 
-def score_folder(ctx: Context, det: Detector, root: Path, paths: list[Path], resize: str
+def score_folder(ctx: RunContext, det: Detector, root: Path, paths: list[Path], resize: str
                  ) -> tuple[list[str], torch.Tensor, np.ndarray, list[str]]:
     """(relative paths, predicted classes, scores, unreadable relative paths) of the images `paths` under `root`."""
     cfg = ctx.cfg
@@ -120,8 +121,8 @@ def score_folder(ctx: Context, det: Detector, root: Path, paths: list[Path], res
 def run(cfg) -> None:
     settings = score_settings(cfg)
     files = input_files(settings["input"])  # bad input fails before any fitting
-    ctx = Context(cfg)
-    det, threshold, art = fitted_detector(ctx, settings["detector"], settings["tpr"])
+    ctx = RunContext(cfg)
+    det, threshold, art = ensure(ctx, settings["detector"], settings["tpr"])
     paths, pred, scores, skipped = score_folder(ctx, det, settings["input"], files, settings["resize"])
     ood = scores > threshold
     run_dir = report.run_dir(cfg)

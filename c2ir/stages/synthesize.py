@@ -18,12 +18,12 @@ from safetensors.torch import load_file
 
 from c2ir.cache import Artifact, atomic_save_tensors, atomic_write_json
 from c2ir.impressions import SynthConfig, batch_seed, batch_targets, impression_grid, num_batches, synthesize_batch
-from c2ir.stages.common import Context, key_fields, plain
+from c2ir.stages.common import RunContext, key_fields, plain
 
 log = logging.getLogger(__name__)
 
 
-def synth_key(ctx: Context) -> str:
+def key(ctx: RunContext) -> str:
     return ctx.key("synthesize", key_fields(ctx.cfg, "synthesize"), {"model": ctx.model_key})
 
 
@@ -31,7 +31,7 @@ def _batch_path(work: Path, b: int) -> Path:
     return work / f"batch_{b:05d}.safetensors"
 
 
-def compute_batches(ctx: Context, work: Path) -> None:
+def compute_batches(ctx: RunContext, work: Path) -> None:
     """Synthesise this rank's missing batches into `work` (resumable)."""
     cfg = ctx.cfg
     sc = SynthConfig.from_cfg(cfg.synth)
@@ -77,7 +77,7 @@ def batch_ok(path: Path) -> bool:
     return False
 
 
-def assemble(ctx: Context, work: Path, out: Path) -> dict:
+def assemble(ctx: RunContext, work: Path, out: Path) -> dict:
     """Concatenate all batches into the artifact: impressions, loss curves, target share, grid PNG."""
     sc = SynthConfig.from_cfg(ctx.cfg.synth)
     k = int(ctx.cfg.data.num_classes)
@@ -118,43 +118,43 @@ def _save_grid(grid: torch.Tensor, path: Path) -> None:
     img.resize((img.width * scale, img.height * scale), Image.NEAREST).save(path)
 
 
-def ensure_impressions(ctx: Context) -> Artifact:
-    key = synth_key(ctx)
+def ensure(ctx: RunContext) -> Artifact:
+    art_key = key(ctx)
     inputs = {"model": ctx.model_digest}
-    found = ctx.store.lookup("synthesize", key, inputs)
+    found = ctx.store.lookup("synthesize", art_key, inputs)
     if found is not None:
-        log.info("cache hit: synthesize/%s", key)
+        log.info("cache hit: synthesize/%s", art_key)
         return found
-    work = ctx.store.partial_dir("synthesize", key)
+    work = ctx.store.partial_dir("synthesize", art_key)
     config = {"synth": plain(ctx.cfg.synth), "model": key_fields(ctx.cfg, "model")}
     if ctx.dist.enabled:  # every rank fills its batches, then rank 0 publishes
         compute_batches(ctx, work)
         ctx.dist.barrier()
         if ctx.dist.is_main:
-            ctx.store.get_or_create("synthesize", key, lambda out: assemble(ctx, work, out), config=config,
+            ctx.store.get_or_create("synthesize", art_key, lambda out: assemble(ctx, work, out), config=config,
                                     upstream={"model": ctx.model_key}, seed=int(ctx.cfg.synth.seed), inputs=inputs)
         ctx.dist.barrier()
-        art = ctx.store.lookup("synthesize", key, inputs)
+        art = ctx.store.lookup("synthesize", art_key, inputs)
         assert art is not None
     else:
         def build(out: Path) -> dict:
             compute_batches(ctx, work)
             return assemble(ctx, work, out)
 
-        art = ctx.store.get_or_create("synthesize", key, build, config=config,
+        art = ctx.store.get_or_create("synthesize", art_key, build, config=config,
                                       upstream={"model": ctx.model_key}, seed=int(ctx.cfg.synth.seed), inputs=inputs)
     if ctx.dist.is_main:
         shutil.rmtree(work, ignore_errors=True)
     return art
 
 
-def load_impressions(art: Artifact) -> tuple[torch.Tensor, torch.Tensor]:
+def load(art: Artifact) -> tuple[torch.Tensor, torch.Tensor]:
     t = art.tensors("impressions.safetensors")
     return t["images"], t["targets"]
 
 
 def run(cfg) -> None:
-    ctx = Context(cfg)
-    art = ensure_impressions(ctx)
+    ctx = RunContext(cfg)
+    art = ensure(ctx)
     s = art.json("summary.json")
     log.info("synthesize: %d impressions at %s (%.1f%% assigned to target)", s["count"], art.path, 100 * s["target_share"])

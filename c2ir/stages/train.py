@@ -17,20 +17,20 @@ from c2ir.cache import Artifact, atomic_save_tensors, atomic_write_json
 from c2ir.data import load_id
 from c2ir.errors import C2IRError
 from c2ir.models import load_checkpoint
-from c2ir.stages.common import Context, check_finite_weights, key_fields
+from c2ir.stages.common import RunContext, check_finite_weights, key_fields
 from c2ir.training import TrainConfig, train_classifier
 
 log = logging.getLogger(__name__)
 
 
-def train_config(ctx: Context) -> TrainConfig:
+def train_config(ctx: RunContext) -> TrainConfig:
     t, d = ctx.cfg.train, ctx.cfg.data
     return TrainConfig(epochs=int(t.epochs), batch_size=int(t.batch_size), lr=float(t.lr), warmup=float(t.warmup),
                        weight_decay=float(t.weight_decay), pad=int(t.get("pad", max(1, int(d.image_size) // 8))),
                        flip=bool(d.get("flip_invariant", True)), seed=ctx.seed)
 
 
-def train_model(ctx: Context, work: Path) -> tuple[nn.Module, list[dict]]:
+def train_model(ctx: RunContext, work: Path) -> tuple[nn.Module, list[dict]]:
     """Train with per-epoch resumable checkpoints in `work`; returns the model and its history."""
     cfg = ctx.cfg
     torch.manual_seed(ctx.seed)  # the initial weights are part of the result: seed them
@@ -43,9 +43,9 @@ def train_model(ctx: Context, work: Path) -> tuple[nn.Module, list[dict]]:
                             train_config(ctx), work, ctx.device, ctx.batch_size)
 
 
-def ensure_trained(ctx: Context) -> Artifact:
-    key = ctx.train_key
-    work = ctx.store.partial_dir("train", key)
+def ensure(ctx: RunContext) -> Artifact:
+    art_key = ctx.train_key
+    work = ctx.store.partial_dir("train", art_key)
 
     def build(out: Path) -> dict:
         model, history = train_model(ctx, work)
@@ -53,20 +53,20 @@ def ensure_trained(ctx: Context) -> Artifact:
         atomic_write_json(out / "history.json", history)
         return {"test_acc": history[-1]["test_acc"] if history else None}
 
-    art = ctx.store.get_or_create("train", key, build, config=key_fields(ctx.cfg, "train"), seed=ctx.seed)
+    art = ctx.store.get_or_create("train", art_key, build, config=key_fields(ctx.cfg, "train"), seed=ctx.seed)
     shutil.rmtree(work, ignore_errors=True)
     return art
 
 
-def load_trained(ctx: Context, art: Artifact) -> nn.Module:
+def load(ctx: RunContext, art: Artifact) -> nn.Module:
     model = ctx.fresh_model()
     model.load_state_dict(art.tensors("model.safetensors"))
     return model
 
 
 def run(cfg) -> None:
-    ctx = Context(cfg)
+    ctx = RunContext(cfg)
     if cfg.model.get("checkpoint") and not cfg.train.get("finetune", False):
         raise C2IRError("model.checkpoint is set: pass train.finetune=true to fine-tune it (downstream stages then use the result)")
-    art = ensure_trained(ctx)
+    art = ensure(ctx)
     log.info("train: model at %s (test accuracy %.4f)", art.path, art.manifest.get("test_acc") or float("nan"))

@@ -9,24 +9,24 @@ import torch
 
 from c2ir.cache import Artifact, atomic_write_json
 from c2ir.mgi import METHODS, impression_importance, normalize_weights
-from c2ir.stages.common import Context, key_fields, plain
-from c2ir.stages.synthesize import ensure_impressions, load_impressions
+from c2ir.stages.common import RunContext, key_fields, plain
+from c2ir.stages import synthesize
 
 log = logging.getLogger(__name__)
 
 
-def weights_key(ctx: Context, synth_key: str) -> str:
+def key(ctx: RunContext, synth_key: str) -> str:
     return ctx.key("weight_layers", {**key_fields(ctx.cfg, "weight_layers"), "layers": ctx.layers},
-                   {"impressions": synth_key, "model": ctx.model_key})
+                   {"synthesize": synth_key, "model": ctx.model_key})
 
 
-def ensure_weights(ctx: Context) -> Artifact:
-    synth = ensure_impressions(ctx)
+def ensure(ctx: RunContext) -> Artifact:
+    synth = synthesize.ensure(ctx)
     method = str(ctx.cfg.mgi.method)
-    key = weights_key(ctx, synth.key)
+    art_key = key(ctx, synth.key)
 
     def build(out: Path) -> dict:
-        images, targets = load_impressions(synth)
+        images, targets = synthesize.load(synth)
         importance = impression_importance(ctx.model, ctx.normalizer, images, targets, ctx.layers,
                                            ctx.batch_size, ctx.device)
         weights = normalize_weights(importance[method])
@@ -38,19 +38,19 @@ def ensure_weights(ctx: Context) -> Artifact:
             log.info("MGI (%s) weight of %-12s %.4f", method, name, w)
         return {"method": method}
 
-    return ctx.store.get_or_create("weight_layers", key, build, config={"mgi": plain(ctx.cfg.mgi)},
-                                   upstream={"impressions": synth.key, "model": ctx.model_key},
-                                   inputs={"impressions": synth.digest, "model": ctx.model_digest})
+    return ctx.store.get_or_create("weight_layers", art_key, build, config={"mgi": plain(ctx.cfg.mgi)},
+                                   upstream={"synthesize": synth.key, "model": ctx.model_key},
+                                   inputs={"synthesize": synth.digest, "model": ctx.model_digest})
 
 
-def load_weights(art: Artifact) -> tuple[list[str], torch.Tensor]:
+def load(art: Artifact) -> tuple[list[str], torch.Tensor]:
     rec = art.json("weights.json")
     return rec["layers"], torch.tensor(rec["weights"])
 
 
 def run(cfg) -> None:
-    ctx = Context(cfg)
-    art = ensure_weights(ctx)
+    ctx = RunContext(cfg)
+    art = ensure(ctx)
     rec = art.json("weights.json")
     log.info("weight-layers (%s): %s", rec["method"],
              ", ".join(f"{n}={w:.3f}" for n, w in zip(rec["layers"], rec["weights"])))
