@@ -150,6 +150,9 @@ def _task(stage: str):
             import torch
 
             torch.set_num_threads(int(cfg.threads))
+        from c2ir import distributed
+
+        distributed.init_from_env()  # under torchrun: join the process group (sets this rank's CUDA device)
         module = importlib.import_module(STAGES[stage][0])
         try:
             module.run(cfg)

@@ -43,15 +43,40 @@ class DistInfo:
         return out
 
 
-def current() -> DistInfo:
-    """Initialise the default process group once if torchrun's environment asks for it."""
+def init_from_env() -> None:
+    """Join torchrun's process group once, if its environment asks for one (WORLD_SIZE > 1).
+
+    Process-wide state (the default process group, the CUDA device of this rank): called by
+    the CLI entry point, never by library objects.
+    """
     world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world <= 1:
-        return DistInfo()
-    if not dist.is_initialized():
-        backend = "nccl" if torch.cuda.is_available() else "gloo"
-        if backend == "nccl":
-            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
-        dist.init_process_group(backend=backend, timeout=datetime.timedelta(minutes=60))
-        log.info("distributed: rank %d of %d (%s)", dist.get_rank(), dist.get_world_size(), backend)
-    return DistInfo(dist.get_rank(), dist.get_world_size())
+    if world <= 1 or dist.is_initialized():
+        return
+    backend = "nccl" if torch.cuda.is_available() else "gloo"
+    if backend == "nccl":
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+    dist.init_process_group(backend=backend, timeout=datetime.timedelta(minutes=60))
+    log.info("distributed: rank %d of %d (%s)", dist.get_rank(), dist.get_world_size(), backend)
+
+
+def current() -> DistInfo:
+    """Rank and world size of the process group `init_from_env` joined; rank 0 of 1 otherwise."""
+    if dist.is_available() and dist.is_initialized():
+        return DistInfo(dist.get_rank(), dist.get_world_size())
+    return DistInfo()
+
+
+def merge_strided_batches(parts: list[dict[str, torch.Tensor]], n: int, batch_size: int) -> dict[str, torch.Tensor]:
+    """Undo a strided split of `n` rows into batches of `batch_size`: rank r of W holds batches
+    r, r+W, r+2W, ... concatenated (`parts[r]`); returns every tensor in dataset order.
+
+    Only the dataset's last batch is short, and it is the last batch on its rank, so batch b
+    is rows [j * batch_size, j * batch_size + its length) of `parts[b % W]` with j = b // W.
+    """
+    world = len(parts)
+    merged: dict[str, list[torch.Tensor]] = {}
+    for b in range((n + batch_size - 1) // batch_size):
+        src, lo = parts[b % world], (b // world) * batch_size
+        for k, v in src.items():
+            merged.setdefault(k, []).append(v[lo:lo + min(batch_size, n - b * batch_size)])
+    return {k: torch.cat(v) for k, v in merged.items()}

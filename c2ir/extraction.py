@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import re
 import sys
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -39,6 +39,32 @@ def select_layers(model: nn.Module, patterns: Sequence[str]) -> list[str]:
         chosen += [h for h in hits if h not in chosen]
     order = {n: i for i, n in enumerate(names)}
     return sorted(chosen, key=order.__getitem__)
+
+
+ForwardHook = Callable[[nn.Module, tuple, torch.Tensor], None]
+
+
+class ForwardHooks:
+    """Forward hooks registered while a `with` block runs and removed when it ends, even on an
+    error, so a borrowed model never keeps a hook. The one hook pattern of feature extraction
+    (`FeatureHooks`), synthesis's BatchNorm-statistics loss and the MGI gradient pass: pass the
+    (module, hook) pairs, or subclass and override `hooks()`."""
+
+    def __init__(self, hooks: Iterable[tuple[nn.Module, ForwardHook]] = ()) -> None:
+        self._pairs = hooks
+        self._handles: list[torch.utils.hooks.RemovableHandle] = []
+
+    def hooks(self) -> Iterable[tuple[nn.Module, ForwardHook]]:
+        return self._pairs
+
+    def __enter__(self) -> "ForwardHooks":
+        self._handles = [module.register_forward_hook(fn) for module, fn in self.hooks()]
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for h in self._handles:
+            h.remove()
+        self._handles = []
 
 
 def bn_layers(model: nn.Module) -> list[str]:
@@ -97,7 +123,7 @@ def auto_layers(model: nn.Module) -> list[str]:
     return cands if n <= 3 else cands[n // 3: n - n // 4]
 
 
-class FeatureHooks:
+class FeatureHooks(ForwardHooks):
     """Context manager collecting reduced activations of named modules during forward passes."""
 
     def __init__(self, model: nn.Module, layers: Sequence[str], head: nn.Linear,
@@ -105,22 +131,14 @@ class FeatureHooks:
         self.model, self.layers, self.head = model, list(layers), head
         self.spatial_grid, self.with_bn = int(spatial_grid), with_bn
         self.out: dict[str, torch.Tensor] = {}
-        self._handles: list[torch.utils.hooks.RemovableHandle] = []
+        super().__init__()
 
-    def __enter__(self) -> "FeatureHooks":
+    def hooks(self) -> list[tuple[nn.Module, ForwardHook]]:
         modules = dict(self.model.named_modules())
-        for name in self.layers:
-            self._handles.append(modules[name].register_forward_hook(self._layer_hook(name)))
+        hooks = [(modules[name], self._layer_hook(name)) for name in self.layers]
         if self.with_bn:
-            for name in bn_layers(self.model):
-                self._handles.append(modules[name].register_forward_hook(self._bn_hook(name)))
-        self._handles.append(self.head.register_forward_hook(self._head_hook))
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        for h in self._handles:
-            h.remove()
-        self._handles.clear()
+            hooks += [(modules[name], self._bn_hook(name)) for name in bn_layers(self.model)]
+        return [*hooks, (self.head, self._head_hook)]
 
     def _layer_hook(self, name: str):
         def hook(_m: nn.Module, _inp: tuple, out: torch.Tensor) -> None:

@@ -31,7 +31,7 @@ from tqdm import tqdm
 
 from c2ir.data.imageset import Normalizer
 from c2ir.errors import C2IRError
-from c2ir.extraction import bn_layers
+from c2ir.extraction import ForwardHook, ForwardHooks, bn_layers
 from c2ir.models.state import frozen_eval
 
 log = logging.getLogger(__name__)
@@ -105,7 +105,7 @@ def channel_mean_var(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return mean, (mean_sq - mean * mean).clamp(min=0)
 
 
-class BNStatLoss:
+class BNStatLoss(ForwardHooks):
     """Hooks on every BatchNorm layer that measure the distance of the batch's input statistics
     to the running statistics (DeepInversion's feature-distribution regulariser)."""
 
@@ -120,17 +120,10 @@ class BNStatLoss:
                             "them to synthesise impressions (C2IR works only on BatchNorm models)")
         self.multipliers = [float(first_multiplier)] + [1.0] * (len(self.bns) - 1)
         self.terms: list[torch.Tensor] = []
-        self._handles = []
+        super().__init__()
 
-    def __enter__(self) -> "BNStatLoss":
-        for bn, mult in zip(self.bns, self.multipliers):
-            self._handles.append(bn.register_forward_hook(self._hook(bn, mult)))
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        for h in self._handles:
-            h.remove()
-        self._handles.clear()
+    def hooks(self) -> list[tuple[nn.Module, ForwardHook]]:
+        return [(bn, self._hook(bn, mult)) for bn, mult in zip(self.bns, self.multipliers)]
 
     def _hook(self, bn: nn.Module, mult: float):
         def hook(_m: nn.Module, inp: tuple, _out: torch.Tensor) -> None:

@@ -20,7 +20,7 @@ from tqdm import tqdm
 
 from c2ir.data.imageset import Normalizer
 from c2ir.errors import C2IRError
-from c2ir.extraction import batches
+from c2ir.extraction import ForwardHooks, batches
 from c2ir.models.state import frozen_eval
 
 METHODS = ("grad_abs", "grad_x_act", "uniform")
@@ -71,9 +71,8 @@ def _importance(model: nn.Module, normalizer: Normalizer | None, images: torch.T
             captured[name] = out
         return fn
 
-    handles = [modules[n].register_forward_hook(hook(n)) for n in layers]
     totals: dict[str, torch.Tensor] = {}
-    try:
+    with ForwardHooks([(modules[n], hook(n)) for n in layers]):
         for span in tqdm(list(batches(len(images), batch_size)), desc="mgi", leave=False,
                          disable=not sys.stderr.isatty()):
             x = images[span].to(device)
@@ -86,7 +85,4 @@ def _importance(model: nn.Module, normalizer: Normalizer | None, images: torch.T
             for k, v in layer_importance(acts, grads).items():
                 totals[k] = totals.get(k, torch.zeros(len(layers))) + v.cpu() * len(x)
             captured.clear()
-    finally:
-        for h in handles:
-            h.remove()
     return {k: v / len(images) for k, v in totals.items()}

@@ -70,6 +70,21 @@ def resize_or_crop(img: Image.Image, size: int, mode: str, rng: np.random.Genera
     return img.crop((left, top, left + size, top + size))
 
 
+def resize_or_crop_batch(images: torch.Tensor, size: int, mode: str, seed: int) -> torch.Tensor:
+    """uint8 (N, C, H, W) images (C = 1 or 3) to size x size through `resize_or_crop`, image by
+    image, so in-memory datasets (torchvision arrays) are resized exactly as files are. Image i's
+    random crop is seeded by (seed, i)."""
+    n, c, h, w = images.shape
+    if (h, w) == (size, size):
+        return images.contiguous()
+    out = torch.empty((n, c, size, size), dtype=torch.uint8)
+    for i, img in enumerate(images.numpy()):
+        pil = Image.fromarray(img[0] if c == 1 else img.transpose(1, 2, 0))
+        arr = np.array(resize_or_crop(pil, size, mode, np.random.default_rng([seed, i])), dtype=np.uint8)
+        out[i] = torch.from_numpy(arr[None] if arr.ndim == 2 else np.ascontiguousarray(arr.transpose(2, 0, 1)))
+    return out
+
+
 def decode(path: Path, size: int, channels: int, mode: str, seed: int) -> np.ndarray | None:
     """One image as uint8 (C, size, size), or None if the file cannot be decoded."""
     try:

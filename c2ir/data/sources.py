@@ -14,7 +14,8 @@ import numpy as np
 import torch
 
 from c2ir.data import embedded
-from c2ir.data.folders import decode, folder_fingerprint, load_flat_folder, load_labelled_folder
+from c2ir.data.folders import (decode, folder_fingerprint, load_flat_folder, load_labelled_folder,
+                               resize_or_crop_batch)
 from c2ir.data.imageset import ImageSet, subsample
 from c2ir.data.shared import ensure_extracted
 from c2ir.errors import C2IRError
@@ -24,22 +25,15 @@ log = logging.getLogger(__name__)
 TORCHVISION_SETS = ("cifar10", "cifar100", "svhn", "mnist", "dtd", "places365")
 
 
-def _fit_array(images: np.ndarray, size: int, channels: int, mode: str, seed: int) -> torch.Tensor:
-    """uint8 (N, C, H, W) array to the target size/channels (a no-op for CIFAR into a CIFAR model)."""
+def _to_input(images: np.ndarray, size: int, channels: int, mode: str, seed: int) -> torch.Tensor:
+    """uint8 (N, C, H, W) array to the model's channels and size (a no-op for CIFAR into a CIFAR model)."""
     t = torch.from_numpy(np.ascontiguousarray(images))
-    n, c, h, w = t.shape
-    if c != channels:
-        t = t.expand(n, channels, h, w) if c == 1 else t.float().mean(1, keepdim=True).round().to(torch.uint8)
-    if (h, w) != (size, size):
-        if mode == "resize" or h < size or w < size:
-            t = torch.nn.functional.interpolate(t.float(), size=(size, size), mode="bilinear",
-                                                antialias=True, align_corners=False).round().clamp(0, 255).to(torch.uint8)
-        else:
-            g = torch.Generator().manual_seed(int(seed))
-            tops = torch.randint(0, h - size + 1, (n,), generator=g) if mode == "random_crop" else torch.full((n,), (h - size) // 2)
-            lefts = torch.randint(0, w - size + 1, (n,), generator=g) if mode == "random_crop" else torch.full((n,), (w - size) // 2)
-            t = torch.stack([t[i, :, tops[i]:tops[i] + size, lefts[i]:lefts[i] + size] for i in range(n)])
-    return t.contiguous()
+    if t.shape[1] != channels and channels == 1:  # colour to grey: channel mean
+        t = t.float().mean(1, keepdim=True).round().to(torch.uint8)
+    t = resize_or_crop_batch(t, size, mode, seed)
+    if t.shape[1] != channels:  # grey to colour: the same image in every channel (resized once)
+        t = t.expand(len(t), channels, size, size).contiguous()
+    return t
 
 
 def _torchvision(dataset: str, root: str, split: str, download: bool, size: int, channels: int,
@@ -81,7 +75,7 @@ def _torchvision(dataset: str, root: str, split: str, download: bool, size: int,
         idx = subsample(len(data), max_samples, seed)
         if idx is not None:
             data, labels = data[idx.numpy()], labels[idx.numpy()]
-        images = _fit_array(data, size, channels, mode, seed)
+        images = _to_input(data, size, channels, mode, seed)
         return ImageSet(name, images, torch.as_tensor(labels, dtype=torch.long))
     # datasets of files (DTD, Places365): decode the chosen files directly
     files = [Path(f) for f in (getattr(ds, "_image_files", None) or [p for p, _ in ds.imgs])]

@@ -1,5 +1,8 @@
 """What every stage shares: the resolved config, the artifact store, the device, the model.
 
+The model itself comes from the train stage (`train.classifier`: its trained weights, or
+`model.checkpoint` as given); loading and checking it is library code (`c2ir.models.loading`).
+
 Cache keys are built here from explicit config subsets, so each stage's key depends on
 exactly the fields that change its output (plus the keys of its upstream artifacts).
 """
@@ -13,7 +16,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import torch
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
@@ -23,8 +25,10 @@ from c2ir.data.imageset import Normalizer
 from c2ir.device import resolve_device
 from c2ir.errors import C2IRError
 from c2ir.extraction import select_layers
-from c2ir.models import build_model, head_module, load_checkpoint
+from c2ir.models import head_module
+from c2ir.models.loading import build_classifier
 from c2ir.schema import validate
+from c2ir.stages import train
 
 log = logging.getLogger(__name__)
 
@@ -78,6 +82,10 @@ KEY_RULES: dict[str, KeyRule] = {
     # (stages/score.py builds the key from those resolved values and the fit inputs' keys)
     "score": KeyRule(("score.detector", "score.tpr")),
 }
+# Fields declared after artifacts were cached, with the value that reproduces what the code did
+# before they were declared: at that value a field stays out of keys (so declaring a default
+# does not invalidate every cache); any other value enters the key like any field.
+KEY_NEUTRAL: dict[str, Any] = {"train.pad": None}  # null: max(1, data.image_size // 8), as before
 # Fields no stage's output depends on (how or where a run happens, not what it computes).
 RUNTIME_ONLY = ("stage", "device", "threads", "batch_size", "cache_root", "output_dir", "paths", "hydra",
                 "synth.autocast", "synth.channels_last", "synth.compile", *_MODEL_RUNTIME,
@@ -117,7 +125,8 @@ def key_fields(cfg: Any, rule: str, name: str | None = None) -> dict[str, Any]:
     flat = flatten(plain(cfg))
     return {p: v for p, v in sorted(flat.items())
             if any(_matches(f, p, name) for f in r.fields)
-            and not any(_matches(x, p, name) for x in (*r.exclude, *RUNTIME_ONLY))}
+            and not any(_matches(x, p, name) for x in (*r.exclude, *RUNTIME_ONLY))
+            and not (p in KEY_NEUTRAL and v == KEY_NEUTRAL[p])}
 
 
 def uncovered_fields(cfg: Any) -> list[str]:
@@ -135,28 +144,27 @@ def plain(node: Any) -> Any:
     return node
 
 
-def check_finite_weights(model: nn.Module, source: str) -> None:
-    """A model with NaN/Inf weights makes every later stage diverge with a misleading hint: say so at load."""
-    bad = [n for n, t in model.state_dict().items() if t.is_floating_point() and not bool(torch.isfinite(t).all())]
-    if bad:
-        more = f" (+{len(bad) - 3} more)" if len(bad) > 3 else ""
-        raise C2IRError(f"{source} has non-finite (NaN/Inf) weights in {', '.join(bad[:3])}{more}; "
-                        "the checkpoint is damaged: use another checkpoint or retrain it")
-
-
 class RunContext:
-    """Lazily resolved inputs shared by the stages of one invocation."""
+    """Lazily resolved inputs shared by the stages of one invocation.
+
+    Constructing one has no side effects on process-wide state: torch threads and the torchrun
+    process group are set up by the CLI entry point (`cli.py`), not here.
+    """
 
     def __init__(self, cfg: DictConfig):
         self.cfg = validate(cfg)
         self.store = ArtifactStore(cfg.cache_root)
         self._data_specs: dict[str, dict[str, Any]] = {}
         self.device = resolve_device(str(cfg.device))
-        self.dist = distributed.current()
+        self.dist = distributed.current()  # reads the process group the CLI joined; initialises nothing
 
     # ----- config subsets -------------------------------------------------------------
     def key(self, stage: str, config: Mapping[str, Any], upstream: Mapping[str, str] | None = None) -> str:
         return make_key(stage, {"v": STAGE_VERSIONS[stage], **config}, upstream)
+
+    def fields(self, rule: str, name: str | None = None) -> dict[str, Any]:
+        """The config fields `KEY_RULES[rule]` selects (see `key_fields`)."""
+        return key_fields(self.cfg, rule, name)
 
     def data_spec(self, split: str) -> dict[str, Any]:
         """Key fields of an ID split, plus a fingerprint of the files when it comes from a folder
@@ -209,40 +217,17 @@ class RunContext:
     @functools.cached_property
     def model_digest(self) -> str:
         """Content of the model downstream artifacts are built from: the trained weights or the checkpoint."""
-        if self.uses_training:
-            from c2ir.stages import train
-
-            return train.ensure(self).digest
-        return f"checkpoint:{self.checkpoint_sha}"
+        return train.digest(self)
 
     # ----- the model ------------------------------------------------------------------
     def fresh_model(self) -> nn.Module:
-        cfg = self.cfg
-        if int(cfg.model.num_classes) != int(cfg.data.num_classes):
-            raise C2IRError(
-                f"model.num_classes={cfg.model.num_classes} but data.num_classes={cfg.data.num_classes}; "
-                "they must agree (choose the model config trained on this data)"
-            )
-        return build_model(cfg.model)
+        """An untrained instance of the configured architecture (layer names, the start of training)."""
+        return build_classifier(self.cfg.model, int(self.cfg.data.num_classes))
 
     @functools.cached_property
     def model(self) -> nn.Module:
         """The classifier in eval mode on the device: trained/fine-tuned, or loaded from the checkpoint."""
-        if self.uses_training:
-            from c2ir.stages import train
-
-            model = train.load(self, train.ensure(self))
-        else:
-            model = self.fresh_model()
-            load_checkpoint(model, self.cfg.model, str(self.cfg.model.checkpoint))
-            check_finite_weights(model, f"checkpoint {self.cfg.model.checkpoint}")
-        head = head_module(model, self.cfg.model.get("head"))
-        if head.out_features != int(self.cfg.data.num_classes):
-            raise C2IRError(
-                f"the model predicts {head.out_features} classes but data.num_classes={self.cfg.data.num_classes}; "
-                "use a model trained on this data"
-            )
-        return model.to(self.device).eval()
+        return train.classifier(self).to(self.device).eval()
 
     @functools.cached_property
     def head(self) -> nn.Linear:

@@ -11,10 +11,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from c2ir.cache import Artifact, atomic_save_tensors
 from c2ir.data.imageset import ImageSet
+from c2ir.distributed import merge_strided_batches
 from c2ir.extraction import FeatureBundle, extract_features
 from c2ir.stages.common import RunContext
 
@@ -61,16 +60,7 @@ def _extract(ctx: RunContext, data: ImageSet, spatial_grid: int, name: str) -> F
     if shard is None:
         return part
     # rank r holds batches r, r+W, ...: gather and restore the dataset order
-    parts = ctx.dist.all_gather_object(part)
-    bs, world = ctx.batch_size, ctx.dist.world
-    n_batches = (len(data) + bs - 1) // bs
-    merged: dict[str, list[torch.Tensor]] = {}
-    for b in range(n_batches):
-        src, j = parts[b % world], b // world
-        for k, v in src.items():
-            lo = j * bs  # only the dataset's last batch is short, and it is last on its rank
-            merged.setdefault(k, []).append(v[lo:lo + min(bs, len(data) - b * bs)])
-    bundle = {k: torch.cat(v) for k, v in merged.items()}
+    bundle = merge_strided_batches(ctx.dist.all_gather_object(part), len(data), ctx.batch_size)
     if data.labels is not None:
         bundle["labels"] = data.labels.clone()
     return bundle

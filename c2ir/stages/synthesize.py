@@ -17,6 +17,7 @@ import torch
 from safetensors.torch import load_file
 
 from c2ir.cache import Artifact, atomic_save_tensors, atomic_write_json
+from c2ir.extraction import batches
 from c2ir.impressions import SynthConfig, batch_seed, batch_targets, impression_grid, num_batches, synthesize_batch
 from c2ir.stages.common import RunContext, key_fields, plain
 
@@ -87,8 +88,8 @@ def assemble(ctx: RunContext, work: Path, out: Path) -> dict:
     targets = torch.cat([p["targets"] for p in parts])
     curves = {n[6:]: torch.stack([p[n] for p in parts]) for n in parts[0] if n.startswith("curve/")}
     with torch.no_grad():
-        preds = torch.cat([ctx.model(ctx.normalizer(images[s:s + ctx.batch_size].to(ctx.device))).argmax(1).cpu()
-                           for s in range(0, len(images), ctx.batch_size)])
+        preds = torch.cat([ctx.model(ctx.normalizer(images[span].to(ctx.device))).argmax(1).cpu()
+                           for span in batches(len(images), ctx.batch_size)])
     share = float((preds == targets).float().mean())
     atomic_save_tensors(out / "impressions.safetensors", {"images": images, "targets": targets, "predicted": preds})
     atomic_save_tensors(out / "curves.safetensors", curves)

@@ -2,6 +2,9 @@
 
 The loop lives in `c2ir.training`; this stage builds the model, loads the data, and caches
 the result under the train key (resuming from the key's partial folder after a crash).
+`classifier(ctx)` is the model every later stage runs: this stage's output, or
+`model.checkpoint` as given when nothing is trained. (This module takes a RunContext but does
+not import stages/common.py at run time, so common.py can call it without an import cycle.)
 """
 
 from __future__ import annotations
@@ -9,6 +12,7 @@ from __future__ import annotations
 import logging
 import shutil
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
@@ -17,20 +21,23 @@ from c2ir.cache import Artifact, atomic_save_tensors, atomic_write_json
 from c2ir.data import load_id
 from c2ir.errors import C2IRError
 from c2ir.models import load_checkpoint
-from c2ir.stages.common import RunContext, check_finite_weights, key_fields
+from c2ir.models.loading import check_finite_weights, load_classifier
 from c2ir.training import TrainConfig, train_classifier
+
+if TYPE_CHECKING:
+    from c2ir.stages.common import RunContext
 
 log = logging.getLogger(__name__)
 
 
-def train_config(ctx: RunContext) -> TrainConfig:
+def train_config(ctx: "RunContext") -> TrainConfig:
     t, d = ctx.cfg.train, ctx.cfg.data
     return TrainConfig(epochs=int(t.epochs), batch_size=int(t.batch_size), lr=float(t.lr), warmup=float(t.warmup),
-                       weight_decay=float(t.weight_decay), pad=int(t.get("pad", max(1, int(d.image_size) // 8))),
+                       weight_decay=float(t.weight_decay), pad=max(1, int(d.image_size) // 8) if t.get("pad") is None else int(t.pad),
                        flip=bool(d.get("flip_invariant", True)), seed=ctx.seed)
 
 
-def train_model(ctx: RunContext, work: Path) -> tuple[nn.Module, list[dict]]:
+def train_model(ctx: "RunContext", work: Path) -> tuple[nn.Module, list[dict]]:
     """Train with per-epoch resumable checkpoints in `work`; returns the model and its history."""
     cfg = ctx.cfg
     torch.manual_seed(ctx.seed)  # the initial weights are part of the result: seed them
@@ -43,7 +50,7 @@ def train_model(ctx: RunContext, work: Path) -> tuple[nn.Module, list[dict]]:
                             train_config(ctx), work, ctx.device, ctx.batch_size)
 
 
-def ensure(ctx: RunContext) -> Artifact:
+def ensure(ctx: "RunContext") -> Artifact:
     art_key = ctx.train_key
     work = ctx.store.partial_dir("train", art_key)
 
@@ -53,18 +60,31 @@ def ensure(ctx: RunContext) -> Artifact:
         atomic_write_json(out / "history.json", history)
         return {"test_acc": history[-1]["test_acc"] if history else None}
 
-    art = ctx.store.get_or_create("train", art_key, build, config=key_fields(ctx.cfg, "train"), seed=ctx.seed)
+    art = ctx.store.get_or_create("train", art_key, build, config=ctx.fields("train"), seed=ctx.seed)
     shutil.rmtree(work, ignore_errors=True)
     return art
 
 
-def load(ctx: RunContext, art: Artifact) -> nn.Module:
-    model = ctx.fresh_model()
-    model.load_state_dict(art.tensors("model.safetensors"))
-    return model
+def load(ctx: "RunContext", art: Artifact) -> nn.Module:
+    """The trained classifier of the artifact `art` (on the CPU, in training mode as built)."""
+    return load_classifier(ctx.cfg.model, int(ctx.cfg.data.num_classes), state=art.tensors("model.safetensors"))
+
+
+def classifier(ctx: "RunContext") -> nn.Module:
+    """The model downstream stages run: trained/fine-tuned here, or `model.checkpoint` as given."""
+    if ctx.uses_training:
+        return load(ctx, ensure(ctx))
+    return load_classifier(ctx.cfg.model, int(ctx.cfg.data.num_classes), checkpoint=str(ctx.cfg.model.checkpoint))
+
+
+def digest(ctx: "RunContext") -> str:
+    """Content of the model downstream artifacts are built from: the trained weights or the checkpoint."""
+    return ensure(ctx).digest if ctx.uses_training else f"checkpoint:{ctx.checkpoint_sha}"
 
 
 def run(cfg) -> None:
+    from c2ir.stages.common import RunContext
+
     ctx = RunContext(cfg)
     if cfg.model.get("checkpoint") and not cfg.train.get("finetune", False):
         raise C2IRError("model.checkpoint is set: pass train.finetune=true to fine-tune it (downstream stages then use the result)")
