@@ -64,6 +64,15 @@ class TrainSchema:
 
 
 @dataclass
+class IPMSchema:
+    """The `ipm=` group: which IPM C2IR uses and its parameters (C2IR's constructor holds the defaults)."""
+
+    name: str = _spec("str", example="mean_standardized")
+    seed: int = _spec("int", lo=0, example="0")
+    projections: int = _spec("int", lo=1, example="64")
+
+
+@dataclass
 class RootSchema:
     seed: int = _spec("int", lo=0, example="0")
     device: str = _spec("str", example="cpu")
@@ -131,6 +140,7 @@ SCHEMAS: list[tuple[str, type, bool]] = [
     ("", RootSchema, False), ("synth", SynthSchema, True), ("train", TrainSchema, True),
     ("features", FeaturesSchema, True), ("collect_stats", CollectStatsSchema, True),
     ("evaluate", EvaluateSchema, True), ("score", ScoreSchema, True), ("data", DataSchema, False),
+    ("ipm", IPMSchema, True),
 ]
 
 

@@ -184,7 +184,7 @@ def test_data_free_threshold_is_reported_as_such():
 
 @needs_shared
 def test_the_issue_snippet_on_the_shared_resnet20(tmp_path):
-    """The documented snippet, with the model's real mean/std (configs/model/resnet20.yaml), on the shared fine-tuned ResNet-20 (tiny synthesis)."""
+    """The documented snippet, with the model's real mean/std (configs/model/base/cifar_resnet.yaml), on the shared fine-tuned ResNet-20 (tiny synthesis)."""
     from omegaconf import OmegaConf
 
     from c2ir.data.shared import shared_model

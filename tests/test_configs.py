@@ -28,7 +28,8 @@ def test_every_option_composes(tmp_path, group, option):
     resolved = OmegaConf.to_container(cfg, resolve=True)  # every interpolation resolves
     assert resolved["stage"] == "run"
     if group in ("ood", "detectors"):
-        assert list(cfg[group]) == [option]
+        aliases = {"lsun": "lsun_crop"}  # ood/lsun.yaml selects ood.lsun_crop (see the alias test below)
+        assert list(cfg[group]) == [aliases.get(option, option) if group == "ood" else option]
 
 
 def test_shared_values_are_interpolated(tmp_path):
@@ -59,3 +60,75 @@ def test_configs_compose_from_the_installed_package():
     with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
         cfg = compose("config")
     assert cfg.model.arch == "small_cnn"
+
+
+RESNET32_BEFORE_THE_SHARED_BASE = {  # configs/model/resnet32.yaml as it was written out in full
+    "arch": "cifar_resnet", "name": "resnet32", "depth": 32, "num_classes": 10, "in_channels": 3,
+    "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225], "head": "linear", "checkpoint": None,
+    "trust_checkpoint": False,
+    "layer_sets": {"default": [r"layer2\.\d+", r"layer3\.0"], "all": ["stem_act", r"layer\d+\.\d+"],
+                   "blocks": [r"layer\d+\.\d+"], "stage_outputs": ["stem_act", r"layer\d+\.4"],
+                   "last_stage": [r"layer3\.\d+"], "bn_relu": ["stem_act", r"layer\d+\.\d+\.act1", r"layer\d+\.\d+"]},
+}
+
+
+def _composed(tmp_path, overrides, node):
+    return OmegaConf.to_container(make_cfg(tmp_path, overrides)[node], resolve=True)
+
+
+def test_cifar_resnets_are_the_shared_base_at_their_depth(tmp_path):
+    assert _composed(tmp_path, ["data=cifar10", "model=resnet32"], "model") == RESNET32_BEFORE_THE_SHARED_BASE
+    for depth in (20, 44, 56, 110):
+        model = _composed(tmp_path, ["data=cifar10", f"model=resnet{depth}"], "model")
+        last = (depth - 2) // 6 - 1  # blocks per stage - 1
+        expected = {**RESNET32_BEFORE_THE_SHARED_BASE, "name": f"resnet{depth}", "depth": depth,
+                    "layer_sets": {**RESNET32_BEFORE_THE_SHARED_BASE["layer_sets"],
+                                   "stage_outputs": ["stem_act", rf"layer\d+\.{last}"]}}
+        assert model == expected, depth
+    assert "base" not in _options("model")  # the base is not a selectable model
+
+
+def test_synth_and_train_options_change_only_their_values(tmp_path):
+    default = _composed(tmp_path, ["synth=default"], "synth")
+    assert default["per_class"] == 40 and default["iterations"] == 300 and default["lr"] == 0.1
+    for option, changed in {"fast": {"per_class": 10, "batch_size": 50, "iterations": 30},
+                            "paper": {"per_class": 100, "batch_size": 256, "iterations": 2000, "lr": 0.05}}.items():
+        assert _composed(tmp_path, [f"synth={option}"], "synth") == {**default, **changed}, option
+    train = _composed(tmp_path, ["train=default"], "train")
+    assert train == {"epochs": 20, "batch_size": 64, "lr": 0.05, "warmup": 0.15, "weight_decay": 5e-4,
+                     "finetune": False, "pad": None}
+    assert _composed(tmp_path, ["train=cifar"], "train") == {**train, "epochs": 100, "batch_size": 128, "lr": 0.1,
+                                                             "warmup": 0.05}
+    assert _composed(tmp_path, ["train=finetune"], "train") == {**train, "epochs": 6, "batch_size": 128, "lr": 0.02,
+                                                                "warmup": 0.3, "weight_decay": 1e-4, "finetune": True}
+
+
+def test_lsun_is_an_alias_of_lsun_crop_with_the_same_cache_entry(tmp_path):
+    from c2ir.schema import ood_names
+    from c2ir.stages import features
+    from c2ir.stages.common import RunContext
+    from c2ir.stages.evaluate import ood_spec
+
+    alias, crop = make_cfg(tmp_path, ["ood=[lsun]"]), make_cfg(tmp_path, ["ood=[lsun_crop]"])
+    assert list(alias.ood) == ["lsun_crop"] and ood_names(alias) == {"lsun_crop": "lsun"}
+    a, c = RunContext(alias), RunContext(crop)
+    assert features.key(a, ood_spec(a, "lsun_crop"), 0) == features.key(c, ood_spec(c, "lsun_crop"), 0)
+
+
+def test_declared_null_train_pad_stays_out_of_the_keys(tmp_path):
+    from c2ir.stages.common import RunContext, key_fields
+
+    cfg = make_cfg(tmp_path)
+    assert cfg.train.pad is None and "train.pad" not in key_fields(cfg, "train")
+    assert "train.pad" in key_fields(make_cfg(tmp_path, ["train.pad=3"]), "train")
+    assert RunContext(make_cfg(tmp_path, ["train.pad=3"])).train_key != RunContext(cfg).train_key
+
+
+def test_ipm_keys_are_declared(tmp_path):
+    from c2ir.errors import C2IRError
+    from c2ir.schema import validate
+
+    assert _composed(tmp_path, ["ipm=sliced_wasserstein"], "ipm") == {"name": "sliced_wasserstein", "seed": 0,
+                                                                     "projections": 64}
+    with pytest.raises(C2IRError, match="unknown config key ipm.projection"):
+        validate(make_cfg(tmp_path, ["+ipm.projection=3"]))

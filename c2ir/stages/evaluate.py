@@ -46,10 +46,13 @@ def ood_spec(ctx: RunContext, name: str) -> dict[str, Any]:
     return {"ood": name, **spec}
 
 
+IPM_PARAMETERS = {"name": "ipm", "seed": "ipm_seed", "projections": "ipm_projections"}
+
+
 def ipm_overrides(ctx: RunContext) -> dict[str, Any]:
-    """The `ipm=` group as detector parameters, for the detector types that declare them (C2IR)."""
-    ipm = plain(ctx.cfg.ipm)
-    return {"ipm": ipm["name"], "ipm_seed": ipm.get("seed", 0), "ipm_projections": ipm.get("projections", 64)}
+    """The `ipm=` group as detector parameters, for the detector types that declare them (C2IR).
+    Only what the group sets is passed: C2IR's typed constructor holds the defaults."""
+    return {IPM_PARAMETERS[k]: v for k, v in plain(ctx.cfg.ipm).items() if k in IPM_PARAMETERS}
 
 
 def build_detectors(ctx: RunContext) -> dict[str, Detector]:
@@ -82,8 +85,8 @@ class FitInputs:
         if layers != stats.layers:
             raise C2IRError("MGI weights and class statistics were computed for different layer sets; rerun `c2ir run`")
         return FitData(model=self.ctx.model, layers=layers, impressions=imp,
-                          id_train=None if self.id_train is None else self.id_train[1],
-                          class_stats=stats, layer_weights=weights, head=self.ctx.head)
+                       id_train=None if self.id_train is None else self.id_train[1],
+                       class_stats=stats, layer_weights=weights, head=self.ctx.head)
 
 
 class Evaluation:
