@@ -48,7 +48,7 @@ def main() -> None:
     imp = extract_features(model, imp_images, norm, layers, head, device=device)
     imp["labels"] = torch.arange(400) % 10
     fit = FitData(model=model, layers=layers, impressions=imp, class_stats=compute_class_stats(imp, imp["labels"], layers, 10),
-                     layer_weights=torch.full((len(layers),), 1 / len(layers)), head=head)
+                  layer_weights=torch.full((len(layers),), 1 / len(layers)), head=head)
     dets = [build_detector(n, {"type": n, **kw}).fit(fit) for n, kw in DATA_FREE.items()]
     x_u8 = torch.randint(0, 256, (args.batch, 3, 32, 32), dtype=torch.uint8, generator=g).to(device)
 

@@ -25,7 +25,7 @@ def _ctx(fit):
     stats = compute_class_stats(fit, fit["labels"], ["a", "b"], 3, 64)
     head = torch.nn.Linear(16, 3)
     return FitData(layers=["a", "b"], impressions=fit, id_train=fit, class_stats=stats,
-                      layer_weights=torch.tensor([0.5, 0.5]), head=head)
+                   layer_weights=torch.tensor([0.5, 0.5]), head=head)
 
 
 @pytest.mark.parametrize("kind,params", [
@@ -97,3 +97,43 @@ def test_every_detector_has_a_config():
         (cfg,) = yaml.safe_load(f.read_text()).values()
         types.add(cfg["type"])
     assert types == set(DETECTOR_TYPES)
+
+
+def _odin_model():
+    torch.manual_seed(0)
+    return torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(12, 3))
+
+
+def _odin(**params):
+    return build_detector("odin", {"type": "odin", **params}).fit(FitData())
+
+
+def test_odin_without_perturbation_is_negative_tempered_msp():
+    model, norm = _odin_model(), (lambda x: (x - 0.5) / 0.25)
+    images = torch.randint(0, 256, (7, 3, 2, 2), dtype=torch.uint8)
+    scores = _odin(temperature=10.0, epsilon=0.0).score_images(model, norm, images, batch_size=3)
+    with torch.no_grad():
+        expected = -torch.softmax(model(norm(images.float() / 255)).double() / 10.0, dim=1).max(1).values
+    np.testing.assert_allclose(scores, expected.numpy(), rtol=1e-6)
+
+
+def test_odin_perturbation_raises_the_top_softmax_and_leaves_the_model_as_given():
+    model, norm = _odin_model(), (lambda x: x)
+    model.train()
+    model[1].weight.requires_grad_(False)
+    images = torch.rand(16, 3, 2, 2)
+    plain = _odin(temperature=1.0, epsilon=0.0).score_images(model, norm, images)
+    stepped = _odin(temperature=1.0, epsilon=0.01).score_images(model, norm, images)
+    assert np.all(stepped < plain)  # the step moves every input towards its predicted class: more ID
+    assert model.training and not model[1].weight.requires_grad and model[1].bias.requires_grad
+    assert model[1].weight.grad is None and model[1].bias.grad is None
+    # uint8 pixels and their [0, 1] floats give the same scores; so does any batch size
+    u8 = torch.randint(0, 256, (5, 3, 2, 2), dtype=torch.uint8)
+    det = _odin(temperature=1000.0, epsilon=0.0014)
+    np.testing.assert_allclose(det.score_images(model, norm, u8, batch_size=2),
+                               det.score_images(model, norm, u8.float() / 255, batch_size=5), rtol=1e-6)
+
+
+def test_odin_scores_no_cached_features():
+    det = _odin()
+    assert det.needs_input_gradients and "input_gradients" in det.needs

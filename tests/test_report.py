@@ -1,0 +1,87 @@
+"""report.py: table rows and their order, the written files, and the sweep aggregation over seeds."""
+
+import csv
+import json
+
+import pytest
+
+from c2ir import report
+
+
+def _metrics(auroc, fpr):
+    return {"fpr95": fpr, "auroc": auroc, "aupr_in": auroc - 1, "aupr_out": auroc - 2, "detection_acc": auroc - 3}
+
+
+def _result(c2ir_auroc=90.0):
+    return {"id_set": "digits-test", "id_accuracy": 0.975, "ood_sets": ["noise", "shuffled"],
+            "counts": {"digits-test": 540, "noise": 100, "shuffled": 50},
+            "access": {"c2ir": "data-free", "msp": "data-free", "knn": "full access", "energy": "data-free"},
+            "metrics": {"knn": {"noise": _metrics(99.0, 1.0), "shuffled": _metrics(97.0, 5.0)},
+                        "msp": {"noise": _metrics(60.0, 80.0), "shuffled": _metrics(70.0, 60.0)},
+                        "c2ir": {"noise": _metrics(c2ir_auroc, 20.0), "shuffled": _metrics(80.0, 40.0)},
+                        "energy": {"noise": _metrics(65.0, 70.0), "shuffled": _metrics(75.0, 50.0)}},
+            "ipm": {"name": "mean_standardized"},
+            "layer_weights": {"method": "grad_abs", "layers": ["a", "b"], "weights": [0.25, 0.75]}}
+
+
+def test_detector_order_is_c2ir_then_data_free_then_full_access():
+    assert report.ordered_detectors(_result()) == ["c2ir", "energy", "msp", "knn"]
+
+
+def test_rows_have_one_row_per_set_and_the_mean_over_sets():
+    rows = report.rows(_result())
+    assert len(rows) == 4 * 3
+    c2ir = [r for r in rows if r["detector"] == "c2ir"]
+    assert [r["ood"] for r in c2ir] == ["noise", "shuffled", "mean"]
+    assert c2ir[-1]["auroc"] == pytest.approx(85.0) and c2ir[-1]["fpr95"] == pytest.approx(30.0)
+    assert c2ir[-1]["detection_acc"] == pytest.approx(82.0)
+    assert {r["access"] for r in rows if r["detector"] == "knn"} == {"full access"}
+
+
+def test_summary_table_cells_and_header_line():
+    table = report.summary_table(_result()).splitlines()
+    assert table[0] == "| detector | access | noise AUROC / FPR95 | shuffled AUROC / FPR95 | mean AUROC / FPR95 |"
+    assert table[2] == "| c2ir | data-free | 90.0 / 20.0 | 80.0 / 40.0 | 85.0 / 30.0 |"
+    assert table[-1].startswith("| knn | full access |")
+    assert report.header(_result()) == ("ID set: digits-test (540 images), ID accuracy: 97.50%; "
+                                        "OOD sets: noise (100), shuffled (50)")
+    assert report.weights_line(_result()) == "C2IR: ipm=mean_standardized, MGI weights (grad_abs): a=0.250, b=0.750"
+    assert report.weights_line({**_result(), "layer_weights": {}}) == ""
+
+
+def test_write_reports_writes_md_csv_and_json(tmp_path):
+    report.write_reports(tmp_path / "run", _result())
+    md = (tmp_path / "run" / "results.md").read_text()
+    assert "| c2ir | data-free | mean | 30.00 | 85.00 | 84.00 | 83.00 | 82.00 |" in md
+    assert report.CONVENTION in md
+    with (tmp_path / "run" / "results.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 12 and rows[0]["detector"] == "c2ir" and float(rows[0]["auroc"]) == 90.0
+    data = json.loads((tmp_path / "run" / "results.json").read_text())
+    assert data["rows"] == report.rows(_result()) and data["convention"] == report.CONVENTION
+
+
+def _write_run(directory, result, overrides):
+    directory.mkdir(parents=True)
+    (directory / "results.json").write_text(json.dumps(result))
+    (directory / ".hydra").mkdir()
+    (directory / ".hydra" / "overrides.yaml").write_text("".join(f"- {o}\n" for o in overrides))
+
+
+def test_aggregate_groups_by_setting_without_seed_and_averages_seeds(tmp_path, caplog):
+    for i, (seed, auroc) in enumerate([(0, 90.0), (1, 70.0)]):
+        _write_run(tmp_path / str(i), _result(auroc), [f"seed={seed}", "ipm=mean_l2"])
+    _write_run(tmp_path / "2", _result(50.0), ["seed=0", "ipm=mean_l1"])
+    (tmp_path / "3").mkdir()
+    (tmp_path / "3" / "results.json").write_text("{not json")
+    text, table = report.aggregate(tmp_path)
+    c2ir = {r["setting"]: r for r in table if r["detector"] == "c2ir"}
+    assert set(c2ir) == {"ipm=mean_l2", "ipm=mean_l1"}
+    # per run the mean over sets is (auroc + 80) / 2: 85 and 75 -> mean 80, std 5
+    assert c2ir["ipm=mean_l2"]["runs"] == 2
+    assert c2ir["ipm=mean_l2"]["auroc_mean"] == pytest.approx(80.0)
+    assert c2ir["ipm=mean_l2"]["auroc_std"] == pytest.approx(5.0)
+    assert c2ir["ipm=mean_l1"]["runs"] == 1 and c2ir["ipm=mean_l1"]["auroc_mean"] == pytest.approx(65.0)
+    assert "3 runs (1 unreadable results.json skipped)" in text
+    assert "| ipm=mean_l2 | c2ir | 2 | 80.00 +- 5.00 | 30.00 +- 0.00 |" in text
+    assert "skipping" in caplog.text
