@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 log = logging.getLogger(__name__)
@@ -134,8 +135,16 @@ class Artifact:
         """Content digest of the artifact (its files' hashes): what downstream artifacts record as their input."""
         return hashlib.sha256(canonical_json(self.manifest.get("files", {})).encode()).hexdigest()[:KEY_LENGTH]
 
-    def tensors(self, name: str = "tensors.safetensors") -> dict[str, torch.Tensor]:
-        return load_file(str(self.path / name))
+    def tensors(self, name: str = "tensors.safetensors", keys: list[str] | None = None) -> dict[str, torch.Tensor]:
+        """The tensors of a safetensors file; with `keys`, only those (read from the file, not the rest)."""
+        if keys is None:
+            return load_file(str(self.path / name))
+        with safe_open(str(self.path / name), framework="pt") as f:
+            return {k: f.get_tensor(k) for k in keys}
+
+    def tensor_names(self, name: str = "tensors.safetensors") -> list[str]:
+        with safe_open(str(self.path / name), framework="pt") as f:
+            return list(f.keys())
 
     def json(self, name: str) -> Any:
         return json.loads((self.path / name).read_text())

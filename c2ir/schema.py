@@ -86,6 +86,7 @@ class RootSchema:
 @dataclass
 class FeaturesSchema:
     spatial_grid: int = _spec("int", lo=0, example="4")
+    capture: str = _spec("str", choices=("union", "configured"))
 
 
 @dataclass

@@ -44,7 +44,9 @@ UPSTREAM_OF_MODEL = ALL  # everything downstream of a trained model
     ("synth.iterations=7", {"synthesize", "collect_stats", "weight_layers"}),
     ("synth.lr=0.2", {"synthesize", "collect_stats", "weight_layers"}),
     ("train.epochs=3", UPSTREAM_OF_MODEL),
-    ("layer_set=last", {"collect_stats", "weight_layers", "features:id_test", "features:gaussian_noise"}),
+    # one features pass captures every layer set of the model (issue 13): only the layer-specific stages change
+    ("layer_set=last", {"collect_stats", "weight_layers"}),
+    ("features.capture=configured", set()),     # small_cnn's default set is already every layer
     ("synth.channels_last=true", set()),       # runtime-only options do not change the impressions
     ("detectors=[msp]", set()),                 # evaluate-only
     ("batch_size=64", set()),

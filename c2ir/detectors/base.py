@@ -87,6 +87,13 @@ class Detector(ABC):
         Logits and penultimate features are always there."""
         return frozenset({INPUT_GRADIENTS} if self.needs_input_gradients else ())
 
+    @property
+    def may_need(self) -> frozenset[str]:
+        """What the forward pass may have to record for this detector under any value of the
+        parameters a sweep varies around it (the `ipm=` group): cached passes capture it once,
+        so a sweep reuses them. Defaults to `needs`."""
+        return self.needs
+
     # ----- fit / score -------------------------------------------------------------------
     def fit(self, data: FitData) -> "Detector":
         self._fit(data)

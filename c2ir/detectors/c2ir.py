@@ -81,6 +81,11 @@ class C2IR(Detector):
         base = {POOLED_LAYERS, CLASS_STATS, LAYER_WEIGHTS}
         return frozenset(base | {SPATIAL}) if IPMS[self.ipm].needs_spatial else frozenset(base)
 
+    @property
+    def may_need(self) -> frozenset[str]:
+        """Spatial features too: an `ipm=` sweep may choose a distribution IPM."""
+        return self.needs | {SPATIAL}
+
     def _fit(self, data: FitData) -> None:
         if data.class_stats is None or data.impressions is None:
             raise C2IRError("c2ir needs impression statistics: run collect-stats (or `c2ir run`) first")

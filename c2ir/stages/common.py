@@ -69,11 +69,13 @@ KEY_RULES: dict[str, KeyRule] = {
     # `seed` draws the fixed sample of spatial vectors per class
     "collect_stats": KeyRule(("seed", "collect_stats", "features.spatial_grid", *_LAYERS, "evaluate.max_train_samples")),
     "weight_layers": KeyRule(("mgi", "layer_set", "model.layer_sets")),  # gradients on impressions: no seed
-    "features:id_test": KeyRule((*_DATA, "data.test_split", "data.max_test_samples", *_LAYERS)),
-    "features:id_train": KeyRule((*_DATA, "data.train_split", "evaluate.max_train_samples", *_LAYERS)),
+    # the captured layers enter the features key as a list (stages/features.py), not through the
+    # layer set: one pass per dataset serves every `layer_set=`
+    "features:id_test": KeyRule((*_DATA, "data.test_split", "data.max_test_samples", "model.head")),
+    "features:id_train": KeyRule((*_DATA, "data.train_split", "evaluate.max_train_samples", "model.head")),
     # an OOD set's own seed chooses its fixed subset / random crops / noise; help text and download
     # location do not change the images
-    "features:ood": KeyRule(("ood.{name}", "data.image_size", "data.channels", *_LAYERS),
+    "features:ood": KeyRule(("ood.{name}", "data.image_size", "data.channels", "model.head"),
                             exclude=("ood.{name}.layout", "ood.{name}.url", "ood.{name}.md5", "ood.{name}.download",
                                      "ood.{name}.name")),
     # plus the evaluated sets' feature keys as upstream; `ood.<set>.name` is only the column's name
@@ -89,6 +91,9 @@ KEY_NEUTRAL: dict[str, Any] = {"train.pad": None}  # null: max(1, data.image_siz
 # Fields no stage's output depends on (how or where a run happens, not what it computes).
 RUNTIME_ONLY = ("stage", "device", "threads", "batch_size", "cache_root", "output_dir", "paths", "hydra",
                 "synth.autocast", "synth.channels_last", "synth.compile", *_MODEL_RUNTIME,
+                # which layers a cached pass records beyond the configured ones: it enters the features key
+                # as the captured layer list (stages/features.py) and never changes a score
+                "features.capture",
                 "data.download", "ood.*.layout", "ood.*.url", "ood.*.md5", "ood.*.download",
                 # `c2ir score` writes its per-file scores into the run directory, uncached
                 "score.input", "score.resize")
@@ -249,6 +254,24 @@ class RunContext:
     def layers(self) -> list[str]:
         # resolved on a fresh (unloaded) instance: no checkpoint load or training needed for names
         return select_layers(self.fresh_model(), self.layer_patterns)
+
+    @functools.cached_property
+    def capture_layers(self) -> list[str]:
+        """Layers a cached forward pass records: with `features.capture=union` (default) every layer of
+        every layer set of the model, so a `layer_set=` sweep reuses one pass per dataset; with
+        `configured` only `layers`. A set whose patterns match no module of this model is skipped here
+        (it fails only when selected)."""
+        if str(self.cfg.features.get("capture", "union")) != "union":
+            return self.layers
+        model = self.fresh_model()
+        chosen = set(self.layers)
+        for patterns in plain(self.cfg.model.layer_sets).values():
+            try:
+                chosen.update(select_layers(model, list(patterns)))
+            except C2IRError:
+                continue
+        order = {n: i for i, (n, _) in enumerate(model.named_modules())}
+        return sorted(chosen, key=order.__getitem__)
 
     @property
     def batch_size(self) -> int:

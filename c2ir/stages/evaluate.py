@@ -98,6 +98,8 @@ class Evaluation:
         self.detectors = build_detectors(ctx)
         needs_spatial = any(SPATIAL in d.needs for d in self.detectors.values())
         self.spatial = int(cfg.features.spatial_grid) if needs_spatial else 0
+        # capture spatial vectors once when an `ipm=` sweep may need them (stages/features.py)
+        self.reuse_spatial = any(SPATIAL in d.may_need for d in self.detectors.values())
         try:
             self.fit_inputs = FitInputs(ctx, self.detectors)
         except C2IRError as exc:
@@ -112,12 +114,14 @@ class Evaluation:
         self._decoded: dict[str, Any] = {}  # decoded image sets, shared by feature passes and gradient passes
         self.sets: dict[str, tuple[Artifact, dict[str, torch.Tensor]]] = {}
         self.id_name = f"{cfg.data.name}-test"
-        self.sets[self.id_name] = features.ensure(ctx, self.id_name, ctx.data_spec("test"), self.load_id_test, self.spatial)
+        self.sets[self.id_name] = features.ensure(ctx, self.id_name, ctx.data_spec("test"), self.load_id_test, self.spatial,
+                                                     self.reuse_spatial)
         self.ood_keys = {col: key for key, col in ood_names(cfg).items()}  # column name -> ood.<key>
         if self.id_name in self.ood_keys:
             raise C2IRError(f"an OOD set is named {self.id_name!r} like the ID test set; rename it with ood.<set>.name")
         for col, key in self.ood_keys.items():
-            self.sets[col] = features.ensure(ctx, col, ood_spec(ctx, key), lambda k=key: self.load_ood(k), self.spatial)
+            self.sets[col] = features.ensure(ctx, col, ood_spec(ctx, key), lambda k=key: self.load_ood(k), self.spatial,
+                                              self.reuse_spatial)
 
     def fit_context(self) -> FitData:
         return self.fit_inputs.fit_context()
