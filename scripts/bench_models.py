@@ -11,6 +11,7 @@ and writes `<out>/summary.md`:
     python scripts/bench_models.py                                   # all four pairs, seeds 0,1,2
     python scripts/bench_models.py --models digits --seeds 0         # the check that runs here in minutes
     python scripts/bench_models.py --models resnet32 -- synth.per_class=10   # extra overrides after --
+    python scripts/bench_models.py --cache-root '/tmp/h14/cache_{model}' -- threads=2   # one cache per model
 
 `seed` is in the train/synthesize/collect_stats cache keys (issue 11), so each seed draws its own impressions.
 """
@@ -130,7 +131,8 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--models", default=",".join(MODELS), help=f"comma list of {sorted(MODELS)}")
     p.add_argument("--seeds", default="0,1,2")
-    p.add_argument("--cache-root", type=Path, default=Path("outputs/cache_bench"))
+    p.add_argument("--cache-root", type=Path, default=Path("outputs/cache_bench"),
+                   help="cache root; '{model}' in it is replaced by the model name (one cache per model)")
     p.add_argument("--out", type=Path, default=Path("outputs/bench_models"))
     p.add_argument("--summarize-only", action="store_true", help="only rebuild summary.md from existing sweeps")
     args = p.parse_args(argv)
@@ -141,8 +143,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     results = {}
     for m in models:
-        sweep = args.out / m if args.summarize_only else run_model(m, args.seeds, args.cache_root, args.out, extra)
-        results[m] = collect(sweep, args.cache_root)
+        cache = Path(str(args.cache_root).replace("{model}", m))
+        sweep = args.out / m if args.summarize_only else run_model(m, args.seeds, cache, args.out, extra)
+        results[m] = collect(sweep, cache)
     text = summary(results, args.seeds)
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "summary.md").write_text(text)
