@@ -137,3 +137,31 @@ def test_odin_perturbation_raises_the_top_softmax_and_leaves_the_model_as_given(
 def test_odin_scores_no_cached_features():
     det = _odin()
     assert det.needs_input_gradients and "input_gradients" in det.needs
+
+
+def test_posterior_weighted_deviation_is_the_softmax_average():
+    from c2ir.detectors.c2ir import posterior_weighted
+    dev = torch.tensor([[1.0, 3.0], [2.0, 2.0]], dtype=torch.float64)
+    logits = torch.tensor([[0.0, 0.0], [10.0, -10.0]])
+    out = posterior_weighted(dev, logits)
+    assert torch.allclose(out, torch.tensor([2.0, 2.0], dtype=torch.float64))
+    # a confident prediction reduces to the predicted class's deviation
+    sharp = posterior_weighted(torch.tensor([[1.0, 5.0]], dtype=torch.float64), torch.tensor([[30.0, 0.0]]))
+    assert torch.allclose(sharp, torch.tensor([1.0], dtype=torch.float64))
+
+
+def test_c2ir_posterior_class_weighting():
+    fit, test_id, far = _bundle(300, seed=0), _bundle(150, seed=1), _bundle(150, shift=25.0, seed=2)
+    base = {"type": "c2ir", "logit_score": "none", "normalize": "none"}
+    arg = build_detector("c2ir", base).fit(_ctx(fit))
+    post = build_detector("c2ir", {**base, "class_weighting": "posterior"}).fit(_ctx(fit))
+    # with raw deviations the score is linear in them: sum_k p_k(x) * (arg-max score had x been predicted k)
+    per_class = []
+    for k in range(3):
+        forced = {**test_id, "logits": torch.nn.functional.one_hot(torch.full((150,), k), 3).float() * 100}
+        per_class.append(arg.score(forced))
+    probs = torch.softmax(test_id["logits"].double(), dim=1).numpy()
+    assert np.allclose(post.score(test_id), (probs * np.stack(per_class, 1)).sum(1))
+    assert auroc(post.score(test_id), post.score(far)) > 0.99
+    with pytest.raises(C2IRError, match="class_weighting='soft'"):
+        build_detector("c2ir", {**base, "class_weighting": "soft"})

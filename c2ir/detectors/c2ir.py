@@ -25,8 +25,15 @@ from c2ir.ipm import IPMS, get_ipm
 from c2ir.stats import ClassStats
 
 NORMALIZATIONS = ("impression_z", "impression_std", "none")
+CLASS_WEIGHTINGS = ("argmax", "posterior")
 
-__all__ = ["C2IR", "LOGIT_SCORES", "NORMALIZATIONS", "combine", "impression_scale"]
+__all__ = ["C2IR", "CLASS_WEIGHTINGS", "LOGIT_SCORES", "NORMALIZATIONS", "combine", "impression_scale",
+           "posterior_weighted"]
+
+
+def posterior_weighted(dev_per_class: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
+    """sum_k softmax(logits)_k * dev_per_class[:, k]: (N, K), (N, K) -> (N,) (pure)."""
+    return (dev_per_class * torch.softmax(logits.double(), dim=1).to(dev_per_class.dtype)).sum(dim=1)
 
 
 def impression_scale(raw_imp: torch.Tensor, normalize: str) -> tuple[torch.Tensor, torch.Tensor]:
@@ -60,19 +67,24 @@ class C2IR(Detector):
         normalize: `impression_z`, `impression_std` or `none` (see the module docstring).
         logit_score: optional logit term, `energy`, `msp`, `maxlogit` or `none`.
         logit_weight: weight of the logit term after z-scoring it on the impressions.
+        class_weighting: `argmax` (deviation from the predicted class) or `posterior`
+            (softmax-weighted deviation over every class).
     """
 
     requires_fit = True
 
     def __init__(self, name: str = "c2ir", *, fit_on: str = "impressions", ipm: str = "mean_standardized",
                  ipm_seed: int = 0, ipm_projections: int = 64, normalize: str = "impression_z",
-                 logit_score: str = "energy", logit_weight: float = 1.0) -> None:
+                 logit_score: str = "energy", logit_weight: float = 1.0, class_weighting: str = "argmax") -> None:
         super().__init__(name, fit_on=fit_on)
         get_ipm(str(ipm))  # fail at construction, not at fit
         if normalize not in NORMALIZATIONS:
             raise C2IRError(f"{name}.normalize={normalize!r}; choose one of {', '.join(NORMALIZATIONS)}")
         if logit_score not in ("none", *LOGIT_SCORES):
             raise C2IRError(f"{name}.logit_score={logit_score!r}; choose none, {', '.join(LOGIT_SCORES)}")
+        if class_weighting not in CLASS_WEIGHTINGS:
+            raise C2IRError(f"{name}.class_weighting={class_weighting!r}; choose one of {', '.join(CLASS_WEIGHTINGS)}")
+        self.class_weighting = str(class_weighting)
         self.ipm, self.ipm_seed, self.ipm_projections = str(ipm), int(ipm_seed), int(ipm_projections)
         self.normalize, self.logit_score, self.logit_weight = str(normalize), str(logit_score), float(logit_weight)
 
@@ -106,9 +118,12 @@ class C2IR(Detector):
                       for n in self.layers}
 
     def layer_deviations(self, feats: FeatureBundle, chunk: int = 1024) -> torch.Tensor:
-        """(N, L) raw IPM deviations of each input from its predicted class, per layer."""
+        """(N, L) raw IPM deviations of each input from its predicted class (or, with
+        `class_weighting=posterior`, the softmax-weighted deviation over classes), per layer."""
         fn = IPMS[self.ipm]
-        pred = feats["logits"].argmax(1)
+        logits = feats["logits"]
+        pred = logits.argmax(1)
+        classes = len(self.stats[self.layers[0]].mean) if self.class_weighting == "posterior" else 0
         cols = []
         for name in self.layers:
             pooled = feats[f"layer/{name}"].float()
@@ -116,7 +131,12 @@ class C2IR(Detector):
             parts = []
             for s in batches(len(pred), chunk):
                 sp = None if spatial is None else spatial[s].float()
-                parts.append(fn(pooled[s], sp, self.stats[name], pred[s], self.extra[name]))
+                if classes:
+                    per_class = torch.stack([fn(pooled[s], sp, self.stats[name], torch.full_like(pred[s], k),
+                                                self.extra[name]).double() for k in range(classes)], dim=1)
+                    parts.append(posterior_weighted(per_class, logits[s]))
+                else:
+                    parts.append(fn(pooled[s], sp, self.stats[name], pred[s], self.extra[name]))
             cols.append(torch.cat(parts).double())
         return torch.stack(cols, dim=1)
 
