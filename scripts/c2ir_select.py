@@ -140,7 +140,7 @@ def main(argv: list[str]) -> None:
     logit = LOGIT_SCORES["energy"]
     subsets = layer_subsets(ctx.layers)
     rows = []
-    grid = itertools.product(subsets.items(), weights.items(), ("impression_z", "impression_std"),
+    grid = itertools.product(subsets.items(), weights.items(), ("impression_z",),  # impression_std ranks identically (a constant shift)
                              LOGIT_WEIGHTS, ("argmax", "posterior"))
     for (sname, cols), (mname, w_all), norm, lw, cw in grid:
         w = w_all[cols]
