@@ -29,18 +29,18 @@ import time
 
 import numpy as np
 import torch
-import torchvision.transforms.functional as TF
 from hydra import compose, initialize_config_dir
 
 from c2ir.config import config_dir, register_resolvers
 from c2ir.detectors import build_detector
 from c2ir.detectors.c2ir import combine, impression_scale
 from c2ir.detectors.logits import LOGIT_SCORES
-from c2ir.features import extract_features
+from c2ir.extraction import extract_features
 from c2ir.metrics import auroc
-from c2ir.stages.common import Context
+from c2ir.proxies import blurred, folds, mixed, patch_permuted
+from c2ir.stages import synthesize
+from c2ir.stages.common import RunContext
 from c2ir.stages.evaluate import Evaluation
-from c2ir.stages.synthesize import ensure_impressions, load_impressions
 from c2ir.stats import compute_class_stats
 
 sys.path.insert(0, str(__import__("pathlib").Path(__file__).parent))
@@ -48,42 +48,6 @@ from c2ir_variants import layer_subsets  # noqa: E402
 
 log = logging.getLogger("c2ir_select")
 LOGIT_WEIGHTS = (0.0, 0.5, 1.0, 2.0, 4.0)
-
-
-def patch_permuted(x: torch.Tensor, grid: int = 4, seed: int = 0) -> torch.Tensor:
-    """Shuffle a grid x grid tiling of each image (one random permutation per image)."""
-    n, c, h, w = x.shape
-    ph, pw = h // grid, w // grid
-    x = x[:, :, : ph * grid, : pw * grid]
-    tiles = x.reshape(n, c, grid, ph, grid, pw).permute(0, 2, 4, 1, 3, 5).reshape(n, grid * grid, c, ph, pw)
-    g = torch.Generator().manual_seed(seed)
-    perm = torch.stack([torch.randperm(grid * grid, generator=g) for _ in range(n)])
-    tiles = tiles[torch.arange(n)[:, None], perm]
-    return tiles.reshape(n, grid, grid, c, ph, pw).permute(0, 3, 1, 4, 2, 5).reshape(n, c, ph * grid, pw * grid)
-
-
-def blurred(x: torch.Tensor) -> torch.Tensor:
-    sigma = max(x.shape[-1] / 16, 0.5)
-    k = 2 * int(2 * sigma + 0.5) + 1
-    return TF.gaussian_blur(x, [k, k], [sigma, sigma])
-
-
-def mixed(x: torch.Tensor, y: torch.Tensor, seed: int = 0) -> torch.Tensor:
-    """Average each image with one of another target class."""
-    g = torch.Generator().manual_seed(seed)
-    partner = torch.randperm(len(x), generator=g)
-    same = y[partner] == y
-    partner[same] = torch.roll(partner, 1)[same]
-    return 0.5 * (x + x[partner])
-
-
-def folds(targets: torch.Tensor) -> list[torch.Tensor]:
-    """Two per-class halves (alternating order within each class)."""
-    rank = torch.zeros_like(targets)
-    for k in targets.unique():
-        idx = (targets == k).nonzero().flatten()
-        rank[idx] = torch.arange(len(idx))
-    return [(rank % 2 == 0).nonzero().flatten(), (rank % 2 == 1).nonzero().flatten()]
 
 
 def take(bundle: dict, idx: torch.Tensor) -> dict:
@@ -101,11 +65,11 @@ def main(argv: list[str]) -> None:
     t0 = time.time()
     with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
         cfg = compose("config", overrides=[*args.overrides, "detectors=[c2ir,energy]"])
-    ctx = Context(cfg)
+    ctx = RunContext(cfg)
     ev = Evaluation(ctx)
     fit = ev.fit_context()
     k = int(cfg.data.num_classes)
-    images, targets = load_impressions(ensure_impressions(ctx))
+    images, targets = synthesize.load(synthesize.ensure(ctx))
     imp = fit.impressions
     oods = list(ev.ood_keys)
     bundles = {name: b for name, (_, b) in ev.sets.items()}

@@ -165,3 +165,38 @@ def test_c2ir_posterior_class_weighting():
     assert auroc(post.score(test_id), post.score(far)) > 0.99
     with pytest.raises(C2IRError, match="class_weighting='soft'"):
         build_detector("c2ir", {**base, "class_weighting": "soft"})
+
+
+def test_select_weight_prefers_the_best_then_the_smaller():
+    from c2ir.detectors.c2ir import select_weight
+    assert select_weight({0.0: 80.0, 1.0: 90.0, 4.0: 85.0}) == 1.0
+    assert select_weight({4.0: 90.0, 0.5: 90.0, 1.0: 70.0}) == 0.5
+
+
+def test_c2ir_selects_its_energy_weight_on_proxies():
+    from c2ir.data.imageset import Normalizer
+    from c2ir.detectors.c2ir import LOGIT_WEIGHT_GRID
+    from c2ir.extraction import extract_features
+    from c2ir.models.small_cnn import SmallCNN
+
+    torch.manual_seed(0)
+    model, norm, layers = SmallCNN(1, 3, 4).eval(), Normalizer([0.5], [0.25]), ["act1", "act2", "act3"]
+    images, targets = torch.rand(24, 1, 8, 8), torch.arange(24) % 3
+    imp = extract_features(model, images, norm, layers, model.fc)
+    imp["labels"] = targets
+    ctx = FitData(model=model, layers=layers, impressions=imp, head=model.fc, layer_weights=torch.ones(3) / 3,
+                     class_stats=compute_class_stats(imp, targets, layers, 3), impression_images=images, normalizer=norm)
+    det = build_detector("c2ir", {"type": "c2ir", "select_logit_weight": True}).fit(ctx)
+    assert list(det.selection) == list(LOGIT_WEIGHT_GRID) and all(0 <= c <= 100 for c in det.selection.values())
+    assert det.weight_used == max(det.selection, key=det.selection.get) and det.logit_weight == 1.0
+    fixed = build_detector("c2ir", {"type": "c2ir", "logit_weight": det.weight_used}).fit(ctx)
+    assert np.allclose(det.score(imp), fixed.score(imp))      # scoring uses the chosen weight
+    again = build_detector("c2ir", {"type": "c2ir", "select_logit_weight": True})
+    again.load_state(det.state())
+    assert again.weight_used == det.weight_used and np.allclose(again.score(imp), det.score(imp))
+    no_images = FitData(model=model, layers=layers, impressions=imp, head=model.fc, layer_weights=torch.ones(3) / 3,
+                           class_stats=ctx.class_stats)
+    with pytest.raises(C2IRError, match="select_logit_weight=true needs the impression images"):
+        build_detector("c2ir", {"type": "c2ir", "select_logit_weight": True}).fit(no_images)
+    with pytest.raises(C2IRError, match="needs a logit term"):
+        build_detector("c2ir", {"type": "c2ir", "select_logit_weight": True, "logit_score": "none"})

@@ -33,7 +33,7 @@ from tqdm import tqdm
 from c2ir.data.imageset import Normalizer
 from c2ir.detectors.base import Detector
 from c2ir.errors import C2IRError
-from c2ir.features import batches
+from c2ir.extraction import batches
 from c2ir.models import head_module
 from c2ir.models.state import frozen_eval
 

@@ -1,25 +1,11 @@
-"""scripts/c2ir_select.py: the proxy outliers and folds of the data-free selection, on tiny tensors."""
+"""c2ir.proxies: the proxy outliers and folds of C2IR's data-free weight selection, on tiny tensors."""
 
-import importlib.util
-import sys
-from pathlib import Path
-
-import pytest
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
+from c2ir import proxies as sel
 
 
-@pytest.fixture(scope="module")
-def sel():
-    sys.path.insert(0, str(ROOT / "scripts"))
-    spec = importlib.util.spec_from_file_location("c2ir_select", ROOT / "scripts" / "c2ir_select.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
-def test_patch_permutation_keeps_the_patches(sel):
+def test_patch_permutation_keeps_the_patches():
     x = torch.arange(2 * 1 * 8 * 8, dtype=torch.float32).reshape(2, 1, 8, 8)
     y = sel.patch_permuted(x, grid=4, seed=0)
     assert not torch.equal(x, y)
@@ -29,7 +15,7 @@ def test_patch_permutation_keeps_the_patches(sel):
         assert tiles(x[i]) == tiles(y[i])
 
 
-def test_mixed_pairs_other_classes_and_folds_split_each_class(sel):
+def test_mixed_pairs_other_classes_and_folds_split_each_class():
     x = torch.rand(12, 1, 4, 4)
     y = torch.arange(12) % 3
     m = sel.mixed(x, y, seed=0)
