@@ -130,7 +130,11 @@ class C2IR(Detector):
         self.logit_imp = (None if self.logit_score == "none"
                           else LOGIT_SCORES[self.logit_score](data.impressions["logits"]))
         self.weight_used = self.logit_weight
-        if self.select_logit_weight:
+        counts = torch.bincount(data.impressions["labels"].long()) if self.select_logit_weight else None
+        if counts is not None and int(counts[counts > 0].min()) < 2:
+            log.warning("%s: select_logit_weight needs at least 2 impressions per class (got %d); using "
+                        "logit_weight=%g", self.name, int(counts[counts > 0].min()), self.logit_weight)
+        elif self.select_logit_weight:
             self.selection = self.proxy_criteria(data)
             self.weight_used = select_weight(self.selection)
             log.info("%s: Energy weight x%g chosen on proxy outliers (criterion %s)", self.name, self.weight_used,
