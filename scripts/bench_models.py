@@ -95,7 +95,7 @@ def summary(results: dict[str, dict], seeds: str) -> str:
     for r in results.values():
         access.update(r["access"])
         dets += [d for d in r["detectors"] if d not in dets]
-    dets.sort(key=lambda d: (access.get(d) == "full access", d != "c2ir", d))
+    dets.sort(key=lambda d: (access.get(d) == "full access", not d.startswith("c2ir"), d))
     lines = [f"Seeds {seeds}; each run's value is the mean over its OOD sets; mean ± std over seeds. "
              "Scores: higher = more OOD; FPR95 at 95% ID TPR; %.", "",
              "| model | ID accuracy | impressions at their target |", "|---|---|---|"]
@@ -110,13 +110,14 @@ def summary(results: dict[str, dict], seeds: str) -> str:
         lines.append(f"| {d} | {access.get(d, '')} | " + " | ".join(cells) + " |")
     for m in models:
         r = results[m]
-        free = [d for d in r["detectors"] if access.get(d) != "full access" and d != "c2ir"]
+        free = [d for d in r["detectors"] if access.get(d) != "full access" and not d.startswith("c2ir")]
         if "c2ir" not in r["detectors"] or not free:
             continue
         best = max(free, key=lambda d: np.mean(r["detectors"][d]["auroc"]))
-        lines += ["", f"{m}: C2IR vs the best other data-free detector ({best}) vs Energy, mean AUROC per OOD set",
+        lines += ["", f"{m}: C2IR (default, and with select_logit_weight) vs the best other data-free detector ({best}) "
+                  "vs Energy, mean AUROC per OOD set",
                   "", "| detector | " + " | ".join(r["oods"]) + " | mean |", "|---|" + "---|" * (len(r["oods"]) + 1)]
-        for d in dict.fromkeys(["c2ir", best, "energy"]):
+        for d in dict.fromkeys(["c2ir", "c2ir_select", best, "energy"]):
             if d in r["detectors"]:
                 x = r["detectors"][d]
                 lines.append(f"| {d} | " + " | ".join(f"{np.mean(x[f'auroc/{o}']):.1f}" for o in r["oods"])
