@@ -98,8 +98,8 @@ def summary(results: dict[str, dict], seeds: str) -> str:
     dets.sort(key=lambda d: (access.get(d) == "full access", not d.startswith("c2ir"), d))
     lines = [f"Seeds {seeds}; each run's value is the mean over its OOD sets; mean ± std over seeds. "
              "Scores: higher = more OOD; FPR95 at 95% ID TPR; %.", "",
-             "| model | ID accuracy | impressions at their target |", "|---|---|---|"]
-    lines += [f"| {m} | {_ms(results[m]['acc'])} | {_ms(results[m]['share'])} |" for m in models]
+             "| model | finished runs | ID accuracy | impressions at their target |", "|---|---|---|---|"]
+    lines += [f"| {m} | {len(results[m]['acc'])} | {_ms(results[m]['acc'])} | {_ms(results[m]['share'])} |" for m in models]
     lines += ["", "| detector | access | " + " | ".join(f"{m} AUROC / FPR95" for m in models) + " |",
               "|---|---|" + "---|" * len(models)]
     for d in dets:
