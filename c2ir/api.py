@@ -238,7 +238,8 @@ class OODDetector:
             self._require_synthesis_inputs(f"fitting {self.name}" if det.fit_on == "impressions"
                                            else "a data-free threshold")
             images, bundle = self._impressions()
-            fit_data = FitData(model=self.model, layers=self.layers, impressions=bundle, head=self.head)
+            fit_data = FitData(model=self.model, layers=self.layers, impressions=bundle, head=self.head,
+                               impression_images=images, normalizer=self.normalizer)
             if CLASS_STATS in det.needs:
                 fit_data.class_stats = compute_class_stats(bundle, bundle["labels"], self.layers, int(self.num_classes or 0),
                                                       self.max_spatial_per_class, self.seed)

@@ -52,7 +52,7 @@ class SynthConfig:
     ce_weight: float = 1.0
     bn_weight: float = 10.0
     first_bn_multiplier: float = 10.0
-    bn_reduce: str = "sum"   # sum | mean over BatchNorm layers
+    bn_reduce: str = "mean"  # sum | mean over BatchNorm layers (mean: same weight at any depth)
     tv_weight: float = 2.5e-5
     l2_weight: float = 3e-8
     jitter: int = 2

@@ -11,6 +11,7 @@ and writes `<out>/summary.md`:
     python scripts/bench_models.py                                   # all four pairs, seeds 0,1,2
     python scripts/bench_models.py --models digits --seeds 0         # the check that runs here in minutes
     python scripts/bench_models.py --models resnet32 -- synth.per_class=10   # extra overrides after --
+    python scripts/bench_models.py --cache-root '/tmp/h14/cache_{model}' -- threads=2   # one cache per model
 
 `seed` is in the train/synthesize/collect_stats cache keys (issue 11), so each seed draws its own impressions.
 """
@@ -34,7 +35,7 @@ MODELS: dict[str, list[str]] = {
     "resnet32": ["experiment=cifar10_resnet32_cpu"],    # shared original ResNet-32 (PNG-trained) on JPEG
     "resnet44": ["experiment=cifar10_resnet44_cpu"],    # shared original ResNet-44 (PNG-trained) on JPEG
 }
-ALL_DETECTORS = ("msp,maxlogit,energy,entropy,gen,odin,gradnorm,ash_s,ash_b,scale,nmd,c2ir,mahalanobis_imp,"
+ALL_DETECTORS = ("msp,maxlogit,energy,entropy,gen,odin,gradnorm,gaia_a,gaia_z,ash_s,ash_b,scale,nmd,c2ir,c2ir_select,mahalanobis_imp,"
                  "knn_imp,react_imp,dice_imp,kl_matching_imp,vim_imp,mahalanobis,mahalanobis_multi,knn,react")
 SYNTH_KEY = re.compile(r"synthesize/([0-9a-f]+)")
 
@@ -94,11 +95,11 @@ def summary(results: dict[str, dict], seeds: str) -> str:
     for r in results.values():
         access.update(r["access"])
         dets += [d for d in r["detectors"] if d not in dets]
-    dets.sort(key=lambda d: (access.get(d) == "full access", d != "c2ir", d))
+    dets.sort(key=lambda d: (access.get(d) == "full access", not d.startswith("c2ir"), d))
     lines = [f"Seeds {seeds}; each run's value is the mean over its OOD sets; mean ± std over seeds. "
              "Scores: higher = more OOD; FPR95 at 95% ID TPR; %.", "",
-             "| model | ID accuracy | impressions at their target |", "|---|---|---|"]
-    lines += [f"| {m} | {_ms(results[m]['acc'])} | {_ms(results[m]['share'])} |" for m in models]
+             "| model | finished runs | ID accuracy | impressions at their target |", "|---|---|---|---|"]
+    lines += [f"| {m} | {len(results[m]['acc'])} | {_ms(results[m]['acc'])} | {_ms(results[m]['share'])} |" for m in models]
     lines += ["", "| detector | access | " + " | ".join(f"{m} AUROC / FPR95" for m in models) + " |",
               "|---|---|" + "---|" * len(models)]
     for d in dets:
@@ -109,13 +110,14 @@ def summary(results: dict[str, dict], seeds: str) -> str:
         lines.append(f"| {d} | {access.get(d, '')} | " + " | ".join(cells) + " |")
     for m in models:
         r = results[m]
-        free = [d for d in r["detectors"] if access.get(d) != "full access" and d != "c2ir"]
+        free = [d for d in r["detectors"] if access.get(d) != "full access" and not d.startswith("c2ir")]
         if "c2ir" not in r["detectors"] or not free:
             continue
         best = max(free, key=lambda d: np.mean(r["detectors"][d]["auroc"]))
-        lines += ["", f"{m}: C2IR vs the best other data-free detector ({best}) vs Energy, mean AUROC per OOD set",
+        lines += ["", f"{m}: C2IR (default, and with select_logit_weight) vs the best other data-free detector ({best}) "
+                  "vs Energy, mean AUROC per OOD set",
                   "", "| detector | " + " | ".join(r["oods"]) + " | mean |", "|---|" + "---|" * (len(r["oods"]) + 1)]
-        for d in dict.fromkeys(["c2ir", best, "energy"]):
+        for d in dict.fromkeys(["c2ir", "c2ir_select", best, "energy"]):
             if d in r["detectors"]:
                 x = r["detectors"][d]
                 lines.append(f"| {d} | " + " | ".join(f"{np.mean(x[f'auroc/{o}']):.1f}" for o in r["oods"])
@@ -130,7 +132,8 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--models", default=",".join(MODELS), help=f"comma list of {sorted(MODELS)}")
     p.add_argument("--seeds", default="0,1,2")
-    p.add_argument("--cache-root", type=Path, default=Path("outputs/cache_bench"))
+    p.add_argument("--cache-root", type=Path, default=Path("outputs/cache_bench"),
+                   help="cache root; '{model}' in it is replaced by the model name (one cache per model)")
     p.add_argument("--out", type=Path, default=Path("outputs/bench_models"))
     p.add_argument("--summarize-only", action="store_true", help="only rebuild summary.md from existing sweeps")
     args = p.parse_args(argv)
@@ -141,8 +144,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     results = {}
     for m in models:
-        sweep = args.out / m if args.summarize_only else run_model(m, args.seeds, args.cache_root, args.out, extra)
-        results[m] = collect(sweep, args.cache_root)
+        cache = Path(str(args.cache_root).replace("{model}", m))
+        sweep = args.out / m if args.summarize_only else run_model(m, args.seeds, cache, args.out, extra)
+        results[m] = collect(sweep, cache)
     text = summary(results, args.seeds)
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "summary.md").write_text(text)

@@ -150,3 +150,53 @@ def test_new_detectors_are_data_free_and_reported():
     result = {"metrics": {n: {} for n in access}, "access": access}
     order = ordered_detectors(result)
     assert order[0] == "c2ir" and order[-1] == "knn" and set(order) == set(access)
+
+
+def test_gaia_z_known_values():
+    from c2ir.detectors.gaia import gaia_z_score
+    g = torch.ones(1, 2, 2, 2)
+    g[0, 1, 0] = 0.0                               # channel 1: half of the positions have zero gradient
+    assert gaia_z_score([g])[0].item() == pytest.approx((1.0 + 0.25) / 2)
+    assert gaia_z_score([torch.zeros(1, 3, 2, 2)])[0].item() == 0.0
+
+
+def test_gaia_a_known_values():
+    from c2ir.detectors.gaia import gaia_a_score
+    inner = torch.tensor([[[[2.0, 2.0]], [[-1.0, -3.0]]]])   # (1, 2, 1, 2): channel means 2 and -2
+    head_grad = torch.tensor([[4.0, -4.0]])                    # sqrt(mean |g|) = 2
+    assert gaia_a_score([inner], head_grad)[0].item() == pytest.approx(1.0)
+    assert gaia_a_score([inner], head_grad * 4)[0].item() == pytest.approx(0.25)
+
+
+def test_gaia_layers_and_scores_match_tensor_hooks():
+    """GAIA on a tiny ResNet: the BN layers read, and scores equal an independent computation
+    with gradient hooks on the BN outputs (the authors' way)."""
+    from c2ir.data.imageset import Normalizer
+    from c2ir.detectors.gaia import gaia_bn_layers
+    from c2ir.models.cifar_resnet import CifarResNet
+    torch.manual_seed(0)
+    model = CifarResNet(depth=8, num_classes=3).eval()
+    names = gaia_bn_layers(model, 2)
+    assert names and all(n.startswith(("layer2.", "layer3.")) for n in names)
+    assert len(gaia_bn_layers(model, 0)) == sum(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules())
+    x = torch.rand(4, 3, 8, 8)
+    norm = Normalizer([0.5] * 3, [0.25] * 3)
+    z = build_detector("gaia_z", {"type": "gaia_z"}).score_images(model, norm, x, batch_size=3)
+    grads, hooks = [], []
+
+    def keep_grad(_m, _i, out):
+        out.register_hook(grads.append)
+
+    for m in model.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            hooks.append(m.register_forward_hook(keep_grad))
+    xi = x.clone().requires_grad_(True)
+    model(norm(xi)).max(dim=1).values.sum().backward()
+    for h in hooks:
+        h.remove()
+    ratios = torch.cat([(g != 0).double().mean(dim=(-1, -2)) for g in grads], dim=1)
+    assert np.allclose(z, ratios.pow(2).mean(1).numpy())
+    a = build_detector("gaia_a", {"type": "gaia_a"}).score_images(model, norm, x)
+    assert a.shape == (4,) and np.isfinite(a).all() and (a > 0).all()
+    with pytest.raises(C2IRError, match="last_stages=-1"):
+        build_detector("gaia_a", {"type": "gaia_a", "last_stages": -1})

@@ -40,7 +40,7 @@ def test_summary_mean_std_share_and_best_other(bench, tmp_path):
     assert res["acc"] == [90.0, 90.0] and res["share"] == pytest.approx([60.0, 80.0])
     assert res["detectors"]["c2ir"]["auroc"] == [90.0, 95.0]  # per-seed mean over the two OOD sets
     text = bench.summary({"digits": res}, "0,1")
-    assert "| digits | 90.0 ± 0.0 | 70.0 ± 10.0 |" in text
+    assert "| digits | 2 | 90.0 ± 0.0 | 70.0 ± 10.0 |" in text
     assert "| c2ir | data-free | 92.5 ± 2.5 / 5.0 |" in text
     assert "best other data-free detector (gen)" in text  # knn is full access, so not a candidate
     lines = text.splitlines()

@@ -137,3 +137,66 @@ def test_odin_perturbation_raises_the_top_softmax_and_leaves_the_model_as_given(
 def test_odin_scores_no_cached_features():
     det = _odin()
     assert det.needs_input_gradients and "input_gradients" in det.needs
+
+
+def test_posterior_weighted_deviation_is_the_softmax_average():
+    from c2ir.detectors.c2ir import posterior_weighted
+    dev = torch.tensor([[1.0, 3.0], [2.0, 2.0]], dtype=torch.float64)
+    logits = torch.tensor([[0.0, 0.0], [10.0, -10.0]])
+    out = posterior_weighted(dev, logits)
+    assert torch.allclose(out, torch.tensor([2.0, 2.0], dtype=torch.float64))
+    # a confident prediction reduces to the predicted class's deviation
+    sharp = posterior_weighted(torch.tensor([[1.0, 5.0]], dtype=torch.float64), torch.tensor([[30.0, 0.0]]))
+    assert torch.allclose(sharp, torch.tensor([1.0], dtype=torch.float64))
+
+
+def test_c2ir_posterior_class_weighting():
+    fit, test_id, far = _bundle(300, seed=0), _bundle(150, seed=1), _bundle(150, shift=25.0, seed=2)
+    base = {"type": "c2ir", "logit_score": "none", "normalize": "none"}
+    arg = build_detector("c2ir", base).fit(_ctx(fit))
+    post = build_detector("c2ir", {**base, "class_weighting": "posterior"}).fit(_ctx(fit))
+    # with raw deviations the score is linear in them: sum_k p_k(x) * (arg-max score had x been predicted k)
+    per_class = []
+    for k in range(3):
+        forced = {**test_id, "logits": torch.nn.functional.one_hot(torch.full((150,), k), 3).float() * 100}
+        per_class.append(arg.score(forced))
+    probs = torch.softmax(test_id["logits"].double(), dim=1).numpy()
+    assert np.allclose(post.score(test_id), (probs * np.stack(per_class, 1)).sum(1))
+    assert auroc(post.score(test_id), post.score(far)) > 0.99
+    with pytest.raises(C2IRError, match="class_weighting='soft'"):
+        build_detector("c2ir", {**base, "class_weighting": "soft"})
+
+
+def test_select_weight_prefers_the_best_then_the_smaller():
+    from c2ir.detectors.c2ir import select_weight
+    assert select_weight({0.0: 80.0, 1.0: 90.0, 4.0: 85.0}) == 1.0
+    assert select_weight({4.0: 90.0, 0.5: 90.0, 1.0: 70.0}) == 0.5
+
+
+def test_c2ir_selects_its_energy_weight_on_proxies():
+    from c2ir.data.imageset import Normalizer
+    from c2ir.detectors.c2ir import LOGIT_WEIGHT_GRID
+    from c2ir.extraction import extract_features
+    from c2ir.models.small_cnn import SmallCNN
+
+    torch.manual_seed(0)
+    model, norm, layers = SmallCNN(1, 3, 4).eval(), Normalizer([0.5], [0.25]), ["act1", "act2", "act3"]
+    images, targets = torch.rand(24, 1, 8, 8), torch.arange(24) % 3
+    imp = extract_features(model, images, norm, layers, model.fc)
+    imp["labels"] = targets
+    ctx = FitData(model=model, layers=layers, impressions=imp, head=model.fc, layer_weights=torch.ones(3) / 3,
+                     class_stats=compute_class_stats(imp, targets, layers, 3), impression_images=images, normalizer=norm)
+    det = build_detector("c2ir", {"type": "c2ir", "select_logit_weight": True}).fit(ctx)
+    assert list(det.selection) == list(LOGIT_WEIGHT_GRID) and all(0 <= c <= 100 for c in det.selection.values())
+    assert det.weight_used == max(det.selection, key=det.selection.get) and det.logit_weight == 1.0
+    fixed = build_detector("c2ir", {"type": "c2ir", "logit_weight": det.weight_used}).fit(ctx)
+    assert np.allclose(det.score(imp), fixed.score(imp))      # scoring uses the chosen weight
+    again = build_detector("c2ir", {"type": "c2ir", "select_logit_weight": True})
+    again.load_state(det.state())
+    assert again.weight_used == det.weight_used and np.allclose(again.score(imp), det.score(imp))
+    no_images = FitData(model=model, layers=layers, impressions=imp, head=model.fc, layer_weights=torch.ones(3) / 3,
+                           class_stats=ctx.class_stats)
+    with pytest.raises(C2IRError, match="select_logit_weight=true needs the impression images"):
+        build_detector("c2ir", {"type": "c2ir", "select_logit_weight": True}).fit(no_images)
+    with pytest.raises(C2IRError, match="needs a logit term"):
+        build_detector("c2ir", {"type": "c2ir", "select_logit_weight": True, "logit_score": "none"})

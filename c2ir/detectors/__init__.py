@@ -12,6 +12,7 @@ from c2ir.detectors.c2ir import C2IR
 from c2ir.detectors.dice import DICE
 from c2ir.detectors.energy import Energy
 from c2ir.detectors.entropy import Entropy
+from c2ir.detectors.gaia import GAIAA, GAIAZ
 from c2ir.detectors.gen import GEN
 from c2ir.detectors.gradnorm import GradNorm
 from c2ir.detectors.kl_matching import KLMatching
@@ -30,7 +31,7 @@ DETECTOR_TYPES: dict[str, type[Detector]] = {
     "msp": MSP, "maxlogit": MaxLogit, "energy": Energy, "odin": ODIN, "nmd": NMD, "c2ir": C2IR,
     "mahalanobis": Mahalanobis, "knn": KNN, "react": ReAct,
     "entropy": Entropy, "gen": GEN, "gradnorm": GradNorm, "ash": ASH, "scale": SCALE,
-    "dice": DICE, "kl_matching": KLMatching, "vim": ViM,
+    "dice": DICE, "kl_matching": KLMatching, "vim": ViM, "gaia_a": GAIAA, "gaia_z": GAIAZ,
 }
 
 

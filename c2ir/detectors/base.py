@@ -46,6 +46,8 @@ class FitData:
     class_stats: ClassStats | None = None
     layer_weights: torch.Tensor | None = None
     head: nn.Linear | None = None
+    impression_images: torch.Tensor | None = None   # pixels of the impressions (C2IR's weight selection)
+    normalizer: Any = None                          # pixels -> model input, for those images
 
 
 class Detector(ABC):

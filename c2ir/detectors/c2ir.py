@@ -15,18 +15,38 @@ deviations; `impression_std` divides by that std; `none` leaves raw deviations.
 
 from __future__ import annotations
 
+import logging
+
+import numpy as np
 import torch
 
 from c2ir.detectors.base import CLASS_STATS, LAYER_WEIGHTS, POOLED_LAYERS, SPATIAL, Detector, FitData
 from c2ir.detectors.logits import LOGIT_SCORES
 from c2ir.errors import C2IRError
-from c2ir.extraction import FeatureBundle, batches
+from c2ir.extraction import FeatureBundle, batches, extract_features
 from c2ir.ipm import IPMS, get_ipm
-from c2ir.stats import ClassStats
+from c2ir.metrics import auroc
+from c2ir.proxies import folds, proxy_images
+from c2ir.stats import ClassStats, compute_class_stats
+
+log = logging.getLogger(__name__)
 
 NORMALIZATIONS = ("impression_z", "impression_std", "none")
+CLASS_WEIGHTINGS = ("argmax", "posterior")
+LOGIT_WEIGHT_GRID = (0.0, 0.5, 1.0, 2.0, 4.0)   # candidates of select_logit_weight
 
-__all__ = ["C2IR", "LOGIT_SCORES", "NORMALIZATIONS", "combine", "impression_scale"]
+__all__ = ["C2IR", "CLASS_WEIGHTINGS", "LOGIT_SCORES", "LOGIT_WEIGHT_GRID", "NORMALIZATIONS", "combine",
+           "impression_scale", "posterior_weighted", "select_weight"]
+
+
+def select_weight(criteria: dict[float, float]) -> float:
+    """The weight with the highest criterion; ties go to the smaller weight (pure)."""
+    return max(sorted(criteria), key=lambda w: criteria[w])
+
+
+def posterior_weighted(dev_per_class: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
+    """sum_k softmax(logits)_k * dev_per_class[:, k]: (N, K), (N, K) -> (N,) (pure)."""
+    return (dev_per_class * torch.softmax(logits.double(), dim=1).to(dev_per_class.dtype)).sum(dim=1)
 
 
 def impression_scale(raw_imp: torch.Tensor, normalize: str) -> tuple[torch.Tensor, torch.Tensor]:
@@ -60,19 +80,34 @@ class C2IR(Detector):
         normalize: `impression_z`, `impression_std` or `none` (see the module docstring).
         logit_score: optional logit term, `energy`, `msp`, `maxlogit` or `none`.
         logit_weight: weight of the logit term after z-scoring it on the impressions.
+        class_weighting: `argmax` (deviation from the predicted class) or `posterior`
+            (softmax-weighted deviation over every class).
+        select_logit_weight: choose the logit term's weight at fit time from `LOGIT_WEIGHT_GRID`
+            with proxy outliers made from the impressions (module docstring); `logit_weight` is
+            then unused. Needs the impression images and the model (the CLI provides both).
     """
 
     requires_fit = True
 
     def __init__(self, name: str = "c2ir", *, fit_on: str = "impressions", ipm: str = "mean_standardized",
                  ipm_seed: int = 0, ipm_projections: int = 64, normalize: str = "impression_z",
-                 logit_score: str = "energy", logit_weight: float = 1.0) -> None:
+                 logit_score: str = "energy", logit_weight: float = 1.0, class_weighting: str = "argmax",
+                 select_logit_weight: bool = False) -> None:
         super().__init__(name, fit_on=fit_on)
         get_ipm(str(ipm))  # fail at construction, not at fit
         if normalize not in NORMALIZATIONS:
             raise C2IRError(f"{name}.normalize={normalize!r}; choose one of {', '.join(NORMALIZATIONS)}")
         if logit_score not in ("none", *LOGIT_SCORES):
             raise C2IRError(f"{name}.logit_score={logit_score!r}; choose none, {', '.join(LOGIT_SCORES)}")
+        if class_weighting not in CLASS_WEIGHTINGS:
+            raise C2IRError(f"{name}.class_weighting={class_weighting!r}; choose one of {', '.join(CLASS_WEIGHTINGS)}")
+        self.class_weighting = str(class_weighting)
+        self.select_logit_weight = bool(select_logit_weight)
+        if self.select_logit_weight and (logit_score == "none" or IPMS[str(ipm)].needs_spatial):
+            raise C2IRError(f"{name}.select_logit_weight=true needs a logit term and a pooled IPM "
+                            f"(logit_score={logit_score}, ipm={ipm}); set select_logit_weight=false")
+        self.weight_used = float(logit_weight)
+        self.selection: dict[float, float] = {}
         self.ipm, self.ipm_seed, self.ipm_projections = str(ipm), int(ipm_seed), int(ipm_projections)
         self.normalize, self.logit_score, self.logit_weight = str(normalize), str(logit_score), float(logit_weight)
 
@@ -94,6 +129,44 @@ class C2IR(Detector):
         self.loc, self.spread = impression_scale(self.layer_deviations(data.impressions), self.normalize)
         self.logit_imp = (None if self.logit_score == "none"
                           else LOGIT_SCORES[self.logit_score](data.impressions["logits"]))
+        self.weight_used = self.logit_weight
+        counts = torch.bincount(data.impressions["labels"].long()) if self.select_logit_weight else None
+        if counts is not None and int(counts[counts > 0].min()) < 2:
+            log.warning("%s: select_logit_weight needs at least 2 impressions per class (got %d); using "
+                        "logit_weight=%g", self.name, int(counts[counts > 0].min()), self.logit_weight)
+        elif self.select_logit_weight:
+            self.selection = self.proxy_criteria(data)
+            self.weight_used = select_weight(self.selection)
+            log.info("%s: Energy weight x%g chosen on proxy outliers (criterion %s)", self.name, self.weight_used,
+                     ", ".join(f"x{w:g}: {c:.1f}" for w, c in self.selection.items()))
+
+    def proxy_criteria(self, data: FitData) -> dict[float, float]:
+        """Criterion per candidate weight: mean AUROC (%) of held-back impressions vs proxy outliers
+        made from them, over the three proxies and both folds (module docstring)."""
+        if data.impression_images is None or data.model is None or data.head is None or data.normalizer is None:
+            raise C2IRError(f"{self.name}.select_logit_weight=true needs the impression images and the model; "
+                            "fit it through `c2ir evaluate`/`c2ir run`, or set select_logit_weight=false")
+        imp, targets = data.impressions, data.impressions["labels"]
+        k = len(self.stats[self.layers[0]].mean)
+        fn = LOGIT_SCORES[self.logit_score]
+        aucs: dict[float, list[float]] = {w: [] for w in LOGIT_WEIGHT_GRID}
+        for f, (a, b) in enumerate((folds(targets), folds(targets)[::-1])):
+            fold = C2IR(self.name, ipm=self.ipm, ipm_seed=self.ipm_seed, ipm_projections=self.ipm_projections,
+                        normalize=self.normalize, logit_score=self.logit_score, class_weighting=self.class_weighting)
+            fold._setup(compute_class_stats({n: v[a] for n, v in imp.items()}, targets[a], self.layers, k), self.weights)
+            fit_a = {n: v[a] for n, v in imp.items()}
+            loc, spread = impression_scale(fold.layer_deviations(fit_a), self.normalize)
+            logit_a = fn(fit_a["logits"])
+            sets = {"held_back": {n: v[b] for n, v in imp.items()}}
+            for pname, pix in proxy_images(data.impression_images[b], targets[b], seed=f).items():
+                sets[pname] = extract_features(data.model, pix, data.normalizer, self.layers, data.head, desc=pname,
+                                               device=next(data.model.parameters()).device, with_bn=False)
+            raw = {n: fold.layer_deviations(s) for n, s in sets.items()}
+            for w in LOGIT_WEIGHT_GRID:
+                sc = {n: combine(raw[n], loc, spread, self.weights, fn(s["logits"]), logit_a, w).numpy()
+                      for n, s in sets.items()}
+                aucs[w] += [100 * auroc(sc["held_back"], sc[p]) for p in sets if p != "held_back"]
+        return {w: float(np.mean(v)) for w, v in aucs.items()}
 
     def _setup(self, stats: ClassStats, weights: torch.Tensor) -> None:
         self.stats = stats
@@ -106,9 +179,12 @@ class C2IR(Detector):
                       for n in self.layers}
 
     def layer_deviations(self, feats: FeatureBundle, chunk: int = 1024) -> torch.Tensor:
-        """(N, L) raw IPM deviations of each input from its predicted class, per layer."""
+        """(N, L) raw IPM deviations of each input from its predicted class (or, with
+        `class_weighting=posterior`, the softmax-weighted deviation over classes), per layer."""
         fn = IPMS[self.ipm]
-        pred = feats["logits"].argmax(1)
+        logits = feats["logits"]
+        pred = logits.argmax(1)
+        classes = len(self.stats[self.layers[0]].mean) if self.class_weighting == "posterior" else 0
         cols = []
         for name in self.layers:
             pooled = feats[f"layer/{name}"].float()
@@ -116,18 +192,24 @@ class C2IR(Detector):
             parts = []
             for s in batches(len(pred), chunk):
                 sp = None if spatial is None else spatial[s].float()
-                parts.append(fn(pooled[s], sp, self.stats[name], pred[s], self.extra[name]))
+                if classes:
+                    per_class = torch.stack([fn(pooled[s], sp, self.stats[name], torch.full_like(pred[s], k),
+                                                self.extra[name]).double() for k in range(classes)], dim=1)
+                    parts.append(posterior_weighted(per_class, logits[s]))
+                else:
+                    parts.append(fn(pooled[s], sp, self.stats[name], pred[s], self.extra[name]))
             cols.append(torch.cat(parts).double())
         return torch.stack(cols, dim=1)
 
     def _score(self, feats):
         logit = None if self.logit_imp is None else LOGIT_SCORES[self.logit_score](feats["logits"])
         return combine(self.layer_deviations(feats), self.loc, self.spread, self.weights,
-                       logit, self.logit_imp, self.logit_weight)
+                       logit, self.logit_imp, self.weight_used)
 
     def state(self) -> dict[str, torch.Tensor]:
         out = {f"stats/{k}": v for k, v in self.stats.to_tensors().items()}
-        out.update({"weights": self.weights, "loc": self.loc, "spread": self.spread})
+        out.update({"weights": self.weights, "loc": self.loc, "spread": self.spread,
+                    "weight_used": torch.tensor([self.weight_used], dtype=torch.float64)})
         out.update({f"layer/{i:03d}/{n}": torch.zeros(0) for i, n in enumerate(self.layers)})  # names, in order
         if self.logit_imp is not None:
             out["logit_imp"] = self.logit_imp
@@ -139,4 +221,6 @@ class C2IR(Detector):
         self._setup(stats, tensors["weights"])
         self.weights = tensors["weights"]
         self.loc, self.spread, self.logit_imp = tensors["loc"], tensors["spread"], tensors.get("logit_imp")
+        if "weight_used" in tensors:   # detectors saved before select_logit_weight existed use logit_weight
+            self.weight_used = float(tensors["weight_used"][0])
         super().load_state(tensors)

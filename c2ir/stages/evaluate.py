@@ -84,9 +84,11 @@ class FitInputs:
         layers, weights = weight_layers.load(self.weights_art)
         if layers != stats.layers:
             raise C2IRError("MGI weights and class statistics were computed for different layer sets; rerun `c2ir run`")
+        images, _ = synthesize.load(synthesize.ensure(self.ctx))
         return FitData(model=self.ctx.model, layers=layers, impressions=imp,
                        id_train=None if self.id_train is None else self.id_train[1],
-                       class_stats=stats, layer_weights=weights, head=self.ctx.head)
+                       class_stats=stats, layer_weights=weights, head=self.ctx.head,
+                       impression_images=images, normalizer=self.ctx.normalizer)
 
 
 class Evaluation:

@@ -1,0 +1,57 @@
+"""Proxy outliers made only from impressions (issue 14, part 3): no real ID or OOD image is used.
+
+C2IR's data-free choice of its Energy weight separates held-back impressions from these proxies:
+a patch permutation (local statistics kept, layout destroyed), a heavy blur (fine texture
+removed) and the pixel average of two impressions of different target classes. Pure functions
+of image tensors (N, C, H, W) in [0, 1].
+"""
+
+from __future__ import annotations
+
+import torch
+import torchvision.transforms.functional as TF
+
+__all__ = ["blurred", "folds", "mixed", "patch_permuted", "proxy_images"]
+
+
+def patch_permuted(x: torch.Tensor, grid: int = 4, seed: int = 0) -> torch.Tensor:
+    """Shuffle a grid x grid tiling of each image (one random permutation per image)."""
+    n, c, h, w = x.shape
+    ph, pw = h // grid, w // grid
+    x = x[:, :, : ph * grid, : pw * grid]
+    tiles = x.reshape(n, c, grid, ph, grid, pw).permute(0, 2, 4, 1, 3, 5).reshape(n, grid * grid, c, ph, pw)
+    g = torch.Generator().manual_seed(seed)
+    perm = torch.stack([torch.randperm(grid * grid, generator=g) for _ in range(n)])
+    tiles = tiles[torch.arange(n)[:, None], perm]
+    return tiles.reshape(n, grid, grid, c, ph, pw).permute(0, 3, 1, 4, 2, 5).reshape(n, c, ph * grid, pw * grid)
+
+
+def blurred(x: torch.Tensor) -> torch.Tensor:
+    """Gaussian blur with sigma = image size / 16 (at least 0.5 px)."""
+    sigma = max(x.shape[-1] / 16, 0.5)
+    k = 2 * int(2 * sigma + 0.5) + 1
+    return TF.gaussian_blur(x, [k, k], [sigma, sigma])
+
+
+def mixed(x: torch.Tensor, y: torch.Tensor, seed: int = 0) -> torch.Tensor:
+    """Average each image with one of another target class (where the class draw allows it)."""
+    g = torch.Generator().manual_seed(seed)
+    partner = torch.randperm(len(x), generator=g)
+    same = y[partner] == y
+    partner[same] = torch.roll(partner, 1)[same]
+    return 0.5 * (x + x[partner])
+
+
+def folds(targets: torch.Tensor) -> list[torch.Tensor]:
+    """Two per-class halves (alternating order within each class): indices of fold 0 and fold 1."""
+    rank = torch.zeros_like(targets)
+    for k in targets.unique():
+        idx = (targets == k).nonzero().flatten()
+        rank[idx] = torch.arange(len(idx))
+    return [(rank % 2 == 0).nonzero().flatten(), (rank % 2 == 1).nonzero().flatten()]
+
+
+def proxy_images(x: torch.Tensor, y: torch.Tensor, seed: int = 0) -> dict[str, torch.Tensor]:
+    """The three proxy-outlier sets of images `x` with targets `y`."""
+    x = x.float().div(255.0) if x.dtype == torch.uint8 else x.float()
+    return {"patch_permuted": patch_permuted(x, seed=seed), "blurred": blurred(x), "mixed": mixed(x, y, seed=seed)}
