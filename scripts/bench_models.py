@@ -35,7 +35,7 @@ MODELS: dict[str, list[str]] = {
     "resnet32": ["experiment=cifar10_resnet32_cpu"],    # shared original ResNet-32 (PNG-trained) on JPEG
     "resnet44": ["experiment=cifar10_resnet44_cpu"],    # shared original ResNet-44 (PNG-trained) on JPEG
 }
-ALL_DETECTORS = ("msp,maxlogit,energy,entropy,gen,odin,gradnorm,gaia_a,gaia_z,ash_s,ash_b,scale,nmd,c2ir,c2ir_select,mahalanobis_imp,"
+ALL_DETECTORS = ("msp,maxlogit,energy,entropy,gen,odin,gradnorm,gaia_a,gaia_z,ash_s,ash_b,scale,nmd,c2ir,mahalanobis_imp,"
                  "knn_imp,react_imp,dice_imp,kl_matching_imp,vim_imp,mahalanobis,mahalanobis_multi,knn,react")
 SYNTH_KEY = re.compile(r"synthesize/([0-9a-f]+)")
 
@@ -114,10 +114,10 @@ def summary(results: dict[str, dict], seeds: str) -> str:
         if "c2ir" not in r["detectors"] or not free:
             continue
         best = max(free, key=lambda d: np.mean(r["detectors"][d]["auroc"]))
-        lines += ["", f"{m}: C2IR (default, and with select_logit_weight) vs the best other data-free detector ({best}) "
+        lines += ["", f"{m}: C2IR (default: Energy weight selected on proxies) vs the best other data-free detector ({best}) "
                   "vs Energy, mean AUROC per OOD set",
                   "", "| detector | " + " | ".join(r["oods"]) + " | mean |", "|---|" + "---|" * (len(r["oods"]) + 1)]
-        for d in dict.fromkeys(["c2ir", "c2ir_select", best, "energy"]):
+        for d in dict.fromkeys(["c2ir", best, "energy"]):
             if d in r["detectors"]:
                 x = r["detectors"][d]
                 lines.append(f"| {d} | " + " | ".join(f"{np.mean(x[f'auroc/{o}']):.1f}" for o in r["oods"])

@@ -189,14 +189,15 @@ def test_c2ir_selects_its_energy_weight_on_proxies():
     det = build_detector("c2ir", {"type": "c2ir", "select_logit_weight": True}).fit(ctx)
     assert list(det.selection) == list(LOGIT_WEIGHT_GRID) and all(0 <= c <= 100 for c in det.selection.values())
     assert det.weight_used == max(det.selection, key=det.selection.get) and det.logit_weight == 1.0
-    fixed = build_detector("c2ir", {"type": "c2ir", "logit_weight": det.weight_used}).fit(ctx)
+    fixed = build_detector("c2ir", {"type": "c2ir", "logit_weight": det.weight_used, "select_logit_weight": False}).fit(ctx)
     assert np.allclose(det.score(imp), fixed.score(imp))      # scoring uses the chosen weight
     again = build_detector("c2ir", {"type": "c2ir", "select_logit_weight": True})
     again.load_state(det.state())
     assert again.weight_used == det.weight_used and np.allclose(again.score(imp), det.score(imp))
     no_images = FitData(model=model, layers=layers, impressions=imp, head=model.fc, layer_weights=torch.ones(3) / 3,
                            class_stats=ctx.class_stats)
-    with pytest.raises(C2IRError, match="select_logit_weight=true needs the impression images"):
-        build_detector("c2ir", {"type": "c2ir", "select_logit_weight": True}).fit(no_images)
-    with pytest.raises(C2IRError, match="needs a logit term"):
-        build_detector("c2ir", {"type": "c2ir", "select_logit_weight": True, "logit_score": "none"})
+    assert build_detector("c2ir", {"type": "c2ir"}).select_logit_weight          # on by default
+    fallback = build_detector("c2ir", {"type": "c2ir", "logit_weight": 2.0}).fit(no_images)  # no images: weight as given
+    assert fallback.weight_used == 2.0 and not fallback.selection
+    assert not build_detector("c2ir", {"type": "c2ir", "logit_score": "none"}).select_logit_weight
+    assert not build_detector("c2ir", {"type": "c2ir", "ipm": "wasserstein"}).select_logit_weight
