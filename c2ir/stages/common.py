@@ -48,7 +48,7 @@ class KeyRule:
 
 # ID data fields that decide which images a split holds (folder sources add a content fingerprint).
 _DATA = ("data.name", "data.source", "data.dataset", "data.root", "data.archive", "data.subdir", "data.image_size",
-         "data.channels", "data.seed", "data.num_classes", "data.mean", "data.std")
+         "data.channels", "data.seed", "data.num_classes", "data.mean", "data.std", "data.resize")
 # Model fields that are not the network's function: the checkpoint enters keys by its content hash.
 _MODEL_RUNTIME = ("model.checkpoint", "model.trust_checkpoint", "model.description")
 _LAYERS = ("layer_set", "model.layer_sets", "model.head")  # which activations / which `penultimate` are read
@@ -79,9 +79,9 @@ KEY_RULES: dict[str, KeyRule] = {
     "score": KeyRule(("score.detector", "score.tpr")),
 }
 # Fields no stage's output depends on (how or where a run happens, not what it computes).
-RUNTIME_ONLY = ("stage", "device", "threads", "batch_size", "cache_root", "output_dir", "paths", "hydra",
+RUNTIME_ONLY = ("stage", "device", "threads", "batch_size", "num_workers", "cache_root", "output_dir", "paths", "hydra",
                 "synth.autocast", "synth.channels_last", "synth.compile", *_MODEL_RUNTIME,
-                "data.download", "ood.*.layout", "ood.*.url", "ood.*.md5", "ood.*.download",
+                "data.download", "data.layout", "ood.*.layout", "ood.*.url", "ood.*.md5", "ood.*.download",
                 # `c2ir score` writes its per-file scores into the run directory, uncached
                 "score.input", "score.resize")
 
@@ -268,6 +268,14 @@ class RunContext:
     @property
     def batch_size(self) -> int:
         return int(self.cfg.batch_size)
+
+    @property
+    def num_workers(self) -> int:
+        """Decoding processes of streamed datasets (`num_workers`, default: one per CPU)."""
+        from c2ir.data.loader import default_num_workers
+
+        value = self.cfg.get("num_workers")
+        return default_num_workers() if value is None else int(value)
 
     @property
     def seed(self) -> int:

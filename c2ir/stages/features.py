@@ -14,7 +14,8 @@ from typing import Any
 import torch
 
 from c2ir.cache import Artifact, atomic_save_tensors
-from c2ir.data.imageset import ImageSet
+from c2ir.data.imageset import AnyImageSet
+from c2ir.data.loader import BatchStream, batch_spans
 from c2ir.extraction import FeatureBundle, extract_features
 from c2ir.stages.common import RunContext
 
@@ -27,7 +28,7 @@ def key(ctx: RunContext, dataset_spec: dict[str, Any], spatial_grid: int) -> str
     return ctx.key("features", spec, {"model": ctx.model_key})
 
 
-def ensure(ctx: RunContext, name: str, dataset_spec: dict[str, Any], load: Callable[[], ImageSet],
+def ensure(ctx: RunContext, name: str, dataset_spec: dict[str, Any], load: Callable[[], AnyImageSet],
                     spatial_grid: int = 0) -> tuple[Artifact, FeatureBundle]:
     """Features of one dataset, from the cache or from one (possibly sharded) forward pass."""
     art_key = key(ctx, dataset_spec, spatial_grid)
@@ -35,13 +36,11 @@ def ensure(ctx: RunContext, name: str, dataset_spec: dict[str, Any], load: Calla
     found = ctx.store.lookup("features", art_key, inputs)
     if found is None:
         data = load()
-        if data.skipped:
-            log.warning("%s: %d unreadable image(s) skipped", name, data.skipped)
-        bundle = _extract(ctx, data, spatial_grid, name)
+        bundle, skipped = _extract(ctx, data, spatial_grid, name)
 
         def build(out: Path) -> dict:
             atomic_save_tensors(out / "features.safetensors", bundle)
-            return {"dataset": name, "count": len(data), "skipped": data.skipped}
+            return {"dataset": name, "count": len(data) - skipped, "skipped": skipped}
 
         if ctx.dist.is_main:
             ctx.store.get_or_create("features", art_key, build, config={"dataset": dataset_spec},
@@ -54,23 +53,27 @@ def ensure(ctx: RunContext, name: str, dataset_spec: dict[str, Any], load: Calla
     return found, found.tensors("features.safetensors")
 
 
-def _extract(ctx: RunContext, data: ImageSet, spatial_grid: int, name: str) -> FeatureBundle:
-    shard = (ctx.dist.rank, ctx.dist.world) if ctx.dist.enabled else None
-    part = extract_features(ctx.model, data, ctx.normalizer, ctx.layers, ctx.head, batch_size=ctx.batch_size,
-                            device=ctx.device, spatial_grid=spatial_grid, desc=f"features {name}", shard=shard)
-    if shard is None:
-        return part
-    # rank r holds batches r, r+W, ...: gather and restore the dataset order
-    parts = ctx.dist.all_gather_object(part)
-    bs, world = ctx.batch_size, ctx.dist.world
-    n_batches = (len(data) + bs - 1) // bs
+def _extract(ctx: RunContext, data: AnyImageSet, spatial_grid: int, name: str) -> tuple[FeatureBundle, int]:
+    """(bundle, unreadable files skipped): the set is read in batches by `ctx.num_workers` processes."""
+    n_batches = len(batch_spans(len(data), ctx.batch_size))
+    world = ctx.dist.world if ctx.dist.enabled else 1
+    mine = list(range(ctx.dist.rank, n_batches, world)) if world > 1 else None
+    stream = BatchStream(data, ctx.batch_size, ctx.num_workers, pin_memory=ctx.device.type == "cuda",
+                         batches=mine, desc=name)
+    part = extract_features(ctx.model, stream, ctx.normalizer, ctx.layers, ctx.head, batch_size=ctx.batch_size,
+                            device=ctx.device, spatial_grid=spatial_grid, desc=f"features {name}")
+    if world == 1:
+        return part, stream.skipped
+    # rank r holds batches r, r+W, ...: gather and restore the dataset order; a batch may be short
+    # (its unreadable files dropped), so each rank's per-batch counts locate its rows
+    parts = ctx.dist.all_gather_object((part, stream.counts, stream.skipped))
+    starts = [[sum(c[:j]) for j in range(len(c))] for _, c, _ in parts]
     merged: dict[str, list[torch.Tensor]] = {}
     for b in range(n_batches):
-        src, j = parts[b % world], b // world
+        r, j = b % world, b // world
+        src, counts, _ = parts[r]
+        lo, cnt = starts[r][j], counts[j]
         for k, v in src.items():
-            lo = j * bs  # only the dataset's last batch is short, and it is last on its rank
-            merged.setdefault(k, []).append(v[lo:lo + min(bs, len(data) - b * bs)])
+            merged.setdefault(k, []).append(v[lo:lo + cnt])
     bundle = {k: torch.cat(v) for k, v in merged.items()}
-    if data.labels is not None:
-        bundle["labels"] = data.labels.clone()
-    return bundle
+    return bundle, sum(s for _, _, s in parts)

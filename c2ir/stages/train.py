@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from c2ir.cache import Artifact, atomic_save_tensors, atomic_write_json
-from c2ir.data import load_id
+from c2ir.data import load_id, materialize
 from c2ir.errors import C2IRError
 from c2ir.models import load_checkpoint
 from c2ir.stages.common import RunContext, check_finite_weights, key_fields
@@ -39,7 +39,9 @@ def train_model(ctx: RunContext, work: Path) -> tuple[nn.Module, list[dict]]:
         load_checkpoint(model, cfg.model, str(cfg.model.checkpoint))
         check_finite_weights(model, f"checkpoint {cfg.model.checkpoint}")
         log.info("fine-tuning from %s", cfg.model.checkpoint)
-    return train_classifier(model, load_id(cfg.data, "train"), load_id(cfg.data, "test"), ctx.normalizer,
+    # training draws random batches and augments whole tensors: both splits are held in memory
+    train, test = (materialize(load_id(cfg.data, s), ctx.batch_size, ctx.num_workers) for s in ("train", "test"))
+    return train_classifier(model, train, test, ctx.normalizer,
                             train_config(ctx), work, ctx.device, ctx.batch_size)
 
 
