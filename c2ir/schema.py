@@ -38,6 +38,7 @@ class SynthSchema:
     per_class: int = _spec("int", lo=1, example="40")
     batch_size: int = _spec("int", lo=1, example="200")
     iterations: int = _spec("int", lo=1, example="300")
+    warmup_iterations: int = _spec("int", lo=0, example="2000")
     lr: float = _spec("float", lo=0, lo_open=True, example="0.1")
     betas: list = _spec("floats", lo=0, hi=1, length=2, example="[0.5,0.9]")
     ce_weight: float = _spec("float", lo=0, example="1.0")

@@ -23,7 +23,7 @@ from c2ir.data.imageset import Normalizer
 from c2ir.device import resolve_device
 from c2ir.errors import C2IRError
 from c2ir.extraction import select_layers
-from c2ir.models import build_model, head_module, load_checkpoint
+from c2ir.models import build_model, head_module, load_checkpoint, published_weights
 from c2ir.schema import validate
 
 log = logging.getLogger(__name__)
@@ -187,8 +187,10 @@ class RunContext:
 
     @property
     def uses_training(self) -> bool:
-        """The model comes from the train stage (no checkpoint, or fine-tuning one)."""
-        return not self.cfg.model.get("checkpoint") or bool(self.cfg.train.get("finetune", False))
+        """The model comes from the train stage (no checkpoint and no published weights, or fine-tuning)."""
+        if bool(self.cfg.train.get("finetune", False)):
+            return True
+        return not self.cfg.model.get("checkpoint") and not published_weights(self.cfg.model)
 
     @functools.cached_property
     def train_key(self) -> str:
@@ -198,7 +200,9 @@ class RunContext:
         content = id_fingerprint(self.cfg.data, "train")
         if content:
             spec["data.content"] = content
-        return self.key("train", spec, {"init": self.checkpoint_sha or "scratch"})
+        weights = self.cfg.model.get("weights") if self.cfg.model.get("arch") == "torchvision" else None
+        init = self.checkpoint_sha or (f"torchvision:{weights}" if weights else "scratch")  # fine-tuned from
+        return self.key("train", spec, {"init": init})
 
     @functools.cached_property
     def model_key(self) -> str:
@@ -213,6 +217,8 @@ class RunContext:
             from c2ir.stages import train
 
             return train.ensure(self).digest
+        if self.checkpoint_sha is None:  # torchvision's published weights, identified by name
+            return f"torchvision:{self.cfg.model.name}:{published_weights(self.cfg.model)}"
         return f"checkpoint:{self.checkpoint_sha}"
 
     # ----- the model ------------------------------------------------------------------
@@ -233,9 +239,10 @@ class RunContext:
 
             model = train.load(self, train.ensure(self))
         else:
-            model = self.fresh_model()
-            load_checkpoint(model, self.cfg.model, str(self.cfg.model.checkpoint))
-            check_finite_weights(model, f"checkpoint {self.cfg.model.checkpoint}")
+            model = self.fresh_model()  # with published weights when no checkpoint is given
+            if self.cfg.model.get("checkpoint"):
+                load_checkpoint(model, self.cfg.model, str(self.cfg.model.checkpoint))
+                check_finite_weights(model, f"checkpoint {self.cfg.model.checkpoint}")
         head = head_module(model, self.cfg.model.get("head"))
         if head.out_features != int(self.cfg.data.num_classes):
             raise C2IRError(
