@@ -177,7 +177,11 @@ def extract_features(model: nn.Module, images: ImageSet | torch.Tensor | BatchSt
 def _extract(model: nn.Module, stream: BatchStream, normalizer: Normalizer | None,
              layers: Sequence[str], head: nn.Linear, device: torch.device | str,
              spatial_grid: int, with_bn: bool, desc: str) -> FeatureBundle:
-    chunks: dict[str, list[torch.Tensor]] = {}
+    # rows are written into tensors allocated once for the whole set (at most every listed item), not
+    # concatenated at the end: the features' peak memory is the result's size, not twice it
+    rows = sum(len(span) for span in stream.spans)
+    out_rows: dict[str, torch.Tensor] = {}
+    filled = 0
     labels: list[torch.Tensor] = []
     non_blocking = stream.pin_memory
     with FeatureHooks(model, layers, head, spatial_grid, with_bn) as hooks:
@@ -193,10 +197,15 @@ def _extract(model: nn.Module, stream: BatchStream, normalizer: Normalizer | Non
             out["logits"] = logits
             for k, v in out.items():
                 v = v.float().cpu()
-                chunks.setdefault(k, []).append(v.half() if k.startswith("spatial/") else v)
-    if not chunks:
+                v = v.half() if k.startswith("spatial/") else v
+                if k not in out_rows:
+                    out_rows[k] = torch.empty((rows, *v.shape[1:]), dtype=v.dtype)
+                out_rows[k][filled:filled + len(v)] = v
+            filled += len(x)
+    if not out_rows:
         return {}
-    bundle = {k: torch.cat(v) for k, v in chunks.items()}
+    # unreadable files leave rows unused: copy only then (a slice would keep the whole buffer)
+    bundle = {k: v if filled == rows else v[:filled].clone() for k, v in out_rows.items()}
     if labels:
         bundle["labels"] = torch.cat(labels)
     return bundle

@@ -7,8 +7,10 @@ Issue 13, section 1. Generates an ImageFolder of 224x224 JPEGs (10 classes), the
    Peak RSS: the largest single process (wait4's ru_maxrss, the main process) and the peak of the sum
    over the process tree (main + DataLoader workers) sampled every 50 ms.
    With --old PATH, the same two runs with the code checkout at PATH (e.g. /work/main) for comparison.
-2. decodes the 8,000 images through the loader with 1 and with 2 workers (no model), alternating
-   (1, 2, 1, 2, ...) so both see the same machine load; prints images/s and the ratio 2 / 1.
+2. decodes --decode-n of the images through the loader with 1 and with 2 workers (no model), alternating
+   (1, 2, 1, 2, ...) so both see the same machine load; prints images/s, the ratio 2 / 1, the CPU time
+   per image and the cores the pass obtained (CPU / wall: on a machine busy with other work, 2 workers
+   can only be faster if a second core is free).
 
     nice -n 19 python scripts/bench_memory.py --work /tmp/bench_memory [--old /work/main]
 """
@@ -143,17 +145,29 @@ def throughput(args: argparse.Namespace, data: Path) -> None:
                             "max_test_samples": args.decode_n})
     ds = load_id(cfg, "test")
     times: dict[int, list[float]] = {1: [], 2: []}
+    cpu: dict[int, list[float]] = {1: [], 2: []}
     for _ in range(args.repeats):
         for w in (1, 2):
-            start = time.perf_counter()
+            start, c0 = time.perf_counter(), cpu_seconds()
             n = sum(len(b.images) for b in BatchStream(ds, args.batch, num_workers=w))
             times[w].append(time.perf_counter() - start)
+            cpu[w].append(cpu_seconds() - c0)
             assert n == len(ds)
     for w, ts in times.items():
         print(f"decode {len(ds)} images with {w} worker(s): best {len(ds) / min(ts):.0f} img/s, "
-              f"median {len(ds) / float(np.median(ts)):.0f} img/s ({', '.join(f'{t:.1f}' for t in ts)} s)")
+              f"median {len(ds) / float(np.median(ts)):.0f} img/s ({', '.join(f'{t:.1f}' for t in ts)} s); "
+              f"CPU {1000 * float(np.median(cpu[w])) / len(ds):.1f} ms per image, "
+              f"cores obtained (CPU / wall) {float(np.median([c / t for c, t in zip(cpu[w], ts)])):.2f}")
     print(f"decode speed-up 2 workers / 1 worker: {min(times[1]) / min(times[2]):.2f}x (best), "
           f"{float(np.median(times[1])) / float(np.median(times[2])):.2f}x (median)")
+
+
+def cpu_seconds() -> float:
+    """User + system CPU of this process and its reaped children (the DataLoader's workers)."""
+    import resource
+
+    own, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
 
 
 def main() -> None:

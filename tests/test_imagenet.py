@@ -16,7 +16,7 @@ from c2ir.stages.common import RunContext
 from conftest import make_cfg
 
 OOD_DIRS = {"inaturalist": "iNaturalist/images", "sun": "SUN/images", "places": "Places/images",
-            "textures": "dtd/images/banded"}
+            "dtd": "dtd/images/banded"}
 
 
 def _jpegs(folder, n, rng, size=(90, 75)):
@@ -93,3 +93,7 @@ def test_imagenet_missing_folders_name_layout_and_key(tmp_path):
     with pytest.raises(C2IRError, match=r"folder not found: .*no-imagenet/val \(expected layout: <data.root>/val/<wnid>/"
                                          r"\*\.JPEG.*set data.root"):
         load_id(cfg.data, "test")
+    from c2ir.stages.run import check_folders
+
+    with pytest.raises(C2IRError, match="no-imagenet"):  # `c2ir run` says so before synthesising anything
+        check_folders(RunContext(cfg))
