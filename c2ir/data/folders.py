@@ -70,7 +70,7 @@ def decode(path: Path, size: int, channels: int, mode: str, seed: int,
             if img.width * img.height > MAX_PIXELS:  # checked before decoding: a decompression bomb is skipped
                 raise ValueError(f"{img.width}x{img.height} pixels exceeds the {MAX_PIXELS}-pixel limit")
             img = to_8bit(img).convert("L" if channels == 1 else "RGB")
-            arr = np.asarray(apply(transform, img, seed, path.name), dtype=np.uint8)
+            arr = np.array(apply(transform, img, seed, path.name), dtype=np.uint8)  # a writable copy
     except (OSError, UnidentifiedImageError, ValueError, Image.DecompressionBombError) as exc:
         log.warning("skipping unreadable image %s (%s)", path, exc)
         return None
@@ -94,7 +94,9 @@ class FileSet(StreamedSet):
 
     def image(self, i: int) -> torch.Tensor | None:
         arr = decode(self.paths[i], self.size, self.channels, self.mode, self.seed, self.transform)
-        return None if arr is None else torch.from_numpy(np.ascontiguousarray(arr))
+        # (C, H, W) view of the decoded (H, W, C) pixels, not a copy: stacked into a batch it keeps
+        # the channels-last memory layout the former decoding produced, so convolutions round alike
+        return None if arr is None else torch.from_numpy(arr)
 
 
 def decode_many(paths: list[Path], size: int, channels: int, mode: str, seed: int, name: str

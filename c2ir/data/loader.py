@@ -14,6 +14,7 @@ import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
@@ -42,7 +43,10 @@ class Batch:
 def _collate(items: list[tuple[torch.Tensor | None, int]], shape: tuple[int, int, int], labelled: bool) -> Batch:
     """Stack the readable items of one batch (runs in the worker)."""
     kept = [(x, y) for x, y in items if x is not None]
-    images = torch.stack([x for x, _ in kept]) if kept else torch.empty((0, *shape), dtype=torch.uint8)
+    # numpy's stack keeps the items' memory layout (decoded files: channels-last), as the former
+    # whole-set decoding did; the model's float rounding depends on that layout
+    images = torch.from_numpy(np.stack([x.numpy() for x, _ in kept])) if kept \
+        else torch.empty((0, *shape), dtype=torch.uint8)
     labels = torch.tensor([y for _, y in kept], dtype=torch.long) if labelled else None
     return Batch(images, labels, len(items) - len(kept))
 
