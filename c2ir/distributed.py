@@ -66,17 +66,24 @@ def current() -> DistInfo:
     return DistInfo()
 
 
-def merge_strided_batches(parts: list[dict[str, torch.Tensor]], n: int, batch_size: int) -> dict[str, torch.Tensor]:
+def merge_strided_batches(parts: list[dict[str, torch.Tensor]], n: int, batch_size: int,
+                          counts: list[list[int]] | None = None) -> dict[str, torch.Tensor]:
     """Undo a strided split of `n` rows into batches of `batch_size`: rank r of W holds batches
     r, r+W, r+2W, ... concatenated (`parts[r]`); returns every tensor in dataset order.
 
-    Only the dataset's last batch is short, and it is the last batch on its rank, so batch b
-    is rows [j * batch_size, j * batch_size + its length) of `parts[b % W]` with j = b // W.
+    Batch b is the (b // W)-th batch of `parts[b % W]`. Its row count is `counts[r][j]` when given
+    (a streamed batch may be short: its unreadable files were dropped), else `batch_size` (only the
+    dataset's last batch is short, and it is the last batch on its rank).
     """
-    world = len(parts)
+    world, n_batches = len(parts), (n + batch_size - 1) // batch_size
+    if counts is None:
+        sizes = [min(batch_size, n - b * batch_size) for b in range(n_batches)]
+        counts = [sizes[r::world] for r in range(world)]
+    starts = [[sum(c[:j]) for j in range(len(c))] for c in counts]
     merged: dict[str, list[torch.Tensor]] = {}
-    for b in range((n + batch_size - 1) // batch_size):
-        src, lo = parts[b % world], (b // world) * batch_size
-        for k, v in src.items():
-            merged.setdefault(k, []).append(v[lo:lo + min(batch_size, n - b * batch_size)])
+    for b in range(n_batches):
+        r, j = b % world, b // world
+        lo, cnt = starts[r][j], counts[r][j]
+        for k, v in parts[r].items():
+            merged.setdefault(k, []).append(v[lo:lo + cnt])
     return {k: torch.cat(v) for k, v in merged.items()}

@@ -18,6 +18,7 @@ from torch import nn
 from tqdm import tqdm
 
 from c2ir.data.imageset import ImageSet, Normalizer
+from c2ir.data.loader import BatchStream, batch_spans
 from c2ir.errors import C2IRError
 from c2ir.models.state import frozen_eval
 
@@ -163,48 +164,68 @@ class FeatureHooks(ForwardHooks):
 
 
 def batches(n: int, batch_size: int) -> Iterable[slice]:
+    """Consecutive slices of at most `batch_size` (detectors that batch tensors themselves)."""
     for start in range(0, n, batch_size):
         yield slice(start, min(start + batch_size, n))
 
 
 @torch.no_grad()
-def extract_features(model: nn.Module, images: ImageSet | torch.Tensor, normalizer: Normalizer | None,
+def extract_features(model: nn.Module, images: ImageSet | torch.Tensor | BatchStream, normalizer: Normalizer | None,
                      layers: Sequence[str], head: nn.Linear, *, batch_size: int = 256,
                      device: torch.device | str = "cpu", spatial_grid: int = 0, with_bn: bool = True,
                      desc: str = "features", shard: tuple[int, int] | None = None) -> FeatureBundle:
     """Run the model once over `images` and return the FeatureBundle (float32, on CPU).
 
+    `images` is a tensor, an in-memory ImageSet, or a `BatchStream` (any dataset, decoded in batches
+    by worker processes; its labels come with the batches and it was sharded when it was built).
     `normalizer=None` takes `images` as model inputs already (the public API's normalised batches).
     `shard=(rank, world)` processes only every world-th batch, for distributed evaluation.
     The model's training flags and `requires_grad` are restored afterwards.
     """
+    if not isinstance(images, BatchStream):
+        tensor = images.images if isinstance(images, ImageSet) else images
+        # labels only for a whole ImageSet: a shard's labels are gathered by the caller
+        labels = images.labels if isinstance(images, ImageSet) and shard is None else None
+        mine = None if shard is None else list(range(len(batch_spans(len(tensor), batch_size))))[shard[0]::shard[1]]
+        images = BatchStream(ImageSet(desc, tensor, labels), batch_size, batches=mine)
     with frozen_eval(model):
-        return _extract(model, images, normalizer, layers, head, batch_size, device, spatial_grid, with_bn, desc, shard)
+        return _extract(model, images, normalizer, layers, head, device, spatial_grid, with_bn, desc)
 
 
-def _extract(model: nn.Module, images: ImageSet | torch.Tensor, normalizer: Normalizer | None,
-             layers: Sequence[str], head: nn.Linear, batch_size: int, device: torch.device | str,
-             spatial_grid: int, with_bn: bool, desc: str, shard: tuple[int, int] | None) -> FeatureBundle:
-    data = images.images if isinstance(images, ImageSet) else images
-    chunks: dict[str, list[torch.Tensor]] = {}
-    spans = list(batches(len(data), batch_size))
-    if shard is not None:
-        spans = spans[shard[0]::shard[1]]
+def _extract(model: nn.Module, stream: BatchStream, normalizer: Normalizer | None,
+             layers: Sequence[str], head: nn.Linear, device: torch.device | str,
+             spatial_grid: int, with_bn: bool, desc: str) -> FeatureBundle:
+    # rows are written into tensors allocated once for the whole set (at most every listed item), not
+    # concatenated at the end: the features' peak memory is the result's size, not twice it
+    rows = sum(len(span) for span in stream.spans)
+    out_rows: dict[str, torch.Tensor] = {}
+    filled = 0
+    labels: list[torch.Tensor] = []
+    non_blocking = stream.pin_memory
     with FeatureHooks(model, layers, head, spatial_grid, with_bn) as hooks:
-        for span in tqdm(spans, desc=desc, leave=False, disable=not sys.stderr.isatty()):
-            x = data[span].to(device)
+        for batch in tqdm(stream, desc=desc, leave=False, disable=not sys.stderr.isatty()):
+            if batch.labels is not None:
+                labels.append(batch.labels)
+            if not len(batch.images):
+                continue
+            x = batch.images.to(device, non_blocking=non_blocking)
             x = normalizer(x) if normalizer is not None else x
             logits = model(x)
             out = hooks.pop()
             out["logits"] = logits
             for k, v in out.items():
                 v = v.float().cpu()
-                chunks.setdefault(k, []).append(v.half() if k.startswith("spatial/") else v)
-    if not chunks:
+                v = v.half() if k.startswith("spatial/") else v
+                if k not in out_rows:
+                    out_rows[k] = torch.empty((rows, *v.shape[1:]), dtype=v.dtype)
+                out_rows[k][filled:filled + len(v)] = v
+            filled += len(x)
+    if not out_rows:
         return {}
-    bundle = {k: torch.cat(v) for k, v in chunks.items()}
-    if isinstance(images, ImageSet) and images.labels is not None and shard is None:
-        bundle["labels"] = images.labels.clone()
+    # unreadable files leave rows unused: copy only then (a slice would keep the whole buffer)
+    bundle = {k: v if filled == rows else v[:filled].clone() for k, v in out_rows.items()}
+    if labels:
+        bundle["labels"] = torch.cat(labels)
     return bundle
 
 

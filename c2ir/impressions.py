@@ -192,20 +192,25 @@ def total_variation(x: torch.Tensor) -> torch.Tensor:
 def synthesize_batch(model: nn.Module, normalizer: Normalizer, targets: torch.Tensor, shape: Sequence[int],
                      cfg: SynthConfig, seed: int, device: torch.device | str = "cpu",
                      desc: str = "synthesize", autocast_dtype: torch.dtype | None = None,
-                     channels_last: bool = False, stats_fn: StatsFn | None = None) -> BatchResult:
-    """Optimise one batch of impressions for `targets` (1-D class indices). `stats_fn` computes the
+                     channels_last: bool = False, stats_fn: StatsFn | None = None,
+                     init: torch.Tensor | None = None) -> BatchResult:
+    """Optimise one batch of impressions for `targets` (1-D class indices), from noise or from `init`
+    (normalised inputs, e.g. a multi-resolution warm-up's result). `stats_fn` computes the
     per-channel BN-input statistics (default `channel_mean_var`; tests pass the reference formula)."""
     with frozen_eval(model):
         return _synthesize_batch(model, normalizer, targets, shape, cfg, seed, device, desc, autocast_dtype, channels_last,
-                                 stats_fn)
+                                 stats_fn, init)
 
 
 def _synthesize_batch(model: nn.Module, normalizer: Normalizer, targets: torch.Tensor, shape: Sequence[int],
                       cfg: SynthConfig, seed: int, device: torch.device | str, desc: str,
-                      autocast_dtype: torch.dtype | None, channels_last: bool, stats_fn: StatsFn | None) -> BatchResult:
+                      autocast_dtype: torch.dtype | None, channels_last: bool, stats_fn: StatsFn | None,
+                      init: torch.Tensor | None = None) -> BatchResult:
     g = torch.Generator().manual_seed(seed)
     n = len(targets)
     x = torch.randn((n, *shape), generator=g).to(device)
+    if init is not None:
+        x = init.detach().clone().to(device)
     x.requires_grad_(True)
     lo, hi = (b.to(device) for b in normalizer.bounds())
     targets = targets.to(device)

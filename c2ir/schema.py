@@ -22,6 +22,8 @@ from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict
 
 from c2ir.errors import C2IRError
 
+RESIZE_MODES = ("resize", "center_crop", "random_crop", "resize_center_crop")  # = c2ir.data.transforms
+
 
 def _spec(kind: str, *, lo: float | None = None, hi: float | None = None, lo_open: bool = False,
           optional: bool = False, choices: tuple[str, ...] = (), length: int | None = None,
@@ -36,6 +38,7 @@ class SynthSchema:
     per_class: int = _spec("int", lo=1, example="40")
     batch_size: int = _spec("int", lo=1, example="200")
     iterations: int = _spec("int", lo=1, example="300")
+    warmup_iterations: int = _spec("int", lo=0, example="2000")
     lr: float = _spec("float", lo=0, lo_open=True, example="0.1")
     betas: list = _spec("floats", lo=0, hi=1, length=2, example="[0.5,0.9]")
     ce_weight: float = _spec("float", lo=0, example="1.0")
@@ -78,6 +81,7 @@ class RootSchema:
     device: str = _spec("str", example="cpu")
     threads: int = _spec("int", lo=1, optional=True, example="4")
     batch_size: int = _spec("int", lo=1, example="256")
+    num_workers: int = _spec("int", lo=0, optional=True, example="2")
     layer_set: str = _spec("str", example="default")
     cache_root: str = _spec("str", example="outputs/cache")
     output_dir: str = _spec("str", optional=True, example="outputs/runs/latest")
@@ -123,6 +127,7 @@ class DataSchema:
     seed: int = _spec("int", lo=0, example="0")
     max_train_samples: int = _spec("int", lo=1, optional=True, example="1000")
     max_test_samples: int = _spec("int", lo=1, optional=True, example="1000")
+    resize: str = _spec("str", choices=RESIZE_MODES)
 
 
 @dataclass
@@ -132,7 +137,7 @@ class OODSchema:
     source: str = _spec("str", choices=("folder", "torchvision", "noise", "photo_patches", "pixel_shuffled"))
     max_samples: int = _spec("int", lo=1, optional=True, example="2000")
     seed: int = _spec("int", lo=0, example="0")
-    resize: str = _spec("str", choices=("resize", "center_crop", "random_crop"))
+    resize: str = _spec("str", choices=RESIZE_MODES)
     name: str = _spec("str", optional=True, example="textures")
 
 

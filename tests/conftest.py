@@ -41,6 +41,23 @@ def make_cfg(tmp_path: Path, overrides: list[str] | None = None):
                                             "device=cpu", *(overrides or [])])
 
 
+def labelled_folder(root: Path, classes: int = 3, per_class: int = 5, shape: tuple[int, ...] = (32, 32, 3),
+                    prefix: str = "c") -> Path:
+    """`<root>/{train,test}/<prefix><k>/<i>.png` of random pixels (fixed seed; shape (H, W) is greyscale):
+    a tiny ImageFolder ID set."""
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for split in ("train", "test"):
+        for c in range(classes):
+            d = root / split / f"{prefix}{c}"
+            d.mkdir(parents=True)
+            for i in range(per_class):
+                Image.fromarray(rng.integers(0, 255, shape, dtype=np.uint8)).save(d / f"{i}.png")
+    return root
+
+
 @pytest.fixture
 def cfg_factory(tmp_path):
     return lambda overrides=None: make_cfg(tmp_path, overrides)

@@ -37,7 +37,7 @@ def _loader(n: int = 60, seed: int = 1):
 
 def test_c2ir_api_gives_the_scores_of_c2ir_evaluate(cfg_factory):
     """Same configuration (the CLI defaults; fast synthesis, short training), same scores on the ID test set."""
-    from c2ir.data import load_id
+    from c2ir.data import load_id, materialize
     from c2ir.stages import evaluate
     from c2ir.stages.common import RunContext
 
@@ -47,7 +47,7 @@ def test_c2ir_api_gives_the_scores_of_c2ir_evaluate(cfg_factory):
     cli = evaluate.ensure(ctx).tensors("scores.safetensors")["c2ir/digits-test"]
     det = c2ir.C2IR(ctx.model, 10, (1, 8, 8), list(cfg.data.mean), list(cfg.data.std), layers=ctx.layer_patterns,
                     synth=SynthConfig.from_cfg(cfg.synth), batch_size=int(cfg.batch_size)).fit()
-    api = det.score(ctx.normalizer(load_id(cfg.data, "test").images))
+    api = det.score(ctx.normalizer(materialize(load_id(cfg.data, "test")).images))
     assert api.shape == cli.shape
     torch.testing.assert_close(api, cli.double(), rtol=1e-9, atol=1e-9)
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import TINY, assert_self_contained, make_cfg, run_cli
+from conftest import TINY, assert_self_contained, labelled_folder, make_cfg, run_cli
 
 
 @pytest.fixture(scope="module")
@@ -178,20 +178,12 @@ def test_bad_inputs_get_one_line(workdir, first_run):
 
 def test_finetune_a_checkpoint_on_an_imagefolder(tmp_path):
     """`train` fine-tunes `model.checkpoint` on any ImageFolder ID set, logging accuracy per epoch."""
-    import numpy as np
     import torch
-    from PIL import Image
 
     from c2ir.models import build_model
     from omegaconf import OmegaConf
 
-    rng = np.random.default_rng(0)
-    for split in ("train", "test"):
-        for c in range(3):
-            d = tmp_path / "ds" / split / f"c{c}"
-            d.mkdir(parents=True)
-            for i in range(6):
-                Image.fromarray(rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)).save(d / f"{i}.png")
+    labelled_folder(tmp_path / "ds", 3, 6, (32, 32, 3))
     model = build_model(OmegaConf.create({"arch": "cifar_resnet", "depth": 20, "num_classes": 3, "in_channels": 3}))
     torch.save({"net": model.state_dict()}, tmp_path / "ck.pt")
     proc = run_cli(["train", "model=resnet20", "data=imagefolder", f"data.root={tmp_path / 'ds'}", "data.num_classes=3",

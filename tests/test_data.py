@@ -1,27 +1,17 @@
 """Dataset sources on small generated folders (and the shared archives where quick)."""
 
-import numpy as np
 import pytest
 import torch
 from omegaconf import OmegaConf
-from PIL import Image
 
-from c2ir.data import load_id, load_ood
+from c2ir.data import load_id, load_ood, materialize
 from c2ir.data.embedded import digits, noise, photo_patches, pixel_shuffled
 from c2ir.errors import C2IRError
-from conftest import needs_shared
+from conftest import labelled_folder, needs_shared
 
 
 def _tree(root, classes=3, per_class=4, size=40, mode="RGB"):
-    rng = np.random.default_rng(0)
-    for split in ("train", "test"):
-        for c in range(classes):
-            d = root / split / f"class{c}"
-            d.mkdir(parents=True)
-            for i in range(per_class):
-                arr = rng.integers(0, 255, (size, size, 3) if mode == "RGB" else (size, size), dtype=np.uint8)
-                Image.fromarray(arr, mode).save(d / f"{i}.png")
-    return root
+    return labelled_folder(root, classes, per_class, (size, size, 3) if mode == "RGB" else (size, size), prefix="class")
 
 
 def _data_cfg(**kw):
@@ -32,7 +22,7 @@ def _data_cfg(**kw):
 
 def test_imagefolder_id_set(tmp_path):
     root = _tree(tmp_path / "ds")
-    ds = load_id(_data_cfg(root=str(root)), "train")
+    ds = materialize(load_id(_data_cfg(root=str(root)), "train"))
     assert ds.images.shape == (12, 3, 32, 32) and ds.images.dtype == torch.uint8
     assert torch.equal(torch.bincount(ds.labels), torch.tensor([4, 4, 4]))
     sub = load_id(_data_cfg(root=str(root), max_test_samples=5), "test")
@@ -64,18 +54,20 @@ def test_corrupt_image_is_skipped_and_counted(tmp_path):
     root = _tree(tmp_path / "ds", classes=1, per_class=5)
     (root / "test" / "class0" / "2.png").write_bytes(b"\x89PNG broken")
     ood = OmegaConf.create({"source": "folder", "root": str(root / "test"), "resize": "resize"})
-    ds = load_ood("broken", ood, _data_cfg())
-    assert len(ds) == 4 and ds.skipped == 1
+    listed = load_ood("broken", ood, _data_cfg())
+    assert len(listed) == 5 and listed.skipped == 0  # listed, not decoded: unknown until a pass
+    ds = materialize(listed, batch_size=2, num_workers=2)
+    assert len(ds) == 4 and ds.skipped == 1 and listed.skipped == 1
 
 
 @pytest.mark.parametrize("mode", ["resize", "center_crop", "random_crop"])
 def test_ood_folder_modes_and_grayscale(tmp_path, mode):
     root = _tree(tmp_path / "g", classes=1, per_class=3, size=64, mode="L")
     ood = OmegaConf.create({"source": "folder", "root": str(root / "train"), "resize": mode, "seed": 0})
-    ds = load_ood("gray", ood, _data_cfg())
+    ds = materialize(load_ood("gray", ood, _data_cfg()))
     assert ds.images.shape == (3, 3, 32, 32)
     assert torch.equal(ds.images[:, 0], ds.images[:, 1])  # grayscale replicated to 3 channels
-    again = load_ood("gray", ood, _data_cfg())
+    again = materialize(load_ood("gray", ood, _data_cfg()), batch_size=2, num_workers=2)
     assert torch.equal(ds.images, again.images)  # fixed seed
 
 
@@ -98,7 +90,7 @@ def test_embedded_sources():
 def test_shared_mnist_as_ood():
     cfg = OmegaConf.create({"source": "folder", "archive": "mnist-test.tar.gz", "subdir": "mnist/test",
                             "resize": "resize", "max_samples": 50, "seed": 0})
-    ds = load_ood("mnist", cfg, _data_cfg())
+    ds = materialize(load_ood("mnist", cfg, _data_cfg()))
     assert ds.images.shape == (50, 3, 32, 32)
 
 
@@ -107,4 +99,4 @@ def test_shared_tiny_imagenet_crop_and_resize():
     for mode in ("resize", "random_crop"):
         cfg = OmegaConf.create({"source": "folder", "archive": "tinyimagenet-test.tar.gz",
                                 "subdir": "tiny-imagenet-200/test/images", "resize": mode, "max_samples": 20, "seed": 0})
-        assert load_ood("tin", cfg, _data_cfg()).images.shape == (20, 3, 32, 32)
+        assert materialize(load_ood("tin", cfg, _data_cfg())).images.shape == (20, 3, 32, 32)

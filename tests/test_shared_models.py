@@ -4,7 +4,7 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from c2ir.data import load_id
+from c2ir.data import load_id, materialize
 from c2ir.data.imageset import Normalizer
 from c2ir.models import build_model, load_checkpoint
 from c2ir.models.checkpoints import read_checkpoint
@@ -20,7 +20,7 @@ DATA = OmegaConf.create({"name": "cifar10-jpeg", "source": "shared", "archive": 
 
 @pytest.fixture(scope="module")
 def jpeg_slice():
-    return load_id(DATA, "test")
+    return materialize(load_id(DATA, "test"))
 
 
 def _accuracy(filename, data):

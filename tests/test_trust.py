@@ -199,7 +199,9 @@ def test_decompression_bomb_is_skipped_and_counted(tmp_path):
 
     _images(tmp_path / "ood", 3)
     _bomb_png(tmp_path / "ood" / "bomb.png")
-    ds = load_flat_folder(tmp_path / "ood", "bombs", 8, 1, "resize", None, 0)
+    from c2ir.data import materialize
+
+    ds = materialize(load_flat_folder(tmp_path / "ood", "bombs", 8, 1, "resize", None, 0), num_workers=2)
     assert len(ds) == 3 and ds.skipped == 1
 
 

@@ -1,10 +1,13 @@
-"""Decoding image folders into an ImageSet: `<root>/<class>/*` (labelled) or any tree of images (OOD)."""
+"""Image folders as streamed datasets: `<root>/<class>/*` (labelled) or any tree of images (OOD).
+
+Listing, fixed-seed subsetting and label assignment happen here, once; decoding happens per item
+(`FileSet.image`) in the DataLoader's worker processes.
+"""
 
 from __future__ import annotations
 
 import logging
 import sys
-import zlib
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -12,7 +15,8 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
-from c2ir.data.imageset import ImageSet, subsample
+from c2ir.data.imageset import StreamedSet, subsample
+from c2ir.data.transforms import check_mode, file_rng, resize_or_crop
 from c2ir.errors import C2IRError
 
 log = logging.getLogger(__name__)
@@ -56,35 +60,6 @@ def to_8bit(img: Image.Image) -> Image.Image:
     return img
 
 
-def resize_or_crop(img: Image.Image, size: int, mode: str, rng: np.random.Generator) -> Image.Image:
-    """Bring an image to size x size: `resize`, `center_crop`, or `random_crop` (seeded)."""
-    w, h = img.size
-    if mode == "resize" or (mode.endswith("crop") and (w < size or h < size)):
-        return img if (w, h) == (size, size) else img.resize((size, size), Image.BILINEAR)
-    if mode == "center_crop":
-        left, top = (w - size) // 2, (h - size) // 2
-    elif mode == "random_crop":
-        left, top = int(rng.integers(0, w - size + 1)), int(rng.integers(0, h - size + 1))
-    else:
-        raise C2IRError(f"unknown resize mode {mode!r}; use resize, center_crop or random_crop")
-    return img.crop((left, top, left + size, top + size))
-
-
-def resize_or_crop_batch(images: torch.Tensor, size: int, mode: str, seed: int) -> torch.Tensor:
-    """uint8 (N, C, H, W) images (C = 1 or 3) to size x size through `resize_or_crop`, image by
-    image, so in-memory datasets (torchvision arrays) are resized exactly as files are. Image i's
-    random crop is seeded by (seed, i)."""
-    n, c, h, w = images.shape
-    if (h, w) == (size, size):
-        return images.contiguous()
-    out = torch.empty((n, c, size, size), dtype=torch.uint8)
-    for i, img in enumerate(images.numpy()):
-        pil = Image.fromarray(img[0] if c == 1 else img.transpose(1, 2, 0))
-        arr = np.array(resize_or_crop(pil, size, mode, np.random.default_rng([seed, i])), dtype=np.uint8)
-        out[i] = torch.from_numpy(arr[None] if arr.ndim == 2 else np.ascontiguousarray(arr.transpose(2, 0, 1)))
-    return out
-
-
 def decode(path: Path, size: int, channels: int, mode: str, seed: int) -> np.ndarray | None:
     """One image as uint8 (C, size, size), or None if the file cannot be decoded."""
     try:
@@ -93,12 +68,33 @@ def decode(path: Path, size: int, channels: int, mode: str, seed: int) -> np.nda
                 raise ValueError(f"{img.width}x{img.height} pixels exceeds the {MAX_PIXELS}-pixel limit")
             img = to_8bit(img).convert("L" if channels == 1 else "RGB")
             # per-file seed: the crop of an image does not depend on which other files exist
-            rng = np.random.default_rng([seed, zlib.crc32(path.name.encode())])
-            arr = np.asarray(resize_or_crop(img, size, mode, rng), dtype=np.uint8)
+            arr = np.array(resize_or_crop(img, size, mode, file_rng(seed, path.name)), dtype=np.uint8)  # writable
     except (OSError, UnidentifiedImageError, ValueError, Image.DecompressionBombError) as exc:
         log.warning("skipping unreadable image %s (%s)", path, exc)
         return None
     return arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1)
+
+
+class FileSet(StreamedSet):
+    """Image files decoded on demand (in the loader's workers): only the listing is held in memory."""
+
+    def __init__(self, name: str, paths: list[Path], labels: list[int] | None, size: int, channels: int,
+                 mode: str, seed: int):
+        self.name, self.paths = name, list(paths)
+        self.labels = None if labels is None else torch.tensor(labels, dtype=torch.long)
+        self.size, self.channels, self.mode, self.seed = int(size), int(channels), mode, int(seed)
+        check_mode(mode)  # fails early on a bad mode
+        self.shape = (self.channels, self.size, self.size)
+        self.skipped = 0
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def image(self, i: int) -> torch.Tensor | None:
+        arr = decode(self.paths[i], self.size, self.channels, self.mode, self.seed)
+        # (C, H, W) view of the decoded (H, W, C) pixels, not a copy: stacked into a batch it keeps
+        # the channels-last memory layout the former decoding produced, so convolutions round alike
+        return None if arr is None else torch.from_numpy(arr)
 
 
 def decode_many(paths: list[Path], size: int, channels: int, mode: str, seed: int, name: str
@@ -119,26 +115,27 @@ def decode_many(paths: list[Path], size: int, channels: int, mode: str, seed: in
 
 
 def load_flat_folder(root: Path, name: str, size: int, channels: int, mode: str,
-                     max_samples: int | None, seed: int, layout_hint: str = "") -> ImageSet:
+                     max_samples: int | None, seed: int, layout_hint: str = "", root_key: str = "") -> FileSet:
     """Every image below `root` (any nesting), unlabelled: the generic OOD source."""
     if not root.is_dir():
         hint = f" (expected layout: {layout_hint})" if layout_hint else ""
-        raise C2IRError(f"{name}: image folder not found: {root}{hint}; set its root= to the folder")
+        raise C2IRError(f"{name}: image folder not found: {root}{hint}; set {root_key or 'its root='} to the folder")
     paths = list_images(root)
     if not paths:
         raise C2IRError(f"{name}: no images (jpg/png/...) found under {root}; point root= at a folder of images")
     idx = subsample(len(paths), max_samples, seed)
     if idx is not None:
         paths = [paths[i] for i in idx.tolist()]
-    images, keep = decode_many(paths, size, channels, mode, seed, name)
-    return ImageSet(name, images, None, skipped=len(paths) - len(keep))
+    return FileSet(name, paths, None, size, channels, mode, seed)
 
 
 def load_labelled_folder(root: Path, name: str, size: int, channels: int, mode: str,
-                         max_samples: int | None, seed: int, num_classes: int | None) -> ImageSet:
+                         max_samples: int | None, seed: int, num_classes: int | None,
+                         layout_hint: str = "") -> FileSet:
     """ImageFolder layout `<root>/<class>/*`, classes in sorted order (= torchvision's order)."""
     if not root.is_dir():
-        raise C2IRError(f"{name}: folder not found: {root} (expected <root>/<split>/<class>/*.jpg); set data.root")
+        raise C2IRError(f"{name}: folder not found: {root} (expected layout: {layout_hint or '<root>/<split>/<class>/*.jpg'}); "
+                        "set data.root")
     classes = sorted(d.name for d in root.iterdir() if d.is_dir())
     if not classes:
         raise C2IRError(f"{name}: {root} has no class subfolders (expected <root>/<split>/<class>/*.jpg)")
@@ -157,5 +154,4 @@ def load_labelled_folder(root: Path, name: str, size: int, channels: int, mode: 
     if idx is not None:
         paths = [paths[i] for i in idx.tolist()]
         labels = [labels[i] for i in idx.tolist()]
-    images, keep = decode_many(paths, size, channels, mode, seed, name)
-    return ImageSet(name, images, torch.tensor([labels[i] for i in keep]), skipped=len(paths) - len(keep))
+    return FileSet(name, paths, labels, size, channels, mode, seed)

@@ -1,4 +1,12 @@
-"""A decoded dataset held as one uint8 tensor: decoding happens once, every pass after is a slice."""
+"""Image datasets as `torch.utils.data.Dataset`s of uint8 (C, H, W) images at the model's input size.
+
+Two kinds share one interface (`name`, `labels`, `skipped`, `__len__`, `__getitem__`):
+- `ImageSet`: small sets held as one uint8 tensor (the embedded digits, generated noise, impressions);
+- `StreamedSet` subclasses (files, arrays of another size): each item is decoded and brought to size
+  on demand, in DataLoader worker processes (`c2ir.data.loader`), so memory does not grow with the set.
+An item is `(image, label)`; a file that cannot be decoded gives `(None, label)` and is skipped (and
+counted) by the loader, so the order of the remaining samples is the listing order, as before.
+"""
 
 from __future__ import annotations
 
@@ -6,10 +14,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
+from torch.utils.data import Dataset
+
+NO_LABEL = -1  # label of an item of an unlabelled set (the loader returns labels=None for such sets)
 
 
 @dataclass
-class ImageSet:
+class ImageSet(Dataset):
     """Images as uint8 (N, C, H, W) in [0, 255]; labels (N,) int64 for labelled sets, else None."""
 
     name: str
@@ -20,10 +31,39 @@ class ImageSet:
     def __len__(self) -> int:
         return int(self.images.shape[0])
 
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+        return self.images[i], NO_LABEL if self.labels is None else int(self.labels[i])
+
     def subset(self, index: torch.Tensor | Sequence[int]) -> "ImageSet":
         index = torch.as_tensor(index, dtype=torch.long)
         labels = None if self.labels is None else self.labels[index]
         return ImageSet(self.name, self.images[index], labels, self.skipped)
+
+
+class StreamedSet(Dataset):
+    """A dataset whose images are produced per item (decoded, resized) rather than held in memory.
+
+    `labels` are the labels of every listed item (known before decoding); `skipped` is filled in by
+    the loader once a full pass has seen which files could not be decoded.
+    """
+
+    name: str
+    labels: torch.Tensor | None
+    skipped: int
+    shape: tuple[int, int, int]  # (C, H, W) of every image
+
+    def __len__(self) -> int:
+        raise NotImplementedError
+
+    def image(self, i: int) -> torch.Tensor | None:
+        """Item `i` as uint8 (C, H, W), or None when it cannot be decoded."""
+        raise NotImplementedError
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor | None, int]:
+        return self.image(i), NO_LABEL if self.labels is None else int(self.labels[i])
+
+
+AnyImageSet = ImageSet | StreamedSet
 
 
 class Normalizer:

@@ -1,7 +1,8 @@
 """Dataset sources by config: in-distribution (`data=`) and OOD (`ood=[...]`) sets as ImageSets.
 
-Every source returns uint8 images already brought to the model's input size and
-channel count; normalisation happens later (see `imageset.Normalizer`).
+Every source returns a dataset of uint8 images brought to the model's input size and channel
+count (small sets as an in-memory `ImageSet`, files and resized arrays as a streamed set decoded
+per item by the loader's workers); normalisation happens later (see `imageset.Normalizer`).
 """
 
 from __future__ import annotations
@@ -14,9 +15,10 @@ import numpy as np
 import torch
 
 from c2ir.data import embedded
-from c2ir.data.folders import (decode, folder_fingerprint, load_flat_folder, load_labelled_folder,
-                               resize_or_crop_batch)
-from c2ir.data.imageset import ImageSet, subsample
+from c2ir.data.folders import FileSet, folder_fingerprint, load_flat_folder, load_labelled_folder
+from c2ir.data.loader import materialize
+from c2ir.data.imageset import AnyImageSet, ImageSet, StreamedSet, subsample
+from c2ir.data.transforms import check_mode, fit_chw, index_rng
 from c2ir.data.shared import ensure_extracted
 from c2ir.errors import C2IRError
 
@@ -25,15 +27,47 @@ log = logging.getLogger(__name__)
 TORCHVISION_SETS = ("cifar10", "cifar100", "svhn", "mnist", "dtd", "places365")
 
 
-def _to_input(images: np.ndarray, size: int, channels: int, mode: str, seed: int) -> torch.Tensor:
-    """uint8 (N, C, H, W) array to the model's channels and size (a no-op for CIFAR into a CIFAR model)."""
-    t = torch.from_numpy(np.ascontiguousarray(images))
-    if t.shape[1] != channels and channels == 1:  # colour to grey: channel mean
-        t = t.float().mean(1, keepdim=True).round().to(torch.uint8)
-    t = resize_or_crop_batch(t, size, mode, seed)
-    if t.shape[1] != channels:  # grey to colour: the same image in every channel (resized once)
-        t = t.expand(len(t), channels, size, size).contiguous()
-    return t
+class ArraySet(StreamedSet):
+    """An in-memory uint8 (N, C, H, W) array at its own size, fitted to the model's size per item.
+
+    Holds the source array (e.g. CIFAR at 32 px), never the resized copy (e.g. 224 px, 49x larger).
+    Item i goes through the same `resize_or_crop` as files (`transforms.fit_chw`), its random crop
+    seeded by (set seed, i), so an item's pixels do not depend on the batch or the worker.
+    """
+
+    def __init__(self, name: str, images: np.ndarray, labels: np.ndarray | None, size: int, channels: int,
+                 mode: str, seed: int):
+        self.name, self.array = name, np.ascontiguousarray(images)
+        self.labels = None if labels is None else torch.as_tensor(labels, dtype=torch.long)
+        self.size, self.channels, self.mode, self.seed = int(size), int(channels), check_mode(mode), int(seed)
+        self.shape, self.skipped = (self.channels, self.size, self.size), 0
+
+    def __len__(self) -> int:
+        return int(self.array.shape[0])
+
+    def image(self, i: int) -> torch.Tensor:
+        return fit_image(self.array[i], self.size, self.channels, self.mode, self.seed, i)
+
+
+def fit_image(image: np.ndarray, size: int, channels: int, mode: str, seed: int, index: int) -> torch.Tensor:
+    """Array image `index` (uint8 (C, H, W)) to the model's channels and size: colour to grey by the
+    channel mean before resizing, grey to colour by repeating the resized channel."""
+    if image.shape[0] != channels and channels == 1:
+        image = np.round(image.astype(np.float32).mean(0, keepdims=True)).astype(np.uint8)
+    out = fit_chw(image, size, mode, index_rng(seed, index))
+    if out.shape[0] != channels:
+        out = np.repeat(out, channels, axis=0)
+    return torch.from_numpy(out)
+
+
+def _fit_array(images: np.ndarray, labels: np.ndarray | None, size: int, channels: int, mode: str, seed: int,
+               name: str) -> ImageSet | ArraySet:
+    """Already the model's size and channels: kept as the tensor it is; otherwise fitted per item."""
+    n, c, h, w = images.shape
+    if (c, h, w) == (channels, size, size):
+        lab = None if labels is None else torch.as_tensor(labels, dtype=torch.long)
+        return ImageSet(name, torch.from_numpy(np.ascontiguousarray(images)), lab)
+    return ArraySet(name, images, labels, size, channels, mode, seed)
 
 
 def _torchvision(dataset: str, root: str, split: str, download: bool, size: int, channels: int,
@@ -75,15 +109,13 @@ def _torchvision(dataset: str, root: str, split: str, download: bool, size: int,
         idx = subsample(len(data), max_samples, seed)
         if idx is not None:
             data, labels = data[idx.numpy()], labels[idx.numpy()]
-        images = _to_input(data, size, channels, mode, seed)
-        return ImageSet(name, images, torch.as_tensor(labels, dtype=torch.long))
+        return _fit_array(data, labels, size, channels, mode, seed, name)
     # datasets of files (DTD, Places365): decode the chosen files directly
     files = [Path(f) for f in (getattr(ds, "_image_files", None) or [p for p, _ in ds.imgs])]
     idx = subsample(len(files), max_samples, seed)
     if idx is not None:
         files = [files[i] for i in idx.tolist()]
-    arrays = [a for a in (decode(f, size, channels, mode, seed) for f in files) if a is not None]
-    return ImageSet(name, torch.from_numpy(np.stack(arrays)), None, skipped=len(files) - len(arrays))
+    return FileSet(name, files, None, size, channels, mode, seed)
 
 
 def _folder_root(cfg: Any, name: str) -> Path:
@@ -136,10 +168,11 @@ def check_split_classes(base: Path, splits: list[str]) -> None:
                         f"only in {b}: {only_b[:5]}; both splits need the same class folder names")
 
 
-def load_id(data_cfg: Any, split: str) -> ImageSet:
-    """The in-distribution set's `train` or `test` split."""
+def load_id(data_cfg: Any, split: str) -> AnyImageSet:
+    """The in-distribution set's `train` or `test` split (listed, not decoded: see `c2ir.data.loader`)."""
     source = data_cfg.source
     size, ch, seed = int(data_cfg.image_size), int(data_cfg.channels), int(data_cfg.get("seed", 0))
+    mode = str(data_cfg.get("resize") or "resize")
     max_n = data_cfg.get(f"max_{split}_samples")
     name = f"{data_cfg.name}-{split}"
     if source == "sklearn_digits":
@@ -148,12 +181,13 @@ def load_id(data_cfg: Any, split: str) -> ImageSet:
         ds = ds if idx is None else ds.subset(idx)
     elif source == "torchvision":
         ds = _torchvision(str(data_cfg.get("dataset", data_cfg.name)), str(data_cfg.root), split,
-                          bool(data_cfg.get("download", True)), size, ch, "resize", max_n, seed, name)
+                          bool(data_cfg.get("download", True)), size, ch, mode, max_n, seed, name)
     elif source in ("imagefolder", "shared"):
         base = _folder_root(data_cfg, name)
         check_split_classes(base, [str(data_cfg.get(f"{s}_split", s)) for s in ("train", "test")])
         root = base / str(data_cfg.get(f"{split}_split", split))
-        ds = load_labelled_folder(root, name, size, ch, "resize", max_n, seed, int(data_cfg.num_classes))
+        ds = load_labelled_folder(root, name, size, ch, mode, max_n, seed, int(data_cfg.num_classes),
+                                  str(data_cfg.get("layout") or ""))
     else:
         raise C2IRError(f"unknown data.source={source!r}; use sklearn_digits, torchvision, imagefolder or shared")
     if ds.labels is not None and len(ds) and int(ds.labels.max()) >= int(data_cfg.num_classes):
@@ -164,7 +198,8 @@ def load_id(data_cfg: Any, split: str) -> ImageSet:
     return ds
 
 
-def load_ood(name: str, cfg: Any, data_cfg: Any, id_test: ImageSet | None = None) -> ImageSet:
+def load_ood(name: str, cfg: Any, data_cfg: Any, id_test: AnyImageSet | None = None, num_workers: int = 0
+             ) -> AnyImageSet:
     """One OOD set from its `ood.<name>` config, at the in-distribution input size."""
     size, ch = int(data_cfg.image_size), int(data_cfg.channels)
     seed, max_n = int(cfg.get("seed", 0)), cfg.get("max_samples")
@@ -176,7 +211,8 @@ def load_ood(name: str, cfg: Any, data_cfg: Any, id_test: ImageSet | None = None
     elif source == "pixel_shuffled":
         if id_test is None:
             raise C2IRError(f"{name}: pixel_shuffled needs the in-distribution test set")
-        ds = embedded.pixel_shuffled(id_test, seed)
+        # permutations are drawn in sequence over the whole set: it is held in memory (small sets only)
+        ds = embedded.pixel_shuffled(materialize(id_test, num_workers=num_workers), seed)
         idx = subsample(len(ds), max_n, seed)
         ds = ds if idx is None else ds.subset(idx)
     elif source == "torchvision":
@@ -185,7 +221,7 @@ def load_ood(name: str, cfg: Any, data_cfg: Any, id_test: ImageSet | None = None
     elif source == "folder":
         root = _maybe_download(cfg, name)
         ds = load_flat_folder(root, name, size, ch, str(cfg.get("resize", "resize")), max_n, seed,
-                              str(cfg.get("layout", "")))
+                              str(cfg.get("layout", "")), f"ood.{name}.root")
     else:
         raise C2IRError(f"{name}: unknown source {source!r}; use folder, torchvision, noise, photo_patches or pixel_shuffled")
     ds.name, ds.labels = name, None

@@ -15,19 +15,27 @@ from c2ir.models.small_cnn import SmallCNN
 from c2ir.models.wide_resnet import WideResNet
 
 
+def published_weights(cfg: Any) -> str | None:
+    """The torchvision weights name a model is used with as it is (no checkpoint given), else None."""
+    if cfg.get("arch") != "torchvision" or cfg.get("checkpoint"):
+        return None
+    return str(cfg.weights) if cfg.get("weights") else None
+
+
 def _torchvision(cfg: Any, num_classes: int, in_channels: int) -> nn.Module:
     import torchvision
 
     name = cfg.get("name")
     if name not in torchvision.models.list_models(module=torchvision.models):
         raise C2IRError(f"unknown torchvision classifier model.name={name!r}; see torchvision.models.list_models()")
-    weights = cfg.get("weights")
+    # a checkpoint replaces the published weights: build the bare architecture (no download, works offline)
+    weights = None if cfg.get("checkpoint") else cfg.get("weights")
     try:
         return torchvision.models.get_model(name, weights=weights, num_classes=num_classes)
     except Exception as exc:  # noqa: BLE001 - download failures and bad weight names alike
         raise C2IRError(
             f"cannot build torchvision model {name} with weights={weights!r}: {exc}; "
-            "without internet use model.weights=null and model.checkpoint=<file>"
+            "without internet set model.checkpoint=<file> (e.g. torchvision's downloaded .pth)"
         ) from exc
 
 
@@ -69,4 +77,4 @@ def head_module(model: nn.Module, name: str | None) -> nn.Linear:
     return linears[-1]
 
 
-__all__ = ["build_model", "load_checkpoint", "head_module", "ARCHITECTURES"]
+__all__ = ["build_model", "load_checkpoint", "head_module", "published_weights", "ARCHITECTURES"]

@@ -25,7 +25,7 @@ from c2ir.data.imageset import Normalizer
 from c2ir.device import resolve_device
 from c2ir.errors import C2IRError
 from c2ir.extraction import select_layers
-from c2ir.models import head_module
+from c2ir.models import head_module, published_weights
 from c2ir.models.loading import build_classifier
 from c2ir.schema import validate
 from c2ir.stages import train
@@ -52,7 +52,7 @@ class KeyRule:
 
 # ID data fields that decide which images a split holds (folder sources add a content fingerprint).
 _DATA = ("data.name", "data.source", "data.dataset", "data.root", "data.archive", "data.subdir", "data.image_size",
-         "data.channels", "data.seed", "data.num_classes", "data.mean", "data.std")
+         "data.channels", "data.seed", "data.num_classes", "data.mean", "data.std", "data.resize")
 # Model fields that are not the network's function: the checkpoint enters keys by its content hash.
 _MODEL_RUNTIME = ("model.checkpoint", "model.trust_checkpoint", "model.description")
 _LAYERS = ("layer_set", "model.layer_sets", "model.head")  # which activations / which `penultimate` are read
@@ -89,12 +89,12 @@ KEY_RULES: dict[str, KeyRule] = {
 # does not invalidate every cache); any other value enters the key like any field.
 KEY_NEUTRAL: dict[str, Any] = {"train.pad": None}  # null: max(1, data.image_size // 8), as before
 # Fields no stage's output depends on (how or where a run happens, not what it computes).
-RUNTIME_ONLY = ("stage", "device", "threads", "batch_size", "cache_root", "output_dir", "paths", "hydra",
+RUNTIME_ONLY = ("stage", "device", "threads", "batch_size", "num_workers", "cache_root", "output_dir", "paths", "hydra",
                 "synth.autocast", "synth.channels_last", "synth.compile", *_MODEL_RUNTIME,
                 # which layers a cached pass records beyond the configured ones: it enters the features key
                 # as the captured layer list (stages/features.py) and never changes a score
                 "features.capture",
-                "data.download", "ood.*.layout", "ood.*.url", "ood.*.md5", "ood.*.download",
+                "data.download", "data.layout", "ood.*.layout", "ood.*.url", "ood.*.md5", "ood.*.download",
                 # `c2ir score` writes its per-file scores into the run directory, uncached
                 "score.input", "score.resize")
 
@@ -200,8 +200,10 @@ class RunContext:
 
     @property
     def uses_training(self) -> bool:
-        """The model comes from the train stage (no checkpoint, or fine-tuning one)."""
-        return not self.cfg.model.get("checkpoint") or bool(self.cfg.train.get("finetune", False))
+        """The model comes from the train stage (no checkpoint and no published weights, or fine-tuning)."""
+        if bool(self.cfg.train.get("finetune", False)):
+            return True
+        return not self.cfg.model.get("checkpoint") and not published_weights(self.cfg.model)
 
     @functools.cached_property
     def train_key(self) -> str:
@@ -211,7 +213,9 @@ class RunContext:
         content = id_fingerprint(self.cfg.data, "train")
         if content:
             spec["data.content"] = content
-        return self.key("train", spec, {"init": self.checkpoint_sha or "scratch"})
+        weights = self.cfg.model.get("weights") if self.cfg.model.get("arch") == "torchvision" else None
+        init = self.checkpoint_sha or (f"torchvision:{weights}" if weights else "scratch")  # fine-tuned from
+        return self.key("train", spec, {"init": init})
 
     @functools.cached_property
     def model_key(self) -> str:
@@ -276,6 +280,14 @@ class RunContext:
     @property
     def batch_size(self) -> int:
         return int(self.cfg.batch_size)
+
+    @property
+    def num_workers(self) -> int:
+        """Decoding processes of streamed datasets (`num_workers`, default: one per CPU)."""
+        from c2ir.data.loader import default_num_workers
+
+        value = self.cfg.get("num_workers")
+        return default_num_workers() if value is None else int(value)
 
     @property
     def seed(self) -> int:

@@ -19,7 +19,7 @@ import torch
 
 from c2ir import report
 from c2ir.cache import Artifact, atomic_save_tensors, atomic_write_json
-from c2ir.data import load_id, load_ood
+from c2ir.data import BatchStream, load_id, load_ood
 from c2ir.data.sources import ood_fingerprint
 from c2ir.detectors import Detector, FitData, build_detector
 from c2ir.detectors.base import SPATIAL
@@ -113,7 +113,7 @@ class Evaluation:
             self.fit_inputs = FitInputs(ctx, self.detectors)
         fi = self.fit_inputs
         self.stats_art, self.weights_art, self.id_train = fi.stats_art, fi.weights_art, fi.id_train
-        self._decoded: dict[str, Any] = {}  # decoded image sets, shared by feature passes and gradient passes
+        self._decoded: dict[str, Any] = {}  # listed image sets (decoded per pass), shared by feature and gradient passes
         self.sets: dict[str, tuple[Artifact, dict[str, torch.Tensor]]] = {}
         self.id_name = f"{cfg.data.name}-test"
         self.sets[self.id_name] = features.ensure(ctx, self.id_name, ctx.data_spec("test"), self.load_id_test, self.spatial,
@@ -135,7 +135,8 @@ class Evaluation:
 
     def load_ood(self, name: str):
         if name not in self._decoded:
-            self._decoded[name] = load_ood(name, self.ctx.cfg.ood[name], self.ctx.cfg.data, self.load_id_test())
+            self._decoded[name] = load_ood(name, self.ctx.cfg.ood[name], self.ctx.cfg.data, self.load_id_test(),
+                                           self.ctx.num_workers)
             self._decoded[name].name = str(self.ctx.cfg.ood[name].get("name") or name)
         return self._decoded[name]
 
@@ -172,7 +173,9 @@ class Evaluation:
 
         def build(out: Path) -> dict:
             data = self.load_id_test() if set_name == self.id_name else self.load_ood(self.ood_keys[set_name])
-            s = det.score_images(ctx.model, ctx.normalizer, data.images, ctx.batch_size, ctx.device)
+            stream = BatchStream(data, ctx.batch_size, ctx.num_workers, desc=set_name)  # per-image scores: batch by batch
+            s = np.concatenate([det.score_images(ctx.model, ctx.normalizer, b.images, ctx.batch_size, ctx.device)
+                                for b in stream if len(b.images)])
             atomic_save_tensors(out / "scores.safetensors", {"scores": torch.from_numpy(np.asarray(s, dtype=np.float64))})
             return {}
 

@@ -20,7 +20,8 @@ from pathlib import Path
 from typing import Any
 
 from c2ir.cache import Artifact, atomic_save_tensors
-from c2ir.data.imageset import ImageSet
+from c2ir.data.imageset import AnyImageSet
+from c2ir.data.loader import BatchStream, batch_spans
 from c2ir.distributed import merge_strided_batches
 from c2ir.extraction import FeatureBundle, extract_features
 from c2ir.stages.common import RunContext
@@ -63,7 +64,7 @@ def slice_keys(names: list[str], layers: list[str], spatial: bool) -> list[str]:
     return [k for k in names if k in want or not k.startswith(("layer/", "spatial/"))]
 
 
-def ensure(ctx: RunContext, name: str, dataset_spec: dict[str, Any], load: Callable[[], ImageSet],
+def ensure(ctx: RunContext, name: str, dataset_spec: dict[str, Any], load: Callable[[], AnyImageSet],
            spatial_grid: int = 0, reuse_spatial: bool = False) -> tuple[Artifact, FeatureBundle]:
     """Features of one dataset for this run's layers (spatial vectors when `spatial_grid > 0`), sliced
     from the cached capture or from one (possibly sharded) forward pass that records the capture."""
@@ -73,13 +74,11 @@ def ensure(ctx: RunContext, name: str, dataset_spec: dict[str, Any], load: Calla
     found = ctx.store.lookup("features", art_key, inputs)
     if found is None:
         data = load()
-        if data.skipped:
-            log.warning("%s: %d unreadable image(s) skipped", name, data.skipped)
-        bundle = _extract(ctx, data, cap, name)
+        bundle, skipped = _extract(ctx, data, cap, name)
 
         def build(out: Path) -> dict:
             atomic_save_tensors(out / FEATURES_FILE, bundle)
-            return {"dataset": name, "count": len(data), "skipped": data.skipped}
+            return {"dataset": name, "count": len(data) - skipped, "skipped": skipped}
 
         if ctx.dist.is_main:
             ctx.store.get_or_create("features", art_key, build, config={"dataset": dataset_spec},
@@ -93,14 +92,19 @@ def ensure(ctx: RunContext, name: str, dataset_spec: dict[str, Any], load: Calla
     return found, found.tensors(FEATURES_FILE, slice_keys(names, ctx.layers, spatial_grid > 0))
 
 
-def _extract(ctx: RunContext, data: ImageSet, cap: Capture, name: str) -> FeatureBundle:
-    shard = (ctx.dist.rank, ctx.dist.world) if ctx.dist.enabled else None
-    part = extract_features(ctx.model, data, ctx.normalizer, list(cap.layers), ctx.head, batch_size=ctx.batch_size,
-                            device=ctx.device, spatial_grid=cap.spatial_grid, desc=f"features {name}", shard=shard)
-    if shard is None:
-        return part
-    # rank r holds batches r, r+W, ...: gather and restore the dataset order
-    bundle = merge_strided_batches(ctx.dist.all_gather_object(part), len(data), ctx.batch_size)
-    if data.labels is not None:
-        bundle["labels"] = data.labels.clone()
-    return bundle
+def _extract(ctx: RunContext, data: AnyImageSet, cap: Capture, name: str) -> tuple[FeatureBundle, int]:
+    """(bundle, unreadable files skipped): the set is read in batches by `ctx.num_workers` processes."""
+    n_batches = len(batch_spans(len(data), ctx.batch_size))
+    world = ctx.dist.world if ctx.dist.enabled else 1
+    mine = list(range(ctx.dist.rank, n_batches, world)) if world > 1 else None
+    stream = BatchStream(data, ctx.batch_size, ctx.num_workers, pin_memory=ctx.device.type == "cuda",
+                         batches=mine, desc=name)
+    part = extract_features(ctx.model, stream, ctx.normalizer, list(cap.layers), ctx.head, batch_size=ctx.batch_size,
+                            device=ctx.device, spatial_grid=cap.spatial_grid, desc=f"features {name}")
+    if world == 1:
+        return part, stream.skipped
+    # rank r holds batches r, r+W, ...: gather and restore the dataset order; a batch may be short
+    # (its unreadable files dropped), so each rank's per-batch counts locate its rows
+    parts = ctx.dist.all_gather_object((part, stream.counts, stream.skipped))
+    bundle = merge_strided_batches([p for p, _, _ in parts], len(data), ctx.batch_size, [c for _, c, _ in parts])
+    return bundle, sum(s for _, _, s in parts)

@@ -8,17 +8,21 @@ assembles and publishes the artifact once every batch exists.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import shutil
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 from safetensors.torch import load_file
+from torch import nn
 
 from c2ir.cache import Artifact, atomic_save_tensors, atomic_write_json
+from c2ir.data.imageset import Normalizer
 from c2ir.extraction import batches
-from c2ir.impressions import SynthConfig, batch_seed, batch_targets, impression_grid, num_batches, synthesize_batch
+from c2ir.impressions import BatchResult, SynthConfig, batch_seed, batch_targets, impression_grid, num_batches, synthesize_batch
 from c2ir.stages.common import RunContext, key_fields, plain
 
 log = logging.getLogger(__name__)
@@ -54,14 +58,31 @@ def compute_batches(ctx: RunContext, work: Path) -> None:
             log.info("synthesize: batch %d/%d already done (resuming)", b + 1, n_batches)
             continue
         targets = batch_targets(k, sc.per_class, sc.batch_size, b)
-        res = synthesize_batch(model, ctx.normalizer, targets, shape, sc, batch_seed(sc.seed, b), ctx.device,
-                               desc=f"synthesize batch {b + 1}/{n_batches}", autocast_dtype=autocast,
-                               channels_last=channels_last)
+        res = synthesize_multires(model, ctx.normalizer, targets, shape, sc, int(cfg.synth.get("warmup_iterations") or 0),
+                                  batch_seed(sc.seed, b), ctx.device, desc=f"synthesize batch {b + 1}/{n_batches}",
+                                  autocast_dtype=autocast, channels_last=channels_last)
         c = res.curves
         log.info("synthesize batch %d/%d: loss %.3f -> %.3f (ce %.3f, bn %.3f -> %.3f)", b + 1, n_batches,
                  float(c["total"][0]), float(c["total"][-1]), float(c["ce"][-1]), float(c["bn"][0]), float(c["bn"][-1]))
         atomic_save_tensors(path, {"images": res.images, "targets": res.targets,
                                    **{f"curve/{n}": v for n, v in c.items()}})
+
+
+def synthesize_multires(model: nn.Module, normalizer: Normalizer, targets: torch.Tensor, shape: tuple[int, int, int],
+                        sc: SynthConfig, warmup: int, seed: int, device: torch.device, **kw: Any) -> BatchResult:
+    """DeepInversion's multi-resolution schedule (their ImageNet setting 0): `warmup` iterations where the
+    model sees the images 2x average-pooled (jitter halved), then `sc.iterations` at full size, each
+    stage with a fresh Adam. warmup=0 is the plain single-resolution synthesis."""
+    if warmup <= 0:
+        return synthesize_batch(model, normalizer, targets, shape, sc, seed, device, **kw)
+    desc = kw.pop("desc", "synthesize")
+    low = nn.Sequential(nn.AvgPool2d(2), model)
+    first = synthesize_batch(low, normalizer, targets, shape, dataclasses.replace(sc, iterations=warmup, jitter=sc.jitter // 2),
+                             seed, device, desc=f"{desc} (half resolution)", **kw)
+    second = synthesize_batch(model, normalizer, targets, shape, sc, seed, device, desc=desc,
+                              init=normalizer(first.images), **kw)
+    curves = {k: torch.cat([first.curves[k], v]) for k, v in second.curves.items()}
+    return BatchResult(second.images, second.targets, curves)
 
 
 def batch_ok(path: Path) -> bool:

@@ -18,9 +18,9 @@ import torch
 from torch import nn
 
 from c2ir.cache import Artifact, atomic_save_tensors, atomic_write_json
-from c2ir.data import load_id
+from c2ir.data import load_id, materialize
 from c2ir.errors import C2IRError
-from c2ir.models import load_checkpoint
+from c2ir.models import load_checkpoint, published_weights
 from c2ir.models.loading import check_finite_weights, load_classifier
 from c2ir.training import TrainConfig, train_classifier
 
@@ -46,7 +46,9 @@ def train_model(ctx: "RunContext", work: Path) -> tuple[nn.Module, list[dict]]:
         load_checkpoint(model, cfg.model, str(cfg.model.checkpoint))
         check_finite_weights(model, f"checkpoint {cfg.model.checkpoint}")
         log.info("fine-tuning from %s", cfg.model.checkpoint)
-    return train_classifier(model, load_id(cfg.data, "train"), load_id(cfg.data, "test"), ctx.normalizer,
+    # training draws random batches and augments whole tensors: both splits are held in memory
+    train, test = (materialize(load_id(cfg.data, s), ctx.batch_size, ctx.num_workers) for s in ("train", "test"))
+    return train_classifier(model, train, test, ctx.normalizer,
                             train_config(ctx), work, ctx.device, ctx.batch_size)
 
 
@@ -74,12 +76,17 @@ def classifier(ctx: "RunContext") -> nn.Module:
     """The model downstream stages run: trained/fine-tuned here, or `model.checkpoint` as given."""
     if ctx.uses_training:
         return load(ctx, ensure(ctx))
-    return load_classifier(ctx.cfg.model, int(ctx.cfg.data.num_classes), checkpoint=str(ctx.cfg.model.checkpoint))
+    # no checkpoint: a torchvision model with its published weights, used as it is
+    return load_classifier(ctx.cfg.model, int(ctx.cfg.data.num_classes), checkpoint=ctx.cfg.model.get("checkpoint"))
 
 
 def digest(ctx: "RunContext") -> str:
     """Content of the model downstream artifacts are built from: the trained weights or the checkpoint."""
-    return ensure(ctx).digest if ctx.uses_training else f"checkpoint:{ctx.checkpoint_sha}"
+    if ctx.uses_training:
+        return ensure(ctx).digest
+    if ctx.checkpoint_sha is None:  # torchvision's published weights, identified by name
+        return f"torchvision:{ctx.cfg.model.name}:{published_weights(ctx.cfg.model)}"
+    return f"checkpoint:{ctx.checkpoint_sha}"
 
 
 def run(cfg) -> None:
