@@ -182,6 +182,11 @@ def test_gaia_layers_and_scores_match_tensor_hooks():
     x = torch.rand(4, 3, 8, 8)
     norm = Normalizer([0.5] * 3, [0.25] * 3)
     z = build_detector("gaia_z", {"type": "gaia_z"}).score_images(model, norm, x, batch_size=3)
+    assert np.allclose(z, _gaia_z_by_tensor_hooks(model, norm, x))
+
+
+def _gaia_z_by_tensor_hooks(model, norm, x):
+    """GAIA-Z computed the authors' way: gradient hooks on every BN output."""
     grads, hooks = [], []
 
     def keep_grad(_m, _i, out):
@@ -195,7 +200,30 @@ def test_gaia_layers_and_scores_match_tensor_hooks():
     for h in hooks:
         h.remove()
     ratios = torch.cat([(g != 0).double().mean(dim=(-1, -2)) for g in grads], dim=1)
-    assert np.allclose(z, ratios.pow(2).mean(1).numpy())
+    return ratios.pow(2).mean(1).numpy()
+
+
+def test_gaia_z_reads_bn_outputs_before_in_place_ops():
+    """torchvision ResNets apply ReLU(inplace=True) and `out += identity` to BN outputs: GAIA must
+    differentiate w.r.t. the BN output itself, not the tensor the in-place op left behind."""
+    from torchvision.models import resnet18
+
+    from c2ir.data.imageset import Normalizer
+    torch.manual_seed(0)
+    model = resnet18(num_classes=3).eval()
+    x = torch.rand(2, 3, 32, 32)
+    norm = Normalizer([0.5] * 3, [0.25] * 3)
+    z = build_detector("gaia_z", {"type": "gaia_z"}).score_images(model, norm, x)
+    assert np.allclose(z, _gaia_z_by_tensor_hooks(model, norm, x))
+
+
+def test_gaia_a_is_positive_and_checks_its_stages():
+    from c2ir.data.imageset import Normalizer
+    from c2ir.models.cifar_resnet import CifarResNet
+    torch.manual_seed(0)
+    model = CifarResNet(depth=8, num_classes=3).eval()
+    x = torch.rand(4, 3, 8, 8)
+    norm = Normalizer([0.5] * 3, [0.25] * 3)
     a = build_detector("gaia_a", {"type": "gaia_a"}).score_images(model, norm, x)
     assert a.shape == (4,) and np.isfinite(a).all() and (a > 0).all()
     with pytest.raises(C2IRError, match="last_stages=-1"):

@@ -9,6 +9,11 @@ scale on the impressions themselves and combined with the MGI layer weights:
 
 Higher S means more likely OOD. The optional logit term (e.g. Energy, z-scored on the
 impressions) is a data-free variant: it uses nothing but the model and the impressions.
+Its weight is chosen at fit time by default (`select_logit_weight`): the impressions of each
+class are split into two folds; on each fold the detector is fitted on one half, and the other
+half (held back, ID) is separated from three proxy outliers made from it (`c2ir.proxies`: 4x4
+patch-permuted, blurred, two-class mixtures); the weight of `LOGIT_WEIGHT_GRID` with the best
+mean AUROC wins (ties go to the smaller weight). No real ID or OOD data is used.
 Normalisation `impression_z` maps d_l to (d_l - mean) / std over the impressions' own
 deviations; `impression_std` divides by that std; `none` leaves raw deviations.
 """
@@ -136,8 +141,8 @@ class C2IR(Detector):
         if counts is not None and missing:
             log.warning("%s: select_logit_weight needs the impression images and the model (fit through "
                         "`c2ir evaluate`/`c2ir run` or c2ir.C2IR); using logit_weight=%g", self.name, self.logit_weight)
-        elif counts is not None and int(counts[counts > 0].min()) < 2:
-            log.warning("%s: select_logit_weight needs at least 2 impressions per class (got %d); using "
+        elif counts is not None and int(counts[counts > 0].min()) < 4:
+            log.warning("%s: select_logit_weight needs at least 4 impressions per class (2 per fold) (got %d); using "
                         "logit_weight=%g", self.name, int(counts[counts > 0].min()), self.logit_weight)
         elif self.select_logit_weight:
             self.selection = self.proxy_criteria(data)

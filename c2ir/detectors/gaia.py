@@ -31,7 +31,7 @@ from torch import nn
 from tqdm import tqdm
 
 from c2ir.data.imageset import Normalizer
-from c2ir.detectors.base import Detector
+from c2ir.detectors.base import Detector, FitData
 from c2ir.errors import C2IRError
 from c2ir.extraction import batches
 from c2ir.models import head_module
@@ -74,6 +74,10 @@ class _GAIA(Detector):
 
     needs_input_gradients = True
     last_stages: int = 0
+    head: nn.Module | None = None   # the model's final linear layer when the fit names it (FitData.head)
+
+    def _fit(self, data: FitData) -> None:
+        self.head = data.head
 
     def score_images(self, model: nn.Module, normalizer: Normalizer, images: torch.Tensor,
                      batch_size: int = 256, device: torch.device | str = "cpu") -> np.ndarray:
@@ -82,10 +86,18 @@ class _GAIA(Detector):
         with frozen_eval(model):
             names = gaia_bn_layers(model, self.last_stages)
             modules = dict(model.named_modules())
-            head = head_module(model, None)
+            head = self.head if self.head is not None else head_module(model, None)
             captured: dict[str, torch.Tensor] = {}
-            handles = [modules[n].register_forward_hook(lambda _m, _i, o, n=n: captured.__setitem__(n, o))
-                       for n in names]
+
+            def keep(name: str):
+                # differentiate w.r.t. the BN output itself: an in-place op after it (ReLU(inplace=True),
+                # `out += identity`) would otherwise change the captured tensor and its zeros
+                def hook(_m: nn.Module, _i: tuple, o: torch.Tensor) -> torch.Tensor:
+                    captured[name] = o
+                    return o.clone()
+                return hook
+
+            handles = [modules[n].register_forward_hook(keep(n)) for n in names]
             handles.append(head.register_forward_pre_hook(lambda _m, i: captured.__setitem__("_head", i[0])))
             try:
                 out = []

@@ -50,8 +50,8 @@ def capture_for(ctx: RunContext, spatial_grid: int = 0, reuse_spatial: bool = Fa
 
 def key(ctx: RunContext, dataset_spec: dict[str, Any], spatial_grid: int = 0, reuse_spatial: bool = False) -> str:
     """`dataset_spec` holds the set's key fields (KEY_RULES["features:*"]) and content fingerprint;
-    the key names the captured layers and grid (with `features.capture=configured` it is the key a
-    pass over exactly this run's layers always had)."""
+    the key names the captured layers and grid (with `features.capture=configured`: exactly this
+    run's layers, so a pass that serves one layer set only)."""
     cap = capture_for(ctx, spatial_grid, reuse_spatial)
     spec = {"dataset": dataset_spec, "layers": list(cap.layers), "spatial_grid": cap.spatial_grid}
     return ctx.key("features", spec, {"model": ctx.model_key})
