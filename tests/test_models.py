@@ -86,6 +86,9 @@ def test_malicious_pickle_is_refused_without_running(tmp_path, monkeypatch):
     with pytest.raises(C2IRError, match="model.trust_checkpoint=true"):
         read_checkpoint(path)
     assert not (tmp_path / "PWNED_BY_CHECKPOINT").exists()
+    (tmp_path / "notes.pth").write_text("not a checkpoint\n")
+    with pytest.raises(C2IRError, match="not a PyTorch checkpoint: .*notes.pth"):
+        read_checkpoint(tmp_path / "notes.pth")
     torch.save({"state_dict": {"w": torch.zeros(1)}, "x": Payload()}, tmp_path / "evil_zip.pt")
     with pytest.raises(C2IRError, match="model.trust_checkpoint=true"):
         read_checkpoint(tmp_path / "evil_zip.pt")

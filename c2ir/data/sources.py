@@ -118,13 +118,13 @@ def _torchvision(dataset: str, root: str, split: str, download: bool, size: int,
     return FileSet(name, files, None, size, channels, mode, seed)
 
 
-def _folder_root(cfg: Any, name: str) -> Path:
+def _folder_root(cfg: Any, name: str, key: str) -> Path:
     """An explicit `root`, else the shared archive's extraction (when the config names one)."""
     if cfg.get("root"):
         return Path(str(cfg.root)).expanduser()
     if cfg.get("archive"):
         return ensure_extracted(str(cfg.archive)) / str(cfg.get("subdir") or "")
-    raise C2IRError(f"{name}: no root= given; set root= to the folder ({cfg.get('layout', 'a folder of images')})")
+    raise C2IRError(f"{name}: no folder given; set {key}=DIR ({cfg.get('layout', 'a folder of images')})")
 
 
 def _folder_content(cfg: Any, suffix: str = "") -> str | None:
@@ -183,7 +183,7 @@ def load_id(data_cfg: Any, split: str) -> AnyImageSet:
         ds = _torchvision(str(data_cfg.get("dataset", data_cfg.name)), str(data_cfg.root), split,
                           bool(data_cfg.get("download", True)), size, ch, mode, max_n, seed, name)
     elif source in ("imagefolder", "shared"):
-        base = _folder_root(data_cfg, name)
+        base = _folder_root(data_cfg, name, "data.root")
         check_split_classes(base, [str(data_cfg.get(f"{s}_split", s)) for s in ("train", "test")])
         root = base / str(data_cfg.get(f"{split}_split", split))
         ds = load_labelled_folder(root, name, size, ch, mode, max_n, seed, int(data_cfg.num_classes),
@@ -230,7 +230,7 @@ def load_ood(name: str, cfg: Any, data_cfg: Any, id_test: AnyImageSet | None = N
 
 def _maybe_download(cfg: Any, name: str) -> Path:
     """Folder of an OOD set; downloads the public archive when it is missing and a URL is known."""
-    root = _folder_root(cfg, name)
+    root = _folder_root(cfg, name, f"ood.{name}.root")
     if root.is_dir() or not cfg.get("url") or not cfg.get("download", False):
         return root
     from torchvision.datasets.utils import download_and_extract_archive

@@ -31,11 +31,17 @@ def read_checkpoint(path: str | Path, trust: bool = False) -> dict[str, torch.Te
     path = Path(path).expanduser()
     if not path.is_file():
         raise C2IRError(f"checkpoint not found: {path}; set model.checkpoint to an existing file")
+    with open(path, "rb") as fh:
+        head = fh.read(4)
+    if not (head.startswith(b"PK\x03\x04") or head[:1] == b"\x80"):  # torch.save zip archive, or a pickle
+        raise C2IRError(f"not a PyTorch checkpoint: {path} (neither a torch.save archive nor a pickle); "
+                        "set model.checkpoint to a file written by torch.save")
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - the weights-only unpickler raises many types on foreign input
         if not trust:
-            reason = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else type(exc).__name__
+            text = str(exc).strip()
+            reason = text.splitlines()[0].split(". ")[0][:160] if text else type(exc).__name__
             raise C2IRError(
                 f"refusing to unpickle {path}: it is not a plain tensor checkpoint ({reason}); "
                 "if you trust its source, pass model.trust_checkpoint=true"
