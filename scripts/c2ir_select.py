@@ -33,7 +33,7 @@ from hydra import compose, initialize_config_dir
 
 from c2ir.config import config_dir, register_resolvers
 from c2ir.detectors import build_detector
-from c2ir.detectors.c2ir import combine, impression_scale
+from c2ir.detectors.c2ir import LOGIT_WEIGHT_GRID, combine, impression_scale
 from c2ir.detectors.logits import LOGIT_SCORES
 from c2ir.extraction import extract_features
 from c2ir.metrics import auroc
@@ -47,7 +47,6 @@ sys.path.insert(0, str(__import__("pathlib").Path(__file__).parent))
 from c2ir_variants import layer_subsets  # noqa: E402
 
 log = logging.getLogger("c2ir_select")
-LOGIT_WEIGHTS = (0.0, 0.5, 1.0, 2.0, 4.0)
 
 
 def take(bundle: dict, idx: torch.Tensor) -> dict:
@@ -105,7 +104,7 @@ def main(argv: list[str]) -> None:
     subsets = layer_subsets(ctx.layers)
     rows = []
     grid = itertools.product(subsets.items(), weights.items(), ("impression_z",),  # impression_std ranks identically (a constant shift)
-                             LOGIT_WEIGHTS, ("argmax", "posterior"))
+                             LOGIT_WEIGHT_GRID, ("argmax", "posterior"))
     for (sname, cols), (mname, w_all), norm, lw, cw in grid:
         w = w_all[cols]
         w = w / w.sum() if w.sum() > 0 else torch.full_like(w, 1 / len(w))

@@ -33,6 +33,8 @@ FIT_SOURCES = ("none", "impressions", "id_train")
 POOLED_LAYERS, SPATIAL, BN_MEANS, INPUT_GRADIENTS = "pooled_layers", "spatial", "bn_means", "input_gradients"
 # ... and what it fits on besides features (`FitData.class_stats`, `FitData.layer_weights`).
 CLASS_STATS, LAYER_WEIGHTS = "class_stats", "layer_weights"
+# ... and the impressions' pixels (`FitData.impression_images`: C2IR's weight selection).
+IMPRESSION_IMAGES = "impression_images"
 
 
 @dataclass

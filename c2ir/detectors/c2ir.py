@@ -25,7 +25,8 @@ import logging
 import numpy as np
 import torch
 
-from c2ir.detectors.base import CLASS_STATS, LAYER_WEIGHTS, POOLED_LAYERS, SPATIAL, Detector, FitData
+from c2ir.detectors.base import (CLASS_STATS, IMPRESSION_IMAGES, LAYER_WEIGHTS, POOLED_LAYERS, SPATIAL, Detector,
+                                 FitData)
 from c2ir.detectors.logits import LOGIT_SCORES
 from c2ir.errors import C2IRError
 from c2ir.extraction import FeatureBundle, batches, extract_features
@@ -119,7 +120,7 @@ class C2IR(Detector):
 
     @property
     def needs(self) -> frozenset[str]:
-        base = {POOLED_LAYERS, CLASS_STATS, LAYER_WEIGHTS}
+        base = {POOLED_LAYERS, CLASS_STATS, LAYER_WEIGHTS} | ({IMPRESSION_IMAGES} if self.select_logit_weight else set())
         return frozenset(base | {SPATIAL}) if IPMS[self.ipm].needs_spatial else frozenset(base)
 
     @property

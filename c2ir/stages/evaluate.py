@@ -22,7 +22,7 @@ from c2ir.cache import Artifact, atomic_save_tensors, atomic_write_json
 from c2ir.data import BatchStream, load_id, load_ood
 from c2ir.data.sources import ood_fingerprint
 from c2ir.detectors import Detector, FitData, build_detector
-from c2ir.detectors.base import SPATIAL
+from c2ir.detectors.base import IMPRESSION_IMAGES, INPUT_GRADIENTS, SPATIAL
 from c2ir.detectors.c2ir import C2IR
 from c2ir.errors import C2IRError
 from c2ir.metrics import accuracy, columnwise_auroc, ood_metrics
@@ -70,6 +70,8 @@ class FitInputs:
         self.stats_art = collect_stats.ensure(ctx)
         self.weights_art = weight_layers.ensure(ctx)
         self.id_train = None
+        # pixels of the impressions: for detectors that fit on them or score them by a gradient pass
+        self.wants_images = any({IMPRESSION_IMAGES, INPUT_GRADIENTS} & d.needs for d in detectors.values())
         if any(d.fit_on == "id_train" for d in detectors.values()):
             self.id_train = id_train_features(ctx)
 
@@ -84,7 +86,7 @@ class FitInputs:
         layers, weights = weight_layers.load(self.weights_art)
         if layers != stats.layers:
             raise C2IRError("MGI weights and class statistics were computed for different layer sets; rerun `c2ir run`")
-        images, _ = synthesize.load(synthesize.ensure(self.ctx))
+        images = synthesize.load(synthesize.ensure(self.ctx))[0] if self.wants_images else None
         return FitData(model=self.ctx.model, layers=layers, impressions=imp,
                        id_train=None if self.id_train is None else self.id_train[1],
                        class_stats=stats, layer_weights=weights, head=self.ctx.head,

@@ -31,7 +31,6 @@ from c2ir.errors import C2IRError
 from c2ir.extraction import extract_features
 from c2ir.stages.common import RunContext, plain
 from c2ir.stages.evaluate import FitInputs, ipm_overrides
-from c2ir.stages import synthesize
 
 log = logging.getLogger(__name__)
 SCORE_VERSION = 1
@@ -70,8 +69,7 @@ def ensure(ctx: RunContext, name: str, tpr: float) -> tuple[Detector, float, Art
         fit = inputs.fit_context()
         det.fit(fit)
         if INPUT_GRADIENTS in det.needs:
-            images, _ = synthesize.load(synthesize.ensure(ctx))
-            imp_scores = det.score_images(ctx.model, ctx.normalizer, images, ctx.batch_size, ctx.device)  # type: ignore[attr-defined]
+            imp_scores = det.score_images(ctx.model, ctx.normalizer, fit.impression_images, ctx.batch_size, ctx.device)  # type: ignore[attr-defined]
         else:
             imp_scores = det.score(fit.impressions)  # type: ignore[arg-type]
         threshold = float(np.quantile(imp_scores, tpr))
