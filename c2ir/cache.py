@@ -28,6 +28,7 @@ import logging
 import os
 import platform
 import shutil
+import sys
 import time
 import uuid
 from collections.abc import Callable, Iterator, Mapping
@@ -105,17 +106,27 @@ def atomic_write_json(path: Path, obj: Any) -> None:
 
 def package_versions() -> dict[str, str]:
     """Versions recorded in every manifest, so a result can be traced to its software."""
+    from importlib.metadata import PackageNotFoundError, version
+
     import numpy
     import sklearn
-    import torchvision
 
     import c2ir
+
+    # torchvision is not imported for this (it costs seconds per process): its own version string when a stage
+    # already loaded it, else the installed distribution's
+    torchvision_version = getattr(sys.modules.get("torchvision"), "__version__", None)
+    if torchvision_version is None:
+        try:
+            torchvision_version = version("torchvision")
+        except PackageNotFoundError:
+            torchvision_version = "not installed"
 
     return {
         "c2ir": c2ir.__version__,
         "python": platform.python_version(),
         "torch": torch.__version__,
-        "torchvision": torchvision.__version__,
+        "torchvision": torchvision_version,
         "numpy": numpy.__version__,
         "scikit-learn": sklearn.__version__,
     }

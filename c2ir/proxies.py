@@ -9,7 +9,6 @@ of image tensors (N, C, H, W) in [0, 1].
 from __future__ import annotations
 
 import torch
-import torchvision.transforms.functional as TF
 
 __all__ = ["blurred", "folds", "mixed", "patch_permuted", "proxy_images"]
 
@@ -30,6 +29,8 @@ def blurred(x: torch.Tensor) -> torch.Tensor:
     """Gaussian blur with sigma = image size / 16 (at least 0.5 px)."""
     sigma = max(x.shape[-1] / 16, 0.5)
     k = 2 * int(2 * sigma + 0.5) + 1
+    import torchvision.transforms.functional as TF  # imported on use: importing torchvision costs seconds
+
     return TF.gaussian_blur(x, [k, k], [sigma, sigma])
 
 

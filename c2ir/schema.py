@@ -251,6 +251,49 @@ def check_cache_root(value: Any) -> None:
                         "set cache_root to a writable folder") from None
 
 
+# stages that read the ID test set and the OOD sets, and the one that scores a user's folder
+DATA_STAGES = ("train", "evaluate", "run")
+OOD_STAGES = ("evaluate", "run")
+
+
+def check_inputs(cfg: DictConfig) -> None:
+    """Files and folders named by the config exist, checked before any model is built or torch imported.
+
+    A missing checkpoint or data folder is then reported in a fraction of a second, not after a minute of
+    training or synthesis; the stages check again where they open the files (the config may come from the API).
+    """
+    stage = str(cfg.get("stage") or "run")
+    ckpt = OmegaConf.select(cfg, "model.checkpoint")
+    if ckpt and "://" not in str(ckpt) and not Path(str(ckpt)).expanduser().is_file():
+        raise C2IRError(f"checkpoint not found: {Path(str(ckpt)).expanduser()}; set model.checkpoint to an existing file")
+    data = cfg.get("data") or {}
+    if stage in DATA_STAGES and data.get("source") == "imagefolder":
+        root = data.get("root")
+        if not root or not Path(str(root)).expanduser().is_dir():
+            layout = data.get("layout") or "<root>/<split>/<class>/*.jpg"
+            where = Path(str(root)).expanduser() if root else None
+            raise C2IRError(f"{data.get('name', 'data')}: folder not found: {where} (expected layout: {layout}); set data.root")
+    if stage in OOD_STAGES:
+        for key, ood in (cfg.get("ood") or {}).items():
+            root = ood.get("root")
+            if ood.get("source") != "folder" or (ood.get("url") and ood.get("download")) or (not root and ood.get("archive")):
+                continue  # generated, torchvision, downloadable or a shared archive: their source reports what is missing
+            if not root or not Path(str(root)).expanduser().is_dir():
+                layout = f" (expected layout: {ood.layout})" if ood.get("layout") else ""
+                where = Path(str(root)).expanduser() if root else None
+                raise C2IRError(f"{ood.get('name') or key}: image folder not found: {where}{layout}; "
+                                f"set ood.{key}.root to the folder")
+    if stage == "score":
+        score = cfg.get("score") or {}
+        if not score.get("input"):
+            raise C2IRError("score needs a folder of images: pass score.input=DIR")
+        root = Path(str(score.input)).expanduser()
+        if not root.is_dir():
+            raise C2IRError(f"score.input={root} is not a folder; pass score.input=DIR with the images to score")
+        if not any(p.is_file() and not p.name.startswith(".") for p in root.rglob("*")):
+            raise C2IRError(f"no files found under {root}; point score.input at a folder of images")
+
+
 def validate(cfg: DictConfig) -> DictConfig:
     """Check the composed config in place (and drop stale OOD tweaks); raises C2IRError with one line."""
     drop_unselected_ood(cfg)
@@ -267,4 +310,5 @@ def validate(cfg: DictConfig) -> DictConfig:
     ood_names(cfg)
     if not cfg.get("detectors"):
         raise C2IRError("no detectors selected (detectors=[]); pass at least one, e.g. detectors=[c2ir,energy,msp]")
+    check_inputs(cfg)
     return cfg

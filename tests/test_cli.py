@@ -33,9 +33,9 @@ def test_run_end_to_end(first_run, workdir):
     for det, per_ood in res["metrics"].items():
         for ood, m in per_ood.items():
             assert all(v == v and abs(v) != float("inf") for v in m.values()), (det, ood)
-    # far-OOD noise is detected: 88.8 on this seed-0 model with synth.bn_reduce=mean (95.4 with sum;
-    # 95.7 mean over seeds 0-2, docs/BENCHMARKS.md section 9); a broken C2IR scores about 50
-    assert res["metrics"]["c2ir"]["gaussian_noise"]["auroc"] >= 85.0
+    # pixel-shuffled digits are detected: 88.4 / 92.5 / 88.2 at TINY's budget for seeds 0 / 1 / 2 (Gaussian noise
+    # varies from 8 to 96 across these small models, so it is not asserted); a broken C2IR scores about 50
+    assert res["metrics"]["c2ir"]["pixel_shuffled"]["auroc"] >= 80.0
     run_dir = sorted((workdir / "outputs" / "runs").rglob("results.md"))[-1].parent
     for name in ("results.md", "results.csv", "impressions_grid.png", "roc_gaussian_noise.png", "hist_c2ir.png"):
         assert (run_dir / name).is_file(), name

@@ -12,12 +12,12 @@ from safetensors.torch import load_file
 
 from conftest import run_cli
 
-SYNTH = ["synth.per_class=10", "synth.batch_size=20", "synth.iterations=120", "train.epochs=6",
+SYNTH = ["synth.per_class=6", "synth.batch_size=20", "synth.iterations=60", "train.epochs=6",
          "detectors=[msp,c2ir]", "ood=[gaussian_noise]"]
 
 
 def _start(args, cwd):
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}  # as run_cli: same threads, same floats
     return subprocess.Popen([sys.executable, "-m", "c2ir", *args], cwd=cwd, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 

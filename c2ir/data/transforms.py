@@ -14,7 +14,6 @@ import zlib
 from functools import lru_cache
 
 import numpy as np
-import torchvision.transforms as T
 from PIL import Image
 
 from c2ir.errors import C2IRError
@@ -24,7 +23,11 @@ IMAGENET_CROP_RATIO = 0.875  # 224 / 256: the resize-then-crop ratio of the Imag
 
 
 @lru_cache(maxsize=8)
-def _imagenet_eval(size: int) -> T.Compose:
+def _imagenet_eval(size: int):
+    # imported here: importing torchvision costs seconds per process (it loads torch._dynamo), and only the
+    # ImageNet-style mode needs it
+    import torchvision.transforms as T
+
     return T.Compose([T.Resize(round(size / IMAGENET_CROP_RATIO), interpolation=T.InterpolationMode.BILINEAR),
                       T.CenterCrop(size)])
 

@@ -240,7 +240,9 @@ def ensure(ctx: RunContext) -> Artifact:
 
 
 def run(cfg) -> None:
-    report_evaluation(RunContext(cfg))
+    ctx = RunContext(cfg)
+    build_detectors(ctx)  # a misspelled detector parameter fails before any upstream stage runs
+    report_evaluation(ctx)
 
 
 def report_evaluation(ctx: RunContext) -> None:

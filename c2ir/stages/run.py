@@ -22,6 +22,7 @@ def check_folders(ctx: RunContext) -> None:
 def run(cfg) -> None:
     ctx = RunContext(cfg)
     check_folders(ctx)
+    evaluate.build_detectors(ctx)  # a misspelled detector parameter fails here, not after training and synthesis
     if ctx.uses_training:
         train.ensure(ctx)
     synthesize.ensure(ctx)
