@@ -12,7 +12,7 @@ from safetensors.torch import load_file
 
 from conftest import run_cli
 
-SYNTH = ["synth.per_class=6", "synth.batch_size=20", "synth.iterations=60", "train.epochs=6",
+SYNTH = ["synth.per_class=6", "synth.batch_size=20", "synth.iterations=60", "train.epochs=3",
          "detectors=[msp,c2ir]", "ood=[gaussian_noise]"]
 
 
@@ -64,7 +64,7 @@ def test_kill_during_synthesize_resumes_to_identical_result(tmp_path):
 
 def test_kill_during_train_resumes_to_identical_model(tmp_path):
     killed, clean = tmp_path / "killed", tmp_path / "clean"
-    args = ["train", "train.epochs=12", "train.batch_size=16"]
+    args = ["train", "train.epochs=6", "train.batch_size=16"]
     proc = _start([*args, f"cache_root={killed}"], tmp_path)
     epochs = lambda: list((killed / "train").glob("*.partial/epoch_*.safetensors")) if (killed / "train").exists() else []
     _kill_when(proc, lambda: any(int(p.stem.split("_")[1]) >= 2 for p in epochs()))

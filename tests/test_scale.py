@@ -11,7 +11,8 @@ from safetensors.torch import load_file
 
 from conftest import HAS_JOBLIB_LAUNCHER, run_cli
 
-ARGS = ["synth.per_class=10", "synth.batch_size=20", "synth.iterations=60", "train.epochs=6",
+# two synthesis batches (one per rank under torchrun); 4 impressions per class: C2IR's weight selection needs them
+ARGS = ["synth.per_class=4", "synth.batch_size=20", "synth.iterations=20", "train.epochs=3",
         "detectors=[msp,energy,c2ir,knn_imp]", "ood=[gaussian_noise,pixel_shuffled]", "batch_size=100"]
 
 
