@@ -28,7 +28,6 @@ import logging
 import os
 import platform
 import shutil
-import sys
 import time
 import uuid
 from collections.abc import Callable, Iterator, Mapping
@@ -104,29 +103,32 @@ def atomic_write_json(path: Path, obj: Any) -> None:
     atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n").encode())
 
 
+def _torchvision_version() -> str:
+    """torchvision's own version string (e.g. 0.29.1+cu130), read from its version.py without importing the
+    package: importing torchvision costs seconds per process."""
+    import importlib.util
+    import re
+
+    spec = importlib.util.find_spec("torchvision")
+    if spec is None or not spec.submodule_search_locations:
+        return "not installed"
+    text = (Path(list(spec.submodule_search_locations)[0]) / "version.py").read_text(errors="replace")
+    hit = re.search(r"^__version__\s*=\s*['\"]([^'\"]+)['\"]", text, re.M)
+    return hit.group(1) if hit else "unknown"
+
+
 def package_versions() -> dict[str, str]:
     """Versions recorded in every manifest, so a result can be traced to its software."""
-    from importlib.metadata import PackageNotFoundError, version
-
     import numpy
     import sklearn
 
     import c2ir
 
-    # torchvision is not imported for this (it costs seconds per process): its own version string when a stage
-    # already loaded it, else the installed distribution's
-    torchvision_version = getattr(sys.modules.get("torchvision"), "__version__", None)
-    if torchvision_version is None:
-        try:
-            torchvision_version = version("torchvision")
-        except PackageNotFoundError:
-            torchvision_version = "not installed"
-
     return {
         "c2ir": c2ir.__version__,
         "python": platform.python_version(),
         "torch": torch.__version__,
-        "torchvision": torchvision_version,
+        "torchvision": _torchvision_version(),
         "numpy": numpy.__version__,
         "scikit-learn": sklearn.__version__,
     }

@@ -256,38 +256,47 @@ DATA_STAGES = ("train", "evaluate", "run")
 OOD_STAGES = ("evaluate", "run")
 
 
+def _folder(path: Any) -> Path | None:
+    return Path(str(path)).expanduser() if path else None
+
+
 def check_inputs(cfg: DictConfig) -> None:
     """Files and folders named by the config exist, checked before any model is built or torch imported.
 
-    A missing checkpoint or data folder is then reported in a fraction of a second, not after a minute of
-    training or synthesis; the stages check again where they open the files (the config may come from the API).
+    A missing checkpoint or data folder is then reported in about a second, not after a minute of training
+    or synthesis. Checked where a stage will read them: the checkpoint always; an ImageFolder ID set's
+    `data.root` for train/evaluate/run; folder OOD sets for evaluate/run; `score.input` for score. Sets that
+    come from a shared archive, a download or torchvision are left to their source, and the stages check
+    again where they open the files (the API does not come through here). With a cluster launcher this runs
+    on the submitting host: paths must exist there too.
     """
     stage = str(cfg.get("stage") or "run")
     ckpt = OmegaConf.select(cfg, "model.checkpoint")
-    if ckpt and "://" not in str(ckpt) and not Path(str(ckpt)).expanduser().is_file():
-        raise C2IRError(f"checkpoint not found: {Path(str(ckpt)).expanduser()}; set model.checkpoint to an existing file")
+    if ckpt and "://" not in str(ckpt) and not _folder(ckpt).is_file():
+        raise C2IRError(f"checkpoint not found: {_folder(ckpt)}; set model.checkpoint to an existing file")
     data = cfg.get("data") or {}
-    if stage in DATA_STAGES and data.get("source") == "imagefolder":
-        root = data.get("root")
-        if not root or not Path(str(root)).expanduser().is_dir():
-            layout = data.get("layout") or "<root>/<split>/<class>/*.jpg"
-            where = Path(str(root)).expanduser() if root else None
-            raise C2IRError(f"{data.get('name', 'data')}: folder not found: {where} (expected layout: {layout}); set data.root")
-    if stage in OOD_STAGES:
-        for key, ood in (cfg.get("ood") or {}).items():
-            root = ood.get("root")
-            if ood.get("source") != "folder" or (ood.get("url") and ood.get("download")) or (not root and ood.get("archive")):
-                continue  # generated, torchvision, downloadable or a shared archive: their source reports what is missing
-            if not root or not Path(str(root)).expanduser().is_dir():
-                layout = f" (expected layout: {ood.layout})" if ood.get("layout") else ""
-                where = Path(str(root)).expanduser() if root else None
-                raise C2IRError(f"{ood.get('name') or key}: image folder not found: {where}{layout}; "
-                                f"set ood.{key}.root to the folder")
+    root = data.get("root")
+    if stage in DATA_STAGES and data.get("source") == "imagefolder" and (root or not data.get("archive")) \
+            and not (root and _folder(root).is_dir()):
+        layout = data.get("layout") or "<root>/<split>/<class>/*.jpg"
+        raise C2IRError(f"{data.get('name', 'data')}: folder not found: {_folder(root)} (expected layout: {layout}); "
+                        "set data.root")
+    for key, ood in (cfg.get("ood") or {}).items() if stage in OOD_STAGES else ():
+        root = ood.get("root")
+        if ood.get("source") != "folder" or (ood.get("url") and ood.get("download")) or (not root and ood.get("archive")):
+            continue  # generated, torchvision, downloadable or a shared archive: their source reports what is missing
+        if not root:  # the wording of c2ir.data.sources, which says the same to API users
+            raise C2IRError(f"{ood.get('name') or key}: no folder given; set ood.{key}.root=DIR "
+                            f"({ood.get('layout', 'a folder of images')})")
+        if not _folder(root).is_dir():
+            layout = f" (expected layout: {ood.layout})" if ood.get("layout") else ""
+            raise C2IRError(f"{ood.get('name') or key}: image folder not found: {_folder(root)}{layout}; "
+                            f"set ood.{key}.root to the folder")
     if stage == "score":
         score = cfg.get("score") or {}
         if not score.get("input"):
             raise C2IRError("score needs a folder of images: pass score.input=DIR")
-        root = Path(str(score.input)).expanduser()
+        root = _folder(score.input)
         if not root.is_dir():
             raise C2IRError(f"score.input={root} is not a folder; pass score.input=DIR with the images to score")
         if not any(p.is_file() and not p.name.startswith(".") for p in root.rglob("*")):

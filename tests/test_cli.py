@@ -33,9 +33,11 @@ def test_run_end_to_end(first_run, workdir):
     for det, per_ood in res["metrics"].items():
         for ood, m in per_ood.items():
             assert all(v == v and abs(v) != float("inf") for v in m.values()), (det, ood)
-    # pixel-shuffled digits are detected: 88.4 / 92.5 / 88.2 at TINY's budget for seeds 0 / 1 / 2 (Gaussian noise
-    # varies from 8 to 96 across these small models, so it is not asserted); a broken C2IR scores about 50
-    assert res["metrics"]["c2ir"]["pixel_shuffled"]["auroc"] >= 80.0
+    # pixel-shuffled digits: C2IR 88.4 / 92.5 / 88.2 vs Energy 81.6 / 68.5 / 61.9 at TINY's budget for seeds 0 / 1 / 2
+    # (Gaussian noise varies from 8 to 96 across these small models at this budget: test_default_budget_detects_noise);
+    # a broken C2IR scores about 50, one reduced to its Energy term scores as Energy
+    c2ir_auroc = res["metrics"]["c2ir"]["pixel_shuffled"]["auroc"]
+    assert c2ir_auroc >= 80.0 and c2ir_auroc >= res["metrics"]["energy"]["pixel_shuffled"]["auroc"] + 3.0
     run_dir = sorted((workdir / "outputs" / "runs").rglob("results.md"))[-1].parent
     for name in ("results.md", "results.csv", "impressions_grid.png", "roc_gaussian_noise.png", "hist_c2ir.png"):
         assert (run_dir / name).is_file(), name
@@ -229,3 +231,46 @@ def test_score_a_folder(first_run, workdir):
     _one_line_error(run_cli(["score", cache], cwd=workdir), "score.input=DIR")
     _one_line_error(run_cli(["evaluate", *TINY, "++detectors.c2ir.normalise=none", cache], cwd=workdir),
                     "unknown parameter(s) normalise", "valid: fit_on")
+
+
+@pytest.mark.slow
+def test_default_budget_detects_noise(tmp_path):
+    """The shipped synthesis budget (40 impressions per class, 300 iterations): minutes, so opt-in
+    (`python -m pytest -m slow`). C2IR on Gaussian noise: 88.8 on the seed-0 model (docs/BENCHMARKS.md)."""
+    proc = run_cli(["run", "detectors=[c2ir,energy]", "ood=[gaussian_noise]", f"cache_root={tmp_path / 'cache'}"],
+                   cwd=tmp_path, timeout=1800)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    res = json.loads(next((tmp_path / "outputs" / "runs").rglob("results.json")).read_text())
+    assert res["metrics"]["c2ir"]["gaussian_noise"]["auroc"] >= 85.0
+
+
+def test_bad_paths_fail_before_hydra_and_detector_parameters_before_any_stage(tmp_path):
+    """Missing files are found by the config check (no run folder is made, nothing is computed); downloadable
+    and shared-archive sets are left to their source; a misspelled detector parameter stops a cold `run`
+    before training."""
+    cache = f"cache_root={tmp_path / 'cache'}"
+    _one_line_error(run_cli(["synthesize", f"model.checkpoint={tmp_path / 'no.pt'}", cache], cwd=tmp_path),
+                    "checkpoint not found", "model.checkpoint")
+    _one_line_error(run_cli(["evaluate", "ood=[folder]", cache], cwd=tmp_path), "no folder given", "ood.folder.root=DIR")
+    _one_line_error(run_cli(["train", "data=imagefolder", f"data.root={tmp_path / 'none'}", cache], cwd=tmp_path),
+                    "folder not found", "data.root")
+    assert not (tmp_path / "outputs").exists(), "the checks run before Hydra makes a run folder"
+    _one_line_error(run_cli(["run", "++detectors.c2ir.normalise=none", cache], cwd=tmp_path),
+                    "unknown parameter(s) normalise")
+    assert not (tmp_path / "cache" / "train").exists(), "nothing is trained before the detector check"
+
+
+def test_config_check_leaves_archive_download_and_unread_sets_to_their_source(tmp_path):
+    from c2ir.errors import C2IRError
+    from c2ir.schema import check_inputs
+
+    none = str(tmp_path / "none")
+    for overrides in (["stage=evaluate", "ood=[tin_crop,mnist,isun]"],          # shared archive, download URL
+                      ["stage=evaluate", "data=imagefolder", "data.root=null", "+data.archive=x.tar.gz"],
+                      ["stage=synthesize", "data=imagefolder", f"data.root={none}", "ood=[folder]"]):  # data-free stage
+        check_inputs(make_cfg(tmp_path, overrides))
+    for overrides, needle in ((["stage=evaluate", "ood=[folder]", f"ood.folder.root={none}"], "ood.folder.root"),
+                              (["stage=run", "data=imagefolder", f"data.root={none}"], "data.root"),
+                              (["stage=score", f"score.input={none}"], "score.input")):
+        with pytest.raises(C2IRError, match=needle.replace(".", r"\.")):
+            check_inputs(make_cfg(tmp_path, overrides))

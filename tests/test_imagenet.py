@@ -95,5 +95,7 @@ def test_imagenet_missing_folders_name_layout_and_key(tmp_path):
         load_id(cfg.data, "test")
     from c2ir.stages.run import check_folders
 
-    with pytest.raises(C2IRError, match="no-imagenet"):  # `c2ir run` says so before synthesising anything
-        check_folders(RunContext(cfg))
+    with pytest.raises(C2IRError, match="no-imagenet"):  # the config check says so before any stage starts
+        RunContext(cfg)
+    with pytest.raises(C2IRError, match=r"folder not found: .*/val "):  # root there, split not: `c2ir run` lists it first
+        check_folders(RunContext(_cfg(tmp_path, root, ckpt, f"data.root={tmp_path}")))

@@ -13,7 +13,7 @@ def test_constructing_a_run_context_changes_no_process_state(tmp_path, monkeypat
 
     monkeypatch.setenv("WORLD_SIZE", "2")  # as under torchrun: only the CLI entry point joins the group
     threads = torch.get_num_threads()
-    ctx = RunContext(make_cfg(tmp_path, ["threads=1"]))
+    ctx = RunContext(make_cfg(tmp_path, [f"threads={threads + 1}"]))  # a value the process does not have
     assert not torch.distributed.is_initialized()
     assert (ctx.dist.rank, ctx.dist.world) == (0, 1)
     assert torch.get_num_threads() == threads
