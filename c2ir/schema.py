@@ -100,6 +100,11 @@ class CollectStatsSchema:
 
 
 @dataclass
+class ReportSchema:
+    figures: bool = _spec("bool")
+
+
+@dataclass
 class EvaluateSchema:
     max_train_samples: int = _spec("int", lo=1, optional=True, example="5000")
 
@@ -145,7 +150,7 @@ class OODSchema:
 SCHEMAS: list[tuple[str, type, bool]] = [
     ("", RootSchema, False), ("synth", SynthSchema, True), ("train", TrainSchema, True),
     ("features", FeaturesSchema, True), ("collect_stats", CollectStatsSchema, True),
-    ("evaluate", EvaluateSchema, True), ("score", ScoreSchema, True), ("data", DataSchema, False),
+    ("evaluate", EvaluateSchema, True), ("score", ScoreSchema, True), ("report", ReportSchema, True), ("data", DataSchema, False),
     ("ipm", IPMSchema, True),
 ]
 

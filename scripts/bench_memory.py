@@ -12,7 +12,8 @@ Issue 13, section 1. Generates an ImageFolder of 224x224 JPEGs (10 classes), the
    per image and the cores the pass obtained (CPU / wall: on a machine busy with other work, 2 workers
    can only be faster if a second core is free).
 
-    nice -n 19 python scripts/bench_memory.py --work /tmp/bench_memory [--old /work/main]
+    nice -n 19 python scripts/bench_memory.py --work /tmp/bench_memory [--old /work/main] [--threads 1]
+        [--skip-decode | --skip-memory]
 """
 
 from __future__ import annotations
@@ -184,6 +185,7 @@ def main() -> None:
     p.add_argument("--decode-n", type=int, default=2000)
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--skip-memory", action="store_true")
+    p.add_argument("--skip-decode", action="store_true", help="only the peak-RSS runs")
     args = p.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     args.work.mkdir(parents=True, exist_ok=True)
@@ -191,7 +193,8 @@ def main() -> None:
         print(f"load average at start: {' '.join(f.read().split()[:3])}; CPUs: {os.cpu_count()}")
     data = make_folder(args.work / "data", args.large)
     ckpt = make_checkpoint(args.work / f"{args.arch}-random.pth", args.arch)
-    throughput(args, data)
+    if not args.skip_decode:
+        throughput(args, data)
     if not args.skip_memory:
         memory(args, data, ckpt)
     with open("/proc/loadavg") as f:

@@ -43,6 +43,17 @@ def previous_stats(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return mean, (mean_sq - mean * mean).clamp(min=0)
 
 
+class _Wrapped(torch.nn.Module):
+    """`model` behind a distinct forward, so torch.compile keeps a separate graph cache for it."""
+
+    def __init__(self, model: torch.nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x)
+
+
 def make_variant(name: str, args: argparse.Namespace, device: torch.device):
     """(bare, synth) callables of one variant."""
     model = bench_model(args.arch, device)
@@ -52,6 +63,10 @@ def make_variant(name: str, args: argparse.Namespace, device: torch.device):
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
     run_model = torch.compile(model) if name == "compile" else model
+    # the bare pass gets its own compiled wrapper: dynamo caches graphs per top-level code object and does
+    # not guard on forward hooks added later (skip_nnmodule_hook_guards), so a hook-less graph compiled by
+    # the bare pass on `model` would be reused by the synthesis and its BN hooks would never fire
+    bare_model = torch.compile(_Wrapped(model)) if name == "compile" else model
     dtype = torch.bfloat16 if name == "bf16" else None
     stats_fn = {"previous": previous_stats, "reference": channel_mean_var_reference}.get(name)
     norm = Normalizer([0.485, 0.456, 0.406], [0.229, 0.224, 0.225])
@@ -64,7 +79,7 @@ def make_variant(name: str, args: argparse.Namespace, device: torch.device):
             x = x0.clone().requires_grad_(True)
             inp = x.contiguous(memory_format=torch.channels_last) if channels_last else x
             with torch.autocast(device_type=device.type, dtype=dtype, enabled=dtype is not None):
-                loss = F.cross_entropy(run_model(inp).float(), targets.to(device))
+                loss = F.cross_entropy(bare_model(inp).float(), targets.to(device))
             loss.backward()
 
     def synth() -> None:

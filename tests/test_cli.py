@@ -124,6 +124,24 @@ def test_a_failing_plot_keeps_the_tables(first_run, workdir, tmp_path, monkeypat
     assert "plot exploded" in page and "ROC curves" in page
 
 
+def test_report_figures_false_keeps_the_tables_and_the_cache_key(first_run, workdir, tmp_path, caplog):
+    """report.figures=false (sweeps): results.md/csv/json and the impressions grid, no page or plots,
+    and the same evaluate artifact as with figures (runtime-only: all cache hits)."""
+    import logging
+
+    from c2ir.stages.common import RunContext
+    from c2ir.stages.evaluate import report_evaluation
+
+    cfg = make_cfg(tmp_path, [*TINY, f"cache_root={workdir / 'cache'}", "report.figures=false"])
+    with caplog.at_level(logging.INFO):
+        report_evaluation(RunContext(cfg))
+    assert "cache miss" not in caplog.text
+    out = tmp_path / "out"
+    for name in ("results.md", "results.csv", "results.json", "impressions_grid.png"):
+        assert (out / name).stat().st_size > 0, name
+    assert not list(out.glob("report.html")) and not list(out.glob("roc_*.png")) and not list(out.glob("hist_*.png"))
+
+
 def _browser() -> str | None:
     import shutil
 

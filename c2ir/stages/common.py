@@ -96,7 +96,9 @@ RUNTIME_ONLY = ("stage", "device", "threads", "batch_size", "num_workers", "cach
                 "features.capture",
                 "data.download", "data.layout", "ood.*.layout", "ood.*.url", "ood.*.md5", "ood.*.download",
                 # `c2ir score` writes its per-file scores into the run directory, uncached
-                "score.input", "score.resize")
+                "score.input", "score.resize",
+                # whether the run directory gets report.html and its plots: never changes a result
+                "report.figures")
 
 
 def _matches(pattern: str, path: str, name: str | None = None) -> bool:

@@ -249,6 +249,8 @@ def report_evaluation(ctx: RunContext) -> None:
     """Evaluate (or load the cached evaluation) and write the reports into the run directory.
 
     Tables (md/csv/json) first, then the pictures and report.html, so a failing plot costs no result.
+    `report.figures=false` skips the pictures and the page: in a sweep they are most of each job's own
+    cost (docs/BENCHMARKS.md section 6), while `c2ir report <sweep dir>` needs only the tables.
     """
     cfg = ctx.cfg
     art = ensure(ctx)
@@ -261,5 +263,6 @@ def report_evaluation(ctx: RunContext) -> None:
         shutil.copy2(grid, run_dir / "impressions_grid.png")
     report.write_reports(run_dir, result)
     print(report.terminal_table(result))
-    write_run_page(ctx, art, run_dir)
+    if cfg.get("report", {}).get("figures", True):
+        write_run_page(ctx, art, run_dir)
     log.info("reports written to %s", run_dir)
