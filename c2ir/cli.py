@@ -144,6 +144,14 @@ def validate_overrides(overrides: list[str]) -> None:
             validate(cfg)
 
 
+def _log_to_files(message: str) -> None:
+    """An ERROR record for the log files only (Hydra's run.log), so the terminal shows the error once."""
+    record = log.makeRecord(log.name, logging.ERROR, __file__, 0, message, None, None)
+    for handler in logging.getLogger().handlers:
+        if isinstance(handler, logging.FileHandler):
+            handler.handle(record)
+
+
 def _task(stage: str):
     def task(cfg) -> None:
         if cfg.get("threads"):  # process-wide torch state is set by the entry point, not by library objects
@@ -159,7 +167,7 @@ def _task(stage: str):
         except C2IRError as exc:
             if os.environ.get("HYDRA_FULL_ERROR") == "1":
                 raise
-            log.error("%s", exc)
+            _log_to_files(f"c2ir: error: {exc}")  # into the run's log file; the terminal gets the one line below
             sys.stderr.flush()
             print(f"c2ir: error: {exc}", file=sys.stderr)
             raise SystemExit(2) from None

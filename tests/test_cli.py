@@ -171,6 +171,7 @@ def _one_line_error(proc, *needles):
     assert "Traceback" not in proc.stderr
     line = [l for l in err if l.startswith("c2ir: error:")]
     assert len(line) == 1, proc.stderr
+    assert proc.stderr.count(line[0].removeprefix("c2ir: error: ")) == 1, "the terminal shows the error once: " + proc.stderr
     for n in needles:
         assert n in line[0], line[0]
 
