@@ -135,7 +135,7 @@ def test_report_figures_false_keeps_the_tables_and_the_cache_key(first_run, work
     cfg = make_cfg(tmp_path, [*TINY, f"cache_root={workdir / 'cache'}", "report.figures=false"])
     with caplog.at_level(logging.INFO):
         report_evaluation(RunContext(cfg))
-    assert "cache miss" not in caplog.text
+    assert "cache miss" not in caplog.text and "cache hit: evaluate/" in caplog.text
     out = tmp_path / "out"
     for name in ("results.md", "results.csv", "results.json", "impressions_grid.png"):
         assert (out / name).stat().st_size > 0, name

@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from omegaconf import OmegaConf
 
 from c2ir import report
 from c2ir.cache import Artifact, atomic_save_tensors, atomic_write_json
@@ -263,6 +264,6 @@ def report_evaluation(ctx: RunContext) -> None:
         shutil.copy2(grid, run_dir / "impressions_grid.png")
     report.write_reports(run_dir, result)
     print(report.terminal_table(result))
-    if cfg.get("report", {}).get("figures", True):
+    if OmegaConf.select(cfg, "report.figures", default=True):
         write_run_page(ctx, art, run_dir)
     log.info("reports written to %s", run_dir)
