@@ -277,7 +277,7 @@ def check_inputs(cfg: DictConfig) -> None:
     """
     stage = str(cfg.get("stage") or "run")
     ckpt = OmegaConf.select(cfg, "model.checkpoint")
-    if ckpt and "://" not in str(ckpt) and not _folder(ckpt).is_file():
+    if ckpt and not _folder(ckpt).is_file():
         raise C2IRError(f"checkpoint not found: {_folder(ckpt)}; set model.checkpoint to an existing file")
     data = cfg.get("data") or {}
     root = data.get("root")

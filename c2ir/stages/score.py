@@ -41,11 +41,7 @@ def score_settings(cfg) -> dict:
     tpr = float(s.get("tpr", 0.95))
     if not 0.0 < tpr < 1.0:
         raise C2IRError(f"score.tpr={tpr}; choose the share of ID inputs to keep, strictly between 0 and 1")
-    if not s.get("input"):
-        raise C2IRError("score needs a folder of images: pass score.input=DIR")
-    root = Path(str(s["input"])).expanduser()
-    if not root.is_dir():
-        raise C2IRError(f"score.input={root} is not a folder; pass score.input=DIR with the images to score")
+    root = Path(str(s["input"])).expanduser()  # set, a folder, not empty: checked by schema.check_inputs
     return {"input": root, "detector": str(s.get("detector", "c2ir")), "tpr": tpr,
             "resize": str(s.get("resize", "resize"))}
 
@@ -91,10 +87,7 @@ def ensure(ctx: RunContext, name: str, tpr: float) -> tuple[Detector, float, Art
 
 def input_files(root: Path) -> list[Path]:
     """Every (non-hidden) file under `root`: what is not an image is reported as unreadable, not ignored."""
-    paths = sorted(p for p in root.rglob("*") if p.is_file() and not p.name.startswith("."))
-    if not paths:
-        raise C2IRError(f"no files found under {root}; point score.input at a folder of images")
-    return paths
+    return sorted(p for p in root.rglob("*") if p.is_file() and not p.name.startswith("."))
 
 
 def score_folder(ctx: RunContext, det: Detector, root: Path, paths: list[Path], resize: str
@@ -117,9 +110,9 @@ def score_folder(ctx: RunContext, det: Detector, root: Path, paths: list[Path], 
 
 
 def run(cfg) -> None:
-    settings = score_settings(cfg)
-    files = input_files(settings["input"])  # bad input fails before any fitting
-    ctx = RunContext(cfg)
+    ctx = RunContext(cfg)  # validates the config: score.input set, a folder, not empty (schema.check_inputs)
+    settings = score_settings(ctx.cfg)
+    files = input_files(settings["input"])
     det, threshold, art = ensure(ctx, settings["detector"], settings["tpr"])
     paths, pred, scores, skipped = score_folder(ctx, det, settings["input"], files, settings["resize"])
     ood = scores > threshold
