@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import torch
 
+from c2ir.data.imageset import unit_pixels
+
 __all__ = ["blurred", "folds", "mixed", "patch_permuted", "proxy_images"]
 
 
@@ -54,5 +56,5 @@ def folds(targets: torch.Tensor) -> list[torch.Tensor]:
 
 def proxy_images(x: torch.Tensor, y: torch.Tensor, seed: int = 0) -> dict[str, torch.Tensor]:
     """The three proxy-outlier sets of images `x` with targets `y`."""
-    x = x.float().div(255.0) if x.dtype == torch.uint8 else x.float()
+    x = unit_pixels(x)
     return {"patch_permuted": patch_permuted(x, seed=seed), "blurred": blurred(x), "mixed": mixed(x, y, seed=seed)}

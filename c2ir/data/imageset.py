@@ -66,6 +66,11 @@ class StreamedSet(Dataset):
 AnyImageSet = ImageSet | StreamedSet
 
 
+def unit_pixels(x: torch.Tensor) -> torch.Tensor:
+    """Pixels as float in [0, 1]: uint8 images divided by 255, float images as float32 (the one conversion)."""
+    return x.float().div(255.0) if x.dtype == torch.uint8 else x.float()
+
+
 class Normalizer:
     """Maps pixels (uint8 or float in [0, 1]) to the model's normalised input space, and back."""
 
@@ -75,7 +80,7 @@ class Normalizer:
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         if x.dtype == torch.uint8:
-            x = x.float().div_(255.0)
+            x = unit_pixels(x)
         return (x - self.mean.to(x.device)) / self.std.to(x.device)
 
     def to_pixels(self, z: torch.Tensor) -> torch.Tensor:

@@ -30,7 +30,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from c2ir.data.imageset import Normalizer
+from c2ir.data.imageset import Normalizer, unit_pixels
 from c2ir.detectors.base import Detector, FitData
 from c2ir.errors import C2IRError
 from c2ir.extraction import batches
@@ -104,7 +104,7 @@ class _GAIA(Detector):
                 for span in tqdm(list(batches(len(images), batch_size)), desc=self.name, leave=False,
                                  disable=not sys.stderr.isatty()):
                     x = images[span].to(device)
-                    x = (x.float().div(255.0) if x.dtype == torch.uint8 else x.float()).requires_grad_(True)
+                    x = unit_pixels(x).requires_grad_(True)
                     captured.clear()
                     logits = model(normalizer(x))
                     out.append(self._batch_score(logits, [captured[n] for n in names], captured["_head"]).cpu())

@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
-from c2ir.data.imageset import Normalizer
+from c2ir.data.imageset import Normalizer, unit_pixels
 from c2ir.detectors.base import Detector
 from c2ir.extraction import batches
 from c2ir.models.state import frozen_eval
@@ -48,7 +48,7 @@ class ODIN(Detector):
         for span in tqdm(list(batches(len(images), batch_size)), desc="odin", leave=False,
                          disable=not sys.stderr.isatty()):
             x = images[span].to(device)
-            x = (x.float().div(255.0) if x.dtype == torch.uint8 else x.float()).requires_grad_(True)
+            x = unit_pixels(x).requires_grad_(True)
             logits = model(normalizer(x)) / self.temperature
             loss = F.cross_entropy(logits, logits.argmax(1))  # -log S_yhat(x; T)
             (grad,) = torch.autograd.grad(loss, x)
