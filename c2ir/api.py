@@ -33,7 +33,7 @@ from torch import nn
 from c2ir.cache import atomic_save_tensors, atomic_write_json
 from c2ir.config import config_dir
 from c2ir.data.imageset import Normalizer
-from c2ir.detectors import DETECTOR_TYPES, build_detector
+from c2ir.detectors import build_detector, detector_config, detector_names
 from c2ir.detectors.base import (BN_MEANS, CLASS_STATS, INPUT_GRADIENTS, LAYER_WEIGHTS, POOLED_LAYERS, SPATIAL,
                                  Detector, FitData)
 from c2ir.errors import C2IRError, NotFittedError
@@ -49,18 +49,7 @@ FORMAT_VERSION = 1
 SAVED_CONFIG, SAVED_STATE = "detector.json", "state.safetensors"
 
 
-def detector_names() -> list[str]:
-    """Config names of the zoo's detectors (`configs/detectors/*.yaml`)."""
-    return sorted(p.stem for p in (config_dir() / "detectors").glob("*.yaml"))
-
-
-def zoo_config(name: str) -> dict[str, Any]:
-    """The overrides `configs/detectors/<name>.yaml` sets (with its `type`)."""
-    path = config_dir() / "detectors" / f"{name}.yaml"
-    if not path.is_file():
-        raise C2IRError(f"unknown detector {name!r}; choose one of: {', '.join(detector_names())}")
-    cfg = OmegaConf.to_container(OmegaConf.load(path), resolve=True)
-    return dict(cfg[name])  # type: ignore[index]
+zoo_config = detector_config  # the name the stages used
 
 
 def _synth_config(synth: SynthConfig | Mapping[str, Any] | None) -> SynthConfig:
@@ -207,9 +196,7 @@ class OODDetector:
 
     def _score_bundle_or_pixels(self, bundle: FeatureBundle, pixels: torch.Tensor) -> np.ndarray:
         if INPUT_GRADIENTS in self.detector.needs:
-            norm = self.normalizer
-            assert norm is not None
-            return self.detector.score_images(self.model, norm, pixels, self.batch_size, self._device())  # type: ignore[attr-defined]
+            return self.detector.score_images(self.model, self.normalizer, pixels, self.batch_size, self._device())
         return self.detector.score(bundle)
 
     # ----- fit ---------------------------------------------------------------------------
@@ -408,4 +395,4 @@ def _check_tpr(tpr: float) -> None:
         raise C2IRError(f"tpr={tpr}; choose a share of ID inputs to keep, strictly between 0 and 1 (e.g. 0.95)")
 
 
-__all__ = ["C2IR", "OODDetector", "detector", "load_detector", "detector_names", "DETECTOR_TYPES"]
+__all__ = ["C2IR", "OODDetector", "detector", "load_detector", "detector_names"]

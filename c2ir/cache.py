@@ -122,10 +122,10 @@ def package_versions() -> dict[str, str]:
     import numpy
     import sklearn
 
-    import c2ir
+    from c2ir.version import __version__
 
     return {
-        "c2ir": c2ir.__version__,
+        "c2ir": __version__,
         "python": platform.python_version(),
         "torch": torch.__version__,
         "torchvision": _torchvision_version(),

@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 import c2ir
-from c2ir.detectors import DETECTOR_TYPES, build_detector
+from c2ir.detectors import build_detector, detector_types
 from c2ir.errors import C2IRError, NotFittedError
 from c2ir.extraction import auto_layers
 from c2ir.impressions import SynthConfig
@@ -112,7 +112,7 @@ def test_every_zoo_detector_through_the_api(tmp_path):
     model = _model()
     x = torch.randn(6, 1, 8, 8, generator=torch.Generator().manual_seed(4))
     names = c2ir.detector_names()
-    assert {build_detector(n, c2ir.api.zoo_config(n)).__class__ for n in names} == set(DETECTOR_TYPES.values())
+    assert {build_detector(n, c2ir.api.zoo_config(n)).__class__ for n in names} == set(detector_types().values())
     tiny = {**TINY_SYNTH, "per_class": 1, "batch_size": 10, "iterations": 3}
     for name in names:
         det = c2ir.detector(name, model, **DIGITS, synth=tiny).fit(_loader())
@@ -162,7 +162,7 @@ def test_unknown_detector_parameter_in_config_is_an_error():
 def test_detector_yaml_only_overrides_the_typed_defaults():
     for name in c2ir.detector_names():
         cfg = c2ir.api.zoo_config(name)
-        defaults = DETECTOR_TYPES[cfg.pop("type")].defaults()
+        defaults = detector_types()[cfg.pop("type")].defaults()
         for key, value in cfg.items():
             assert key in defaults and value != defaults[key], (name, key)
 

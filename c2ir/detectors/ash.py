@@ -15,6 +15,7 @@ from __future__ import annotations
 import torch
 
 from c2ir.detectors.base import AttributeState, Detector, FitData
+from c2ir.detectors.registry import register_detector
 from c2ir.detectors.energy import energy
 from c2ir.detectors.head import head_params
 from c2ir.errors import C2IRError
@@ -46,6 +47,7 @@ def ash_b(a: torch.Tensor, percentile: float = 65.0) -> torch.Tensor:
     return torch.zeros_like(a).scatter_(1, idx, fill)
 
 
+@register_detector("ash")
 class ASH(AttributeState, Detector):
     state_attrs = ('weight', 'bias')
     requires_fit = True  # reads the head's weights; fits on no data

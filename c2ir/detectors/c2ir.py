@@ -27,6 +27,7 @@ import torch
 
 from c2ir.detectors.base import (CLASS_STATS, IMPRESSION_IMAGES, LAYER_WEIGHTS, POOLED_LAYERS, SPATIAL, Detector,
                                  FitData)
+from c2ir.detectors.registry import register_detector
 from c2ir.detectors.logits import LOGIT_SCORES
 from c2ir.errors import C2IRError
 from c2ir.extraction import FeatureBundle, batches, extract_features
@@ -75,6 +76,7 @@ def combine(raw: torch.Tensor, loc: torch.Tensor, spread: torch.Tensor, weights:
     return score
 
 
+@register_detector("c2ir")
 class C2IR(Detector):
     """C2IR on cached features: class-conditional IPM deviations, scaled on the impressions, MGI-weighted.
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import torch
 
 from c2ir.detectors.base import POOLED_LAYERS, Detector, FitData
+from c2ir.detectors.registry import register_detector
 from c2ir.extraction import batches
 
 
@@ -33,6 +34,7 @@ def min_distance(x: torch.Tensor, means: torch.Tensor, precision: torch.Tensor) 
     return torch.cat(out)
 
 
+@register_detector("mahalanobis")
 class Mahalanobis(Detector):
     """Distance to the closest class mean under a tied covariance.
 

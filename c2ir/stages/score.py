@@ -22,10 +22,9 @@ import numpy as np
 import torch
 
 from c2ir import report
-from c2ir.api import zoo_config
 from c2ir.cache import Artifact, atomic_save_tensors, atomic_write_json, make_key
 from c2ir.data.folders import decode_many
-from c2ir.detectors import Detector, build_detector
+from c2ir.detectors import Detector, build_detector, detector_config
 from c2ir.detectors.base import BN_MEANS, INPUT_GRADIENTS, POOLED_LAYERS, SPATIAL
 from c2ir.errors import C2IRError
 from c2ir.extraction import extract_features
@@ -50,7 +49,7 @@ def detector_config(cfg, name: str) -> dict:
     """The detector's config: the composed `detectors.<name>` if selected (CLI overrides apply), else its YAML."""
     if name in (cfg.get("detectors") or {}):
         return plain(cfg.detectors[name])
-    return zoo_config(name)
+    return detector_config(name)
 
 
 def ensure(ctx: RunContext, name: str, tpr: float) -> tuple[Detector, float, Artifact]:
@@ -65,9 +64,9 @@ def ensure(ctx: RunContext, name: str, tpr: float) -> tuple[Detector, float, Art
         fit = inputs.fit_context()
         det.fit(fit)
         if INPUT_GRADIENTS in det.needs:
-            imp_scores = det.score_images(ctx.model, ctx.normalizer, fit.impression_images, ctx.batch_size, ctx.device)  # type: ignore[attr-defined]
+            imp_scores = det.score_images(ctx.model, ctx.normalizer, fit.impression_images, ctx.batch_size, ctx.device)
         else:
-            imp_scores = det.score(fit.impressions)  # type: ignore[arg-type]
+            imp_scores = det.score(fit.impressions)
         threshold = float(np.quantile(imp_scores, tpr))
         atomic_save_tensors(out / "state.safetensors", {k: v.contiguous() for k, v in det.state().items()})
         atomic_write_json(out / "detector.json", {"name": name, "type": type(det).__name__, "params": det.params,
@@ -103,7 +102,7 @@ def score_folder(ctx: RunContext, det: Detector, root: Path, paths: list[Path], 
                              device=ctx.device, spatial_grid=int(cfg.features.spatial_grid) if SPATIAL in needs else 0,
                              with_bn=BN_MEANS in needs, desc=f"features {root.name}")
     if INPUT_GRADIENTS in needs:
-        scores = det.score_images(ctx.model, ctx.normalizer, images, ctx.batch_size, ctx.device)  # type: ignore[attr-defined]
+        scores = det.score_images(ctx.model, ctx.normalizer, images, ctx.batch_size, ctx.device)
     else:
         scores = det.score(feats)
     return [rel[i] for i in keep], feats["logits"].argmax(1), scores, skipped
