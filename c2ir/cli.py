@@ -39,18 +39,25 @@ def fail(message: str, code: int = 2) -> int:
     return code
 
 
+def group_options(group: str) -> list[str]:
+    """The options of config group `group` (YAML files and the schema's ConfigStore entries); [] if none.
+    Call inside Hydra's initialize_config_dir."""
+    from hydra.core.global_hydra import GlobalHydra
+
+    return sorted(GlobalHydra.instance().config_loader().get_group_options(group))
+
+
 def check_group_choices(overrides: list[str]) -> None:
     """Unknown config-group options get one line listing the valid ones (before Hydra composes)."""
-    root = config_dir()
     for arg in overrides:
         m = _GROUP_OVERRIDE.match(arg)
-        if not m or not (root / m["group"]).is_dir():
+        options = group_options(m["group"]) if m else []
+        if not options:
             continue
         raw = m["value"].strip()
         if raw in ("null", "[]") or "$" in raw or raw.startswith(("choice(", "range(", "glob(")):
             continue
         values = [v.strip() for v in raw.strip("[]").split(",") if v.strip()]
-        options = sorted(p.stem for p in (root / m["group"]).glob("*.yaml"))
         for v in values:
             if v not in options:
                 raise C2IRError(f"unknown {m['group']} {v!r}; choose from: {', '.join(options)}")
@@ -95,20 +102,7 @@ _NO_VALIDATION_FLAGS = {"--help", "-h", "--hydra-help", "--version", "--cfg", "-
                         "--shell-completion", "-sc", "--experimental-rerun"}
 
 
-def _one_line(exc: BaseException) -> str:
-    """Hydra/OmegaConf composition errors, reduced to their first meaningful line."""
-    text = str(exc).strip()
-    m = re.search(r"Could not override '([^']+)'", text)
-    if m:
-        key = m.group(1)
-        parent, _, leaf = key.rpartition(".")
-        return (f"unknown config key {key}; check the spelling (c2ir <stage> --cfg job lists every key)"
-                f"{'' if not parent else f', or add a new key on purpose with +{key}=...'}")
-    first = text.splitlines()[0] if text else type(exc).__name__
-    return f"{first.rstrip('.')} (c2ir <stage> --cfg job shows the composed config)"
-
-
-def validate_overrides(overrides: list[str]) -> None:
+def validate_overrides(overrides: list[str], compose_all: bool = True) -> None:
     """Compose the config for every value of every sweep and validate it against the schemas.
 
     Runs before Hydra starts, so a bad value is one line (exit 2) rather than Hydra's
@@ -117,12 +111,12 @@ def validate_overrides(overrides: list[str]) -> None:
     from hydra import compose, initialize_config_dir
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
-    from c2ir.schema import validate
+    from c2ir.validation import explain, validate
 
     try:
         parsed = OverridesParser.create().parse_overrides(overrides)
     except Exception as exc:  # noqa: BLE001 - Hydra's parse errors
-        raise C2IRError(_one_line(exc)) from None
+        raise C2IRError(explain(exc)) from None
     plain_args = [o.input_line for o in parsed if not o.is_sweep_override() and not o.key_or_group.startswith("hydra")]
     sweeps = [o for o in parsed if o.is_sweep_override()]
     variants: list[list[str]] = [plain_args]
@@ -134,13 +128,14 @@ def validate_overrides(overrides: list[str]) -> None:
         others = [f"{o.get_key_element()}={next(iter(o.sweep_string_iterator()))}" for o in sweeps if o is not sw]
         variants += [[*plain_args, *others, f"{key}={v}"] for v in values]
     with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
-        for variant in variants:
+        check_group_choices(overrides)
+        for variant in variants if compose_all else ():
             try:
                 cfg = compose("config", overrides=variant)
             except C2IRError:
                 raise
             except Exception as exc:  # noqa: BLE001 - ConfigCompositionException, OmegaConf errors alike
-                raise C2IRError(_one_line(exc)) from None
+                raise C2IRError(explain(exc)) from None
             validate(cfg)
 
 
@@ -211,9 +206,8 @@ def main(argv: list[str] | None = None) -> int:
     flags, overrides = split_flags(rest)
     register_resolvers()
     try:
-        check_group_choices(overrides)
-        if not _NO_VALIDATION_FLAGS.intersection(f.split("=", 1)[0] for f in flags):
-            validate_overrides([*overrides, f"stage={stage}"])
+        validate_overrides([*overrides, f"stage={stage}"],
+                           compose_all=not _NO_VALIDATION_FLAGS.intersection(f.split("=", 1)[0] for f in flags))
     except C2IRError as exc:
         if os.environ.get("HYDRA_FULL_ERROR") == "1":
             raise

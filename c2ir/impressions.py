@@ -33,39 +33,11 @@ from c2ir.data.imageset import Normalizer
 from c2ir.errors import C2IRError
 from c2ir.extraction import ForwardHook, ForwardHooks, bn_layers
 from c2ir.models.state import frozen_eval
+from c2ir.schema import SynthConfig  # the settings are declared with the other schemas
 
 log = logging.getLogger(__name__)
 
 StatsFn = Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
-
-
-@dataclass
-class SynthConfig:
-    """DeepInversion settings; the defaults are the CLI's `synth=default` (CPU scale, docs/BENCHMARKS.md).
-    `synth=paper` (per_class=100, batch_size=256, iterations=2000, lr=0.05) is the GPU setting."""
-
-    per_class: int = 40
-    batch_size: int = 200
-    iterations: int = 300
-    lr: float = 0.1
-    betas: tuple[float, float] = (0.5, 0.9)
-    ce_weight: float = 1.0
-    bn_weight: float = 10.0
-    first_bn_multiplier: float = 10.0
-    bn_reduce: str = "mean"  # sum | mean over BatchNorm layers (mean: same weight at any depth)
-    tv_weight: float = 2.5e-5
-    l2_weight: float = 3e-8
-    jitter: int = 2
-    flip: bool = True
-    seed: int = 0
-
-    @classmethod
-    def from_cfg(cls, cfg: object) -> "SynthConfig":
-        fields = cls.__dataclass_fields__
-        kwargs = {k: getattr(cfg, k) for k in fields if k in cfg}  # type: ignore[operator]
-        if "betas" in kwargs:
-            kwargs["betas"] = tuple(float(b) for b in kwargs["betas"])
-        return cls(**kwargs)
 
 
 @dataclass

@@ -282,7 +282,7 @@ def test_bad_paths_fail_before_hydra_and_detector_parameters_before_any_stage(tm
 
 def test_config_check_leaves_archive_download_and_unread_sets_to_their_source(tmp_path):
     from c2ir.errors import C2IRError
-    from c2ir.schema import check_inputs
+    from c2ir.validation import check_inputs
 
     none = str(tmp_path / "none")
     for overrides in (["stage=evaluate", "ood=[tin_crop,mnist,isun]"],          # shared archive, download URL

@@ -105,7 +105,7 @@ def test_synth_and_train_options_change_only_their_values(tmp_path):
 
 
 def test_lsun_is_an_alias_of_lsun_crop_with_the_same_cache_entry(tmp_path):
-    from c2ir.schema import ood_names
+    from c2ir.validation import ood_names
     from c2ir.stages import features
     from c2ir.stages.common import RunContext
     from c2ir.stages.evaluate import ood_spec
@@ -127,7 +127,7 @@ def test_declared_null_train_pad_stays_out_of_the_keys(tmp_path):
 
 def test_ipm_keys_are_declared(tmp_path):
     from c2ir.errors import C2IRError
-    from c2ir.schema import validate
+    from c2ir.validation import validate
 
     assert _composed(tmp_path, ["ipm=sliced_wasserstein"], "ipm") == {"name": "sliced_wasserstein", "seed": 0,
                                                                      "projections": 64}

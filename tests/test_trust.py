@@ -127,7 +127,7 @@ def test_any_ood_list_works_on_top_of_an_experiment(tmp_path):
 
 
 def test_several_named_folder_sets_in_one_run(tmp_path):
-    from c2ir.schema import ood_names
+    from c2ir.validation import ood_names
     from c2ir.stages.common import RunContext
 
     cfg = make_cfg(tmp_path, ["ood=[folder]", f"ood.folder.root={tmp_path}", "ood.folder.name=textures"])

@@ -27,7 +27,7 @@ from c2ir.errors import C2IRError
 from c2ir.extraction import select_layers
 from c2ir.models import head_module, published_weights
 from c2ir.models.loading import build_classifier
-from c2ir.schema import validate
+from c2ir.validation import neutral_fields, validate
 from c2ir.stages import train
 
 log = logging.getLogger(__name__)
@@ -54,7 +54,7 @@ class KeyRule:
 _DATA = ("data.name", "data.source", "data.dataset", "data.root", "data.archive", "data.subdir", "data.image_size",
          "data.channels", "data.seed", "data.num_classes", "data.mean", "data.std", "data.resize")
 # Model fields that are not the network's function: the checkpoint enters keys by its content hash.
-_MODEL_RUNTIME = ("model.checkpoint", "model.trust_checkpoint", "model.description")
+_MODEL_RUNTIME = ("model.checkpoint", "model.trust_checkpoint")
 _LAYERS = ("layer_set", "model.layer_sets", "model.head")  # which activations / which `penultimate` are read
 
 KEY_RULES: dict[str, KeyRule] = {
@@ -84,10 +84,6 @@ KEY_RULES: dict[str, KeyRule] = {
     # (stages/score.py builds the key from those resolved values and the fit inputs' keys)
     "score": KeyRule(("score.detector", "score.tpr")),
 }
-# Fields declared after artifacts were cached, with the value that reproduces what the code did
-# before they were declared: at that value a field stays out of keys (so declaring a default
-# does not invalidate every cache); any other value enters the key like any field.
-KEY_NEUTRAL: dict[str, Any] = {"train.pad": None}  # null: max(1, data.image_size // 8), as before
 # Fields no stage's output depends on (how or where a run happens, not what it computes).
 RUNTIME_ONLY = ("stage", "device", "threads", "batch_size", "num_workers", "cache_root", "output_dir", "paths", "hydra",
                 "synth.autocast", "synth.channels_last", "synth.compile", *_MODEL_RUNTIME,
@@ -130,10 +126,11 @@ def key_fields(cfg: Any, rule: str, name: str | None = None) -> dict[str, Any]:
     """The values of the config fields `KEY_RULES[rule]` selects, as {dotted path: value}."""
     r = KEY_RULES[rule]
     flat = flatten(plain(cfg))
+    neutral = neutral_fields(cfg)
     return {p: v for p, v in sorted(flat.items())
             if any(_matches(f, p, name) for f in r.fields)
             and not any(_matches(x, p, name) for x in (*r.exclude, *RUNTIME_ONLY))
-            and not (p in KEY_NEUTRAL and v == KEY_NEUTRAL[p])}
+            and not (p in neutral and v == neutral[p])}
 
 
 def uncovered_fields(cfg: Any) -> list[str]:

@@ -27,7 +27,7 @@ from c2ir.detectors.base import IMPRESSION_IMAGES, INPUT_GRADIENTS, SPATIAL
 from c2ir.detectors.c2ir import C2IR
 from c2ir.errors import C2IRError
 from c2ir.metrics import accuracy, columnwise_auroc, ood_metrics
-from c2ir.schema import ood_names
+from c2ir.validation import ood_names
 from c2ir.stages import collect_stats, features, synthesize, weight_layers
 from c2ir.stages.collect_stats import id_train_features
 from c2ir.stages.common import RunContext, key_fields, plain
@@ -52,8 +52,8 @@ IPM_PARAMETERS = {"name": "ipm", "seed": "ipm_seed", "projections": "ipm_project
 
 def ipm_overrides(ctx: RunContext) -> dict[str, Any]:
     """The `ipm=` group as detector parameters, for the detector types that declare them (C2IR).
-    Only what the group sets is passed: C2IR's typed constructor holds the defaults."""
-    return {IPM_PARAMETERS[k]: v for k, v in plain(ctx.cfg.ipm).items() if k in IPM_PARAMETERS}
+    Only what the group sets is passed (null: unset): C2IR's typed constructor holds the defaults."""
+    return {IPM_PARAMETERS[k]: v for k, v in plain(ctx.cfg.ipm).items() if k in IPM_PARAMETERS and v is not None}
 
 
 def build_detectors(ctx: RunContext) -> dict[str, Detector]:

@@ -18,11 +18,13 @@ import torch
 from torch import nn
 
 from c2ir.cache import Artifact, atomic_save_tensors, atomic_write_json
+from omegaconf import OmegaConf
 from c2ir.data import load_id, materialize
 from c2ir.errors import C2IRError
 from c2ir.models import load_checkpoint, published_weights
 from c2ir.models.loading import check_finite_weights, load_classifier
-from c2ir.training import TrainConfig, train_classifier
+from c2ir.schema import TrainConfig
+from c2ir.training import train_classifier
 
 if TYPE_CHECKING:
     from c2ir.stages.common import RunContext
@@ -31,10 +33,7 @@ log = logging.getLogger(__name__)
 
 
 def train_config(ctx: "RunContext") -> TrainConfig:
-    t, d = ctx.cfg.train, ctx.cfg.data
-    return TrainConfig(epochs=int(t.epochs), batch_size=int(t.batch_size), lr=float(t.lr), warmup=float(t.warmup),
-                       weight_decay=float(t.weight_decay), pad=max(1, int(d.image_size) // 8) if t.get("pad") is None else int(t.pad),
-                       flip=bool(d.get("flip_invariant", True)), seed=ctx.seed)
+    return TrainConfig(**OmegaConf.to_container(ctx.cfg.train, resolve=True))
 
 
 def train_model(ctx: "RunContext", work: Path) -> tuple[nn.Module, list[dict]]:
@@ -48,8 +47,8 @@ def train_model(ctx: "RunContext", work: Path) -> tuple[nn.Module, list[dict]]:
         log.info("fine-tuning from %s", cfg.model.checkpoint)
     # training draws random batches and augments whole tensors: both splits are held in memory
     train, test = (materialize(load_id(cfg.data, s), ctx.batch_size, ctx.num_workers) for s in ("train", "test"))
-    return train_classifier(model, train, test, ctx.normalizer,
-                            train_config(ctx), work, ctx.device, ctx.batch_size)
+    return train_classifier(model, train, test, ctx.normalizer, train_config(ctx), work, ctx.device, ctx.batch_size,
+                            flip=bool(cfg.data.get("flip_invariant", True)), seed=ctx.seed)
 
 
 def ensure(ctx: "RunContext") -> Artifact:

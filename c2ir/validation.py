@@ -1,0 +1,302 @@
+"""The one validator: every value of a composed config against its dataclass in `c2ir.schema`.
+
+Types and closed key sets come from the dataclasses (OmegaConf enforces them while Hydra
+composes the structured groups; `check_node` enforces them for every node, including those
+added with `+key=` and the data-set presets); ranges and choices come from the fields'
+metadata (`schema.setting`). Every problem is one line naming the key, the value and what
+is valid (`c2ir: error: ...`), raised before Hydra starts a job or torch is imported.
+The Python API checks its arguments with the same functions (`check_setting`).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+import types
+import typing
+from dataclasses import fields, is_dataclass
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict
+
+from c2ir.errors import C2IRError
+from c2ir.schema import MODEL_SCHEMAS, UNSET, C2IRConfig, DataConfig, OODConfig
+
+
+@lru_cache(maxsize=None)
+def _hints(schema: type) -> dict[str, Any]:
+    return typing.get_type_hints(schema)
+
+
+def _meta(schema: type) -> dict[str, dict[str, Any]]:
+    return {f.name: dict(f.metadata) for f in fields(schema)}
+
+
+def _kind(hint: Any) -> tuple[Any, bool]:
+    """(base type, optional) of a field's annotation: int, float, bool, str, 'floats', 'strings', a dataclass,
+    or None for what is not checked here (Any, mappings)."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        inner = [a for a in args if a is not type(None)]
+        base, _ = _kind(inner[0]) if len(inner) == 1 else (None, True)
+        return base, True
+    if origin in (list, tuple):
+        return ("floats" if args and args[0] is float else "strings"), False
+    if hint in (int, float, bool, str) or is_dataclass(hint):
+        return hint, False
+    return None, False
+
+
+def _bad(path: str, value: Any, want: str, example: str) -> C2IRError:
+    hint = f" (e.g. {path}={example})" if example else ""
+    return C2IRError(f"{path}={value!r} is not valid: it must be {want}{hint}")
+
+
+def _want(kind: Any) -> str:
+    return {int: "an integer", float: "a number", bool: "true or false", str: "a string", "floats": "a list of numbers",
+            "strings": "a list of strings"}.get(kind, "a mapping")
+
+
+def check_value(path: str, value: Any, kind: Any, optional: bool, meta: dict[str, Any]) -> Any:
+    """The value converted to its declared kind, or a C2IRError naming it and what is valid."""
+    ex = meta.get("example", "")
+    if value is None:
+        if optional:
+            return None
+        raise _bad(path, value, _want(kind), ex)
+    if kind is bool:
+        if not isinstance(value, bool):
+            raise _bad(path, value, "true or false", "true")
+        return value
+    if kind is str:
+        if not isinstance(value, str):
+            raise _bad(path, value, "a string", ex)
+        if meta.get("choices") and value not in meta["choices"]:
+            raise _bad(path, value, "one of " + ", ".join(meta["choices"]), meta["choices"][0])
+        return value
+    if kind in ("floats", "strings"):
+        if not isinstance(value, (list, tuple, ListConfig)) or (meta.get("length") and len(value) != meta["length"]):
+            raise _bad(path, value, f"a list of {meta['length']} numbers" if meta.get("length") else _want(kind), ex)
+        item = float if kind == "floats" else str
+        return [check_value(f"{path}[{i}]", v, item, False, {**meta, "example": "", "length": None})
+                for i, v in enumerate(value)]
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise _bad(path, value, _want(kind), ex)
+    if kind is int:
+        if isinstance(value, float) and not value.is_integer():
+            raise _bad(path, value, "an integer", ex)
+        value = int(value)
+    else:
+        value = float(value)
+        if not math.isfinite(value):
+            raise _bad(path, value, "a finite number", ex)
+    return _check_range(path, value, kind, meta, ex)
+
+
+def _check_range(path: str, value: float, kind: Any, meta: dict[str, Any], ex: str) -> Any:
+    lo, hi = meta.get("lo"), meta.get("hi")
+    below = lo is not None and (value < lo or (meta.get("lo_open") and value == lo))
+    above = hi is not None and (value > hi or (meta.get("hi_open") and value == hi))
+    if below or above:
+        parts = []
+        if lo is not None:
+            parts.append(f"> {lo}" if meta.get("lo_open") else f">= {lo}")
+        if hi is not None:
+            parts.append(f"< {hi}" if meta.get("hi_open") else f"<= {hi}")
+        raise _bad(path, value, f"{'an integer' if kind is int else 'a number'} {' and '.join(parts)}", ex)
+    return value
+
+
+def check_setting(path: str, value: Any, schema: type, name: str) -> Any:
+    """One value against field `name` of `schema` (the Python API's arguments)."""
+    kind, optional = _kind(_hints(schema)[name])
+    return check_value(path, value, kind, optional, _meta(schema)[name])
+
+
+def check_node(path: str, node: Any, schema: type, extra_keys: tuple[str, ...] = ()) -> None:
+    """Every key of `node` is a field of `schema` (or one of `extra_keys`) with a valid value;
+    dataclass-typed fields are checked recursively."""
+    if not isinstance(node, (DictConfig, dict)):
+        raise C2IRError(f"{path or 'the config'} must be a mapping, got {node!r}")
+    hints, meta = _hints(schema), _meta(schema)
+    prefix = f"{path}." if path else ""
+    for key in node:
+        if key in extra_keys:
+            continue
+        if key not in hints:
+            raise C2IRError(f"unknown config key {prefix}{key}; valid keys of {path or 'the config'}: "
+                            f"{', '.join(hints)}")
+        kind, optional = _kind(hints[key])
+        if is_dataclass(kind):
+            check_node(f"{prefix}{key}", node[key], kind)
+        elif kind is not None:
+            check_value(f"{prefix}{key}", node[key], kind, optional, meta[key])
+
+
+def neutral_fields(cfg: Any) -> dict[str, Any]:
+    """{dotted path: key-neutral value} of the fields declared with one (c2ir.schema's docstring), for the
+    root schema and the config's model architecture."""
+    out: dict[str, Any] = {}
+
+    def walk(prefix: str, schema: type) -> None:
+        for f in fields(schema):
+            kind = _kind(_hints(schema)[f.name])[0]
+            if is_dataclass(kind):
+                walk(f"{prefix}{f.name}.", kind)
+            elif f.metadata.get("neutral", UNSET) is not UNSET:
+                out[prefix + f.name] = f.metadata["neutral"]
+
+    walk("", C2IRConfig)
+    arch = OmegaConf.select(cfg, "model.arch") if OmegaConf.is_config(cfg) else (cfg.get("model") or {}).get("arch")
+    if arch in MODEL_SCHEMAS:
+        walk("model.", MODEL_SCHEMAS[arch])
+    return out
+
+
+# ----- composition errors, as one line -----------------------------------------------------------------
+def explain(exc: BaseException) -> str:
+    """A Hydra/OmegaConf composition error reduced to one line naming the key and what is valid."""
+    chain, e = [], exc
+    while e is not None and len(chain) < 8:
+        chain.append(e)
+        e = e.__cause__ or e.__context__
+    for e in chain:
+        key, schema = getattr(e, "full_key", None), getattr(e, "object_type", None)
+        if not key:
+            continue
+        leaf = str(key).rsplit(".", 1)[-1]
+        if "not in" in str(getattr(e, "msg", "")) or type(e).__name__ in ("ConfigKeyError", "ConfigAttributeError"):
+            parent = str(key).rpartition(".")[0]
+            valid = f"; valid keys of {parent or 'the config'}: {', '.join(_hints(schema))}" if is_dataclass(schema) else ""
+            return f"unknown config key {key}{valid}"
+        if type(e).__name__ == "ValidationError":
+            kind = _kind(_hints(schema).get(leaf, Any))[0] if is_dataclass(schema) else None
+            example = _meta(schema).get(leaf, {}).get("example", "") if is_dataclass(schema) else ""
+            return str(_bad(str(key), getattr(e, "value", None), _want(kind), example))
+    text = str(exc).strip()
+    m = re.search(r"Could not override '([^']+)'", text)
+    if m:
+        key = m.group(1)
+        return (f"unknown config key {key}; check the spelling (c2ir <stage> --cfg job lists every key)"
+                f"{'' if '.' not in key else f', or add a new key on purpose with +{key}=...'}")
+    first = text.splitlines()[0] if text else type(exc).__name__
+    return f"{first.rstrip('.')} (c2ir <stage> --cfg job shows the composed config)"
+
+
+# ----- the composed config ------------------------------------------------------------------------------
+def drop_unselected_ood(cfg: DictConfig) -> None:
+    """Remove `ood.<name>` entries that are tweaks without a set (an experiment's `max_samples` for a set
+    the user's `ood=[...]` no longer selects): a selected set always has a `source`."""
+    ood = cfg.get("ood")
+    if not isinstance(ood, DictConfig):
+        return
+    stale = [n for n in ood if not isinstance(ood[n], DictConfig) or "source" not in ood[n]]
+    if stale:
+        with open_dict(cfg):
+            for n in stale:
+                ood.pop(n)
+
+
+def ood_names(cfg: DictConfig) -> dict[str, str]:
+    """{config key: column name} of the selected OOD sets (`ood.<key>.name` renames a column)."""
+    out = {n: str(cfg.ood[n].get("name") or n) for n in cfg.ood}
+    seen: dict[str, str] = {}
+    for key, col in out.items():
+        if col in seen:
+            raise C2IRError(f"two OOD sets are both named {col!r} ({seen[col]} and {key}); give each a different ood.<set>.name")
+        seen[col] = key
+    return out
+
+
+def check_cache_root(value: Any) -> None:
+    """The artifact store's folder must exist (it is created) and accept a file: tried, not guessed."""
+    if value is None or not str(value).strip():
+        raise C2IRError(f"cache_root={value!r} is empty; set cache_root to a writable folder (e.g. cache_root=outputs/cache)")
+    root = Path(str(value)).expanduser()
+    if root.exists() and not root.is_dir():
+        raise C2IRError(f"cache_root={value} is a file, not a folder; set cache_root to a writable folder")
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        probe = root / f".write-test-{os.getpid()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as exc:
+        raise C2IRError(f"cache_root={value} is not a writable folder ({exc.strerror or exc}); "
+                        "set cache_root to a writable folder") from None
+
+
+# stages that read the ID test set and the OOD sets, and the one that scores a user's folder
+DATA_STAGES = ("train", "evaluate", "run")
+OOD_STAGES = ("evaluate", "run")
+
+
+def _folder(path: Any) -> Path | None:
+    return Path(str(path)).expanduser() if path else None
+
+
+def check_inputs(cfg: DictConfig) -> None:
+    """Files and folders named by the config exist, checked before any model is built or torch imported.
+
+    A missing checkpoint or data folder is then reported in about a second, not after a minute of training
+    or synthesis. Checked where a stage will read them: the checkpoint always; an ImageFolder ID set's
+    `data.root` for train/evaluate/run; folder OOD sets for evaluate/run; `score.input` for score. Sets that
+    come from a shared archive, a download or torchvision are left to their source, and the stages check
+    again where they open the files (the API does not come through here). With a cluster launcher this runs
+    on the submitting host: paths must exist there too.
+    """
+    stage = str(cfg.get("stage") or "run")
+    ckpt = OmegaConf.select(cfg, "model.checkpoint")
+    if ckpt and not _folder(ckpt).is_file():
+        raise C2IRError(f"checkpoint not found: {_folder(ckpt)}; set model.checkpoint to an existing file")
+    data = cfg.get("data") or {}
+    root = data.get("root")
+    if stage in DATA_STAGES and data.get("source") == "imagefolder" and (root or not data.get("archive")) \
+            and not (root and _folder(root).is_dir()):
+        layout = data.get("layout") or "<root>/<split>/<class>/*.jpg"
+        raise C2IRError(f"{data.get('name', 'data')}: folder not found: {_folder(root)} (expected layout: {layout}); "
+                        "set data.root")
+    for key, ood in (cfg.get("ood") or {}).items() if stage in OOD_STAGES else ():
+        root = ood.get("root")
+        if ood.get("source") != "folder" or (ood.get("url") and ood.get("download")) or (not root and ood.get("archive")):
+            continue  # generated, torchvision, downloadable or a shared archive: their source reports what is missing
+        if not root:  # the wording of c2ir.data.sources, which says the same to API users
+            raise C2IRError(f"{ood.get('name') or key}: no folder given; set ood.{key}.root=DIR "
+                            f"({ood.get('layout') or 'a folder of images'})")
+        if not _folder(root).is_dir():
+            layout = f" (expected layout: {ood.layout})" if ood.get("layout") else ""
+            raise C2IRError(f"{ood.get('name') or key}: image folder not found: {_folder(root)}{layout}; "
+                            f"set ood.{key}.root to the folder")
+    if stage == "score":
+        score = cfg.get("score") or {}
+        if not score.get("input"):
+            raise C2IRError("score needs a folder of images: pass score.input=DIR")
+        root = _folder(score.input)
+        if not root.is_dir():
+            raise C2IRError(f"score.input={root} is not a folder; pass score.input=DIR with the images to score")
+        if not any(p.is_file() and not p.name.startswith(".") for p in root.rglob("*")):
+            raise C2IRError(f"no files found under {root}; point score.input at a folder of images")
+
+
+def validate(cfg: DictConfig) -> DictConfig:
+    """Check the composed config in place (and drop stale OOD tweaks); raises C2IRError with one line."""
+    drop_unselected_ood(cfg)
+    check_cache_root(cfg.get("cache_root"))
+    check_node("", cfg, C2IRConfig, extra_keys=("hydra",))
+    arch = OmegaConf.select(cfg, "model.arch")
+    if arch not in MODEL_SCHEMAS:
+        raise C2IRError(f"model.arch={arch!r} is not valid: it must be one of {', '.join(MODEL_SCHEMAS)}")
+    check_node("model", cfg.model, MODEL_SCHEMAS[arch])
+    check_node("data", cfg.data, DataConfig)
+    if not cfg.get("ood"):
+        raise C2IRError("no OOD sets selected (ood=[]); pass at least one, e.g. ood=[gaussian_noise] "
+                        "or ood=[folder] ood.folder.root=DIR")
+    for name in cfg.ood:
+        check_node(f"ood.{name}", cfg.ood[name], OODConfig)
+    ood_names(cfg)
+    if not cfg.get("detectors"):
+        raise C2IRError("no detectors selected (detectors=[]); pass at least one, e.g. detectors=[c2ir,energy,msp]")
+    check_inputs(cfg)
+    return cfg
