@@ -8,16 +8,18 @@ traceback.
 
 from __future__ import annotations
 
-import importlib
+import contextlib
 import logging
 import os
 import re
 import sys
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 from c2ir.config import config_dir, register_resolvers
 from c2ir.errors import C2IRError
-from c2ir.stages import STAGES
+from c2ir.stages import STAGES, stage_task
 
 log = logging.getLogger("c2ir")
 
@@ -66,34 +68,37 @@ def check_group_choices(overrides: list[str]) -> None:
             raise C2IRError(f"{m['group']}={raw} lists {', '.join(twice)} more than once; give each once")
 
 
+# Hydra's command-line flags (hydra.cc/docs/advanced/hydra-command-line-flags): those that take a value,
+# and --info, whose topic is optional; the others take none.
+_FLAGS_WITH_VALUE = {"--cfg", "-c", "--package", "-p", "--config-path", "-cp", "--config-name", "-cn", "--config-dir",
+                     "-cd", "--experimental-rerun"}
+_FLAGS_WITHOUT_VALUE = {"--help", "-h", "--hydra-help", "--version", "--resolve", "--run", "-r", "--multirun", "-m",
+                        "--shell-completion", "-sc"}
+_FLAGS_OPTIONAL_VALUE = {"--info", "-i"}
+
+
 def split_flags(args: list[str]) -> tuple[list[str], list[str]]:
     """Hydra's flags (with their values) and the overrides, so flags work in any position.
 
-    Hydra's own parser wants flags before overrides; `c2ir run model=x --cfg job` would
-    otherwise fail with 'unrecognized arguments'.
+    Hydra's parser wants flags before overrides; `c2ir run model=x --cfg job` would otherwise
+    fail with 'unrecognized arguments'.
     """
-    from hydra._internal.utils import get_args_parser
-
-    takes_value: dict[str, object] = {}
-    for action in get_args_parser()._actions:
-        for opt in action.option_strings:
-            takes_value[opt] = action.nargs
     flags, overrides, i = [], [], 0
     while i < len(args):
         tok = args[i]
         name = tok.split("=", 1)[0]
-        if tok.startswith("-") and name in takes_value:
-            flags.append(tok)
-            nargs = takes_value[name]
-            if "=" not in tok and nargs is None and i + 1 < len(args):
-                flags.append(args[i + 1])
-                i += 1
-            elif "=" not in tok and nargs == "?" and i + 1 < len(args) and not args[i + 1].startswith("-") \
-                    and "=" not in args[i + 1]:
-                flags.append(args[i + 1])
-                i += 1
-        else:
+        known = tok.startswith("-") and name in (_FLAGS_WITH_VALUE | _FLAGS_WITHOUT_VALUE | _FLAGS_OPTIONAL_VALUE)
+        if not known:
             overrides.append(tok)
+        else:
+            flags.append(tok)
+            nxt = args[i + 1] if i + 1 < len(args) else None
+            takes = "=" not in tok and nxt is not None and (
+                name in _FLAGS_WITH_VALUE
+                or (name in _FLAGS_OPTIONAL_VALUE and not nxt.startswith("-") and "=" not in nxt))
+            if takes:
+                flags.append(nxt)
+                i += 1
         i += 1
     return flags, overrides
 
@@ -147,26 +152,38 @@ def _log_to_files(message: str) -> None:
             handler.handle(record)
 
 
-def _task(stage: str):
-    def task(cfg) -> None:
-        if cfg.get("threads"):  # process-wide torch state is set by the entry point, not by library objects
-            import torch
+def task(cfg: Any) -> dict:
+    """The one Hydra task: the stage `cfg.stage` on the job of `cfg`; returns the stage's result (its
+    metrics or paths, recorded by Hydra for sweepers). User errors end the process with one line."""
+    if cfg.get("threads"):  # process-wide torch state is set by the entry point, not by library objects
+        import torch
 
-            torch.set_num_threads(int(cfg.threads))
-        from c2ir import distributed
+        torch.set_num_threads(int(cfg.threads))
+    from c2ir import distributed
+    from c2ir.stages.job import cli_job
 
-        distributed.init_from_env()  # under torchrun: join the process group (sets this rank's CUDA device)
-        module = importlib.import_module(STAGES[stage][0])
-        try:
-            module.run(cfg)
-        except C2IRError as exc:
-            if os.environ.get("HYDRA_FULL_ERROR") == "1":
-                raise
-            _log_to_files(f"c2ir: error: {exc}")  # into the run's log file; the terminal gets the one line below
-            sys.stderr.flush()
-            print(f"c2ir: error: {exc}", file=sys.stderr)
-            raise SystemExit(2) from None
-    return task
+    distributed.init_from_env()  # under torchrun: join the process group (sets this rank's CUDA device)
+    try:
+        return stage_task(str(cfg.stage))(cli_job(cfg))
+    except C2IRError as exc:
+        if os.environ.get("HYDRA_FULL_ERROR") == "1":
+            raise
+        _log_to_files(f"c2ir: error: {exc}")  # into the run's log file; the terminal gets the one line below
+        sys.stderr.flush()
+        print(f"c2ir: error: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+@contextlib.contextmanager
+def _command_line(args: list[str]) -> Iterator[None]:
+    """Hydra's documented entry point (`hydra.main`) reads its command line from sys.argv: hand it
+    `args` for the duration of the call, and give the caller's sys.argv back afterwards."""
+    saved = sys.argv
+    sys.argv = ["c2ir", *args]
+    try:
+        yield
+    finally:
+        sys.argv = saved
 
 
 def report_main(args: list[str]) -> int:
@@ -214,8 +231,9 @@ def main(argv: list[str] | None = None) -> int:
         return fail(str(exc))
     import hydra
 
-    sys.argv = ["c2ir", *flags, f"stage={stage}", *overrides]
-    hydra.main(config_path=str(config_dir()), config_name="config", version_base="1.3")(_task(stage))()
+    app = hydra.main(config_path=str(config_dir()), config_name="config", version_base="1.3")(task)
+    with _command_line([*flags, f"stage={stage}", *overrides]):
+        app()
     return 0
 
 

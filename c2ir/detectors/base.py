@@ -55,6 +55,8 @@ class FitData:
     head: nn.Linear | None = None
     impression_images: torch.Tensor | None = None   # pixels of the impressions (C2IR's weight selection)
     normalizer: Any = None                          # pixels -> model input, for those images
+    batch_size: int = 256                           # forward passes over those images
+    device: Any = "cpu"
 
 
 class Detector(ABC):
@@ -137,6 +139,19 @@ class Detector(ABC):
                                  device=device, spatial_grid=spatial_grid if SPATIAL in needs else 0,
                                  with_bn=BN_MEANS in needs, desc=f"features {self.name}")
         return self.score(feats)
+
+    def score_impressions(self, data: FitData) -> np.ndarray:
+        """Scores of the impressions this detector was fitted with (its data-free threshold): their cached
+        features, or their pixels for a detector that scores images only."""
+        if self.needs_input_gradients:
+            return self.score_images(data.model, data.normalizer, data.impression_images, data.batch_size,
+                                     data.device, layers=data.layers, head=data.head)
+        return self.score(data.impressions)
+
+    def layer_scores(self, feats: FeatureBundle) -> torch.Tensor | None:
+        """(N, L) per-layer scores behind the combined score, for the report's per-layer AUROC (columns in
+        the order of `self.layers`); None for a detector that does not combine layers."""
+        return None
 
     def _check_fitted(self) -> None:
         if not self._fitted:

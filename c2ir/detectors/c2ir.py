@@ -214,6 +214,9 @@ class C2IR(Detector):
             cols.append(torch.cat(parts).double())
         return torch.stack(cols, dim=1)
 
+    def layer_scores(self, feats: FeatureBundle) -> torch.Tensor:
+        return self.layer_deviations(feats)
+
     def _score(self, feats):
         logit = None if self.logit_imp is None else LOGIT_SCORES[self.logit_score](feats["logits"])
         return combine(self.layer_deviations(feats), self.loc, self.spread, self.weights,

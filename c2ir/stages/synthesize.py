@@ -1,16 +1,17 @@
 """Stage `synthesize`: invert the fixed classifier into class-conditional impressions (DeepInversion).
 
-Batches are independent (own seed, own class-balanced targets). Each finished batch is
-saved atomically in the key's partial folder, so an interrupted run resumes at the first
-missing batch; under torchrun, rank r computes batches r, r+W, r+2W, ... and rank 0
-assembles and publishes the artifact once every batch exists.
+Batches are independent (own seed, own class-balanced targets). On disk each finished batch is
+saved atomically in the key's partial folder, so an interrupted run resumes at the first missing
+batch; under torchrun, rank r computes batches r, r+W, r+2W, ... and rank 0 assembles and
+publishes the artifact once every batch exists. In memory (the API) the batches are kept as
+they are made. Either way the impressions are the same.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import logging
-import shutil
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -19,53 +20,47 @@ import torch
 from safetensors.torch import load_file
 from torch import nn
 
-from c2ir.cache import Artifact, atomic_save_tensors, atomic_write_json
+from c2ir.cache import atomic_save_tensors
 from c2ir.data.imageset import Normalizer
 from c2ir.extraction import batches
+from c2ir.graph import Job, KeyRule, Node, Step, Use, resolve
 from c2ir.impressions import BatchResult, SynthConfig, batch_seed, batch_targets, impression_grid, num_batches, synthesize_batch
-from c2ir.stages.common import RunContext, key_fields, plain
+from c2ir.stages.job import normalizer
+from c2ir.stages.train import MODEL, classifier
 
 log = logging.getLogger(__name__)
 
+# synth.seed (default: ${seed}) draws the starting noise, jitter and flips
+SYNTH_RULE = KeyRule(("synth", "data.num_classes", "data.channels", "data.image_size", "data.jitter",
+                      "data.flip_invariant"))
 
-def key(ctx: RunContext) -> str:
-    return ctx.key("synthesize", key_fields(ctx.cfg, "synthesize"), {"model": ctx.model_key})
+
+@dataclass
+class Impressions:
+    """Synthesised (or given) impressions: pixel images in [0, 1] (N, C, H, W), their target classes, and
+    the classes the model predicts for them (None where not computed)."""
+
+    images: torch.Tensor
+    targets: torch.Tensor
+    predicted: torch.Tensor | None = None
 
 
 def _batch_path(work: Path, b: int) -> Path:
     return work / f"batch_{b:05d}.safetensors"
 
 
-def compute_batches(ctx: RunContext, work: Path) -> None:
-    """Synthesise this rank's missing batches into `work` (resumable)."""
-    cfg = ctx.cfg
-    sc = SynthConfig.from_cfg(cfg.synth)
-    k = int(cfg.data.num_classes)
-    n_batches = num_batches(k, sc.per_class, sc.batch_size)
-    shape = (int(cfg.data.channels), int(cfg.data.image_size), int(cfg.data.image_size))
-    model = ctx.model
-    autocast = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(str(cfg.synth.get("autocast", "none")))
-    channels_last = bool(cfg.synth.get("channels_last", False))
-    if channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    if cfg.synth.get("compile", False):
-        model = torch.compile(model)
-    work.mkdir(parents=True, exist_ok=True)
-    mine = range(ctx.dist.rank, n_batches, ctx.dist.world)
-    for b in mine:
-        path = _batch_path(work, b)
-        if path.is_file() and batch_ok(path):
-            log.info("synthesize: batch %d/%d already done (resuming)", b + 1, n_batches)
-            continue
-        targets = batch_targets(k, sc.per_class, sc.batch_size, b)
-        res = synthesize_multires(model, ctx.normalizer, targets, shape, sc, int(cfg.synth.get("warmup_iterations") or 0),
-                                  batch_seed(sc.seed, b), ctx.device, desc=f"synthesize batch {b + 1}/{n_batches}",
-                                  autocast_dtype=autocast, channels_last=channels_last)
-        c = res.curves
-        log.info("synthesize batch %d/%d: loss %.3f -> %.3f (ce %.3f, bn %.3f -> %.3f)", b + 1, n_batches,
-                 float(c["total"][0]), float(c["total"][-1]), float(c["ce"][-1]), float(c["bn"][0]), float(c["bn"][-1]))
-        atomic_save_tensors(path, {"images": res.images, "targets": res.targets,
-                                   **{f"curve/{n}": v for n, v in c.items()}})
+def batch_ok(path: Path) -> bool:
+    """A finished batch file that loads with the expected tensors; a damaged one is deleted (and recomputed)."""
+    try:
+        t = load_file(str(path))
+        if {"images", "targets"} <= set(t) and len(t["images"]) == len(t["targets"]) > 0:
+            return True
+        problem = "missing tensors"
+    except Exception as exc:  # noqa: BLE001 - safetensors raises its own error types for bad headers
+        problem = f"{type(exc).__name__}: {str(exc)[:80]}"
+    log.warning("synthesize: damaged batch file %s (%s); discarding and recomputing it", path, problem)
+    path.unlink(missing_ok=True)
+    return False
 
 
 def synthesize_multires(model: nn.Module, normalizer: Normalizer, targets: torch.Tensor, shape: tuple[int, int, int],
@@ -85,35 +80,63 @@ def synthesize_multires(model: nn.Module, normalizer: Normalizer, targets: torch
     return BatchResult(second.images, second.targets, curves)
 
 
-def batch_ok(path: Path) -> bool:
-    """A finished batch file that loads with the expected tensors; a damaged one is deleted (and recomputed)."""
-    try:
-        t = load_file(str(path))
-        if {"images", "targets"} <= set(t) and len(t["images"]) == len(t["targets"]) > 0:
-            return True
-        problem = "missing tensors"
-    except Exception as exc:  # noqa: BLE001 - safetensors raises its own error types for bad headers
-        problem = f"{type(exc).__name__}: {str(exc)[:80]}"
-    log.warning("synthesize: damaged batch file %s (%s); discarding and recomputing it", path, problem)
-    path.unlink(missing_ok=True)
-    return False
-
-
-def assemble(ctx: RunContext, work: Path, out: Path) -> dict:
-    """Concatenate all batches into the artifact: impressions, loss curves, target share, grid PNG."""
-    sc = SynthConfig.from_cfg(ctx.cfg.synth)
-    k = int(ctx.cfg.data.num_classes)
+def compute_batches(step: Step) -> dict[int, dict[str, torch.Tensor]]:
+    """This rank's batches: those finished in the partial folder are left there (resuming), the others are
+    synthesised and saved there (on disk) or returned (in memory)."""
+    job = step.job
+    synth = job.cfg.synth
+    sc = SynthConfig.from_cfg(synth)
+    k = int(job.cfg.data.num_classes)
     n_batches = num_batches(k, sc.per_class, sc.batch_size)
-    parts = [load_file(str(_batch_path(work, b))) for b in range(n_batches)]  # each checked by batch_ok
+    model = classifier(job)
+    autocast = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(str(synth.get("autocast", "none")))
+    channels_last = bool(synth.get("channels_last", False))
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    if synth.get("compile", False):
+        model = torch.compile(model)
+    if step.work is not None:
+        step.work.mkdir(parents=True, exist_ok=True)
+    kept: dict[int, dict[str, torch.Tensor]] = {}
+    for b in range(job.dist.rank, n_batches, job.dist.world):
+        path = None if step.work is None else _batch_path(step.work, b)
+        if path is not None and path.is_file() and batch_ok(path):
+            log.info("synthesize: batch %d/%d already done (resuming)", b + 1, n_batches)
+            continue
+        targets = batch_targets(k, sc.per_class, sc.batch_size, b)
+        res = synthesize_multires(model, normalizer(job), targets, job.input_shape, sc,
+                                  int(synth.get("warmup_iterations") or 0), batch_seed(sc.seed, b), job.device,
+                                  desc=f"synthesize batch {b + 1}/{n_batches}", autocast_dtype=autocast,
+                                  channels_last=channels_last)
+        c = res.curves
+        log.info("synthesize batch %d/%d: loss %.3f -> %.3f (ce %.3f, bn %.3f -> %.3f)", b + 1, n_batches,
+                 float(c["total"][0]), float(c["total"][-1]), float(c["ce"][-1]), float(c["bn"][0]), float(c["bn"][-1]))
+        tensors = {"images": res.images, "targets": res.targets, **{f"curve/{n}": v for n, v in c.items()}}
+        if path is None:
+            kept[b] = tensors
+        else:
+            atomic_save_tensors(path, tensors)
+    return kept
+
+
+def _build(step: Step, out: Any) -> dict:
+    """Every batch (computed now or found finished), assembled into impressions, loss curves, target share, grid."""
+    job = step.job
+    kept = compute_batches(step)
+    sc = SynthConfig.from_cfg(job.cfg.synth)
+    k = int(job.cfg.data.num_classes)
+    n_batches = num_batches(k, sc.per_class, sc.batch_size)
+    parts = [kept[b] if b in kept else load_file(str(_batch_path(step.work, b))) for b in range(n_batches)]
     images = torch.cat([p["images"] for p in parts])
     targets = torch.cat([p["targets"] for p in parts])
     curves = {n[6:]: torch.stack([p[n] for p in parts]) for n in parts[0] if n.startswith("curve/")}
+    model, norm = classifier(job), normalizer(job)
     with torch.no_grad():
-        preds = torch.cat([ctx.model(ctx.normalizer(images[span].to(ctx.device))).argmax(1).cpu()
-                           for span in batches(len(images), ctx.batch_size)])
+        preds = torch.cat([model(norm(images[span].to(job.device))).argmax(1).cpu()
+                           for span in batches(len(images), job.batch_size)])
     share = float((preds == targets).float().mean())
-    atomic_save_tensors(out / "impressions.safetensors", {"images": images, "targets": targets, "predicted": preds})
-    atomic_save_tensors(out / "curves.safetensors", curves)
+    out.save_tensors("impressions.safetensors", {"images": images, "targets": targets, "predicted": preds})
+    out.save_tensors("curves.safetensors", curves)
     bn_first, bn_last = curves["bn"][:, 0].mean().item(), curves["bn"][:, -1].mean().item()
     summary = {
         "count": len(images), "per_class": sc.per_class, "batches": n_batches,
@@ -122,8 +145,10 @@ def assemble(ctx: RunContext, work: Path, out: Path) -> dict:
         "bn_loss_first": bn_first, "bn_loss_last": bn_last,
         "ce_last": curves["ce"][:, -1].mean().item(),
     }
-    atomic_write_json(out / "summary.json", summary)
-    _save_grid(impression_grid(images, targets, k), out / "impressions_grid.png")
+    out.save_json("summary.json", summary)
+    grid = out.file("impressions_grid.png")
+    if grid is not None:
+        _save_grid(impression_grid(images, targets, k), grid)
     log.info("synthesize: %d impressions, %.1f%% assigned to their target class; BN loss %.3f -> %.3f",
              len(images), 100 * share, bn_first, bn_last)
     return {"summary": summary}
@@ -140,43 +165,18 @@ def _save_grid(grid: torch.Tensor, path: Path) -> None:
     img.resize((img.width * scale, img.height * scale), Image.NEAREST).save(path)
 
 
-def ensure(ctx: RunContext) -> Artifact:
-    art_key = key(ctx)
-    inputs = {"model": ctx.model_digest}
-    found = ctx.store.lookup("synthesize", art_key, inputs)
-    if found is not None:
-        log.info("cache hit: synthesize/%s", art_key)
-        return found
-    work = ctx.store.partial_dir("synthesize", art_key)
-    config = {"synth": plain(ctx.cfg.synth), "model": key_fields(ctx.cfg, "model")}
-    if ctx.dist.enabled:  # every rank fills its batches, then rank 0 publishes
-        compute_batches(ctx, work)
-        ctx.dist.barrier()
-        if ctx.dist.is_main:
-            ctx.store.get_or_create("synthesize", art_key, lambda out: assemble(ctx, work, out), config=config,
-                                    upstream={"model": ctx.model_key}, seed=int(ctx.cfg.synth.seed), inputs=inputs)
-        ctx.dist.barrier()
-        art = ctx.store.lookup("synthesize", art_key, inputs)
-        assert art is not None
-    else:
-        def build(out: Path) -> dict:
-            compute_batches(ctx, work)
-            return assemble(ctx, work, out)
-
-        art = ctx.store.get_or_create("synthesize", art_key, build, config=config,
-                                      upstream={"model": ctx.model_key}, seed=int(ctx.cfg.synth.seed), inputs=inputs)
-    if ctx.dist.is_main:
-        shutil.rmtree(work, ignore_errors=True)
-    return art
-
-
-def load(art: Artifact) -> tuple[torch.Tensor, torch.Tensor]:
+def _load(art: Any, job: Job, _: Any) -> Impressions:
     t = art.tensors("impressions.safetensors")
-    return t["images"], t["targets"]
+    return Impressions(t["images"], t["targets"], t.get("predicted"))
 
 
-def run(cfg) -> None:
-    ctx = RunContext(cfg)
-    art = ensure(ctx)
+SYNTHESIZE = Node("synthesize", version=2, rule=SYNTH_RULE, uses=lambda job, _: {"model": Use(MODEL)},
+                  build=_build, load=_load, seed=lambda job: int(job.cfg.synth.seed), resumable=True,
+                  prepare=compute_batches)
+
+
+def run(job: Job) -> dict:
+    art = resolve(SYNTHESIZE, job).artifact
     s = art.json("summary.json")
     log.info("synthesize: %d impressions at %s (%.1f%% assigned to target)", s["count"], art.path, 100 * s["target_share"])
+    return {"path": str(art.path), **s}
