@@ -16,7 +16,7 @@ from typing import Any
 
 from c2ir.version import __version__
 
-_API = {"C2IR", "OODDetector", "detector", "detector_names", "load_detector"}
+_API = {"C2IR", "Impressions", "OODDetector", "detector", "detector_names", "load_detector"}
 _ERRORS = {"C2IRError", "NotFittedError"}
 __all__ = sorted(_API | _ERRORS) + ["__version__"]
 

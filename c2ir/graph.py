@@ -140,6 +140,7 @@ class Node:
     resumable: bool = False      # the build gets a partial folder that survives a crash (step.work)
     prepare: Callable[["Step"], Any] | None = None   # under torchrun: run on every rank before rank 0 builds
     source: Callable[["Job", Any], "Resolved"] | None = None
+    source_key: Callable[["Job", Any], str] | None = None   # a source's key, without reading anything
 
     def __repr__(self) -> str:
         return f"Node({self.name})"
@@ -226,12 +227,27 @@ def resolve(node: Node, job: Job, param: Any = None) -> Resolved:
     return job.memo[memo]
 
 
+def _identity(node: Node, job: Job, param: Any, keys: dict[str, str]) -> tuple[str, dict[str, Any], dict[str, str]]:
+    """(key, key spec, upstream keys) of a node, from its declaration and its keyed inputs' keys."""
+    spec = {**(key_fields(job.cfg, node.rule) if node.rule else {}), **(node.spec(job, param) if node.spec else {})}
+    upstream = {**keys, **(node.upstream(job, param) if node.upstream else {})}
+    return make_key(node.name, {"v": node.version, **spec}, upstream), spec, upstream
+
+
+def key_of(node: Node, job: Job, param: Any = None) -> str:
+    """The node's cache key, derived from the declarations alone: nothing is built or read (tests, tools)."""
+    if (node.name, param) in job.given:
+        return job.given[(node.name, param)].key
+    if node.source is not None:
+        return node.source_key(job, param) if node.source_key else resolve(node, job, param).key
+    uses = node.uses(job, param) if node.uses else {}
+    return _identity(node, job, param, {r: key_of(u.node, job, u.param) for r, u in uses.items() if u.keyed})[0]
+
+
 def _resolve(node: Node, job: Job, param: Any) -> Resolved:
     uses = node.uses(job, param) if node.uses else {}
     inputs = {role: resolve(u.node, job, u.param) for role, u in uses.items() if u.keyed}
-    spec = {**(key_fields(job.cfg, node.rule) if node.rule else {}), **(node.spec(job, param) if node.spec else {})}
-    upstream = {**{role: r.key for role, r in inputs.items()}, **(node.upstream(job, param) if node.upstream else {})}
-    key = make_key(node.name, {"v": node.version, **spec}, upstream)
+    key, spec, upstream = _identity(node, job, param, {role: r.key for role, r in inputs.items()})
     digests = {role: r.digest for role, r in inputs.items()}
     step = Step(job, node, param, key, inputs, {role: u for role, u in uses.items() if not u.keyed})
     manifest = {"config": spec, "upstream": upstream, "inputs": digests,

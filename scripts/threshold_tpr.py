@@ -18,8 +18,11 @@ import numpy as np
 from hydra import compose, initialize_config_dir
 
 from c2ir.config import config_dir, register_resolvers
-from c2ir.stages.common import RunContext
-from c2ir.stages.evaluate import Evaluation
+from c2ir.graph import resolve
+from c2ir.stages.evaluate import build_detectors, passes
+from c2ir.stages.features import FEATURES
+from c2ir.stages.fit import fit_for, threshold_at
+from c2ir.stages.job import cli_job
 
 DETECTORS = "detectors=[c2ir,msp,maxlogit,energy,nmd,mahalanobis_imp,knn_imp,react_imp]"
 
@@ -33,22 +36,23 @@ def main(argv: list[str]) -> None:
     register_resolvers()
     with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
         cfg = compose("config", overrides=[DETECTORS, *args.overrides])
-    ctx = RunContext(cfg)
-    ev = Evaluation(ctx)
-    fit = ev.fit_context()
-    oods = [s for s in ev.sets if s != ev.id_name]
+    job = cli_job(cfg)
+    dets = build_detectors(job)
+    fit = fit_for(job, list(dets.values()))
+    sets = {name: resolve(FEATURES, job, p).value for name, p in passes(job, dets).items()}
+    id_name, oods = next(iter(sets)), list(sets)[1:]
     print(f"nominal TPR {args.tpr:.2f} (threshold from {len(fit.impressions['logits'])} impressions); "
-          f"ID set {ev.id_name} ({len(ev.sets[ev.id_name][1]['logits'])} images)")
+          f"ID set {id_name} ({len(sets[id_name]['logits'])} images)")
     print("| detector | real ID TPR | impression quantile for a real TPR of the nominal | "
           + " | ".join(f"FPR {o}" for o in oods) + " |")
     print("|---|---|---|" + "---|" * len(oods))
-    for name, det in ev.detectors.items():
+    for name, det in dets.items():
         det.fit(fit)
-        threshold = float(np.quantile(det.score(fit.impressions), args.tpr))
-        below = {s: float(np.mean(det.score(b) <= threshold)) for s, (_, b) in ev.sets.items()}
-        real = float(np.quantile(det.score(ev.sets[ev.id_name][1]), args.tpr))  # the threshold ID data would give
+        threshold = threshold_at(det.score(fit.impressions), args.tpr)   # the data-free threshold (stages/fit.py)
+        below = {s: float(np.mean(det.score(b) <= threshold)) for s, b in sets.items()}
+        real = threshold_at(det.score(sets[id_name]), args.tpr)  # the threshold ID data would give
         q = float(np.mean(det.score(fit.impressions) <= real))
-        print(f"| {name} | {100 * below[ev.id_name]:.1f} | {q:.2f} | "
+        print(f"| {name} | {100 * below[id_name]:.1f} | {q:.2f} | "
               + " | ".join(f"{100 * below[o]:.1f}" for o in oods) + " |")
 
 

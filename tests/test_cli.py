@@ -104,8 +104,8 @@ def test_a_failing_plot_keeps_the_tables(first_run, workdir, tmp_path, monkeypat
     import logging
 
     from c2ir import plots, report_html
-    from c2ir.stages.common import RunContext
-    from c2ir.stages.evaluate import report_evaluation
+    from c2ir.stages import evaluate
+    from c2ir.stages.job import cli_job
 
     def broken(*args, **kwargs):
         raise RuntimeError("plot exploded")
@@ -114,8 +114,9 @@ def test_a_failing_plot_keeps_the_tables(first_run, workdir, tmp_path, monkeypat
     monkeypatch.setattr(report_html.FigureCache, "get", lambda self, name: None)  # first_run cached the figures
     cfg = make_cfg(tmp_path, [*TINY, f"cache_root={workdir / 'cache'}"])
     with caplog.at_level(logging.INFO):
-        report_evaluation(RunContext(cfg))
+        result = evaluate.run(cli_job(cfg))
     assert "cache miss" not in caplog.text
+    assert set(result["metrics"]) == {"msp", "energy", "c2ir", "mahalanobis_imp", "nmd"}  # the stage returns its result
     out = tmp_path / "out"
     for name in ("results.md", "results.csv", "results.json", "roc_gaussian_noise.png"):
         assert (out / name).stat().st_size > 0, name
@@ -129,12 +130,13 @@ def test_report_figures_false_keeps_the_tables_and_the_cache_key(first_run, work
     and the same evaluate artifact as with figures (runtime-only: all cache hits)."""
     import logging
 
-    from c2ir.stages.common import RunContext
-    from c2ir.stages.evaluate import report_evaluation
+    from c2ir.stages import evaluate
+    from c2ir.stages.job import cli_job
 
     cfg = make_cfg(tmp_path, [*TINY, f"cache_root={workdir / 'cache'}", "report.figures=false"])
     with caplog.at_level(logging.INFO):
-        report_evaluation(RunContext(cfg))
+        result = evaluate.run(cli_job(cfg))
+    assert set(result["metrics"]) == {"msp", "energy", "c2ir", "mahalanobis_imp", "nmd"}  # the stage returns its result
     assert "cache miss" not in caplog.text and "cache hit: evaluate/" in caplog.text
     out = tmp_path / "out"
     for name in ("results.md", "results.csv", "results.json", "impressions_grid.png"):

@@ -54,7 +54,7 @@ def datasets(job: Job) -> list[str]:
     return ["id_test", *(f"ood:{key}" for key in ood_names(job.cfg))]
 
 
-def _passes(job: Job, dets: dict[str, Detector]) -> dict[str, Pass]:
+def passes(job: Job, dets: dict[str, Detector]) -> dict[str, Pass]:
     """{set name: the pass it is read from}: spatial vectors when a detector needs them, captured once
     when an `ipm=` sweep may need them (stages/features.py)."""
     spatial = int(job.cfg.features.spatial_grid) if any(SPATIAL in d.needs for d in dets.values()) else 0
@@ -104,17 +104,17 @@ IMAGE_SCORES = Node("image_scores", version=2,
 # ----- the evaluation ------------------------------------------------------------------------------------
 def _uses(job: Job, names: tuple[str, ...]) -> dict[str, Use]:
     dets = build_detectors(job, names)
-    passes = _passes(job, dets)
+    read = passes(job, dets)
     uses = fit_uses(job, list(dets.values()))
-    uses.update({f"features:{s}": Use(FEATURES, p) for s, p in passes.items()})
+    uses.update({f"features:{s}": Use(FEATURES, p) for s, p in read.items()})
     uses.update({f"image_scores:{n}:{s}": Use(IMAGE_SCORES, (n, p), keyed=False)
-                 for n, d in dets.items() if d.needs_input_gradients for s, p in passes.items()})
+                 for n, d in dets.items() if d.needs_input_gradients for s, p in read.items()})
     return uses
 
 
 def _spec(job: Job, names: tuple[str, ...]) -> dict[str, Any]:
     dets = build_detectors(job, names)
-    return {"used": sorted(names), "sets": list(_passes(job, dets)),
+    return {"used": sorted(names), "sets": list(passes(job, dets)),
             "params": {n: _detector_spec(d) for n, d in dets.items()}}
 
 
@@ -149,7 +149,7 @@ def layer_auroc(dets: dict[str, Detector], sets: dict[str, FeatureBundle], id_se
 def _build(step: Step, out: Any) -> dict:
     job, names = step.job, step.param
     dets = build_detectors(job, names)
-    sets = {s: step.value(f"features:{s}") for s in _passes(job, dets)}
+    sets = {s: step.value(f"features:{s}") for s in passes(job, dets)}
     id_set, oods = next(iter(sets)), list(sets)[1:]
     scores = score_sets(step, dets, sets)
     id_bundle = sets[id_set]

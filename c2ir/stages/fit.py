@@ -24,7 +24,7 @@ import numpy as np
 from c2ir.detectors import Detector, FitData, build_detector
 from c2ir.detectors.base import IMPRESSION_IMAGES, INPUT_GRADIENTS
 from c2ir.errors import C2IRError
-from c2ir.graph import Job, KeyRule, Node, Step, Use, plain
+from c2ir.graph import Job, KeyRule, Node, Step, Use, plain, resolve
 from c2ir.schema import SynthConfig
 from c2ir.stages.collect_stats import COLLECT_STATS
 from c2ir.stages.features import FEATURES, ID_TRAIN
@@ -87,6 +87,14 @@ def fit_data(step: Step) -> FitData:
     return FitData(model=classifier(job), layers=layers, impressions=imp, id_train=id_train, class_stats=stats,
                    layer_weights=weights, head=head(job), impression_images=images, normalizer=normalizer(job),
                    batch_size=job.batch_size, device=job.device)
+
+
+def fit_for(job: Job, dets: list[Detector]) -> FitData:
+    """The FitData `dets` fit on, outside a build (scripts and tools that study detectors on the cache)."""
+    uses = fit_uses(job, dets)
+    step = Step(job, FITTED, None, "", {r: resolve(u.node, job, u.param) for r, u in uses.items() if u.keyed},
+                {r: u for r, u in uses.items() if not u.keyed})
+    return fit_data(step)
 
 
 def threshold_at(scores: np.ndarray, tpr: float) -> float:

@@ -24,6 +24,7 @@ from c2ir.cache import atomic_save_tensors
 from c2ir.data.imageset import Normalizer
 from c2ir.extraction import batches
 from c2ir.graph import Job, KeyRule, Node, Step, Use, resolve
+from c2ir.models.state import frozen_eval
 from c2ir.impressions import BatchResult, SynthConfig, batch_seed, batch_targets, impression_grid, num_batches, synthesize_batch
 from c2ir.stages.job import normalizer
 from c2ir.stages.train import MODEL, classifier
@@ -131,7 +132,7 @@ def _build(step: Step, out: Any) -> dict:
     targets = torch.cat([p["targets"] for p in parts])
     curves = {n[6:]: torch.stack([p[n] for p in parts]) for n in parts[0] if n.startswith("curve/")}
     model, norm = classifier(job), normalizer(job)
-    with torch.no_grad():
+    with torch.no_grad(), frozen_eval(model):   # a borrowed model (the API's) is left as it came
         preds = torch.cat([model(norm(images[span].to(job.device))).argmax(1).cpu()
                            for span in batches(len(images), job.batch_size)])
     share = float((preds == targets).float().mean())

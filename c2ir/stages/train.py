@@ -20,7 +20,7 @@ from torch import nn
 from c2ir.cache import file_sha256, make_key
 from c2ir.data import load_id, materialize
 from c2ir.errors import C2IRError
-from c2ir.graph import Job, KeyRule, Node, Resolved, Step, key_fields, resolve
+from c2ir.graph import Job, KeyRule, Node, Resolved, Step, key_fields, key_of, resolve
 from c2ir.models import head_module, load_checkpoint, published_weights
 from c2ir.models.loading import build_classifier, check_finite_weights, load_classifier
 from c2ir.schema import TrainConfig
@@ -105,20 +105,26 @@ TRAIN = Node("train", version=2, rule=TRAIN_RULE, spec=_train_spec, upstream=_in
              seed=lambda job: job.seed, resumable=True)
 
 
+def _model_key(job: Job, _: Any) -> str:
+    if uses_training(job.cfg):
+        return key_of(TRAIN, job)
+    return make_key("model", {"v": 2, **key_fields(job.cfg, MODEL_RULE)}, {"checkpoint": checkpoint_sha(job) or ""})
+
+
 def _model(job: Job, _: Any) -> Resolved:
     cfg, device = job.cfg, job.device
     if uses_training(cfg):
         trained = resolve(TRAIN, job)
         return Resolved(trained.key, trained.digest, trained.artifact, lambda: trained.value.to(device).eval())
     sha = checkpoint_sha(job)
-    key = make_key("model", {"v": 2, **key_fields(cfg, MODEL_RULE)}, {"checkpoint": sha or ""})
+    key = _model_key(job, None)
     # the content downstream artifacts are built from; published weights are identified by name
     digest = f"checkpoint:{sha}" if sha else f"torchvision:{cfg.model.name}:{published_weights(cfg.model)}"
     return Resolved(key, digest, None, lambda: load_classifier(cfg.model, int(cfg.data.num_classes),
                                                                checkpoint=cfg.model.get("checkpoint")).to(device).eval())
 
 
-MODEL = Node("model", source=_model)
+MODEL = Node("model", source=_model, source_key=_model_key)
 
 
 def classifier(job: Job) -> nn.Module:
