@@ -27,7 +27,8 @@ with MSP~(x) the maximum softmax probability of each perturbed head averaged ove
 Settings: the authors' README table for CIFAR-10 (ResNet-18): r = 100, delta = 1.8, 100 bins,
 lambda1 = 2.5, lambda2 = 0.1, s1 = 4, s2 = 15; eps = 0.01 (h) and 0.025 (z~) are their code's
 defaults. Those values came from the authors' search on OpenOOD's validation split (which holds
-OOD images), not from this project. The perturbation directions are drawn with a fixed `seed`.
+OOD images), not from this project. The perturbation directions are drawn with a fixed
+`perturbation_seed`.
 Fit data: the ID training features (`weiper`, full access, the paper's setting) or the impressions
 (`weiper_imp`, data-free).
 """
@@ -101,7 +102,8 @@ class WeiPer(AttributeState, Detector):
         repeats: r, perturbations per class projection.  delta: their relative length.
         bins: histogram intervals.  lambda1, lambda2: weights of the perturbed-logit KL and of the MSP.
         smoothing, smoothing_perturbed: moving-average widths s1 (activations) and s2 (perturbed logits).
-        eps, eps_perturbed: added to the densities before the KL divergences.  seed: of the directions.
+        eps, eps_perturbed: added to the densities before the KL divergences.
+        perturbation_seed: seed of the random directions.
     """
 
     state_attrs = ('perturbed_weight', 'perturbed_bias', 'h_range', 'z_range', 'h_mean', 'z_mean')
@@ -109,7 +111,8 @@ class WeiPer(AttributeState, Detector):
 
     def __init__(self, name: str = "weiper", *, fit_on: str = "id_train", repeats: int = 100, delta: float = 1.8,
                  bins: int = 100, lambda1: float = 2.5, lambda2: float = 0.1, smoothing: int = 4,
-                 smoothing_perturbed: int = 15, eps: float = 0.01, eps_perturbed: float = 0.025, seed: int = 0) -> None:
+                 smoothing_perturbed: int = 15, eps: float = 0.01, eps_perturbed: float = 0.025,
+                 perturbation_seed: int = 0) -> None:
         super().__init__(name, fit_on=fit_on)
         if int(repeats) < 1 or int(bins) < 2 or int(smoothing) < 1 or int(smoothing_perturbed) < 1:
             raise C2IRError(f"detector {name}: needs repeats >= 1, bins >= 2 and smoothing widths >= 1")
@@ -118,11 +121,11 @@ class WeiPer(AttributeState, Detector):
         self.repeats, self.delta, self.bins = int(repeats), float(delta), int(bins)
         self.lambda1, self.lambda2 = float(lambda1), float(lambda2)
         self.smoothing, self.smoothing_perturbed = int(smoothing), int(smoothing_perturbed)
-        self.eps, self.eps_perturbed, self.seed = float(eps), float(eps_perturbed), int(seed)
+        self.eps, self.eps_perturbed, self.perturbation_seed = float(eps), float(eps_perturbed), int(perturbation_seed)
 
     def _fit(self, data: FitData) -> None:
         weight, bias = head_params(data, self.name)
-        self.perturbed_weight = perturbed_head(weight, self.delta, self.repeats, self.seed)
+        self.perturbed_weight = perturbed_head(weight, self.delta, self.repeats, self.perturbation_seed)
         self.perturbed_bias = bias.double().repeat(self.repeats)
         h = self.source(data)["penultimate"].double()
         spans = list(batches(len(h), 512))   # the perturbed logits are r*K per row: never all at once
