@@ -1,8 +1,9 @@
 """WeiPer+KLD: weight perturbations of the class projections, scored by KL divergences of activation
 histograms (Granz, Heurich & Landgraf, "WeiPer: OOD Detection using Weight Perturbations of Class
 Projections", NeurIPS 2024, arXiv 2405.17164; the authors' OpenOOD integration
-(`weiper_kldiv_postprocessor.py`, `weiper_kldiv/utils.py`) and the hyper-parameter table of their
-README were read for the formula and settings only).
+(github.com/mgranz/weiper_icml, `openood/postprocessors/weiper_kldiv_postprocessor.py` and
+`weiper_kldiv/utils.py`, read in a public copy) and the hyper-parameter table of its README were
+read for the formula and settings only).
 
 Perturbed head. Each class projection w_k (row of the head W) is perturbed r times along random
 directions of fixed relative length delta:
