@@ -9,7 +9,10 @@ and score with the Energy of the head's logits on a':  -logsumexp(W a' + b)   (h
 
 Percentile p. The paper sets it per benchmark: ImageNet (ResNet-50, Section 4.1 and Table 1)
 ASH-S@90, ASH-B@65; CIFAR-10 (DenseNet-101, Table 2) ASH-S@95, ASH-B@95; CIFAR-100 (Table 2)
-ASH-S@90, ASH-B@85. A detector's default cannot know the data set, so `percentile: auto` (the
+ASH-S@90, ASH-B@85. (The CIFAR values are Table 2 as read by this project's authors; the paper's PDF
+could not be re-opened offline when they were entered. The authors' released configs,
+config/cifar10_config.yml and config/cifar100_config.yml of github.com/andrijazz/ash, run ASH-S@90 on
+both CIFAR sets: pass `percentile=90` for that setting.) A detector's default cannot know the data set, so `percentile: auto` (the
 default) takes the setting of the paper's benchmark with the model's number of classes K, read from
 the head at fit time: K <= 10 the CIFAR-10 setting, K <= 100 the CIFAR-100 setting, larger heads the
 ImageNet setting. The class count, not the feature width, is what separates those benchmarks
