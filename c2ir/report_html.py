@@ -357,18 +357,20 @@ def _published_section(page: Page, res: dict, benchmark: str) -> None:
               f"{published.REPOSITORY} {where}, post-hoc methods on OpenOOD's cross-entropy model; "
               f"mean ± std over OpenOOD's runs where it gives one. They are another model than this run's.")
     acc = f"{100 * res['id_accuracy']:.2f}"
+    near = {d: mean_over(res["metrics"][d], groups["near"], "auroc") for d in res["metrics"]}
     body = [f'<tr class="group"><td colspan="5">{esc("measured, this run")}</td></tr>']
-    for d in ordered_detectors(res):
-        per = res["metrics"][d]
-        body.append(f'<tr><td class="name">{esc(d)}</td><td>{mean_over(per, groups["near"], "auroc"):.2f}</td>'
-                    f'<td>{mean_over(per, groups["far"], "auroc"):.2f}</td><td>{esc(acc)}</td>'
+    for d in sorted(near, key=lambda d: -near[d]):  # each block by near-OOD AUROC, best first
+        body.append(f'<tr><td class="name">{esc(d)}</td><td>{near[d]:.2f}</td>'
+                    f'<td>{mean_over(res["metrics"][d], groups["far"], "auroc"):.2f}</td><td>{esc(acc)}</td>'
                     f'<td class="name">{esc(detector_group(d, res.get("access", {}).get(d, "")))}</td></tr>')
     for arch in dict.fromkeys(r.arch for r in rows):
         body.append(f'<tr class="group published"><td colspan="5">{esc(published_label(arch))}</td></tr>')
-        for r in (r for r in rows if r.arch == arch):
+        for r in sorted((r for r in rows if r.arch == arch), key=lambda r: -r.near_auroc):
             acc_cell = "" if r.id_accuracy is None else f"{r.id_accuracy:.2f}"
-            body.append(f'<tr class="published"><td class="name">{esc(r.method)}</td><td>{r.near_auroc:.2f}</td>'
-                        f'<td>{r.far_auroc:.2f}</td><td>{esc(acc_cell)}</td><td class="name">{esc(r.source)}</td></tr>')
+            cells = [f"{v:.2f}" + (f" ± {sd}" if sd else "") for v, sd in ((r.near_auroc, r.near_std),
+                                                                            (r.far_auroc, r.far_std))]
+            body.append(f'<tr class="published"><td class="name">{esc(r.method)}</td><td>{esc(cells[0])}</td>'
+                        f'<td>{esc(cells[1])}</td><td>{esc(acc_cell)}</td><td class="name">{esc(r.source)}</td></tr>')
     head = ('<tr><th class="name">detector / method</th><th>near-OOD AUROC</th><th>far-OOD AUROC</th>'
             '<th>ID accuracy</th><th class="name">group / source</th></tr>')
     page.add(f'<div class="scroll"><table>{head}{"".join(body)}</table></div>')

@@ -21,6 +21,8 @@ class PublishedRow:
     method: str
     near_auroc: float
     far_auroc: float
+    near_std: str  # as published ("" when the source gives none)
+    far_std: str
     id_accuracy: float | None
     arch: str
     source: str  # the file in the repository (its commit: `commits()`)
@@ -51,6 +53,7 @@ def rows(benchmark: str) -> list[PublishedRow]:
         if r["benchmark"] != benchmark:
             continue
         acc = r["id_accuracy"].strip()
-        out.append(PublishedRow(r["method"], float(r["near_auroc"]), float(r["far_auroc"]),
-                                float(acc) if acc not in ("", "/") else None, r["arch"], r["source"]))
+        out.append(PublishedRow(r["method"], float(r["near_auroc"]), float(r["far_auroc"]), r["near_auroc_std"].strip(),
+                                r["far_auroc_std"].strip(), float(acc) if acc not in ("", "/") else None, r["arch"],
+                                r["source"]))
     return out
