@@ -106,3 +106,11 @@ def test_c2ir_run_on_a_timm_model_without_batchnorm_says_why_before_training(tmp
     with pytest.raises(C2IRError, match="model vit_tiny_patch16_224 has no BatchNorm layers"):
         run.run(cfg)
     assert not (tmp_path / "cache" / "train").exists()
+
+
+def test_timm_missing_is_one_line(tmp_path, monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "timm", None)  # as if not installed
+    with pytest.raises(C2IRError, match=r"model=timm needs the timm package: pip install 'c2ir\[timm\]'"):
+        load_classifier(make_cfg(tmp_path, ["model=timm", "data=cifar10"]).model, 10)

@@ -236,3 +236,29 @@ def test_experiments_compose_with_openood_splits_and_preprocessing(tmp_path):
         assert cfg.ood.textures.data_dir == "images_classic" and cfg.ood.ninco.data_dir == "images_largescale"
         assert str(cfg.ood.ninco.imglist) == f"benchmark_imglist/{folder}/test_ninco.txt"
         assert cfg.data.resize == "resize_center_crop" and cfg.data.image_size == 224
+
+
+def test_published_table_is_cited_and_holds_the_issue_rows():
+    from c2ir import published
+
+    assert published.benchmarks() == ["openood_cifar10", "openood_cifar100", "openood_imagenet1k", "openood_imagenet200"]
+    for bench, where in published.commits().items():
+        assert bench in published.benchmarks() and " at commit " in where and where.startswith("results/")
+    rows = {r.method: r for r in published.rows("openood_cifar10")}
+    quoted = {"NAC": (90.93, 94.60), "KNN": (90.64, 92.96), "WeiPer+KLD": (90.54, 93.12), "fDBD": (90.42, 93.16),
+              "VIM": (88.68, 93.48), "GEN": (88.20, 91.35), "EBO": (87.58, 91.21)}  # issue 23's table (EBO = Energy)
+    assert {m: (rows[m].near_auroc, rows[m].far_auroc) for m in quoted} == quoted
+    assert {r.arch for r in rows.values()} == {"ResNet18"}
+    assert {r.arch for r in published.rows("openood_imagenet1k")} == {"ResNet50"}
+    assert published.rows("no_such_benchmark") == []
+
+
+def test_runs_without_groups_have_no_group_rows():
+    from c2ir import report
+
+    m = {"fpr95": 10.0, "auroc": 90.0, "aupr_in": 1.0, "aupr_out": 1.0, "detection_acc": 1.0}
+    result = {"id_set": "x-test", "id_accuracy": 1.0, "ood_sets": ["a", "b"], "metrics": {"msp": {"a": m, "b": m}}}
+    assert [r["ood"] for r in report.rows(result)] == ["a", "b", "mean"]
+    assert "near mean" not in report.summary_table(result)
+    grouped = {**result, "groups": {"a": "near", "b": "far"}}
+    assert [r["ood"] for r in report.rows(grouped)] == ["a", "b", "mean", "near mean", "far mean"]
