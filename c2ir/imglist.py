@@ -90,13 +90,23 @@ def check_images(lst: ImageList, name: str, key: str) -> None:
                         f"{lst.image_root} (first: {missing[0]}); expected {LAYOUT}; set {key} to that folder")
 
 
+_CHECKED: set[tuple] = set()  # (list, its size and mtime, image folder) whose images all existed in this process
+
+
 def open_imglist(root: str | Path, imglist: str | Path, data_dir: str | Path, name: str, key: str,
                  check: bool = True) -> ImageList:
-    """Locate, parse and (by default) check a list: the one entry point of the data sources and the config check."""
+    """Locate, parse and (by default) check a list: the one entry point of the data sources and the config check.
+
+    The check stats every listed image once per process and list version (the config check, the early listing
+    of `c2ir run` and the loaders then share it); the fingerprint stats them again for their modification times."""
     list_path, image_root = locate(root, imglist, data_dir)
     lst = read_imglist(list_path, image_root, name, key)
     if check:
-        check_images(lst, name, key)
+        st = list_path.stat()
+        version = (str(list_path), st.st_size, st.st_mtime_ns, str(image_root))
+        if version not in _CHECKED:
+            check_images(lst, name, key)
+            _CHECKED.add(version)
     return lst
 
 

@@ -53,9 +53,8 @@ def fpr_at_tpr(id_scores: np.ndarray, ood_scores: np.ndarray, tpr_level: float =
     return float(fpr[np.searchsorted(tpr, tpr_level, side="left")])
 
 
-def pr_auc_trapezoid(pos: np.ndarray, neg: np.ndarray) -> float:
-    """Trapezoidal area under the precision-recall curve of `pos` ranked above `neg` by higher score:
-    scikit-learn's `auc(*precision_recall_curve(...)[1::-1])`, the curve starting at (recall 0, precision 1)."""
+def pr_points(pos: np.ndarray, neg: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(precision, recall) at each distinct threshold, `pos` ranked above `neg` by higher score (highest first)."""
     y = np.concatenate([np.ones(len(pos)), np.zeros(len(neg))])
     s = np.concatenate([pos, neg]).astype(np.float64)
     order = np.argsort(s, kind="mergesort")[::-1]
@@ -63,22 +62,19 @@ def pr_auc_trapezoid(pos: np.ndarray, neg: np.ndarray) -> float:
     ends = np.r_[np.where(np.diff(s))[0], len(y) - 1]
     tps = np.cumsum(y)[ends]
     fps = (ends + 1) - tps
-    precision = np.r_[1.0, tps / (tps + fps)]
-    recall = np.r_[0.0, tps / max(tps[-1], 1)]
-    return float(_trapezoid(precision, recall))
+    return tps / (tps + fps), tps / max(tps[-1], 1)
+
+
+def pr_auc_trapezoid(pos: np.ndarray, neg: np.ndarray) -> float:
+    """Trapezoidal area under the precision-recall curve of `pos` ranked above `neg` by higher score:
+    scikit-learn's `auc(recall, precision)` of `precision_recall_curve`, which starts at (recall 0, precision 1)."""
+    precision, recall = pr_points(pos, neg)
+    return float(_trapezoid(np.r_[1.0, precision], np.r_[0.0, recall]))
 
 
 def average_precision(pos: np.ndarray, neg: np.ndarray) -> float:
     """Step-wise average precision of `pos` ranked above `neg` by higher score (sklearn's definition)."""
-    y = np.concatenate([np.ones(len(pos)), np.zeros(len(neg))])
-    s = np.concatenate([pos, neg]).astype(np.float64)
-    order = np.argsort(s, kind="mergesort")[::-1]
-    s, y = s[order], y[order]
-    ends = np.r_[np.where(np.diff(s))[0], len(y) - 1]
-    tps = np.cumsum(y)[ends]
-    fps = (ends + 1) - tps
-    precision = tps / (tps + fps)
-    recall = tps / max(tps[-1], 1)
+    precision, recall = pr_points(pos, neg)
     return float(np.sum(np.diff(np.r_[0.0, recall]) * precision))
 
 

@@ -4,7 +4,8 @@ The layout is that of the DataFrame `Evaluator.eval_ood` returns and `scripts/ev
 `to_csv` (github.com/Jingkang50/OpenOOD, `openood/evaluation_api/evaluator.py`): an unnamed index column
 with the near-OOD sets, `nearood`, the far-OOD sets, `farood` (the means are unweighted over the sets),
 and the columns `FPR@95, AUROC, AUPR_IN, AUPR_OUT, ACC` in percent, ACC being the ID test accuracy on every
-row. The metrics are OpenOOD's own formulas (`c2ir.metrics.openood_metrics`): FPR@95 takes OOD as the
+row (the evaluator whose `compute_all_metrics` returns these five; earlier v1.5 commits also had CCR_4..CCR_1
+columns, which this export leaves out). The metrics are OpenOOD's own formulas (`c2ir.metrics.openood_metrics`): FPR@95 takes OOD as the
 positive class here whatever `metrics.fpr_positive` says, and AUPR is the trapezoidal PR area. Sets
 without a group follow, without a mean row.
 """
