@@ -38,7 +38,9 @@ log = logging.getLogger(__name__)
 
 # Fields no artifact depends on (how or where a run happens, not what it computes).
 RUNTIME_ONLY = ("stage", "device", "threads", "batch_size", "num_workers", "cache_root", "output_dir", "paths", "hydra",
-                "synth.autocast", "synth.channels_last", "synth.compile", "model.checkpoint", "model.trust_checkpoint",
+                "synth.autocast", "synth.channels_last", "synth.compile",
+                # the checkpoint enters keys by its content hash
+                "model.checkpoint", "model.trust_checkpoint", "model.require_checkpoint",
                 # which layers a cached pass records beyond the configured ones: it enters the features key
                 # as the captured layer list (stages/features.py) and never changes a score
                 "features.capture",
@@ -46,7 +48,10 @@ RUNTIME_ONLY = ("stage", "device", "threads", "batch_size", "num_workers", "cach
                 # `c2ir score` writes its per-file scores into the run directory, uncached
                 "score.input", "score.resize",
                 # whether the run directory gets report.html and its plots: never changes a result
-                "report.figures")
+                "report.figures",
+                # presentation only: a set's near/far group (its mean row, computed at report time) and the
+                # published table shown beside the measured rows
+                "ood.*.group", "report.published")
 _RULES: list["KeyRule"] = []
 
 

@@ -29,7 +29,8 @@ from typing import Any
 
 from omegaconf import II, MISSING
 
-RESIZE_MODES = ("resize", "center_crop", "random_crop", "resize_center_crop")  # = c2ir.data.transforms
+RESIZE_MODES = ("resize", "center_crop", "random_crop", "resize_center_crop", "short_side_center_crop")  # = c2ir.data.transforms
+OOD_GROUPS = ("near", "far")  # `ood.<set>.group`: OpenOOD's near-OOD / far-OOD means (c2ir.groups)
 MGI_METHODS = ("grad_abs", "grad_x_act", "uniform")                          # = c2ir.mgi
 UNSET = object()
 
@@ -148,6 +149,17 @@ class ReportConfig:
     # report.html and its plots in each run directory; false (large sweeps): only results.md/csv/json, the
     # impressions grid and the terminal table (`c2ir report <sweep dir>` reads the tables)
     figures: bool = True
+    # a benchmark of c2ir/published/openood_v15.csv (set by experiment=openood_*): its published rows beside
+    # the measured ones on report.html, labelled as another model's
+    published: str | None = setting(None, example="openood_cifar10")
+
+
+@dataclass
+class MetricsConfig:
+    """Which class FPR95 takes as positive: id (ODIN, Mahalanobis, C2IR: OOD false-positive rate at 95% ID
+    TPR; default) or ood (OpenOOD v1.5: ID false-positive rate at 95% OOD TPR); named in every header."""
+
+    fpr_positive: str = setting("id", choices=("id", "ood"), neutral="id")
 
 
 @dataclass
@@ -179,7 +191,9 @@ class ModelConfig:
     head: str | None = None           # the classifier module (None: the last Linear)
     checkpoint: str | None = None
     trust_checkpoint: bool = False    # allow checkpoints that need pickle (not weights_only)
-    layer_sets: dict[str, list[str]] = MISSING   # name -> module-name regexes; `layer_set=` picks one
+    # set by an experiment whose weights cannot be trained here: what checkpoint it needs (an error without one)
+    require_checkpoint: str | None = None
+    layer_sets: dict[str, list[str]] = MISSING   # name -> module-name regexes, or [auto]; `layer_set=` picks one
 
 
 @dataclass
@@ -216,9 +230,10 @@ class CifarResNetConfig(ModelConfig):
 
 @dataclass
 class ResNetConfig(ModelConfig):
-    """ResNet-18/34, CIFAR layout (3x3 stem, layer1..4, linear); key-compatible with the Mahalanobis release."""
+    """ResNet-18/34, CIFAR layout (3x3 stem, layer1..4, linear); key-compatible with the Mahalanobis release
+    (model/openood_resnet18_32x32.yaml: OpenOOD v1.5's ResNet18_32x32, the same layout)."""
 
-    arch: str = setting(MISSING, choices=("resnet18", "resnet34"))
+    arch: str = setting(MISSING, choices=("resnet18", "resnet34", "openood_resnet18_32x32"))
     mean: list[float] = setting(factory=lambda: [0.4914, 0.4824, 0.4467])   # the release's CIFAR statistics
     std: list[float] = setting(factory=lambda: [0.2471, 0.2435, 0.2616], lo=0, lo_open=True)
     head: str | None = "linear"
@@ -270,9 +285,23 @@ class TorchvisionConfig(ModelConfig):
         "default": ["relu", r"layer\d\.\d+"], "blocks": [r"layer\d\.\d+"]})   # torchvision ResNets
 
 
+@dataclass
+class TimmConfig(ModelConfig):
+    """Any timm classifier by name: model=timm model.name=<timm model> (`pip install 'c2ir[timm]'`). Weights
+    come from model.checkpoint (nothing is downloaded); mean/std: timm's ImageNet default, set the
+    normalisation the weights were trained with; layers chosen without data (`[auto]`)."""
+
+    arch: str = "timm"
+    name: str = "resnet18"
+    mean: list[float] = setting(factory=lambda: list(_IMAGENET_MEAN))
+    std: list[float] = setting(factory=lambda: list(_IMAGENET_STD), lo=0, lo_open=True)
+    layer_sets: dict[str, list[str]] = setting(factory=lambda: {"default": ["auto"]})
+
+
 MODEL_SCHEMAS: dict[str, type[ModelConfig]] = {
     "small_cnn": SmallCNNConfig, "cifar_resnet": CifarResNetConfig, "resnet18": ResNetConfig, "resnet34": ResNetConfig,
-    "wide_resnet": WideResNetConfig, "densenet": DenseNetConfig, "torchvision": TorchvisionConfig}
+    "openood_resnet18_32x32": ResNetConfig, "wide_resnet": WideResNetConfig, "densenet": DenseNetConfig,
+    "torchvision": TorchvisionConfig, "timm": TimmConfig}
 
 
 # ----- data sets (presets in YAML) ------------------------------------------------------------------
@@ -281,9 +310,10 @@ class DataConfig:
     """Keys of a `data=` option (its values are its YAML preset); which are used depends on `source`."""
 
     name: str = ""
-    source: str = setting("", choices=("sklearn_digits", "torchvision", "imagefolder", "shared"))
+    source: str = setting("", choices=("sklearn_digits", "torchvision", "imagefolder", "shared", "imglist"))
     dataset: str | None = None
     root: str | None = None
+    data_dir: str | None = None        # imglist: the images' folder under root (OpenOOD's layout, c2ir.imglist)
     download: bool = True
     archive: str | None = None
     subdir: str | None = None
@@ -307,9 +337,12 @@ class DataConfig:
 class OODConfig:
     """Keys of one `ood.<set>` (its values are its YAML preset); which are used depends on `source`."""
 
-    source: str = setting("", choices=("folder", "torchvision", "noise", "photo_patches", "pixel_shuffled"))
+    source: str = setting("", choices=("folder", "imglist", "torchvision", "noise", "photo_patches", "pixel_shuffled"))
     name: str | None = setting(None, example="textures")   # the column in the results (default: the set's key)
+    group: str | None = setting(None, choices=OOD_GROUPS)  # near / far: the set's mean row in the reports
     root: str | None = None
+    imglist: str | None = None         # imglist: the list file under root
+    data_dir: str | None = None
     archive: str | None = None
     subdir: str | None = None
     dataset: str | None = None
@@ -353,6 +386,7 @@ class C2IRConfig:
     collect_stats: CollectStatsConfig = setting(factory=CollectStatsConfig)
     evaluate: EvaluateConfig = setting(factory=EvaluateConfig)
     report: ReportConfig = setting(factory=ReportConfig)
+    metrics: MetricsConfig = setting(factory=MetricsConfig)
     score: ScoreConfig = setting(factory=ScoreConfig)
 
 
@@ -369,5 +403,6 @@ def register() -> None:
     cs.store(group="model", name="small_cnn", node=SmallCNNConfig)
     cs.store(group="model", name="densenet100", node=DenseNetConfig)
     cs.store(group="model", name="torchvision", node=TorchvisionConfig)
+    cs.store(group="model", name="timm", node=TimmConfig)
     for name, base in {"cifar_resnet": CifarResNetConfig, "resnet": ResNetConfig, "wide_resnet": WideResNetConfig}.items():
         cs.store(group="model/base", name=name, node=base)   # the YAML presets build on these (`base/<arch>@_here_`)

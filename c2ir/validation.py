@@ -23,6 +23,7 @@ from typing import Any
 from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict
 
 from c2ir.errors import C2IRError
+from c2ir.imglist import open_imglist  # torch-free, like this module
 from c2ir.schema import MODEL_SCHEMAS, UNSET, C2IRConfig, DataConfig, OODConfig
 
 
@@ -242,13 +243,17 @@ def check_inputs(cfg: DictConfig) -> None:
 
     A missing checkpoint or data folder is then reported in about a second, not after a minute of training
     or synthesis. Checked where a stage will read them: the checkpoint always; an ImageFolder ID set's
-    `data.root` for train/evaluate/run; folder OOD sets for evaluate/run; `score.input` for score. Sets that
+    `data.root` for train/evaluate/run; folder OOD sets for evaluate/run; image lists in OpenOOD's layout
+    (`source: imglist`, `c2ir.imglist`: the list and every image it names) likewise; `score.input` for score. Sets that
     come from a shared archive, a download or torchvision are left to their source, and the stages check
     again where they open the files (the API does not come through here). With a cluster launcher this runs
     on the submitting host: paths must exist there too.
     """
     stage = str(cfg.get("stage") or "run")
     ckpt = OmegaConf.select(cfg, "model.checkpoint")
+    needed = OmegaConf.select(cfg, "model.require_checkpoint")  # an experiment whose weights cannot be trained here
+    if needed and not ckpt:
+        raise C2IRError(f"this experiment needs model.checkpoint=<file>: {needed}")
     if ckpt and not _folder(ckpt).is_file():
         raise C2IRError(f"checkpoint not found: {_folder(ckpt)}; set model.checkpoint to an existing file")
     data = cfg.get("data") or {}
@@ -258,8 +263,15 @@ def check_inputs(cfg: DictConfig) -> None:
         layout = data.get("layout") or "<root>/<split>/<class>/*.jpg"
         raise C2IRError(f"{data.get('name', 'data')}: folder not found: {_folder(root)} (expected layout: {layout}); "
                         "set data.root")
+    if stage in DATA_STAGES and data.get("source") == "imglist":  # OpenOOD's layout: the list and its images
+        open_imglist(data.get("root") or ".", str(data.get("test_split") or "test"), data.get("data_dir") or "",
+                     f"{data.get('name', 'data')}-test", "paths.data_root or data.root")
     for key, ood in (cfg.get("ood") or {}).items() if stage in OOD_STAGES else ():
         root = ood.get("root")
+        if ood.get("source") == "imglist":
+            open_imglist(root or ".", str(ood.get("imglist")), ood.get("data_dir") or "", str(ood.get("name") or key),
+                         f"paths.data_root or ood.{key}.root")
+            continue
         if ood.get("source") != "folder" or (ood.get("url") and ood.get("download")) or (not root and ood.get("archive")):
             continue  # generated, torchvision, downloadable or a shared archive: their source reports what is missing
         if not root:  # the wording of c2ir.data.sources, which says the same to API users

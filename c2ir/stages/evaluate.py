@@ -24,7 +24,10 @@ from c2ir.detectors.base import SPATIAL
 from c2ir.errors import C2IRError
 from c2ir.extraction import FeatureBundle
 from c2ir.graph import Job, KeyRule, Node, Step, Use, plain, resolve
+from c2ir.groups import groups_of
 from c2ir.metrics import accuracy, columnwise_auroc, ood_metrics
+from c2ir.openood_export import write_openood_csvs
+from c2ir.report_html import split_scores
 from c2ir.stages.collect_stats import COLLECT_STATS
 from c2ir.stages.features import FEATURES, ID_TRAIN, Pass, dataset, set_name
 from c2ir.stages.fit import fit_data, fit_uses, ipm_overrides
@@ -38,7 +41,7 @@ from c2ir.validation import ood_names
 log = logging.getLogger(__name__)
 
 # plus the evaluated sets' feature keys as upstream; `ood.<set>.name` is only the column's name
-EVAL_RULE = KeyRule(("detectors", "ipm", "ood.*.name"))
+EVAL_RULE = KeyRule(("detectors", "ipm", "ood.*.name", "metrics"))
 
 
 def build_detectors(job: Job, names: tuple[str, ...] | None = None) -> dict[str, Detector]:
@@ -154,9 +157,10 @@ def _build(step: Step, out: Any) -> dict:
     scores = score_sets(step, dets, sets)
     id_bundle = sets[id_set]
     id_acc = accuracy(id_bundle["logits"].numpy(), id_bundle["labels"].numpy())
+    positive = str(job.cfg.metrics.fpr_positive)
     result = {"id_set": id_set, "id_accuracy": id_acc, "ood_sets": oods,
-              "metrics": {d: {o: ood_metrics(per[id_set], per[o]) for o in oods} for d, per in scores.items()},
-              "access": {n: d.data_access for n, d in dets.items()}, "ipm": plain(job.cfg.ipm),
+              "metrics": {d: {o: ood_metrics(per[id_set], per[o], positive) for o in oods} for d, per in scores.items()},
+              "fpr_positive": positive, "access": {n: d.data_access for n, d in dets.items()}, "ipm": plain(job.cfg.ipm),
               "mgi": plain(job.cfg.mgi), "layer_weights": step.input("weight_layers").artifact.json("weights.json"),
               "counts": {s: int(len(b["logits"])) for s, b in sets.items()}, "layer_auroc": layer_auroc(dets, sets, id_set)}
     out.save_tensors("scores.safetensors", {f"{d}/{s}": torch.from_numpy(np.ascontiguousarray(v))
@@ -193,7 +197,7 @@ def run(job: Job) -> dict:
     """
     cfg = job.cfg
     evaluation = resolve(EVALUATE, job, available(job))
-    result = evaluation.value
+    result = {**evaluation.value, "groups": groups_of(cfg)}  # near/far: presentation, from the config
     if not job.dist.is_main:
         return result
     run_dir = report.run_dir(cfg)
@@ -201,6 +205,8 @@ def run(job: Job) -> dict:
     if grid is not None and grid.is_file():
         shutil.copy2(grid, run_dir / "impressions_grid.png")
     report.write_reports(run_dir, result)
+    if result["groups"]:
+        write_openood_csvs(run_dir / "openood", result, split_scores(evaluation.artifact.tensors("scores.safetensors")))
     print(report.terminal_table(result))
     if OmegaConf.select(cfg, "report.figures", default=True):
         write_run_page(job, evaluation.artifact, run_dir)

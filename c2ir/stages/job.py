@@ -14,7 +14,7 @@ from c2ir.cache import ArtifactStore
 from c2ir.data.imageset import Normalizer
 from c2ir.device import resolve_device
 from c2ir.errors import C2IRError
-from c2ir.extraction import select_layers
+from c2ir.extraction import resolve_layers
 from c2ir.graph import Job, plain
 from c2ir.models.loading import build_classifier
 from c2ir.validation import validate
@@ -38,7 +38,7 @@ def capture_layers(cfg: DictConfig, model: nn.Module, layers: list[str]) -> list
     chosen = set(layers)
     for patterns in plain(cfg.model.layer_sets).values():
         try:
-            chosen.update(select_layers(model, list(patterns)))
+            chosen.update(resolve_layers(model, list(patterns)))
         except C2IRError:
             continue
     order = {n: i for i, (n, _) in enumerate(model.named_modules())}
@@ -52,7 +52,7 @@ def cli_job(cfg: DictConfig) -> Job:
     cfg = validate(cfg)
     patterns = layer_patterns(cfg)
     fresh = build_classifier(cfg.model, int(cfg.data.num_classes))
-    layers = select_layers(fresh, patterns)
+    layers = resolve_layers(fresh, patterns)
     size = int(cfg.data.image_size)
     return Job(cfg=cfg, store=ArtifactStore(cfg.cache_root), device=resolve_device(str(cfg.device)),
                dist=distributed.current(), layers=layers, capture_layers=capture_layers(cfg, fresh, layers),

@@ -16,6 +16,7 @@ from omegaconf import OmegaConf
 from c2ir import plots
 from c2ir.cache import Artifact, make_key
 from c2ir.graph import Job, resolve
+from c2ir.groups import groups_of
 from c2ir.report_html import RunInputs, split_scores, write_run_report
 from c2ir.stages.synthesize import SYNTHESIZE
 from c2ir.stages.train import MODEL
@@ -32,7 +33,8 @@ def config_yaml(cfg) -> str:
 
 def run_inputs(job: Job, art: Artifact) -> RunInputs:
     """The page's inputs; missing pieces are left None with a note saying why."""
-    inp = RunInputs(result=art.json("results.json"), config_yaml=config_yaml(job.cfg))
+    inp = RunInputs(result={**art.json("results.json"), "groups": groups_of(job.cfg)}, config_yaml=config_yaml(job.cfg),
+                    published=OmegaConf.select(job.cfg, "report.published", default=None))
     inp.keys = {"evaluate": art.key, **{k: str(v) for k, v in art.manifest.get("upstream", {}).items()}}
     try:
         inp.scores = split_scores(art.tensors("scores.safetensors"))
@@ -56,8 +58,9 @@ def run_inputs(job: Job, art: Artifact) -> RunInputs:
             inp.synth_summary = synth.json("summary.json")
         except Exception as exc:
             inp.notes.append(f"Synthesis curves or summary could not be loaded ({exc}).")
-    # figures depend only on the evaluate and synthesis artifacts (and the plotting code)
-    fig_key = make_key("report_figures", {"v": plots.VERSION},
+    # figures depend only on the evaluate and synthesis artifacts, the near/far groups (the summary figure's
+    # columns) and the plotting code
+    fig_key = make_key("report_figures", {"v": plots.VERSION, "groups": inp.result["groups"]},
                        {"evaluate": art.key, "synthesize": inp.keys.get("synthesize", "")})
     inp.figure_cache = job.store.dir("report_figures", fig_key)
     return inp

@@ -31,7 +31,7 @@ log = logging.getLogger(__name__)
 
 # ID data fields that decide which images a split holds (folder sources add a content fingerprint).
 DATA_FIELDS = ("data.name", "data.source", "data.dataset", "data.root", "data.archive", "data.subdir", "data.image_size",
-               "data.channels", "data.seed", "data.num_classes", "data.mean", "data.std", "data.resize")
+               "data.channels", "data.seed", "data.num_classes", "data.mean", "data.std", "data.resize", "data.data_dir")
 # which activations (and which `penultimate`) are read: not the network's function
 LAYER_FIELDS = ("layer_set", "model.layer_sets", "model.head")
 # `seed` draws the initial weights and the batch order/augmentation
