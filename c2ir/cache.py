@@ -215,7 +215,9 @@ class ArtifactStore:
             return None
         problem, manifest = self._check(path)
         if problem is None and inputs is not None and manifest.get("inputs", {}) != dict(inputs):
-            problem = "it was built from different upstream artifacts (an upstream artifact was recomputed)"
+            problem = ("it records no content digests of its inputs (written by an older c2ir)" if inputs and
+                       not manifest.get("inputs") else
+                       "it was built from different upstream artifacts (an upstream artifact was recomputed)")
         if problem is None:
             return Artifact(stage, key, path, manifest)
         log.warning("cache: %s/%s is damaged or stale (%s); discarding and recomputing it", stage, key, problem)

@@ -229,17 +229,6 @@ def _synthesize_batch(model: nn.Module, normalizer: Normalizer, targets: torch.T
     return BatchResult(pixels, targets.cpu(), curves)
 
 
-def synthesize_impressions(model: nn.Module, normalizer: Normalizer, num_classes: int, shape: Sequence[int],
-                           cfg: SynthConfig, device: torch.device | str = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
-    """Every batch of impressions in order: (pixel images in [0, 1], targets). The `synthesize` stage
-    runs the same batches one by one (resumable, sharded); the result is the same."""
-    n = num_batches(num_classes, cfg.per_class, cfg.batch_size)
-    parts = [synthesize_batch(model, normalizer, batch_targets(num_classes, cfg.per_class, cfg.batch_size, b), shape,
-                              cfg, batch_seed(cfg.seed, b), device, desc=f"synthesize batch {b + 1}/{n}")
-             for b in range(n)]
-    return torch.cat([p.images for p in parts]), torch.cat([p.targets for p in parts])
-
-
 def impression_grid(images: torch.Tensor, targets: torch.Tensor, num_classes: int, per_row: int = 10) -> torch.Tensor:
     """A (C, H, W) grid with one row per class (the first `per_row` impressions of each)."""
     from torchvision.utils import make_grid

@@ -2,9 +2,7 @@
 the disk and the memory store; a Job is plain data; the import structure has no circle and no face below."""
 
 import ast
-import json
 import shutil
-from pathlib import Path
 
 import pytest
 import torch

@@ -1,6 +1,5 @@
 """DeepInversion on a small trained model: BN loss falls, impressions hit their class, seeds repeat."""
 
-import copy
 
 import pytest
 import torch

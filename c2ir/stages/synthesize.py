@@ -24,8 +24,8 @@ from c2ir.cache import atomic_save_tensors
 from c2ir.data.imageset import Normalizer
 from c2ir.extraction import batches
 from c2ir.graph import Job, KeyRule, Node, Step, Use, resolve
-from c2ir.models.state import frozen_eval
 from c2ir.impressions import BatchResult, SynthConfig, batch_seed, batch_targets, impression_grid, num_batches, synthesize_batch
+from c2ir.models.state import frozen_eval
 from c2ir.stages.job import normalizer
 from c2ir.stages.train import MODEL, classifier
 
