@@ -219,9 +219,9 @@ class OODDetector:
             "data": {"num_classes": self.num_classes, "channels": None if shape is None else shape[0],
                      "image_size": None if shape is None else list(shape[1:])},
             "model": {"head": self.head_name, "mean": self.mean, "std": self.std}, "score": {"tpr": self.tpr}})
-        return Job(cfg=cfg, store=self.store, device=self._device(), dist=DistInfo(), layers=list(self.layers),
-                   capture_layers=list(self.layers), input_shape=shape, layer_patterns=self.layer_patterns,
-                   synthesis=synthesis, given=dict(given or {}))
+        return Job(cfg=cfg, store=self.store, device=self._device(), dist=DistInfo(),
+                   layer_names=lambda: (list(self.layers), list(self.layers)), input_shape=shape,
+                   layer_patterns=self.layer_patterns, synthesis=synthesis, given=dict(given or {}))
 
     # ----- fit ---------------------------------------------------------------------------
     def fit(self, id_loader: Iterable[Any] | None = None, *,

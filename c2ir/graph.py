@@ -168,19 +168,32 @@ class Resolved:
 class Job:
     """What one run resolves nodes for: the validated config, the store, where to compute, the layers,
     and inputs given instead of computed ({(node name, param): Resolved}: the API's model, impressions
-    or ID features). Plain data: building a Job computes nothing."""
+    or ID features). Plain data: building a Job computes nothing; the layer names are resolved on first
+    use (`layer_names` returns the run's layers and the layers a cached pass captures)."""
 
     cfg: DictConfig
     store: Any
     device: Any
     dist: Any
-    layers: list[str]
-    capture_layers: list[str]
-    input_shape: tuple[int, int, int]
+    layer_names: Callable[[], tuple[list[str], list[str]]]
+    input_shape: tuple[int, int, int] | None
     layer_patterns: list[str] | None = None
     synthesis: bool = True     # impressions can be had (synthesised, or given): data-free fits and thresholds
     given: dict[tuple[str, Any], Resolved] = field(default_factory=dict)
     memo: dict[Any, Any] = field(default_factory=dict)
+
+    @property
+    def layers(self) -> list[str]:
+        return list(self._layers()[0])
+
+    @property
+    def capture_layers(self) -> list[str]:
+        return list(self._layers()[1])
+
+    def _layers(self) -> tuple[list[str], list[str]]:
+        if "layer_names" not in self.memo:
+            self.memo["layer_names"] = self.layer_names()
+        return self.memo["layer_names"]
 
     @property
     def batch_size(self) -> int:

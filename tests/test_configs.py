@@ -228,7 +228,7 @@ def test_configs_compose_from_the_installed_package():
 RESNET32_BEFORE_THE_SHARED_BASE = {  # configs/model/resnet32.yaml as it was written out in full
     "arch": "cifar_resnet", "name": "resnet32", "depth": 32, "num_classes": 10, "in_channels": 3,
     "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225], "head": "linear", "checkpoint": None,
-    "trust_checkpoint": False,
+    "trust_checkpoint": False, "require_checkpoint": None,   # declared since by every model (runtime-only)
     "layer_sets": {"default": [r"layer2\.\d+", r"layer3\.0"], "all": ["stem_act", r"layer\d+\.\d+"],
                    "blocks": [r"layer\d+\.\d+"], "stage_outputs": ["stem_act", r"layer\d+\.4"],
                    "last_stage": [r"layer3\.\d+"], "bn_relu": ["stem_act", r"layer\d+\.\d+\.act1", r"layer\d+\.\d+"]},

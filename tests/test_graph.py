@@ -47,8 +47,8 @@ DOUBLE = Node("double", version=3, rule=KeyRule(("double",)), spec=lambda job, _
 
 def _job(store, scale=1, width=1, layers=("a",), given=None):
     cfg = OmegaConf.create({"raw": {"scale": scale}, "double": {"width": width}, "seed": 0, "batch_size": 1})
-    return Job(cfg=cfg, store=store, device=torch.device("cpu"), dist=DistInfo(), layers=list(layers),
-               capture_layers=list(layers), input_shape=(1, 1, 1), given=dict(given or {}))
+    return Job(cfg=cfg, store=store, device=torch.device("cpu"), dist=DistInfo(),
+               layer_names=lambda: (list(layers), list(layers)), input_shape=(1, 1, 1), given=dict(given or {}))
 
 
 @pytest.mark.parametrize("kind", ["disk", "memory"])

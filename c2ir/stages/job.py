@@ -47,16 +47,21 @@ def capture_layers(cfg: DictConfig, model: nn.Module, layers: list[str]) -> list
 
 def cli_job(cfg: DictConfig) -> Job:
     """The job of one CLI invocation. Sets no process-wide state: torch threads and the torchrun process
-    group are the entry point's (cli.py); this reads the group it joined. Layer names are resolved on
-    an untrained instance of the architecture (no checkpoint is read, nothing is trained)."""
+    group are the entry point's (cli.py); this reads the group it joined. Layer names are resolved when a
+    node first reads them, on an untrained instance of the architecture (no checkpoint is read, nothing is
+    trained), so `c2ir train` never needs them."""
     cfg = validate(cfg)
     patterns = layer_patterns(cfg)
-    fresh = build_classifier(cfg.model, int(cfg.data.num_classes))
-    layers = resolve_layers(fresh, patterns)
+
+    def names() -> tuple[list[str], list[str]]:
+        fresh = build_classifier(cfg.model, int(cfg.data.num_classes))
+        layers = resolve_layers(fresh, patterns)
+        return layers, capture_layers(cfg, fresh, layers)
+
     size = int(cfg.data.image_size)
     return Job(cfg=cfg, store=ArtifactStore(cfg.cache_root), device=resolve_device(str(cfg.device)),
-               dist=distributed.current(), layers=layers, capture_layers=capture_layers(cfg, fresh, layers),
-               input_shape=(int(cfg.data.channels), size, size), layer_patterns=patterns)
+               dist=distributed.current(), layer_names=names, input_shape=(int(cfg.data.channels), size, size),
+               layer_patterns=patterns)
 
 
 def normalizer(job: Job) -> Normalizer | None:
