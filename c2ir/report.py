@@ -37,10 +37,28 @@ def run_dir(cfg: Any) -> Path:
     return path
 
 
+# What the two C2IR rows are, wherever detectors are listed with labels (tables, CSV/JSON, report.html):
+# `c2ir` is this project's default (feature deviations + a logit term weighted on proxy outliers),
+# `c2ir_paper` the paper's method (the same feature deviations, no logit term).
+DETECTOR_LABELS = {"c2ir": "C2IR + Energy (this project's default)",
+                   "c2ir_paper": "C2IR (paper: feature deviations)"}
+C2IR_FIRST = ("c2ir", "c2ir_paper")
+
+
+def label(det: str) -> str:
+    """`det`, with what it is for the two C2IR rows (`c2ir: C2IR + Energy (this project's default)`)."""
+    return f"{det}: {DETECTOR_LABELS[det]}" if det in DETECTOR_LABELS else det
+
+
+def c2ir_rank(det: str) -> int:
+    """0 for `c2ir`, 1 for `c2ir_paper`, 2 for any other name (the order detectors are listed in)."""
+    return C2IR_FIRST.index(det) if det in C2IR_FIRST else len(C2IR_FIRST)
+
+
 def ordered_detectors(result: dict) -> list[str]:
-    """C2IR first, then the other data-free detectors, then the full-access comparators."""
+    """C2IR first (the default, then the paper's form), then the other data-free detectors, then full access."""
     access = result.get("access", {})
-    return sorted(result["metrics"], key=lambda d: (access.get(d) == "full access", d != "c2ir", d))
+    return sorted(result["metrics"], key=lambda d: (access.get(d) == "full access", c2ir_rank(d), d))
 
 
 def rows(result: dict) -> list[dict[str, Any]]:
@@ -67,7 +85,7 @@ def summary_table(result: dict) -> str:
         cells = [f"{per[o]['auroc']:.1f} / {per[o]['fpr95']:.1f}" for o in oods]
         mean_auc = np.mean([per[o]["auroc"] for o in oods])
         mean_fpr = np.mean([per[o]["fpr95"] for o in oods])
-        lines.append(f"| {det} | {result.get('access', {}).get(det, '')} | " + " | ".join(cells)
+        lines.append(f"| {label(det)} | {result.get('access', {}).get(det, '')} | " + " | ".join(cells)
                      + f" | {mean_auc:.1f} / {mean_fpr:.1f} |")
     return "\n".join(lines)
 
@@ -97,7 +115,7 @@ def markdown(result: dict) -> str:
              weights_line(result), "", "## All metrics", "",
              "| detector | access | OOD set | " + " | ".join(METRICS) + " |", "|" + "---|" * (len(METRICS) + 3)]
     for r in long:
-        lines.append(f"| {r['detector']} | {r['access']} | {r['ood']} | " + " | ".join(f"{r[k]:.2f}" for k in METRICS) + " |")
+        lines.append(f"| {label(r['detector'])} | {r['access']} | {r['ood']} | " + " | ".join(f"{r[k]:.2f}" for k in METRICS) + " |")
     return "\n".join(lines) + "\n"
 
 
@@ -105,11 +123,13 @@ def write_reports(directory: Path, result: dict) -> None:
     directory.mkdir(parents=True, exist_ok=True)
     atomic_write_bytes(directory / "results.md", markdown(result).encode())
     buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=["detector", "access", "ood", *METRICS])
+    writer = csv.DictWriter(buf, fieldnames=["detector", "label", "access", "ood", *METRICS])
     writer.writeheader()
-    writer.writerows(rows(result))
+    writer.writerows({**r, "label": DETECTOR_LABELS.get(r["detector"], "")} for r in rows(result))
     atomic_write_bytes(directory / "results.csv", buf.getvalue().encode())
-    atomic_write_json(directory / "results.json", {**result, "rows": rows(result), "convention": CONVENTION})
+    labels = {d: DETECTOR_LABELS[d] for d in result["metrics"] if d in DETECTOR_LABELS}
+    atomic_write_json(directory / "results.json", {**result, "rows": rows(result), "labels": labels,
+                                                   "convention": CONVENTION})
 
 
 def aggregate(multirun_dir: Path) -> tuple[str, list[dict[str, Any]]]:

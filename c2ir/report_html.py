@@ -25,7 +25,7 @@ import numpy as np
 
 from c2ir import plots
 from c2ir.cache import atomic_write_bytes
-from c2ir.report import CONVENTION, METRICS, ordered_detectors
+from c2ir.report import CONVENTION, METRICS, c2ir_rank, label, ordered_detectors
 
 log = logging.getLogger(__name__)
 
@@ -200,7 +200,7 @@ def metric_table(result: dict, metric: str) -> str:
             cells = "".join(f'<td class="best">{v[d]:.1f}</td>' if d in best[c] else
                             f'<td class="bestfree">{v[d]:.1f}</td>' if d in best_free[c] else f"<td>{v[d]:.1f}</td>"
                             for c, v in cols.items())
-            body.append(f'<tr><td class="name">{esc(d)}</td>{cells}</tr>')
+            body.append(f'<tr><td class="name">{esc(label(d))}</td>{cells}</tr>')
     return (f"<div><h3>{esc(METRIC_TITLES.get(metric, metric))} ({arrow})</h3>" + head + "".join(body) + "</table></div>")
 
 
@@ -463,7 +463,7 @@ def sweep_table(runs: Sequence[SweepRun], swept: Sequence[str], metric: str) -> 
         values[s] = {k: r.overrides.get(k, "(default)") for k in swept}
         for det in r.result["metrics"]:
             settings[s][det].append(mean_over_oods(r.result, det, metric))
-    dets = sorted({d for per in settings.values() for d in per}, key=lambda d: (not d.startswith("c2ir"), d))
+    dets = sorted({d for per in settings.values() for d in per}, key=lambda d: (not d.startswith("c2ir"), c2ir_rank(d), d))
     cols = list(settings)
     stats = {s: {d: mean_std(v) for d, v in settings[s].items()} for s in cols}
     best = {s: best_marks({d: m for d, (m, _) in stats[s].items()}, metric) for s in cols}
@@ -480,7 +480,7 @@ def sweep_table(runs: Sequence[SweepRun], swept: Sequence[str], metric: str) -> 
                 continue
             m, sd = stats[s][d]
             cells.append(f'<td{" class=best" if d in best[s] else ""}>{m:.1f} &plusmn; {sd:.1f}</td>')
-        body.append(f'<tr><td class="name">{esc(d)}</td>{"".join(cells)}</tr>')
+        body.append(f'<tr><td class="name">{esc(label(d))}</td>{"".join(cells)}</tr>')
     arrow = "lower is better" if metric in LOWER_IS_BETTER else "higher is better"
     return f"<h3>{esc(METRIC_TITLES[metric])} ({arrow})</h3><div class=\"scroll\"><table>{head}{''.join(body)}</table></div>"
 

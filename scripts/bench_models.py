@@ -35,7 +35,7 @@ MODELS: dict[str, list[str]] = {
     "resnet32": ["experiment=cifar10_resnet32_cpu"],    # shared original ResNet-32 (PNG-trained) on JPEG
     "resnet44": ["experiment=cifar10_resnet44_cpu"],    # shared original ResNet-44 (PNG-trained) on JPEG
 }
-ALL_DETECTORS = ("msp,maxlogit,energy,entropy,gen,odin,gradnorm,gaia_a,gaia_z,ash_s,ash_b,scale,nmd,c2ir,mahalanobis_imp,"
+ALL_DETECTORS = ("msp,maxlogit,energy,entropy,gen,odin,gradnorm,gaia_a,gaia_z,ash_s,ash_b,scale,nmd,c2ir,c2ir_paper,mahalanobis_imp,"
                  "mahalanobis_multi_imp,knn_imp,react_imp,dice_imp,kl_matching_imp,vim_imp,mahalanobis,mahalanobis_multi,knn,react")
 SYNTH_KEY = re.compile(r"synthesize/([0-9a-f]+)")
 
