@@ -42,6 +42,7 @@ from c2ir.impressions import SynthConfig, synthesize_impressions
 from c2ir.mgi import METHODS, impression_importance, normalize_weights
 from c2ir.models import head_module
 from c2ir.stats import compute_class_stats
+from c2ir.threshold import Threshold, data_free_threshold, quantile_threshold
 
 log = logging.getLogger(__name__)
 
@@ -154,7 +155,8 @@ class OODDetector:
         self.tpr, self.batch_size, self.seed = float(tpr), int(batch_size), int(seed)
         self.device = torch.device(device) if device is not None else None
         self.threshold: float | None = None
-        self.threshold_source: str | None = None
+        self.threshold_source: str | None = None     # the rule that set it (c2ir.threshold.RULES)
+        self.threshold_info: Threshold | None = None
         self.layer_weights: list[float] | None = None
 
     # ----- helpers -----------------------------------------------------------------------
@@ -232,7 +234,7 @@ class OODDetector:
             if "labels" not in bundle:
                 raise C2IRError(f"{self.name} fits on labelled data: the DataLoader must yield (x, y) batches")
             det.fit(FitData(model=self.model, layers=self.layers, id_train=bundle, head=self.head))
-            self._set_threshold(det.score(bundle), "in-sample on the fit data")
+            self._set_threshold(quantile_threshold(det.score(bundle), self.tpr, "fit_data"))
             return self
         if det.fit_on == "impressions" or self._can_synthesize():
             self._require_synthesis_inputs(f"fitting {self.name}" if det.fit_on == "impressions"
@@ -249,15 +251,22 @@ class OODDetector:
                 fit_data.layer_weights = normalize_weights(importance[self.mgi])
                 self.layer_weights = fit_data.layer_weights.tolist()
             det.fit(fit_data)
-            self._set_threshold(self._score_bundle_or_pixels(bundle, images), "impressions (data-free)")
+            self._set_threshold(data_free_threshold(det, self.tpr, self._score_pixels, images,
+                                                    lambda: self._score_bundle_or_pixels(bundle, images)))
             return self
         det.fit(FitData(model=self.model, layers=self.layers, head=self.head))
         return self
 
-    def _set_threshold(self, scores: np.ndarray, source: str) -> None:
-        self.threshold = float(np.quantile(np.asarray(scores, dtype=np.float64), self.tpr))
-        self.threshold_source = source
-        log.info("%s: threshold %.6g (%.0f%% of %s below it)", self.name, self.threshold, 100 * self.tpr, source)
+    def _score_pixels(self, pixels: torch.Tensor) -> np.ndarray:
+        """Scores of [0, 1] images (the data-free threshold's reference inputs)."""
+        norm = self.normalizer
+        assert norm is not None
+        bundle = {} if INPUT_GRADIENTS in self.detector.needs else self._features(norm(pixels))
+        return self._score_bundle_or_pixels(bundle, pixels)
+
+    def _set_threshold(self, threshold: Threshold) -> None:
+        self.threshold, self.threshold_source, self.threshold_info = threshold.value, threshold.rule, threshold
+        log.info("%s: %s", self.name, threshold.describe())
 
     def calibrate(self, id_loader: Iterable[Any], tpr: float = 0.95) -> "OODDetector":
         """Set the threshold so that a share `tpr` of the ID data in `id_loader` is kept as ID."""
@@ -266,7 +275,7 @@ class OODDetector:
         scores = [self.score(batch[0] if isinstance(batch, (tuple, list)) else batch) for batch in id_loader]
         if not scores:
             raise C2IRError("calibrate: the DataLoader yielded no batches")
-        self._set_threshold(torch.cat(scores).numpy(), "calibration data")
+        self._set_threshold(quantile_threshold(torch.cat(scores).numpy(), self.tpr, "calibration"))
         return self
 
     # ----- score / predict ---------------------------------------------------------------
@@ -284,7 +293,8 @@ class OODDetector:
         return torch.from_numpy(self.detector.score(self._features(x)))
 
     def predict(self, x: torch.Tensor) -> torch.Tensor:
-        """(N,) bool, True = OOD (score above `threshold`)."""
+        """(N,) bool, True = OOD (score above `threshold`; `threshold_info.describe()` says which rule set it
+        and the ID TPR to expect)."""
         if self.threshold is None:
             raise NotFittedError(f"{self.name} has no threshold: fit() it with num_classes, input_shape, mean and "
                                  f"std (data-free threshold), or call calibrate(id_loader)")
@@ -301,7 +311,9 @@ class OODDetector:
                 "mean": self.mean, "std": self.std, "synth": asdict(self.synth), "mgi": self.mgi,
                 "spatial_grid": self.spatial_grid, "max_spatial_per_class": self.max_spatial_per_class,
                 "tpr": self.tpr, "batch_size": self.batch_size, "seed": self.seed, "threshold": self.threshold,
-                "threshold_source": self.threshold_source, "layer_weights": self.layer_weights}
+                "threshold_source": self.threshold_source,
+                "threshold_info": None if self.threshold_info is None else self.threshold_info.to_json(),
+                "layer_weights": self.layer_weights}
 
     def save(self, path: str | Path) -> Path:
         """Write the fitted detector to folder `path`: tensors as safetensors, settings as JSON (no pickle)."""
@@ -340,6 +352,8 @@ class OODDetector:
         obj.layer_patterns = cfg["layer_patterns"]
         obj.detector.load_state(load_file(str(folder / SAVED_STATE)))
         obj.threshold, obj.threshold_source = cfg["threshold"], cfg["threshold_source"]
+        info = cfg.get("threshold_info")   # absent in detectors saved before issue 21
+        obj.threshold_info = None if info is None else Threshold.from_json(info)
         obj.layer_weights = cfg["layer_weights"]
         return obj
 

@@ -101,8 +101,11 @@ def weights_line(result: dict) -> str:
     w = result.get("layer_weights") or {}
     if not w:
         return ""
+    chosen = "".join(f"; {det} uses ipm={f['ipm']}" + (f", {f['logit_score']} x{f['logit_weight']:g}" if f["logit_weight"] else "")
+                     + (" (chosen on proxy outliers)" if f.get("selected") else "")
+                     for det, f in (result.get("c2ir_fit") or {}).items())
     return (f"C2IR: ipm={result.get('ipm', {}).get('name')}, MGI weights ({w.get('method')}): "
-            + ", ".join(f"{n}={v:.3f}" for n, v in zip(w["layers"], w["weights"])))
+            + ", ".join(f"{n}={v:.3f}" for n, v in zip(w["layers"], w["weights"])) + chosen)
 
 
 def terminal_table(result: dict) -> str:

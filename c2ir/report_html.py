@@ -258,6 +258,9 @@ def run_page(inp: RunInputs, directory: Path | None = None) -> Page:
         page.add(metric_table(res, metric))
     page.close_row()
 
+    page.section("logit-term", "What C2IR's logit term adds")
+    _logit_term_section(page, res)
+
     page.section("roc", "ROC curves")
     scores = inp.scores
     if scores is None:
@@ -301,6 +304,41 @@ def run_page(inp: RunInputs, directory: Path | None = None) -> Page:
     else:
         page.note("Artifact keys not available.")
     return page
+
+
+def _logit_term_section(page: Page, res: dict) -> None:
+    """c2ir (this project's default) against c2ir_paper (the paper's feature deviations) on this run, and what
+    each C2IR fit chose on proxy outliers (results.json `c2ir_fit`)."""
+    metrics, oods = res.get("metrics", {}), list(res["ood_sets"])
+    if "c2ir" in metrics and "c2ir_paper" in metrics:
+        page.text("AUROC and FPR95 (%) of the project's default against the paper's method on this run; the difference "
+                  "is what the logit term (and the choices made on proxy outliers) adds.")
+        rows = []
+        for m, name in (("auroc", "AUROC"), ("fpr95", "FPR95")):
+            a = [float(metrics["c2ir"][o][m]) for o in oods]
+            b = [float(metrics["c2ir_paper"][o][m]) for o in oods]
+            rows += [[f"{name}: {label('c2ir')}", *[f"{v:.1f}" for v in a], f"{np.mean(a):.1f}"],
+                     [f"{name}: {label('c2ir_paper')}", *[f"{v:.1f}" for v in b], f"{np.mean(b):.1f}"],
+                     [f"{name}: difference", *[f"{x - y:+.1f}" for x, y in zip(a, b)], f"{np.mean(a) - np.mean(b):+.1f}"]]
+        page.add(small_table(["", *oods, "mean"], rows))
+    else:
+        page.note("Add both c2ir and c2ir_paper to detectors= to see what the logit term adds on this run.")
+    fits = res.get("c2ir_fit") or {}
+    if not fits:
+        page.note("What the C2IR fits chose is not available (results.json made before it was recorded).")
+    for det, fit in fits.items():
+        chosen = f"ipm={fit['ipm']}, {fit['logit_score']} weight x{fit['logit_weight']:g}"
+        if not fit.get("criterion"):
+            page.text(f"{label(det)}: {chosen} (as configured: nothing to choose).")
+            continue
+        page.text(f"{label(det)}: {chosen}, chosen without data: the candidate whose softened held-back impressions are "
+                  "best separated from proxy outliers made from them (mean AUROC %, both folds).")
+        ipms = list(dict.fromkeys(c["ipm"] for c in fit["criterion"]))
+        weights = list(dict.fromkeys(c["logit_weight"] for c in fit["criterion"]))
+        crit = {(c["ipm"], c["logit_weight"]): c["criterion"] for c in fit["criterion"]}
+        page.add(small_table(["ipm \\ weight", *[f"x{w:g}" for w in weights]],
+                             [[i, *[("*" if (i, w) == (fit["ipm"], fit["logit_weight"]) else "") + f"{crit[i, w]:.1f}"
+                                    for w in weights]] for i in ipms]))
 
 
 def _impressions_section(page: Page, inp: RunInputs) -> None:

@@ -10,17 +10,14 @@ import torch
 
 from c2ir.detectors.base import POOLED_LAYERS, Detector, FitData
 from c2ir.extraction import batches
+from c2ir.stats import shrunk_precision
 
 
 def fit_gaussian(x: torch.Tensor, labels: torch.Tensor, num_classes: int) -> tuple[torch.Tensor, torch.Tensor]:
     """(class means (K, D), Ledoit-Wolf-shrunk tied precision (D, D)) of one feature space, float64."""
-    from sklearn.covariance import LedoitWolf
-
     x = x.double()
     means = torch.stack([x[labels == c].mean(0) if (labels == c).any() else x.mean(0) for c in range(num_classes)])
-    centered = (x - means[labels]).numpy()
-    precision = torch.from_numpy(LedoitWolf(assume_centered=True).fit(centered).precision_)
-    return means, precision
+    return means, shrunk_precision(x - means[labels])
 
 
 def min_distance(x: torch.Tensor, means: torch.Tensor, precision: torch.Tensor) -> torch.Tensor:

@@ -33,8 +33,9 @@ from c2ir.stages import train
 log = logging.getLogger(__name__)
 
 # Per stage: a code version; bump it when a stage's output format or algorithm changes.
-STAGE_VERSIONS = {"train": 2, "synthesize": 2, "collect_stats": 2, "weight_layers": 2, "features": 2,
-                  "image_scores": 2, "evaluate": 3, "model": 2}  # evaluate 3: per-layer AUROC
+STAGE_VERSIONS = {"train": 2, "synthesize": 2, "collect_stats": 3, "weight_layers": 2, "features": 2,
+                  "image_scores": 2, "evaluate": 4, "model": 2}  # evaluate 3: per-layer AUROC, 4: c2ir_fit;
+# collect_stats 3: the tied within-class precision per layer (ipm=mahalanobis)
 
 
 @dataclass(frozen=True)
