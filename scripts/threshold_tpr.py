@@ -36,7 +36,7 @@ def main(argv: list[str]) -> None:
     parser.add_argument("--detectors", default=DETECTORS, help="comma list of feature-based detector configs")
     parser.add_argument("--json", default=None, help="also write the table's values here")
     parser.add_argument("overrides", nargs="*")
-    args = parser.parse_args(argv)
+    args = parser.parse_intermixed_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
     register_resolvers()
     with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
