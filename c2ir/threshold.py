@@ -17,7 +17,7 @@ share `tpr` of a *reference* set stays below. Which reference, by rule:
 
 The expected range is the 95% binomial interval of the share of inputs kept, *if* inputs score
 like the reference (exact for calibration data; for the data-free rules the measured real TPRs
-are in docs/BENCHMARKS.md section 14).
+are in docs/BENCHMARKS.md section 15).
 """
 
 from __future__ import annotations
@@ -56,7 +56,7 @@ class Threshold:
         text = (f"threshold {self.value:.4g} set by rule {self.rule}: {100 * self.tpr:.0f}% of {self.reference} "
                 f"{RULES[self.rule]} below it; expected ID TPR {100 * lo:.0f}-{100 * hi:.0f}%")
         if self.rule in DATA_FREE:
-            text += " if real ID inputs score like them (measured: docs/BENCHMARKS.md section 14; calibrate(id_loader) is exact)"
+            text += " if real ID inputs score like them (measured: docs/BENCHMARKS.md section 15; calibrate(id_loader) is exact)"
         return text
 
     def to_json(self) -> dict:

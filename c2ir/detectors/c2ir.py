@@ -117,7 +117,7 @@ class C2IR(Detector):
         select_ipm: choose at fit time between `ipm` and `SELECTABLE_IPM` (the same criterion).
             Both selections: on by default, only for pooled IPMs (a distribution IPM is used as given),
             need the impression images and the model (the CLI and the API provide both; without
-            them the configured values are used, with a warning). docs/BENCHMARKS.md sections 11, 14.
+            them the configured values are used, with a warning). docs/BENCHMARKS.md sections 11, 15.
     """
 
     requires_fit = True
