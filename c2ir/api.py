@@ -367,7 +367,8 @@ class C2IR(OODDetector):
 
     `fit()` synthesises class-conditional impressions from the model (DeepInversion), takes
     their per-class feature statistics at `layers`, weights the layers by MGI on the
-    impressions, and sets the threshold so that `tpr` of the impressions count as ID.
+    impressions, chooses its IPM and logit weight on proxy outliers, and sets the threshold so
+    that `tpr` of the softened held-back impressions count as ID (`c2ir.threshold`).
 
     Args:
         model: the classifier (any `nn.Module` with BatchNorm layers and a final `nn.Linear`).
@@ -375,9 +376,10 @@ class C2IR(OODDetector):
         input_shape: (C, H, W) of one input.
         mean, std: per-channel normalisation the model expects (inputs are `(pixels - mean) / std`).
         layers: module-name regexes, or None for the automatic choice (`c2ir.extraction.auto_layers`).
-        ipm: deviation measure (`mean_standardized` default; `mean_l2`, `mean_l1`, `mmd_rbf`,
+        ipm: deviation measure (`mean_standardized` default; `mahalanobis`, `mean_l2`, `mean_l1`, `mmd_rbf`,
             `wasserstein`, `sliced_wasserstein`).
-        normalize, logit_score, logit_weight, ipm_seed, ipm_projections: see `c2ir.detectors.c2ir.C2IR`.
+        normalize, logit_score, logit_weight, select_logit_weight, select_ipm, class_weighting, ipm_seed,
+            ipm_projections: see `c2ir.detectors.c2ir.C2IR`.
         Everything else as `OODDetector` (synth, mgi, tpr, batch_size, device, seed, ...).
     """
 
