@@ -227,3 +227,15 @@ def test_c2ir_paper_and_fallbacks_use_the_configured_values():
     assert not build_detector("c2ir", {"type": "c2ir", "logit_score": "none"}).select_logit_weight
     wass = build_detector("c2ir", {"type": "c2ir", "ipm": "wasserstein"})
     assert not wass.select_logit_weight and not wass.select_ipm
+
+
+def test_c2ir_distribution_ipm_gets_a_cross_fitted_reference_too():
+    from c2ir.extraction import extract_features
+
+    ctx = _tiny_fit_data()
+    imp = extract_features(ctx.model, ctx.impression_images, ctx.normalizer, ctx.layers, ctx.head, spatial_grid=2)
+    imp["labels"] = ctx.impressions["labels"]
+    ctx.impressions, ctx.class_stats = imp, compute_class_stats(imp, imp["labels"], ctx.layers, 3, 16)
+    det = build_detector("c2ir", {"type": "c2ir", "ipm": "wasserstein"}).fit(ctx)
+    assert not det.selection and det.ipm_used == "wasserstein" and len(det.reference) == 24
+    assert np.isfinite(det.reference).all()

@@ -27,6 +27,7 @@ deviations; `impression_std` divides by that std; `none` leaves raw deviations.
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Iterable
 
 import numpy as np
@@ -211,10 +212,15 @@ class C2IR(Detector):
         imp, k = data.impressions, len(data.class_stats.per_layer[data.class_stats.layers[0]].mean)  # type: ignore[union-attr]
         layers = list(data.class_stats.layers)  # type: ignore[union-attr]
         device = next(data.model.parameters()).device  # type: ignore[union-attr]
+        # a distribution IPM compares spatial vectors: the folds sample them as collect-stats did
+        samples = data.class_stats[layers[0]].samples  # type: ignore[index]
+        spatial = imp.get(f"spatial/{layers[0]}")
+        max_spatial = 0 if samples is None else int(samples.shape[1])
+        grid = 0 if spatial is None or not IPMS[self.ipm].needs_spatial else math.isqrt(int(spatial.shape[1]))
 
         def features(pixels: torch.Tensor, desc: str) -> FeatureBundle:
             return extract_features(data.model, pixels, data.normalizer, layers, data.head, desc=desc,  # type: ignore[arg-type]
-                                    device=device, with_bn=False)
+                                    device=device, spatial_grid=grid, with_bn=False)
 
         out = []
         for f, (a, b) in enumerate((folds(targets), folds(targets)[::-1])):
@@ -223,7 +229,7 @@ class C2IR(Detector):
             if self.selecting:
                 for pname, pix in proxy_images(data.impression_images[b], targets[b], seed=f).items():  # type: ignore[index]
                     sets[pname] = features(pix, pname)
-            out.append({"stats": compute_class_stats(fit_a, targets[a], layers, k), "fit": fit_a, "sets": sets})
+            out.append({"stats": compute_class_stats(fit_a, targets[a], layers, k, max_spatial), "fit": fit_a, "sets": sets})
         return out
 
     def _fold_scores(self, folds_: list[dict], ipm: str, weights: torch.Tensor) -> list[dict]:
