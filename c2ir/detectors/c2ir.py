@@ -201,13 +201,13 @@ class C2IR(Detector):
         if missing:
             log.log(logging.WARNING if self.selecting else logging.INFO,
                     "%s: %s need the impression images and the model (fit through `c2ir evaluate`/`c2ir run` or "
-                    "c2ir.C2IR); using ipm=%s, logit_weight=%g and an in-sample threshold", self.name, what, self.ipm,
-                    self.logit_weight)
+                    "c2ir.C2IR); using ipm=%s, logit_weight=%g and a threshold without held-back impressions",
+                    self.name, what, self.ipm, self.logit_weight)
             return None
         if int(counts[counts > 0].min()) < MIN_PER_CLASS:
-            log.warning("%s: %s need at least %d impressions per class (got %d); using ipm=%s, logit_weight=%g and an "
-                        "in-sample threshold", self.name, what, MIN_PER_CLASS, int(counts[counts > 0].min()), self.ipm,
-                        self.logit_weight)
+            log.warning("%s: %s need at least %d impressions per class (got %d); using ipm=%s, logit_weight=%g and a "
+                        "threshold without held-back impressions", self.name, what, MIN_PER_CLASS,
+                        int(counts[counts > 0].min()), self.ipm, self.logit_weight)
             return None
         imp, k = data.impressions, len(data.class_stats.per_layer[data.class_stats.layers[0]].mean)  # type: ignore[union-attr]
         layers = list(data.class_stats.layers)  # type: ignore[union-attr]
