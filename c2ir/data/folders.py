@@ -15,6 +15,7 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
+from c2ir.data.digests import DigestCache, tree_digest
 from c2ir.data.imageset import StreamedSet, subsample
 from c2ir.data.transforms import check_mode, file_rng, resize_or_crop
 from c2ir.errors import C2IRError
@@ -28,21 +29,17 @@ def list_images(root: Path) -> list[Path]:
     return sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
 
 
-def folder_fingerprint(root: Path) -> str:
-    """Hash of a folder's image listing (relative path, size, modification time of every image).
+def folder_fingerprint(root: Path, digests: DigestCache | None = None) -> str:
+    """Digest of a folder's images: relative path and SHA-256 content of every image.
 
-    Folder datasets are keyed by this, not by their path: adding, deleting, replacing or
-    touching an image gives a new key (costs one stat per file, no decoding).
+    Folder datasets are keyed by this, not by their path or timestamps: adding, deleting or
+    replacing an image gives a new key, even with the same size and a preserved mtime; touching
+    one does not. Unchanged files are not read again when `digests` remembers them
+    (`c2ir.data.digests`: keyed by size, mtime, inode and ctime).
     """
-    import hashlib
-
-    digest = hashlib.blake2b(digest_size=16)
     if not root.is_dir():
         return "missing"
-    for p in list_images(root):
-        st = p.stat()
-        digest.update(f"{p.relative_to(root).as_posix()}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
-    return digest.hexdigest()
+    return "sha256:" + tree_digest(root, list_images(root), digests)
 
 
 MAX_PIXELS = 8192 * 8192  # larger images are skipped (decompression-bomb guard), far above any benchmark image

@@ -41,7 +41,7 @@ def ood_spec(ctx: RunContext, name: str) -> dict[str, Any]:
     spec = {k.removeprefix(f"ood.{name}."): v for k, v in key_fields(ctx.cfg, "features:ood", name).items()}
     if spec.get("source") == "pixel_shuffled":
         spec["base"] = ctx.data_spec("test")
-    content = ood_fingerprint(ctx.cfg.ood[name], name)
+    content = ood_fingerprint(ctx.cfg.ood[name], name, ctx.digests)
     if content:
         spec["content"] = content
     return {"ood": name, **spec}

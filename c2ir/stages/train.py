@@ -54,15 +54,15 @@ def train_model(ctx: "RunContext", work: Path) -> tuple[nn.Module, list[dict]]:
 
 def ensure(ctx: "RunContext") -> Artifact:
     art_key = ctx.train_key
-    work = ctx.store.partial_dir("train", art_key)
+    with ctx.store.resumable("train", art_key) as work:  # a failed build leaves no empty partial folder
 
-    def build(out: Path) -> dict:
-        model, history = train_model(ctx, work)
-        atomic_save_tensors(out / "model.safetensors", model.state_dict())
-        atomic_write_json(out / "history.json", history)
-        return {"test_acc": history[-1]["test_acc"] if history else None}
+        def build(out: Path) -> dict:
+            model, history = train_model(ctx, work)
+            atomic_save_tensors(out / "model.safetensors", model.state_dict())
+            atomic_write_json(out / "history.json", history)
+            return {"test_acc": history[-1]["test_acc"] if history else None}
 
-    art = ctx.store.get_or_create("train", art_key, build, config=ctx.fields("train"), seed=ctx.seed)
+        art = ctx.store.get_or_create("train", art_key, build, config=ctx.fields("train"), seed=ctx.seed)
     shutil.rmtree(work, ignore_errors=True)
     return art
 
