@@ -58,8 +58,11 @@ def detection_accuracy(id_scores: np.ndarray, ood_scores: np.ndarray) -> float:
 
 
 def ood_metrics(id_scores: np.ndarray, ood_scores: np.ndarray) -> dict[str, float]:
-    """All metrics, in percent, for one detector on one ID/OOD pair."""
+    """All metrics, in percent, for one detector on one ID/OOD pair. Scores must be finite: a NaN has no
+    rank (it would count as the lowest score and give AUROC 0 / FPR95 100 as if measured)."""
     id_scores, ood_scores = np.asarray(id_scores, np.float64), np.asarray(ood_scores, np.float64)
+    if not (np.isfinite(id_scores).all() and np.isfinite(ood_scores).all()):
+        raise ValueError("scores contain NaN or infinite values: no metric can be computed from them")
     return {
         "fpr95": 100 * fpr_at_tpr(id_scores, ood_scores),
         "auroc": 100 * auroc(id_scores, ood_scores),

@@ -87,14 +87,23 @@ def weights_line(result: dict) -> str:
             + ", ".join(f"{n}={v:.3f}" for n, v in zip(w["layers"], w["weights"])))
 
 
+def not_computable_line(result: dict) -> str:
+    """Detectors whose scores held NaN/inf: named with the cause, never given a metric."""
+    bad = result.get("not_computable") or {}
+    return ("Not computable (no metric reported): " + "; ".join(f"{d}: {why}" for d, why in sorted(bad.items()))
+            if bad else "")
+
+
 def terminal_table(result: dict) -> str:
-    return "\n".join([header(result), CONVENTION, summary_table(result), weights_line(result)])
+    return "\n".join(line for line in [header(result), CONVENTION, summary_table(result), weights_line(result),
+                                        not_computable_line(result)] if line)
 
 
 def markdown(result: dict) -> str:
     long = rows(result)
     lines = ["# c2ir results", "", header(result), "", CONVENTION, "", "## Summary", "", summary_table(result), "",
-             weights_line(result), "", "## All metrics", "",
+             weights_line(result), "", *([not_computable_line(result), ""] if result.get("not_computable") else []),
+             "## All metrics", "",
              "| detector | access | OOD set | " + " | ".join(METRICS) + " |", "|" + "---|" * (len(METRICS) + 3)]
     for r in long:
         lines.append(f"| {r['detector']} | {r['access']} | {r['ood']} | " + " | ".join(f"{r[k]:.2f}" for k in METRICS) + " |")

@@ -25,7 +25,7 @@ import numpy as np
 
 from c2ir import plots
 from c2ir.cache import atomic_write_bytes
-from c2ir.report import CONVENTION, METRICS, ordered_detectors
+from c2ir.report import CONVENTION, METRICS, not_computable_line, ordered_detectors
 
 log = logging.getLogger(__name__)
 
@@ -250,6 +250,8 @@ def run_page(inp: RunInputs, directory: Path | None = None) -> Page:
     counts = res.get("counts", {})
     page.text(f"ID set: {id_name} ({counts.get(id_name, '?')} images), ID accuracy {100 * res['id_accuracy']:.2f}%. "
               "OOD sets: " + ", ".join(f"{o} ({counts.get(o, '?')})" for o in oods) + ".")
+    if res.get("not_computable"):
+        page.note(not_computable_line(res))
     page.text(CONVENTION + " Best value per column in bold on green; if that is a full-access detector, the best "
               "data-free value is underlined too. Detectors grouped by the data they use (C2IR; other data-free "
               "detectors: model and impressions only; full access: real ID training data).")

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -21,6 +22,7 @@ from typing import Any
 from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict
 
 from c2ir.errors import C2IRError
+from c2ir.sizes import check_sizes
 
 RESIZE_MODES = ("resize", "center_crop", "random_crop", "resize_center_crop")  # = c2ir.data.transforms
 
@@ -133,6 +135,25 @@ class DataSchema:
     max_train_samples: int = _spec("int", lo=1, optional=True, example="1000")
     max_test_samples: int = _spec("int", lo=1, optional=True, example="1000")
     resize: str = _spec("str", choices=RESIZE_MODES)
+    flip_invariant: bool = _spec("bool")
+    mean: list = _spec("floats", example="[0.5,0.5,0.5]")
+    std: list = _spec("floats", lo=0, lo_open=True, example="[0.25,0.25,0.25]")
+
+
+@dataclass
+class ModelSchema:
+    """Typed fields shared by the `model=` options (each architecture reads its own; others are open)."""
+
+    width: int = _spec("int", lo=1, example="16")
+    depth: int = _spec("int", lo=1, example="20")
+    growth: int = _spec("int", lo=1, example="12")
+    widen_factor: int = _spec("int", lo=1, example="10")
+    reduction: float = _spec("float", lo=0, lo_open=True, hi=1, example="0.5")
+    num_classes: int = _spec("int", lo=1, example="10")
+    in_channels: int = _spec("int", lo=1, hi=3, example="3")
+    mean: list = _spec("floats", example="[0.5,0.5,0.5]")
+    std: list = _spec("floats", lo=0, lo_open=True, example="[0.25,0.25,0.25]")
+    trust_checkpoint: bool = _spec("bool")
 
 
 @dataclass
@@ -151,7 +172,7 @@ SCHEMAS: list[tuple[str, type, bool]] = [
     ("", RootSchema, False), ("synth", SynthSchema, True), ("train", TrainSchema, True),
     ("features", FeaturesSchema, True), ("collect_stats", CollectStatsSchema, True),
     ("evaluate", EvaluateSchema, True), ("score", ScoreSchema, True), ("report", ReportSchema, True), ("data", DataSchema, False),
-    ("ipm", IPMSchema, True),
+    ("ipm", IPMSchema, True), ("model", ModelSchema, False),
 ]
 
 
@@ -212,7 +233,30 @@ def check_node(path: str, node: Any, schema: type, closed: bool) -> None:
             if closed:
                 raise C2IRError(f"unknown config key {prefix}{key}; valid keys of {path}: {', '.join(known)}")
             continue
-        check_value(f"{prefix}{key}", node[key], known[key])
+        check_value(source_key(node, key) or f"{prefix}{key}", node[key], known[key])
+
+
+def source_key(node: Any, key: str) -> str | None:
+    """The key a value was typed under when `node.key` only refers to it (`synth.flip: ${data.flip_invariant}`),
+    so an error names what the user set (data.flip_invariant=maybe), not the key that copies it."""
+    if not isinstance(node, DictConfig) or not OmegaConf.is_interpolation(node, key):
+        return None
+    raw = str(node._get_node(key)._value())  # noqa: SLF001 - OmegaConf has no public accessor for the raw string
+    m = re.fullmatch(r"\$\{([A-Za-z_][\w.]*)\}", raw)
+    return m[1] if m else None
+
+
+def check_normalization(cfg: DictConfig) -> None:
+    """`model.mean` / `model.std` (usually `${data.mean}` / `${data.std}`) hold one value per input channel."""
+    model, channels = cfg.get("model"), OmegaConf.select(cfg, "data.channels")
+    if not isinstance(model, DictConfig) or not isinstance(channels, int):
+        return
+    for what in ("mean", "std"):
+        values = model.get(what)
+        if values is not None and len(values) != channels:
+            shown = source_key(model, what) or f"model.{what}"
+            raise C2IRError(f"{shown}={list(values)} has {len(values)} value(s) but data.channels={channels}; "
+                            f"give one value per input channel")
 
 
 def drop_unselected_ood(cfg: DictConfig) -> None:
@@ -322,6 +366,8 @@ def validate(cfg: DictConfig) -> DictConfig:
     for name in cfg.ood:
         check_node(f"ood.{name}", cfg.ood[name], OODSchema, False)
     ood_names(cfg)
+    check_normalization(cfg)
+    check_sizes(cfg)
     if not cfg.get("detectors"):
         raise C2IRError("no detectors selected (detectors=[]); pass at least one, e.g. detectors=[c2ir,energy,msp]")
     check_inputs(cfg)

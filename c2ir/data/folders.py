@@ -19,6 +19,7 @@ from c2ir.data.digests import DigestCache, tree_digest
 from c2ir.data.imageset import StreamedSet, subsample
 from c2ir.data.transforms import check_mode, file_rng, resize_or_crop
 from c2ir.errors import C2IRError
+from c2ir.names import escape_name
 
 log = logging.getLogger(__name__)
 
@@ -67,7 +68,7 @@ def decode(path: Path, size: int, channels: int, mode: str, seed: int) -> np.nda
             # per-file seed: the crop of an image does not depend on which other files exist
             arr = np.array(resize_or_crop(img, size, mode, file_rng(seed, path.name)), dtype=np.uint8)  # writable
     except (OSError, UnidentifiedImageError, ValueError, Image.DecompressionBombError) as exc:
-        log.warning("skipping unreadable image %s (%s)", path, exc)
+        log.warning("skipping unreadable image %s (%s)", escape_name(path), escape_name(exc))
         return None
     return arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1)
 
@@ -128,8 +129,10 @@ def load_flat_folder(root: Path, name: str, size: int, channels: int, mode: str,
 
 def load_labelled_folder(root: Path, name: str, size: int, channels: int, mode: str,
                          max_samples: int | None, seed: int, num_classes: int | None,
-                         layout_hint: str = "") -> FileSet:
-    """ImageFolder layout `<root>/<class>/*`, classes in sorted order (= torchvision's order)."""
+                         layout_hint: str = "", every_class: bool = False) -> FileSet:
+    """ImageFolder layout `<root>/<class>/*`, classes in sorted order (= torchvision's order).
+    `every_class` (a training split): a class folder without images is an error, since a model trained
+    on it never sees that class; elsewhere it is a warning."""
     if not root.is_dir():
         raise C2IRError(f"{name}: folder not found: {root} (expected layout: {layout_hint or '<root>/<split>/<class>/*.jpg'}); "
                         "set data.root")
@@ -140,11 +143,19 @@ def load_labelled_folder(root: Path, name: str, size: int, channels: int, mode: 
         raise C2IRError(
             f"{name}: {root} has {len(classes)} class folders but data.num_classes={num_classes}; fix data.num_classes or the folder"
         )
-    paths, labels = [], []
+    paths, labels, empty = [], [], []
     for label, cls in enumerate(classes):
         files = list_images(root / cls)
         paths += files
         labels += [label] * len(files)
+        if not files:
+            empty.append(escape_name(cls))
+    if paths and empty:
+        what = f"{name}: class folder(s) {empty[:5]} of {root} hold no images"
+        if every_class:
+            raise C2IRError(f"{what}; a model trained on this split never sees those classes: add images or remove "
+                            "the class folders (from every split, so the labels stay the same)")
+        log.warning("%s; those classes are never tested", what)
     if not paths:
         raise C2IRError(f"{name}: no images found in the class folders of {root}")
     idx = subsample(len(paths), max_samples, seed)

@@ -186,7 +186,7 @@ def load_id(data_cfg: Any, split: str) -> AnyImageSet:
         check_split_classes(base, [str(data_cfg.get(f"{s}_split", s)) for s in ("train", "test")])
         root = base / str(data_cfg.get(f"{split}_split", split))
         ds = load_labelled_folder(root, name, size, ch, mode, max_n, seed, int(data_cfg.num_classes),
-                                  str(data_cfg.get("layout") or ""))
+                                  str(data_cfg.get("layout") or ""), every_class=split == "train")
     else:
         raise C2IRError(f"unknown data.source={source!r}; use sklearn_digits, torchvision, imagefolder or shared")
     if ds.labels is not None and len(ds) and int(ds.labels.max()) >= int(data_cfg.num_classes):

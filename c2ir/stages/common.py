@@ -37,7 +37,7 @@ DIGESTS_FOLDER = ".file-digests"  # under cache_root: the remembered SHA-256 of 
 
 # Per stage: a code version; bump it when a stage's output format or algorithm changes.
 STAGE_VERSIONS = {"train": 2, "synthesize": 2, "collect_stats": 2, "weight_layers": 2, "features": 2,
-                  "image_scores": 2, "evaluate": 3, "model": 2}  # evaluate 3: per-layer AUROC
+                  "image_scores": 2, "evaluate": 4, "model": 2}  # evaluate 3: per-layer AUROC; 4: not_computable
 
 
 @dataclass(frozen=True)

@@ -23,6 +23,7 @@ from c2ir.errors import C2IRError
 from c2ir.models import load_checkpoint, published_weights
 from c2ir.models.loading import check_finite_weights, load_classifier
 from c2ir.training import TrainConfig, train_classifier
+from c2ir.validation import check_every_class
 
 if TYPE_CHECKING:
     from c2ir.stages.common import RunContext
@@ -48,6 +49,7 @@ def train_model(ctx: "RunContext", work: Path) -> tuple[nn.Module, list[dict]]:
         log.info("fine-tuning from %s", cfg.model.checkpoint)
     # training draws random batches and augments whole tensors: both splits are held in memory
     train, test = (materialize(load_id(cfg.data, s), ctx.batch_size, ctx.num_workers) for s in ("train", "test"))
+    check_every_class(train.labels, int(cfg.data.num_classes), f"{cfg.data.name}-train")
     return train_classifier(model, train, test, ctx.normalizer,
                             train_config(ctx), work, ctx.device, ctx.batch_size)
 
