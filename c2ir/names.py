@@ -93,3 +93,11 @@ class EscapeArgsFilter(logging.Filter):
         elif isinstance(args, dict):
             record.args = {k: escape_name(v) if isinstance(v, (str, os.PathLike)) else v for k, v in args.items()}
         return True
+
+
+def install_log_escaping() -> None:
+    """Add `EscapeArgsFilter` to the root logger's handlers and to logging's last-resort handler (the CLI
+    entry point calls this after Hydra configured logging; library code never changes logging)."""
+    for handler in [*logging.getLogger().handlers, logging.lastResort]:
+        if handler is not None and not any(isinstance(f, EscapeArgsFilter) for f in handler.filters):
+            handler.addFilter(EscapeArgsFilter())

@@ -25,6 +25,7 @@ import numpy as np
 
 from c2ir import plots
 from c2ir.cache import atomic_write_bytes
+from c2ir.names import safe_filename
 from c2ir.report import CONVENTION, METRICS, not_computable_line, ordered_detectors
 
 log = logging.getLogger(__name__)
@@ -70,11 +71,7 @@ class FigureCache:
         self.folder = folder
 
     def _path(self, name: str) -> Path:
-        import hashlib
-        import re
-
-        safe = re.sub(r"[^A-Za-z0-9_.-]+", "_", name)[:80]
-        return self.folder / f"{safe}-{hashlib.sha256(name.encode()).hexdigest()[:8]}.png"  # type: ignore[operator]
+        return self.folder / f"{safe_filename(name)}.png"  # type: ignore[operator]
 
     def get(self, name: str) -> bytes | None:
         if self.folder is None:
@@ -272,7 +269,7 @@ def run_page(inp: RunInputs, directory: Path | None = None) -> Page:
             aurocs = {d: res["metrics"][d][ood]["auroc"] for d in dets if d in res["metrics"]}
             page.figure(f"ROC {id_name} vs {ood}",
                         lambda o=ood, a=aurocs: plots.roc_figure({d: scores[d] for d in dets if d in scores}, id_name, o, a),
-                        save_as=None if directory is None else directory / f"roc_{ood}.png")
+                        save_as=None if directory is None else directory / f"roc_{safe_filename(ood)}.png")
         page.close_row()
         page.section("histograms", "Score histograms")
         page.text(f"One panel per detector: {id_name} (black) against each OOD set; density, scores clipped to the "
@@ -383,7 +380,7 @@ def _save_detector_histograms(directory: Path, inp: RunInputs, cache: FigureCach
         try:
             png = cache.draw(f"hist_{det}", lambda p=per, d=det: plots.detector_histogram(
                 p, d, inp.result["id_set"], inp.result["ood_sets"]))
-            plots.save_png(png, directory / f"hist_{det}.png")
+            plots.save_png(png, directory / f"hist_{safe_filename(det)}.png")
         except Exception as exc:
             log.warning("report: could not draw hist_%s.png (%s: %s)", det, type(exc).__name__, exc)
 
