@@ -107,14 +107,19 @@ class DamagedFile(Exception):
     """A stored file that is missing, unfinished or does not match its recorded content hash."""
 
 
-def write_failure(path: Path, exc: BaseException) -> C2IRError:
+class WriteError(C2IRError, OSError):
+    """A write failed because of its disk or folder: one line for the user (a C2IRError) that code
+    which tolerates failed writes (figure caches, digest tables) still catches as an OSError."""
+
+
+def write_failure(path: Path, exc: BaseException) -> WriteError:
     """One line for a write that failed for a reason of the disk or folder (full, read-only, no permission)."""
     if isinstance(exc, OSError):
         reason = exc.strerror or str(exc)
     else:  # safetensors reports I/O errors as SafetensorError("... I/O error: No space left on device (os error 28)")
         text = str(exc)
         reason = text.split("I/O error:", 1)[-1].strip() if "I/O error:" in text else text.splitlines()[0][:160]
-    return C2IRError(f"cannot write into {path.parent} ({reason}); nothing was left half-written: free space on that "
+    return WriteError(f"cannot write into {path.parent} ({reason}); nothing was left half-written: free space on that "
                      "disk or make the folder writable, or choose another folder (cache_root=..., hydra.run.dir=...)")
 
 
@@ -143,7 +148,7 @@ def _atomic(path: Path) -> Iterator[Path]:
     except BaseException as exc:
         with contextlib.suppress(OSError):
             tmp.unlink()
-        if isinstance(exc, Exception) and _is_io_error(exc) and not isinstance(exc, C2IRError):
+        if isinstance(exc, Exception) and _is_io_error(exc) and not isinstance(exc, WriteError):
             raise write_failure(path, exc) from None
         raise
 

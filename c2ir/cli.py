@@ -207,7 +207,7 @@ def _task(stage: str):
             try:
                 module.run(cfg)
             except OSError as exc:  # a disk or folder problem outside the cache's own writes (run folder, data)
-                if exc.errno not in DISK_ERRNOS:
+                if isinstance(exc, C2IRError) or exc.errno not in DISK_ERRNOS:
                     raise
                 raise C2IRError(os_error_line(exc)) from None
         except C2IRError as exc:

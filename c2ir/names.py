@@ -83,16 +83,26 @@ def safe_filename(name: Any, max_len: int = 80) -> str:
 
 
 class EscapeArgsFilter(logging.Filter):
-    """Escapes the string (and path) arguments of every log record (`escape_name`), so a file name
-    with a newline cannot split or forge a log line. The message template is left alone."""
+    """Escapes the string, path and exception arguments of every log record that hold a non-printable
+    character (`escape_name`), so a file name with a newline cannot split or forge a log line. The
+    message template is left alone."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         args = record.args
         if isinstance(args, tuple) and args:
-            record.args = tuple(escape_name(a) if isinstance(a, (str, os.PathLike)) else a for a in args)
+            record.args = tuple(_escaped(a) for a in args)
         elif isinstance(args, dict):
-            record.args = {k: escape_name(v) if isinstance(v, (str, os.PathLike)) else v for k, v in args.items()}
+            record.args = {k: _escaped(v) for k, v in args.items()}
         return True
+
+
+def _escaped(value: Any) -> Any:
+    """Strings, paths and exceptions (whose messages often hold a file name) that hold a non-printable
+    character, escaped; everything else as it is (so an argument escaped by its caller is not escaped twice)."""
+    if isinstance(value, (str, os.PathLike, BaseException)):
+        text = os.fspath(value) if isinstance(value, os.PathLike) else str(value)
+        return value if text.isprintable() else escape_name(text)
+    return value
 
 
 def install_log_escaping() -> None:

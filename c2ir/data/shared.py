@@ -71,8 +71,13 @@ def _archive_path(archive: str) -> Path:
     return src
 
 
-def _extracted_files(dest: Path) -> list[Path]:
-    return sorted(p for p in dest.rglob("*") if p.is_file() and p.name != MARKER)
+def _extracted_files(dest: Path) -> list[str]:
+    """Relative paths (POSIX) of every file of an extraction but its marker (os.walk: no stat per entry)."""
+    out = []
+    for folder, _, names in os.walk(dest):
+        rel = os.path.relpath(folder, dest)
+        out += [n if rel == "." else f"{rel}/{n}".replace(os.sep, "/") for n in names]
+    return sorted(p for p in out if p != MARKER)
 
 
 # extractions verified in this process: (folder, archive sha256, marker identity)
@@ -98,13 +103,12 @@ def extraction_problem(dest: Path, sha: str) -> str | None:
         return f"{marker.name} has no file table (written by an older c2ir or damaged)"
     if meta.get("sha256") != sha:
         return "the archive has changed since this folder was extracted"
-    found = _extracted_files(dest)
-    rel = [p.relative_to(dest).as_posix() for p in found]
+    rel = _extracted_files(dest)
     missing, extra = sorted(set(files) - set(rel)), sorted(set(rel) - set(files))
     if missing or extra:
         return (f"{len(missing)} file(s) missing (e.g. {escape_name(missing[0])})" if missing else
                 f"{len(extra)} file(s) not in the archive (e.g. {escape_name(extra[0])})")
-    for name, digest in zip(rel, _digests().digests(dest, found, complete=True)):
+    for name, digest in zip(rel, _digests().digests(dest, [os.path.join(dest, r) for r in rel], complete=True)):
         if digest != files[name]:
             return f"{escape_name(name)} differs from the archive's copy"
     _VERIFIED.add(ident)
@@ -147,8 +151,7 @@ def ensure_extracted(archive: str) -> Path:
                     f"shared archive {src} cannot be extracted ({type(exc).__name__}: {why}); it must be an intact "
                     ".tar.gz whose members stay inside it: replace it with a good copy"
                 ) from None
-            found = _extracted_files(tmp)
-            table = {p.relative_to(tmp).as_posix(): file_sha256(p) for p in found}
+            table = {rel: file_sha256(tmp / rel) for rel in _extracted_files(tmp)}
             if not table:
                 raise C2IRError(f"shared archive {src} holds no files; replace it with a good copy")
             atomic_write_json(tmp / MARKER, {"archive": archive, "sha256": sha, "files": table})
