@@ -32,6 +32,7 @@ from c2ir import saved
 from c2ir.config import config_dir
 from c2ir.data.imageset import Normalizer
 from c2ir.detectors import DETECTOR_TYPES, build_detector
+from c2ir.device import resolve_device
 from c2ir.detectors.base import (BN_MEANS, CLASS_STATS, INPUT_GRADIENTS, LAYER_WEIGHTS, POOLED_LAYERS, SPATIAL,
                                  Detector, FitData)
 from c2ir.errors import C2IRError, NotFittedError
@@ -41,8 +42,8 @@ from c2ir.mgi import METHODS, impression_importance, normalize_weights
 from c2ir.models import head_module
 from c2ir.schema import SynthSchema, check_node
 from c2ir.stats import compute_class_stats
-from c2ir.validation import (check_batch, check_input_shape, check_labels, check_normalization, model_input_channels,
-                             nonfinite_problem, nonfinite_rows)
+from c2ir.validation import (check_api_numbers, check_batch, check_input_shape, check_labels, check_normalization,
+                             model_input_channels, nonfinite_problem, nonfinite_rows)
 
 log = logging.getLogger(__name__)
 
@@ -145,7 +146,7 @@ class OODDetector:
         self.detector: Detector = build_detector(name, {**zoo_config(name), **params})
         self.head_name = head
         self.head = head_module(model, head)
-        self.num_classes = None if num_classes is None else int(num_classes)
+        self.num_classes = None if num_classes is None else check_api_numbers(num_classes=num_classes)["num_classes"]
         if self.num_classes is not None and self.head.out_features != self.num_classes:
             raise C2IRError(f"num_classes={num_classes} but the model's head predicts {self.head.out_features} classes")
         self.input_shape = None if input_shape is None else check_input_shape(input_shape, model)
@@ -157,8 +158,10 @@ class OODDetector:
         self.layers = self._choose_layers(model) if layers is None else select_layers(model, self.layer_patterns)
         self.synth, self.mgi = _synth_config(synth), mgi
         self.spatial_grid, self.max_spatial_per_class = int(spatial_grid), int(max_spatial_per_class)
+        check_api_numbers(batch_size=batch_size, spatial_grid=spatial_grid,
+                          max_spatial_per_class=max_spatial_per_class, seed=seed)
         self.tpr, self.batch_size, self.seed = float(tpr), int(batch_size), int(seed)
-        self.device = torch.device(device) if device is not None else None
+        self.device = resolve_device(str(device)) if device is not None else None
         self.threshold: float | None = None
         self.threshold_source: str | None = None
         self.layer_weights: list[float] | None = None

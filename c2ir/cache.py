@@ -173,25 +173,26 @@ def atomic_write_json(path: Path, obj: Any) -> None:
 SIDECAR = ".sha256"
 
 
-def save_verified(path: Path, tensors: Mapping[str, torch.Tensor], metadata: dict[str, str] | None = None) -> None:
-    """A safetensors file plus `<file>.sha256` (its size and SHA-256), each written atomically, the
-    sidecar last: a file without a matching sidecar is unfinished or damaged (`load_verified`)."""
-    sidecar = path.with_name(path.name + SIDECAR)
-    sidecar.unlink(missing_ok=True)
+def _sidecar(path: Path) -> Path:
+    return path.with_name(path.name + SIDECAR)
+
+
+def _write_verified(path: Path, write: Callable[[Path], None]) -> None:
+    """`write(path)` (atomic), then `<file>.sha256` (its size and SHA-256), the sidecar last: a file without a
+    matching sidecar is unfinished or damaged. On any failure both are removed."""
+    _sidecar(path).unlink(missing_ok=True)
     try:
-        atomic_save_tensors(path, tensors, metadata)
-        atomic_write_json(sidecar, {"size": path.stat().st_size, "sha256": file_sha256(path)})
+        write(path)
+        atomic_write_json(_sidecar(path), {"size": path.stat().st_size, "sha256": file_sha256(path)})
     except BaseException:
         discard_verified(path)
         raise
 
 
-def load_verified(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
-    """(tensors, metadata) of a file written by `save_verified`; DamagedFile when it is missing, has no
-    sidecar, or its size, content hash or format is not what was written."""
-    sidecar = path.with_name(path.name + SIDECAR)
+def _check_verified(path: Path) -> None:
+    """DamagedFile unless `path` has the size and SHA-256 its sidecar recorded."""
     try:
-        meta = json.loads(sidecar.read_text())
+        meta = json.loads(_sidecar(path).read_text())
         size, sha = int(meta["size"]), str(meta["sha256"])
     except FileNotFoundError:
         raise DamagedFile("no content hash beside it (unfinished, or written by an older c2ir)") from None
@@ -203,6 +204,17 @@ def load_verified(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
         raise DamagedFile(f"{path.stat().st_size} bytes, {size} were written (truncated?)")
     if file_sha256(path) != sha:
         raise DamagedFile("its bytes do not match their content hash (modified or corrupted)")
+
+
+def save_verified(path: Path, tensors: Mapping[str, torch.Tensor], metadata: dict[str, str] | None = None) -> None:
+    """A safetensors file plus its content-hash sidecar (`load_verified` checks both)."""
+    _write_verified(path, lambda p: atomic_save_tensors(p, tensors, metadata))
+
+
+def load_verified(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """(tensors, metadata) of a file written by `save_verified`; DamagedFile when it is missing, has no
+    sidecar, or its size, content hash or format is not what was written."""
+    _check_verified(path)
     try:
         with safe_open(str(path), framework="pt") as f:
             return {k: f.get_tensor(k) for k in f.keys()}, dict(f.metadata() or {})
@@ -210,9 +222,20 @@ def load_verified(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
         raise DamagedFile(f"not a safetensors file ({type(exc).__name__})") from None
 
 
+def write_verified_bytes(path: Path, data: bytes) -> None:
+    """Bytes plus their content-hash sidecar (`read_verified_bytes` checks both)."""
+    _write_verified(path, lambda p: atomic_write_bytes(p, data))
+
+
+def read_verified_bytes(path: Path) -> bytes:
+    """The bytes written by `write_verified_bytes`; DamagedFile otherwise."""
+    _check_verified(path)
+    return path.read_bytes()
+
+
 def discard_verified(path: Path) -> None:
     """Remove a resumable file and its sidecar."""
-    for f in (path, path.with_name(path.name + SIDECAR)):
+    for f in (path, _sidecar(path)):
         with contextlib.suppress(OSError):
             f.unlink()
 

@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from c2ir.cache import atomic_write_bytes, atomic_write_json
+from c2ir.names import csv_cell, escape_name
 
 log = logging.getLogger(__name__)
 
@@ -56,10 +57,16 @@ def rows(result: dict) -> list[dict[str, Any]]:
     return out
 
 
+def md(name: Any) -> str:
+    """A set, detector or layer name in a Markdown table or the terminal: one printable line (control
+    characters, e.g. a terminal escape, escaped by `names.escape_name`) that cannot end a table cell."""
+    return escape_name(name).replace("|", "\\|")
+
+
 def summary_table(result: dict) -> str:
     """Markdown table: detectors as rows, AUROC / FPR95 per OOD set and their mean as columns."""
     oods = result["ood_sets"]
-    head = "| detector | access | " + " | ".join(f"{o} AUROC / FPR95" for o in oods) + " | mean AUROC / FPR95 |"
+    head = "| detector | access | " + " | ".join(f"{md(o)} AUROC / FPR95" for o in oods) + " | mean AUROC / FPR95 |"
     sep = "|" + "---|" * (len(oods) + 3)
     lines = [head, sep]
     for det in ordered_detectors(result):
@@ -67,16 +74,16 @@ def summary_table(result: dict) -> str:
         cells = [f"{per[o]['auroc']:.1f} / {per[o]['fpr95']:.1f}" for o in oods]
         mean_auc = np.mean([per[o]["auroc"] for o in oods])
         mean_fpr = np.mean([per[o]["fpr95"] for o in oods])
-        lines.append(f"| {det} | {result.get('access', {}).get(det, '')} | " + " | ".join(cells)
+        lines.append(f"| {md(det)} | {md(result.get('access', {}).get(det, ''))} | " + " | ".join(cells)
                      + f" | {mean_auc:.1f} / {mean_fpr:.1f} |")
     return "\n".join(lines)
 
 
 def header(result: dict) -> str:
     counts = result.get("counts", {})
-    return (f"ID set: {result['id_set']} ({counts.get(result['id_set'], '?')} images), "
+    return (f"ID set: {md(result['id_set'])} ({counts.get(result['id_set'], '?')} images), "
             f"ID accuracy: {100 * result['id_accuracy']:.2f}%; OOD sets: "
-            + ", ".join(f"{o} ({counts.get(o, '?')})" for o in result["ood_sets"]))
+            + ", ".join(f"{md(o)} ({counts.get(o, '?')})" for o in result["ood_sets"]))
 
 
 def weights_line(result: dict) -> str:
@@ -84,13 +91,13 @@ def weights_line(result: dict) -> str:
     if not w:
         return ""
     return (f"C2IR: ipm={result.get('ipm', {}).get('name')}, MGI weights ({w.get('method')}): "
-            + ", ".join(f"{n}={v:.3f}" for n, v in zip(w["layers"], w["weights"])))
+            + ", ".join(f"{md(n)}={v:.3f}" for n, v in zip(w["layers"], w["weights"])))
 
 
 def not_computable_line(result: dict) -> str:
     """Detectors whose scores held NaN/inf: named with the cause, never given a metric."""
     bad = result.get("not_computable") or {}
-    return ("Not computable (no metric reported): " + "; ".join(f"{d}: {why}" for d, why in sorted(bad.items()))
+    return ("Not computable (no metric reported): " + "; ".join(f"{md(d)}: {md(why)}" for d, why in sorted(bad.items()))
             if bad else "")
 
 
@@ -106,7 +113,8 @@ def markdown(result: dict) -> str:
              "## All metrics", "",
              "| detector | access | OOD set | " + " | ".join(METRICS) + " |", "|" + "---|" * (len(METRICS) + 3)]
     for r in long:
-        lines.append(f"| {r['detector']} | {r['access']} | {r['ood']} | " + " | ".join(f"{r[k]:.2f}" for k in METRICS) + " |")
+        lines.append(f"| {md(r['detector'])} | {md(r['access'])} | {md(r['ood'])} | "
+                     + " | ".join(f"{r[k]:.2f}" for k in METRICS) + " |")
     return "\n".join(lines) + "\n"
 
 
@@ -116,7 +124,7 @@ def write_reports(directory: Path, result: dict) -> None:
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=["detector", "access", "ood", *METRICS])
     writer.writeheader()
-    writer.writerows(rows(result))
+    writer.writerows({k: csv_cell(v) if isinstance(v, str) else v for k, v in r.items()} for r in rows(result))
     atomic_write_bytes(directory / "results.csv", buf.getvalue().encode())
     atomic_write_json(directory / "results.json", {**result, "rows": rows(result), "convention": CONVENTION})
 
@@ -155,6 +163,6 @@ def aggregate(multirun_dir: Path) -> tuple[str, list[dict[str, Any]]]:
              CONVENTION, "",
              "| setting | detector | runs | AUROC | FPR95 |", "|---|---|---|---|---|"]
     for r in table:
-        lines.append(f"| {r['setting']} | {r['detector']} | {r['runs']} | {r['auroc_mean']:.2f} +- {r['auroc_std']:.2f} "
+        lines.append(f"| {md(r['setting'])} | {md(r['detector'])} | {r['runs']} | {r['auroc_mean']:.2f} +- {r['auroc_std']:.2f} "
                      f"| {r['fpr95_mean']:.2f} +- {r['fpr95_std']:.2f} |")
     return "\n".join(lines), table

@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from c2ir import plots
-from c2ir.cache import atomic_write_bytes
+from c2ir.cache import DamagedFile, atomic_write_bytes, discard_verified, read_verified_bytes, write_verified_bytes
 from c2ir.names import safe_filename
 from c2ir.report import CONVENTION, METRICS, not_computable_line, ordered_detectors
 
@@ -64,7 +64,8 @@ class FigureCache:
     Why: drawing ~20 figures costs seconds; a cache-hit `c2ir run` re-renders the page from
     these bytes instead. The folder's key must cover every input of the figures (the caller
     hashes the evaluate and synthesis keys with `plots.VERSION`). Each file is written
-    atomically; a failed figure is never stored, so it is retried next time.
+    atomically with a content-hash sidecar, and read back only when it matches (a damaged
+    figure is drawn again); a failed figure is never stored, so it is retried next time.
     """
 
     def __init__(self, folder: Path | None):
@@ -74,18 +75,21 @@ class FigureCache:
         return self.folder / f"{safe_filename(name)}.png"  # type: ignore[operator]
 
     def get(self, name: str) -> bytes | None:
-        if self.folder is None:
+        """The cached PNG if its bytes are what was stored (content-hash sidecar), else None (redrawn)."""
+        if self.folder is None or not self._path(name).exists():
             return None
         try:
-            return self._path(name).read_bytes()
-        except OSError:
+            return read_verified_bytes(self._path(name))
+        except (DamagedFile, OSError) as exc:
+            log.warning("report: cached figure %s is damaged (%s); drawing it again", name, exc)
+            discard_verified(self._path(name))
             return None
 
     def put(self, name: str, png: bytes) -> None:
         if self.folder is None:
             return
         try:
-            atomic_write_bytes(self._path(name), png)
+            write_verified_bytes(self._path(name), png)
         except OSError as exc:
             log.warning("report: could not cache figure %s (%s)", name, exc)
 

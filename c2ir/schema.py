@@ -352,6 +352,15 @@ def check_inputs(cfg: DictConfig) -> None:
             raise C2IRError(f"no files found under {root}; point score.input at a folder of images")
 
 
+def check_spatial_grid(cfg: DictConfig) -> None:
+    """A grid of spatial vectors finer than the input's pixels samples nothing new and only multiplies memory
+    (features.spatial_grid=1000 asks for a million vectors per image and layer)."""
+    grid, size = OmegaConf.select(cfg, "features.spatial_grid"), OmegaConf.select(cfg, "data.image_size")
+    if isinstance(grid, int) and isinstance(size, int) and grid > size:
+        raise C2IRError(f"features.spatial_grid={grid} is finer than the {size}x{size} input (data.image_size); "
+                        f"choose at most {size} (e.g. features.spatial_grid=4)")
+
+
 def validate(cfg: DictConfig) -> DictConfig:
     """Check the composed config in place (and drop stale OOD tweaks); raises C2IRError with one line."""
     drop_unselected_ood(cfg)
@@ -367,6 +376,7 @@ def validate(cfg: DictConfig) -> DictConfig:
         check_node(f"ood.{name}", cfg.ood[name], OODSchema, False)
     ood_names(cfg)
     check_normalization(cfg)
+    check_spatial_grid(cfg)
     check_sizes(cfg)
     if not cfg.get("detectors"):
         raise C2IRError("no detectors selected (detectors=[]); pass at least one, e.g. detectors=[c2ir,energy,msp]")

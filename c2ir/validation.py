@@ -54,6 +54,22 @@ def check_detector_params(det: Any) -> None:
 
 
 # ----- API arguments ---------------------------------------------------------------------------------
+API_LIMITS = {"num_classes": ">= 1", "batch_size": ">= 1", "spatial_grid": ">= 0", "max_spatial_per_class": ">= 0",
+              "seed": ">= 0"}
+
+
+def check_api_numbers(**values: Any) -> dict[str, int]:
+    """Integer arguments of the API (`batch_size=256`, ...) within `API_LIMITS`, as ints."""
+    out = {}
+    for name, value in values.items():
+        if (isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value)
+                or float(value) != int(value)):
+            raise C2IRError(f"{name}={value!r} is not valid: it must be an integer {API_LIMITS[name]}")
+        check_limit(name, value, API_LIMITS[name])
+        out[name] = int(value)
+    return out
+
+
 def model_input_channels(model: nn.Module) -> int | None:
     """Input channels of the model's first convolution (None if it starts with something else)."""
     for m in model.modules():

@@ -64,6 +64,10 @@ CONSTRUCTOR_CASES = {
     "std=0": (dict(DIGITS, std=(0.0,)), "std=(0.0,)"),
     "synth per_class=0": (dict(DIGITS, synth={"per_class": 0}), "synth.per_class=0"),
     "bad layer regex": (dict(DIGITS, layers=["("]), "not a valid regular expression"),
+    "batch_size=0": (dict(DIGITS, batch_size=0), "batch_size=0"),
+    "num_classes='ten'": (dict(DIGITS, num_classes="ten"), "num_classes='ten'"),
+    "unavailable device": (dict(DIGITS, device="cuda:7") if not torch.cuda.is_available() else
+                           dict(DIGITS, device="nope"), "device="),
 }
 
 

@@ -22,6 +22,7 @@ ONE_LINE = [
     ("train", ["data.mean=[0.3,0.3]"], "data.mean=[0.3, 0.3] has 2 value(s)"),
     ("train", ["data.std=[0]"], "data.std[0]=0"),                             # was "training diverged; lower train.lr"
     ("synthesize", ["data.flip_invariant=maybe"], "data.flip_invariant='maybe'"),  # was reported as synth.flip
+    ("evaluate", ["features.spatial_grid=1000"], "features.spatial_grid=1000 is finer"),
     ("train", ["hydra.run.dir=/proc/c2ir-no-such/run"], "hydra.run.dir=/proc/c2ir-no-such/run cannot be created"),
 ]
 

@@ -387,3 +387,22 @@ def test_full_disk_on_a_real_small_file_system(tmp_path):
         assert left == [], left
     finally:
         subprocess.run(["umount", str(mnt)], check=False)
+
+
+def test_damaged_cached_figure_is_drawn_again(tmp_path, caplog):
+    """The report's figure cache is reused bytes too: a cached PNG with other bytes is not embedded."""
+    from c2ir.report_html import write_run_report
+    from test_report_html import fake_inputs
+
+    inp = fake_inputs()
+    inp.figure_cache = tmp_path / "figs"
+    first = write_run_report(tmp_path / "a", inp).read_text()
+    (png,) = [p for p in (tmp_path / "figs").glob("score_histograms*.png")]
+    _flip_last_bytes(png, 5)
+    import base64
+
+    damaged = base64.b64encode(png.read_bytes()).decode()
+    caplog.clear()
+    second = write_run_report(tmp_path / "b", inp).read_text()
+    assert "drawing it again" in caplog.text and damaged not in second and first.count("data:image") == \
+        second.count("data:image")

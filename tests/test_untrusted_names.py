@@ -135,3 +135,20 @@ def test_report_files_named_from_user_strings_stay_in_the_run_folder(tmp_path):
     assert all(p.parent in (run, tmp_path / "figs") for p in written), [str(p) for p in written
                                                                          if p.parent not in (run, tmp_path / "figs")]
     assert any(p.name.startswith("roc_") for p in written) and any(p.name.startswith("hist_") for p in written)
+
+
+def test_results_tables_neutralise_set_and_detector_names(tmp_path):
+    """results.csv cells of set/detector names follow the same OWASP rule; Markdown and terminal tables hold
+    one printable line per row (a newline, `|` or terminal escape in a name cannot break or forge them)."""
+    from c2ir import report
+
+    oods = ["=HYPERLINK(\"x\")", "a|b", "esc\x1b[31mred"]
+    result = _result(oods, ["msp", "@det"])
+    result["id_set"] = "id\nforged row"
+    report.write_reports(tmp_path, result)
+    with open(tmp_path / "results.csv", newline="") as f:
+        cells = [c for row in csv.reader(f) for c in row]
+    assert not [c for c in cells if c.startswith(("=", "+", "-", "@", "\t", "\r"))], cells
+    for text in (report.markdown(result), report.terminal_table(result)):
+        assert "\x1b" not in text and not [line for line in text.splitlines() if line.startswith("forged row")]
+        assert "a|b" not in text and "a\\|b" in text
