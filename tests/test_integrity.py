@@ -365,24 +365,35 @@ def test_full_disk_during_a_stage_is_one_line_and_leaves_nothing(tmp_path, stage
     assert left == [], left
 
 
-def test_full_disk_on_a_real_small_file_system(tmp_path):
-    """The same with a real 256 KiB tmpfs as cache_root (skipped where mounting is not permitted)."""
+def test_full_disk_on_a_real_small_file_system(tmp_path, monkeypatch, capsys):
+    """The same with a real, full tmpfs as cache_root (skipped where mounting is not permitted)."""
     import subprocess
 
-    from conftest import run_cli
+    from c2ir import cli
+    from c2ir.models import build_model
 
     mnt = tmp_path / "small"
     mnt.mkdir()
-    if os.geteuid() != 0 or subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(mnt)],
+    if os.geteuid() != 0 or subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(mnt)],
                                            capture_output=True).returncode != 0:
         pytest.skip("mounting a tmpfs is not permitted here")
     try:
-        (mnt / "filler").write_bytes(b"\0" * 200_000)  # leave less room than one training epoch file needs
-        proc = run_cli(["train", "train.epochs=2", "synth.per_class=1", f"cache_root={mnt}"], tmp_path)
-        assert proc.returncode == 2, proc.stderr[-2000:]
-        err = proc.stderr.strip().splitlines()
-        assert len(err) == 1 and "No space left on device" in err[0] and str(mnt) in err[0], err
-        assert "Traceback" not in proc.stderr
+        torch.save(build_model(make_cfg(tmp_path).model).state_dict(), tmp_path / "ck.pt")
+        with open(mnt / "filler", "wb", buffering=0) as fh:  # every block taken: c2ir's first file fills the disk
+            try:
+                while True:
+                    fh.write(b"\0" * 4096)
+            except OSError:
+                pass
+        monkeypatch.chdir(tmp_path)
+        monkeypatch.delenv("HYDRA_FULL_ERROR", raising=False)
+        with pytest.raises(SystemExit) as exit_:
+            cli.main(["synthesize", f"model.checkpoint={tmp_path / 'ck.pt'}", "synth.per_class=1",
+                      "synth.iterations=2", f"cache_root={mnt}"])
+        stderr = capsys.readouterr().err
+        err = [line for line in stderr.splitlines() if line.startswith("c2ir: error") or "Error" in line]
+        assert exit_.value.code == 2 and len(err) == 1 and "No space left on device" in err[0] and str(mnt) in err[0], err
+        assert "Traceback" not in stderr
         left = [p.name for p in mnt.rglob("*") if p.is_file() and p.name != "filler" and p.suffix != ".lock"]
         assert left == [], left
     finally:
@@ -390,19 +401,26 @@ def test_full_disk_on_a_real_small_file_system(tmp_path):
 
 
 def test_damaged_cached_figure_is_drawn_again(tmp_path, caplog):
-    """The report's figure cache is reused bytes too: a cached PNG with other bytes is not embedded."""
-    from c2ir.report_html import write_run_report
-    from test_report_html import fake_inputs
+    """The report's figure cache is reused bytes too: a cached PNG with other bytes is drawn again, not embedded."""
+    import matplotlib
 
-    inp = fake_inputs()
-    inp.figure_cache = tmp_path / "figs"
-    first = write_run_report(tmp_path / "a", inp).read_text()
-    (png,) = [p for p in (tmp_path / "figs").glob("score_histograms*.png")]
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from c2ir.report_html import FigureCache
+
+    drawn = []
+
+    def make():
+        drawn.append(1)
+        fig, ax = plt.subplots(figsize=(1, 1))
+        ax.plot([0, 1], [1, 0])
+        return fig
+
+    cache = FigureCache(tmp_path / "figs")
+    good = cache.draw("a figure", make)
+    assert cache.draw("a figure", make) == good and len(drawn) == 1  # a cache hit
+    (png,) = (tmp_path / "figs").glob("*.png")
     _flip_last_bytes(png, 5)
-    import base64
-
-    damaged = base64.b64encode(png.read_bytes()).decode()
     caplog.clear()
-    second = write_run_report(tmp_path / "b", inp).read_text()
-    assert "drawing it again" in caplog.text and damaged not in second and first.count("data:image") == \
-        second.count("data:image")
+    assert cache.draw("a figure", make) == good and len(drawn) == 2 and "drawing it again" in caplog.text

@@ -12,7 +12,8 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import make_cfg, run_cli
+from c2ir import cli
+from conftest import make_cfg
 
 NASTY = ["=cmd()+A1.png", "+1.png", "-2+3.png", "@SUM(A1).png", "\tx.png", "\rcr.png", "'quoted.png",
          "a\nb.png", "back\\slash.png", "rtl\u202egnp.exe.png", "caf\u00e9.png", "plain.png"]
@@ -38,7 +39,7 @@ def test_safe_filename_stays_one_component():
     assert safe_filename("a/b") != safe_filename("a_b")  # two names never share a file
 
 
-def test_score_csv_skipped_txt_and_logs_neutralise_file_names(tmp_path):
+def test_score_csv_skipped_txt_and_logs_neutralise_file_names(tmp_path, monkeypatch, capsys):
     """Issue: `=cmd()+A1.png` became a formula cell; names with \\n split skipped.txt entries and forged log lines."""
     from c2ir.models import build_model
 
@@ -51,16 +52,18 @@ def test_score_csv_skipped_txt_and_logs_neutralise_file_names(tmp_path):
         Image.fromarray(rng.integers(0, 255, (8, 8), dtype=np.uint8)).save(folder / name, format="PNG")
     forged = "bad\n[2099-01-01 00:00:00,000][c2ir][INFO] - FORGED.png"
     (folder / forged).write_bytes(b"not an image")  # unreadable: skipped, logged, listed
-    proc = run_cli(["score", f"model.checkpoint={tmp_path / 'ck.pt'}", f"score.input={folder}", "score.detector=msp",
-                    "detectors=[msp]", "ood=[gaussian_noise]", "synth.per_class=1", "synth.iterations=2",
-                    f"cache_root={tmp_path / 'cache'}", f"hydra.run.dir={tmp_path / 'run'}"], tmp_path)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    monkeypatch.chdir(tmp_path)
+    code = cli.main(["score", f"model.checkpoint={tmp_path / 'ck.pt'}", f"score.input={folder}", "score.detector=msp",
+                     "detectors=[msp]", "ood=[gaussian_noise]", "synth.per_class=1", "synth.iterations=2",
+                     f"cache_root={tmp_path / 'cache'}", f"hydra.run.dir={tmp_path / 'run'}", "num_workers=0"])
+    out = capsys.readouterr()
+    assert code == 0, out.err[-3000:]
     with open(tmp_path / "run" / "scores.csv", newline="") as f:
         rows = list(csv.reader(f))
     cells = [r[0] for r in rows[1:]]
     assert not [c for c in cells if c.startswith(("=", "+", "-", "@", "\t", "\r"))], cells
     assert all(c.isprintable() for c in cells)
-    log = proc.stdout + proc.stderr + (tmp_path / "run" / "score.log").read_text()
+    log = out.out + out.err + (tmp_path / "run" / "score.log").read_text()
     assert not [line for line in log.splitlines() if line.startswith("[2099")], "a file name forged a log line"
     skipped = (tmp_path / "run" / "skipped.txt").read_text().splitlines()
     assert len(skipped) == 1  # one entry per unreadable file
@@ -96,6 +99,13 @@ def _result(oods, dets):
             "not_computable": {PAYLOADS[2]: PAYLOADS[0]}}
 
 
+@pytest.fixture(scope="module")
+def page_with_payloads(tmp_path_factory):
+    """One report page (figures and all) written from inputs full of payloads, shared by the two tests."""
+    tmp_path = tmp_path_factory.mktemp("payloads")
+    return (tmp_path, *_write_page(tmp_path))
+
+
 def _write_page(tmp_path):
     from c2ir.report_html import RunInputs, write_run_report
 
@@ -111,11 +121,11 @@ def _write_page(tmp_path):
     return run, path.read_text()
 
 
-def test_report_page_escapes_every_user_string(tmp_path):
+def test_report_page_escapes_every_user_string(page_with_payloads):
     """OOD set names, detector names, layer names, config values, artifact keys and notes with <script> and
     attribute-breaking payloads: no tag or attribute of theirs reaches the page (the audit of every place a
     user string reaches report_html found them all escaped; this pins it)."""
-    _, page = _write_page(tmp_path)
+    _, _, page = page_with_payloads
     parser = _Tags()
     parser.feed(page)
     assert {t for t, _ in parser.tags} <= ALLOWED_TAGS, {t for t, _ in parser.tags} - ALLOWED_TAGS
@@ -128,9 +138,9 @@ def test_report_page_escapes_every_user_string(tmp_path):
                 assert v.startswith(("data:image/png;base64,", "#")), (tag, a, v)
 
 
-def test_report_files_named_from_user_strings_stay_in_the_run_folder(tmp_path):
+def test_report_files_named_from_user_strings_stay_in_the_run_folder(page_with_payloads):
     """Issue: ood.folder.name=../../../../TRAV wrote TRAV.png outside the run folder; a "/" made sub-folders."""
-    run, _ = _write_page(tmp_path)
+    tmp_path, run, _ = page_with_payloads
     written = [p for p in tmp_path.rglob("*") if p.is_file()]
     assert all(p.parent in (run, tmp_path / "figs") for p in written), [str(p) for p in written
                                                                          if p.parent not in (run, tmp_path / "figs")]
