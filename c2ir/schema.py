@@ -287,17 +287,24 @@ def check_cache_root(value: Any) -> None:
     """The artifact store's folder must exist (it is created) and accept a file: tried, not guessed."""
     if value is None or not str(value).strip():
         raise C2IRError(f"cache_root={value!r} is empty; set cache_root to a writable folder (e.g. cache_root=outputs/cache)")
-    root = Path(str(value)).expanduser()
-    if root.exists() and not root.is_dir():
-        raise C2IRError(f"cache_root={value} is a file, not a folder; set cache_root to a writable folder")
+    problem = writable_problem(Path(str(value)).expanduser())
+    if problem:
+        raise C2IRError(f"cache_root={value} {problem}; set cache_root to a writable folder")
+
+
+def writable_problem(folder: Path) -> str | None:
+    """Why `folder` is not (and cannot be made) a folder this process writes into, or None: tried, not guessed
+    (a probe file is created and removed)."""
+    if folder.exists() and not folder.is_dir():
+        return "is a file, not a folder"
     try:
-        root.mkdir(parents=True, exist_ok=True)
-        probe = root / f".write-test-{os.getpid()}"
+        folder.mkdir(parents=True, exist_ok=True)
+        probe = folder / f".write-test-{os.getpid()}"
         probe.write_bytes(b"")
         probe.unlink()
     except OSError as exc:
-        raise C2IRError(f"cache_root={value} is not a writable folder ({exc.strerror or exc}); "
-                        "set cache_root to a writable folder") from None
+        return f"is not a writable folder ({exc.strerror or exc})"
+    return None
 
 
 # stages that read the ID test set and the OOD sets, and the one that scores a user's folder

@@ -12,7 +12,6 @@ from __future__ import annotations
 import hashlib
 import math
 import operator
-import os
 import re
 from collections.abc import Sequence
 from pathlib import Path
@@ -185,17 +184,12 @@ def check_layer_pattern(pattern: str) -> re.Pattern[str]:
 
 def check_writable_folder(path: Path, what: str) -> Path:
     """`path` is (or can be made) a folder this process can write into: tried, not guessed."""
-    path = Path(path)
-    if path.exists() and not path.is_dir():
-        raise C2IRError(f"{what}: {path} is a file, not a folder; pass a folder path")
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-        probe = path / f".write-test-{os.getpid()}"
-        probe.write_bytes(b"")
-        probe.unlink()
-    except OSError as exc:
-        raise C2IRError(f"{what}: cannot write into {path} ({exc.strerror or exc}); pass a writable folder") from None
-    return path
+    from c2ir.schema import writable_problem
+
+    problem = writable_problem(Path(path))
+    if problem:
+        raise C2IRError(f"{what}: {path} {problem}; pass a writable folder")
+    return Path(path)
 
 
 def model_fingerprint(model: nn.Module) -> str:

@@ -163,7 +163,7 @@ def test_save_onto_a_file_or_into_a_read_only_folder_is_one_line(fitted, tmp_pat
         target = Path("/proc/self/c2ir-saved") if os.access(ro, os.W_OK) else ro / "saved"  # root ignores chmod
         with pytest.raises(C2IRError) as err:
             det.save(target)
-        _one_line(err, "cannot write")
+        _one_line(err, "is not a writable folder")
     finally:
         ro.chmod(0o700)
 

@@ -16,17 +16,10 @@ import torch
 from PIL import Image
 from safetensors.torch import save_file
 
-from c2ir.cache import ArtifactStore, atomic_save_tensors, file_sha256
+from c2ir.cache import ArtifactStore, file_sha256
 from c2ir.errors import C2IRError
 from conftest import make_cfg
-
-
-def _build(tag):
-    def build(out):
-        atomic_save_tensors(out / "t.safetensors", {"x": torch.arange(10)})
-        (out / "tag.txt").write_text(tag)
-        return {"tag": tag}
-    return build
+from test_cache import _build
 
 
 def _flip_last_bytes(path: Path, n: int = 3) -> None:
