@@ -20,7 +20,7 @@ from typing import Any
 
 from c2ir.config import config_dir, register_resolvers
 from c2ir.errors import C2IRError
-from c2ir.names import install_log_escaping
+from c2ir.names import install_log_escaping, printable
 from c2ir.stages import STAGES
 
 log = logging.getLogger("c2ir")
@@ -39,7 +39,7 @@ def usage() -> str:
 
 
 def fail(message: str, code: int = 2) -> int:
-    print(f"c2ir: error: {message}", file=sys.stderr)
+    print(f"c2ir: error: {printable(message)}", file=sys.stderr)  # one line, whatever a path in it holds
     return code
 
 
@@ -213,9 +213,9 @@ def _task(stage: str):
         except C2IRError as exc:
             if os.environ.get("HYDRA_FULL_ERROR") == "1":
                 raise
-            _log_to_files(f"c2ir: error: {exc}")  # into the run's log file; the terminal gets the one line below
+            _log_to_files(f"c2ir: error: {printable(exc)}")  # into the run's log file; the terminal gets the line below
             sys.stderr.flush()
-            print(f"c2ir: error: {exc}", file=sys.stderr)
+            print(f"c2ir: error: {printable(exc)}", file=sys.stderr)
             raise SystemExit(2) from None
     return task
 

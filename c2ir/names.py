@@ -48,6 +48,15 @@ def escape_name(name: Any) -> str:
     return "".join(_escape_char(ch) for ch in text)
 
 
+def printable(text: Any) -> str:
+    """`text` on one printable line for a terminal or log: non-printable characters escaped as in
+    `escape_name`, backslashes left as they are (for display; not reversible, unlike `escape_name`)."""
+    text = str(text)
+    if text.isprintable():
+        return text
+    return "".join(ch if ch.isprintable() or ch == " " else _escape_char(ch) for ch in text)
+
+
 _ESCAPE = re.compile(r"\\(\\|x[0-9a-f]{2}|u[0-9a-f]{4}|U[0-9a-f]{8})")
 
 
@@ -84,7 +93,7 @@ def safe_filename(name: Any, max_len: int = 80) -> str:
 
 class EscapeArgsFilter(logging.Filter):
     """Escapes the string, path and exception arguments of every log record that hold a non-printable
-    character (`escape_name`), so a file name with a newline cannot split or forge a log line. The
+    character (`printable`), so a file name with a newline cannot split or forge a log line. The
     message template is left alone."""
 
     def filter(self, record: logging.LogRecord) -> bool:
@@ -101,7 +110,7 @@ def _escaped(value: Any) -> Any:
     character, escaped; everything else as it is (so an argument escaped by its caller is not escaped twice)."""
     if isinstance(value, (str, os.PathLike, BaseException)):
         text = os.fspath(value) if isinstance(value, os.PathLike) else str(value)
-        return value if text.isprintable() else escape_name(text)
+        return value if text.isprintable() else printable(text)
     return value
 
 

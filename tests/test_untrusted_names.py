@@ -161,3 +161,14 @@ def test_results_tables_neutralise_set_and_detector_names(tmp_path):
     for text in (report.markdown(result), report.terminal_table(result)):
         assert "\x1b" not in text and not [line for line in text.splitlines() if line.startswith("forged row")]
         assert "a|b" not in text and "a\\|b" in text
+
+
+def test_an_error_naming_a_path_with_a_newline_is_still_one_line(tmp_path, capsys, monkeypatch):
+    """C2IRError lines quote user paths: a newline in one cannot split the error or forge a second line."""
+    from c2ir import cli
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("HYDRA_FULL_ERROR", raising=False)
+    assert cli.main(["evaluate", f"model.checkpoint='{tmp_path}/x\nc2ir: error: FORGED.pt'"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("c2ir: error: checkpoint not found") and "\\x0a" in err[0], err
