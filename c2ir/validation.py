@@ -118,7 +118,9 @@ def check_normalization(mean: Any, std: Any, channels: int | None) -> tuple[list
 
 def check_batch(x: Any, input_shape: Sequence[int] | None, what: str = "x") -> torch.Tensor:
     """A batch as the model takes it: a float32/16/bf16 tensor (N, C, H, W) with N >= 1 and, when the
-    input shape is known, (C, H, W) equal to it."""
+    input shape is known, (C, H, W) equal to it (a NumPy array is taken as the tensor it converts to)."""
+    if isinstance(x, np.ndarray):
+        x = torch.from_numpy(x)
     if not isinstance(x, torch.Tensor):
         raise C2IRError(f"{what} is a {type(x).__name__}, not a torch.Tensor; pass a (N, C, H, W) float tensor "
                         "(e.g. torch.stack(images))")
