@@ -123,6 +123,19 @@ class DigestCache:
             self._save(Path(base), table)
         return out
 
+    def remember(self, root: Path, digests: dict[str, str], hashed_at_ns: int) -> None:
+        """Record digests computed elsewhere (`{relative path: SHA-256}` of files below `root`), as if hashed at
+        `hashed_at_ns`. Only for files that nobody else could change between their hashing and that moment
+        (a private folder renamed into place just before: the shared-archive extraction)."""
+        base = os.path.abspath(root)
+        table = self._load(Path(base))
+        for rel, sha in digests.items():
+            full = os.path.join(base, rel)
+            ident = _ident(os.stat(full))
+            table[rel] = [*ident, sha, hashed_at_ns]
+            _MEMO[(full, *ident)] = (sha, hashed_at_ns)
+        self._save(Path(base), table)
+
     def digest(self, path: Path) -> str:
         """SHA-256 of one file (remembered under its parent folder)."""
         path = Path(os.path.abspath(path))

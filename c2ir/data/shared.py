@@ -15,6 +15,7 @@ import logging
 import os
 import shutil
 import tarfile
+import time
 import uuid
 import zlib
 from pathlib import Path
@@ -160,6 +161,9 @@ def ensure_extracted(archive: str) -> Path:
                 os.rename(dest, trash)
                 shutil.rmtree(trash, ignore_errors=True)
             os.rename(tmp, dest)
+            # the files were hashed in a folder private to this process until the rename: remembering their
+            # digests now spares the next process a cold read of the whole extraction (data/digests.py)
+            _digests().remember(dest, table, time.time_ns())
             st = (dest / MARKER).stat()
             _VERIFIED.add((str(dest), sha, (st.st_mtime_ns, st.st_ino)))
         except OSError as exc:
