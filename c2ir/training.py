@@ -94,6 +94,11 @@ def _load_opt_state(opt: torch.optim.Optimizer, tensors: dict[str, torch.Tensor]
     opt.load_state_dict(sd)
 
 
+def _optimizer(model: nn.Module, tc: TrainConfig) -> torch.optim.Optimizer:
+    return torch.optim.SGD(model.parameters(), lr=float(tc.lr), momentum=0.9, nesterov=True,
+                           weight_decay=float(tc.weight_decay))
+
+
 def train_classifier(model: nn.Module, train: ImageSet, test: ImageSet, normalizer: Normalizer, tc: TrainConfig,
                      work: Path, device: torch.device | str = "cpu", eval_batch_size: int = 256
                      ) -> tuple[nn.Module, list[dict]]:
@@ -102,14 +107,12 @@ def train_classifier(model: nn.Module, train: ImageSet, test: ImageSet, normaliz
     epochs, bs = int(tc.epochs), int(tc.batch_size)
     steps_per_epoch = math.ceil(len(train) / bs)
     total = epochs * steps_per_epoch
-    opt = torch.optim.SGD(model.parameters(), lr=float(tc.lr), momentum=0.9, nesterov=True,
-                          weight_decay=float(tc.weight_decay))
+    opt = _optimizer(model, tc)
     history: list[dict] = []
     start_epoch = 0
     done = sorted(work.glob("epoch_*.safetensors"))
-    if done:
-        last = done[-1]
-        initial = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    initial = {k: v.detach().clone() for k, v in model.state_dict().items()} if done else {}
+    for last in reversed(done):  # the newest epoch whose file is verified (a kill may leave the newest unfinished)
         try:  # verified like an artifact (content hash) before any of it is used
             tensors, meta = load_verified(last)
             model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model/")})
@@ -118,15 +121,16 @@ def train_classifier(model: nn.Module, train: ImageSet, test: ImageSet, normaliz
             if not 0 < start_epoch <= epochs or len(history) != start_epoch:
                 raise ValueError(f"epoch {start_epoch} of {epochs} with {len(history)} history entries")
             log.info("train: resuming after epoch %d from %s", start_epoch, last.name)
-        except Exception as exc:  # noqa: BLE001 - a damaged resume file: start over rather than fail forever
-            log.warning("train: damaged resume state %s (%s: %s); discarding it and training from the start",
-                        last.name, type(exc).__name__, str(exc)[:80])
-            for f in work.glob("epoch_*"):
-                f.unlink(missing_ok=True)
+            break
+        except Exception as exc:  # noqa: BLE001 - a damaged resume file: discard it rather than fail forever
+            log.warning("train: damaged resume state %s (%s: %s); discarding it", last.name, type(exc).__name__,
+                        str(exc)[:80])
+            discard_verified(last)
             model.load_state_dict(initial)  # the same initial weights as an uninterrupted run
-            opt = torch.optim.SGD(model.parameters(), lr=float(tc.lr), momentum=0.9, nesterov=True,
-                                  weight_decay=float(tc.weight_decay))
+            opt = _optimizer(model, tc)
             start_epoch, history = 0, []
+    if done and start_epoch == 0:
+        log.warning("train: no usable resume state in %s; training from the start", work)
     for epoch in range(start_epoch, epochs):
         model.train()
         g = torch.Generator().manual_seed(tc.seed * 10_007 + epoch)

@@ -417,3 +417,48 @@ def test_damaged_cached_figure_is_drawn_again(tmp_path, caplog):
     _flip_last_bytes(png, 5)
     caplog.clear()
     assert cache.draw("a figure", make) == good and len(drawn) == 2 and "drawing it again" in caplog.text
+
+
+def test_training_resumes_from_the_newest_verified_epoch(tmp_path, caplog):
+    """A kill between an epoch file and its content hash leaves the newest file unverified: training resumes
+    from the epoch before it (not from scratch), and ends as an uninterrupted run does."""
+    from c2ir.data.imageset import ImageSet, Normalizer
+    from c2ir.models.small_cnn import SmallCNN
+    from c2ir.training import TrainConfig, train_classifier
+
+    g = torch.Generator().manual_seed(0)
+    data = ImageSet("t", torch.randint(0, 255, (40, 1, 8, 8), generator=g, dtype=torch.uint8), torch.arange(40) % 4)
+    norm = Normalizer([0.5], [0.25])
+
+    def run(epochs, work):
+        torch.manual_seed(0)
+        return train_classifier(SmallCNN(1, 4, 4), data, data, norm, TrainConfig(epochs=epochs, batch_size=8), work)
+
+    import shutil
+
+    import c2ir.training as training
+
+    work = tmp_path / "work"
+    calls = []
+    real_eval = training.evaluate_accuracy
+
+    def killed_in_epoch_2(*args, **kwargs):  # the process dies during the second epoch
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real_eval(*args, **kwargs)
+
+    training.evaluate_accuracy = killed_in_epoch_2
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            run(3, work)
+    finally:
+        training.evaluate_accuracy = real_eval
+    # ... as it wrote epoch 1's file: the bytes are there, their content hash is not
+    shutil.copy2(work / "epoch_0000.safetensors", work / "epoch_0001.safetensors")
+    caplog.clear()
+    caplog.set_level("INFO", logger="c2ir.training")
+    model, history = run(3, work)
+    assert "resuming after epoch 1" in caplog.text and "training from the start" not in caplog.text
+    ref, _ = run(3, tmp_path / "fresh")
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), ref.state_dict().values()))
