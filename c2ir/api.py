@@ -43,7 +43,7 @@ from c2ir.models import head_module
 from c2ir.schema import SynthSchema, check_node
 from c2ir.stats import compute_class_stats
 from c2ir.validation import (check_api_numbers, check_batch, check_input_shape, check_labels, check_normalization,
-                             model_input_channels, nonfinite_problem, nonfinite_rows)
+                             model_input_channels, nonfinite_problem, nonfinite_rows, takes_vectors)
 
 log = logging.getLogger(__name__)
 
@@ -92,7 +92,7 @@ def _loader_features(model: nn.Module, loader: Iterable[Any], layers: Sequence[s
     parts: list[FeatureBundle] = []
     for batch in loader:
         x, y = (batch[0], batch[1] if len(batch) > 1 else None) if isinstance(batch, (tuple, list)) else (batch, None)
-        x = check_batch(x, input_shape, "a DataLoader batch")
+        x = check_batch(x, input_shape, "a DataLoader batch", takes_vectors(model))
         input_shape = tuple(x.shape[1:])  # every batch has the shape of the first
         b = extract_features(model, x, None, layers, head, batch_size=batch_size, device=device,
                              spatial_grid=spatial_grid, with_bn=with_bn, desc="features")
@@ -288,7 +288,7 @@ class OODDetector:
         """(N,) float64 OOD scores (higher = more OOD) of a batch `x` as the model takes it (normalised)."""
         if not self.detector._fitted:
             raise NotFittedError(f"{self.name}: call fit() before score()")
-        x = check_batch(x, self.input_shape)
+        x = check_batch(x, self.input_shape, vectors=takes_vectors(self.model))
         if INPUT_GRADIENTS in self.detector.needs:
             norm = self.normalizer
             if norm is None:

@@ -75,6 +75,16 @@ def bn_layers(model: nn.Module) -> list[str]:
             if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.running_mean is not None]
 
 
+def require_batchnorm(model: nn.Module, name: str) -> None:
+    """`c2ir run` synthesises impressions for every detector, and impressions match BatchNorm statistics:
+    a model without BatchNorm layers is one line naming what needs them, before anything is trained."""
+    if not bn_layers(model):
+        raise C2IRError(f"model {name} has no BatchNorm layers with running statistics: the impressions every c2ir "
+                        "run fits on are synthesised to match them (C2IR and the *_imp detectors fit on impressions, "
+                        "nmd and gaia read BatchNorm layers); use a model with BatchNorm (e.g. model.name=resnet18), or "
+                        "a logit detector from the Python API: c2ir.detector('energy', model).fit()")
+
+
 ACTIVATIONS = (nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.ELU, nn.GELU, nn.SiLU, nn.Hardswish, nn.Mish)
 CONTAINERS = (nn.Sequential, nn.ModuleList, nn.ModuleDict)
 
@@ -122,6 +132,16 @@ def auto_layers(model: nn.Module) -> list[str]:
                         "C2IR can choose automatically; pass layers=[...] (module-name regexes)")
     n = len(cands)
     return cands if n <= 3 else cands[n // 3: n - n // 4]
+
+
+AUTO_LAYERS = "auto"  # a layer set `[auto]`: chosen by `auto_layers` (models outside the zoo, e.g. timm's)
+
+
+def resolve_layers(model: nn.Module, patterns: Sequence[str]) -> list[str]:
+    """The layers of a configured layer set: `select_layers`, or `auto_layers` for `[auto]`."""
+    if [str(p) for p in patterns] == [AUTO_LAYERS]:
+        return auto_layers(model)
+    return select_layers(model, patterns)
 
 
 class FeatureHooks(ForwardHooks):

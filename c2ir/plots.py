@@ -17,7 +17,7 @@ import numpy as np
 
 from c2ir.metrics import roc_points
 
-VERSION = 1  # bump when a figure changes: cached report figures are keyed by it
+VERSION = 2  # bump when a figure changes: cached report figures are keyed by it (2: the summary figure)
 COLORS = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf")
 LINESTYLES = ("-", "--", ":", "-.")
 
@@ -118,6 +118,43 @@ def histogram_panels(scores: Mapping[str, Mapping[str, np.ndarray]], id_name: st
                bbox_to_anchor=(0.5, 1.0))
     fig.supxlabel("score (higher = more OOD); x range: 0.5-99.5 percentile of all sets", fontsize=8)
     fig.tight_layout(rect=(0, 0, 1, 0.97))
+    return fig
+
+
+ACCESS_COLORS = {"C2IR": "#d62728", "data-free": "#1f77b4", "full access": "#7f7f7f"}  # the page's detector groups
+
+
+def summary_figure(values: Mapping[str, Mapping[str, Mapping[str, float]]], access: Mapping[str, str],
+                   fpr_label: str = "FPR95"):
+    """The page's first figure: per detector, mean AUROC and FPR95 per column group (near / far, or all sets).
+
+    `values[column][detector] = {"auroc": ..., "fpr95": ...}`; one horizontal-bar panel per (metric, column),
+    every panel in one detector order (best mean AUROC over the columns first), bars coloured by the
+    detector's access group (`access[detector]`: C2IR / data-free / full access), value at each bar's end.
+    """
+    plt = _plt()
+    cols = list(values)
+    dets = sorted(values[cols[0]], key=lambda d: -float(np.mean([values[c][d]["auroc"] for c in cols])))
+    panels = [("auroc", c) for c in cols] + [("fpr95", c) for c in cols]
+    fig, axes = plt.subplots(1, len(panels), figsize=(2.6 * len(panels) + 1.2, 0.28 * len(dets) + 1.3),
+                             sharey=True, squeeze=False)
+    y = np.arange(len(dets))[::-1]
+    colors = [ACCESS_COLORS.get(access.get(d, "data-free"), "#1f77b4") for d in dets]
+    for ax, (metric, col) in zip(axes[0], panels):
+        v = np.array([values[col][d][metric] for d in dets], dtype=np.float64)
+        ax.barh(y, v, color=colors, height=0.7)
+        for yi, vi in zip(y, v):
+            ax.text(vi, yi, f" {vi:.1f}", va="center", fontsize=6.5)
+        title = "AUROC (higher is better)" if metric == "auroc" else f"{fpr_label} (lower is better)"
+        ax.set_title(f"{col}\n{title}", fontsize=8.5)
+        ax.set_xlim(0, 112)
+        ax.tick_params(labelsize=7)
+        ax.grid(axis="x", alpha=0.3)
+    axes[0][0].set_yticks(y, dets, fontsize=7.5)
+    handles = [plt.Rectangle((0, 0), 1, 1, color=c) for c in ACCESS_COLORS.values()]
+    fig.legend(handles, list(ACCESS_COLORS), loc="lower center", ncol=3, fontsize=8, frameon=False,
+               bbox_to_anchor=(0.5, -0.02))
+    fig.tight_layout(rect=(0, 0.04, 1, 1))
     return fig
 
 

@@ -1,7 +1,10 @@
 """Reports: results tables (terminal, Markdown, CSV, JSON) and sweep aggregation (pictures: c2ir.report_html).
 
-Convention stated in every table: scores are higher for OOD; FPR95 is the OOD false-
-positive rate at 95% ID true-positive rate (ID is the positive class); metrics in %.
+Convention stated in every table: scores are higher for OOD; metrics in %. FPR95's positive class
+(`metrics.fpr_positive`: id by default, or ood as in OpenOOD v1.5) is named in every FPR95 header
+(`FPR95 (ID+)` / `FPR95 (OOD+)`; CSV column `fpr95_id_positive` / `fpr95_ood_positive`) and in
+results.json (`fpr_positive`). With near/far groups (`ood.<set>.group`) each detector also gets the
+unweighted `near mean` and `far mean` over its sets (c2ir.groups), as OpenOOD reports.
 """
 
 from __future__ import annotations
@@ -17,13 +20,38 @@ from typing import Any
 import numpy as np
 
 from c2ir.cache import atomic_write_bytes, atomic_write_json
+from c2ir.groups import column_sets, grouped_sets, mean_over
 from c2ir.names import csv_cell, escape_name
 
 log = logging.getLogger(__name__)
 
 METRICS = ("fpr95", "auroc", "aupr_in", "aupr_out", "detection_acc")
-CONVENTION = ("Scores: higher = more likely OOD. FPR95: OOD false-positive rate at 95% ID true-positive rate "
-              "(ID = positive class). All metrics in %.")
+CONVENTIONS = {
+    "id": ("Scores: higher = more likely OOD. FPR95 (ID+): OOD false-positive rate at 95% ID true-positive rate "
+           "(ID = positive class). All metrics in %."),
+    "ood": ("Scores: higher = more likely OOD. FPR95 (OOD+): ID false-positive rate at 95% OOD true-positive rate "
+            "(OOD = positive class, as OpenOOD v1.5). All metrics in %."),
+}
+CONVENTION = CONVENTIONS["id"]  # the default (metrics.fpr_positive=id)
+FPR_LABELS = {"id": "FPR95 (ID+)", "ood": "FPR95 (OOD+)"}  # every header that shows FPR95 names its positive class
+FPR_COLUMNS = {"id": "fpr95_id_positive", "ood": "fpr95_ood_positive"}  # its column in results.csv
+
+
+def fpr_positive(result: dict) -> str:
+    """The FPR95 convention of a result (results.json written before the setting existed: id); an unknown value
+    (a damaged or foreign results.json) is a ValueError, never a table under a wrong header."""
+    value = str(result.get("fpr_positive") or "id")
+    if value not in CONVENTIONS:
+        raise ValueError(f"fpr_positive={escape_name(value)!r} is not one of {tuple(CONVENTIONS)}")
+    return value
+
+
+def convention(result: dict) -> str:
+    return CONVENTIONS[fpr_positive(result)]
+
+
+def fpr_label(result: dict) -> str:
+    return FPR_LABELS[fpr_positive(result)]
 
 
 def run_dir(cfg: Any) -> Path:
@@ -45,8 +73,10 @@ def ordered_detectors(result: dict) -> list[str]:
 
 
 def rows(result: dict) -> list[dict[str, Any]]:
-    """Long format: one row per detector x OOD set, plus a `mean` row per detector."""
+    """Long format: one row per detector x OOD set, plus a `mean` row per detector (and, with near/far
+    groups, a `near mean` and a `far mean` row: unweighted over the group's sets)."""
     out = []
+    groups = grouped_sets(result)
     for det in ordered_detectors(result):
         per_ood = result["metrics"][det]
         access = result.get("access", {}).get(det, "")
@@ -54,6 +84,9 @@ def rows(result: dict) -> list[dict[str, Any]]:
             out.append({"detector": det, "access": access, "ood": ood, **{k: m[k] for k in METRICS}})
         out.append({"detector": det, "access": access, "ood": "mean",
                     **{k: float(np.mean([m[k] for m in per_ood.values()])) for k in METRICS}})
+        for g, sets in groups.items():
+            out.append({"detector": det, "access": access, "ood": f"{g} mean", **{k: mean_over(per_ood, sets, k)
+                                                                                 for k in METRICS}})
     return out
 
 
@@ -64,18 +97,16 @@ def md(name: Any) -> str:
 
 
 def summary_table(result: dict) -> str:
-    """Markdown table: detectors as rows, AUROC / FPR95 per OOD set and their mean as columns."""
-    oods = result["ood_sets"]
-    head = "| detector | access | " + " | ".join(f"{md(o)} AUROC / FPR95" for o in oods) + " | mean AUROC / FPR95 |"
-    sep = "|" + "---|" * (len(oods) + 3)
+    """Markdown table: detectors as rows, AUROC / FPR95 per OOD set, their mean (and near/far means) as columns."""
+    cols = column_sets(result)
+    fpr = fpr_label(result)
+    head = "| detector | access | " + " | ".join(f"{md(c)} AUROC / {fpr}" for c in cols) + " |"
+    sep = "|" + "---|" * (len(cols) + 2)
     lines = [head, sep]
     for det in ordered_detectors(result):
         per = result["metrics"][det]
-        cells = [f"{per[o]['auroc']:.1f} / {per[o]['fpr95']:.1f}" for o in oods]
-        mean_auc = np.mean([per[o]["auroc"] for o in oods])
-        mean_fpr = np.mean([per[o]["fpr95"] for o in oods])
-        lines.append(f"| {md(det)} | {md(result.get('access', {}).get(det, ''))} | " + " | ".join(cells)
-                     + f" | {mean_auc:.1f} / {mean_fpr:.1f} |")
+        cells = [f"{mean_over(per, sets, 'auroc'):.1f} / {mean_over(per, sets, 'fpr95'):.1f}" for sets in cols.values()]
+        lines.append(f"| {md(det)} | {md(result.get('access', {}).get(det, ''))} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
@@ -102,16 +133,22 @@ def not_computable_line(result: dict) -> str:
 
 
 def terminal_table(result: dict) -> str:
-    return "\n".join(line for line in [header(result), CONVENTION, summary_table(result), weights_line(result),
+    return "\n".join(line for line in [header(result), convention(result), summary_table(result), weights_line(result),
                                         not_computable_line(result)] if line)
+
+
+def csv_columns(result: dict) -> list[str]:
+    """The metric columns of results.csv: `fpr95` is written under the name of its convention."""
+    return [FPR_COLUMNS[fpr_positive(result)] if k == "fpr95" else k for k in METRICS]
 
 
 def markdown(result: dict) -> str:
     long = rows(result)
-    lines = ["# c2ir results", "", header(result), "", CONVENTION, "", "## Summary", "", summary_table(result), "",
-             weights_line(result), "", *([not_computable_line(result), ""] if result.get("not_computable") else []),
+    cols = [fpr_label(result) if k == "fpr95" else k for k in METRICS]
+    lines = ["# c2ir results", "", header(result), "", convention(result), "", "## Summary", "", summary_table(result),
+             "", weights_line(result), "", *([not_computable_line(result), ""] if result.get("not_computable") else []),
              "## All metrics", "",
-             "| detector | access | OOD set | " + " | ".join(METRICS) + " |", "|" + "---|" * (len(METRICS) + 3)]
+             "| detector | access | OOD set | " + " | ".join(cols) + " |", "|" + "---|" * (len(METRICS) + 3)]
     for r in long:
         lines.append(f"| {md(r['detector'])} | {md(r['access'])} | {md(r['ood'])} | "
                      + " | ".join(f"{r[k]:.2f}" for k in METRICS) + " |")
@@ -122,11 +159,24 @@ def write_reports(directory: Path, result: dict) -> None:
     directory.mkdir(parents=True, exist_ok=True)
     atomic_write_bytes(directory / "results.md", markdown(result).encode())
     buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=["detector", "access", "ood", *METRICS])
+    names = dict(zip(METRICS, csv_columns(result)))
+    writer = csv.DictWriter(buf, fieldnames=["detector", "access", "ood", *names.values()])
     writer.writeheader()
-    writer.writerows({k: csv_cell(v) if isinstance(v, str) else v for k, v in r.items()} for r in rows(result))
+    writer.writerows({names.get(k, k): csv_cell(v) if isinstance(v, str) else v for k, v in r.items()}
+                     for r in rows(result))
     atomic_write_bytes(directory / "results.csv", buf.getvalue().encode())
-    atomic_write_json(directory / "results.json", {**result, "rows": rows(result), "convention": CONVENTION})
+    atomic_write_json(directory / "results.json", {**result, "fpr_positive": fpr_positive(result), "rows": rows(result),
+                                                   "convention": convention(result),
+                                                   "columns": {"fpr95": fpr_label(result)}})
+
+
+def sweep_convention(positives: set[str]) -> tuple[str, str]:
+    """(convention sentence, FPR95 header) of a sweep's runs; runs with both conventions say so."""
+    if len(positives) <= 1:
+        p = next(iter(positives), "id")
+        return CONVENTIONS[p], FPR_LABELS[p]
+    return ("Scores: higher = more likely OOD. FPR95: the runs use both conventions (metrics.fpr_positive=id|ood), "
+            "each setting its own: compare FPR95 only within one convention. All metrics in %."), "FPR95 (ID+ or OOD+)"
 
 
 def aggregate(multirun_dir: Path) -> tuple[str, list[dict[str, Any]]]:
@@ -135,7 +185,7 @@ def aggregate(multirun_dir: Path) -> tuple[str, list[dict[str, Any]]]:
 
     groups: dict[tuple[str, str], dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
     found = sorted(multirun_dir.rglob("results.json"))
-    skipped = 0
+    skipped, positives = 0, set()
     for path in found:
         try:  # one damaged run must not hide the others: skip it with a warning
             result = json.loads(path.read_text())
@@ -143,6 +193,7 @@ def aggregate(multirun_dir: Path) -> tuple[str, list[dict[str, Any]]]:
             overrides = yaml.safe_load(ov_file.read_text()) if ov_file.is_file() else []
             setting = " ".join(str(o) for o in overrides or [] if not str(o).startswith(("seed=", "synth.seed=")))
             run_rows = rows(result)
+            positives.add(fpr_positive(result))
         except Exception as exc:  # noqa: BLE001 - bad JSON, wrong shape, bad overrides.yaml alike
             log.warning("report: skipping %s (%s: %s)", path, type(exc).__name__, str(exc).splitlines()[0][:120] if str(exc) else "")
             skipped += 1
@@ -159,9 +210,10 @@ def aggregate(multirun_dir: Path) -> tuple[str, list[dict[str, Any]]]:
                       "auroc_mean": float(np.mean(m["auroc"])), "auroc_std": float(np.std(m["auroc"])),
                       "fpr95_mean": float(np.mean(m["fpr95"])), "fpr95_std": float(np.std(m["fpr95"]))})
     note = f" ({skipped} unreadable results.json skipped)" if skipped else ""
+    text, label = sweep_convention(positives)
     lines = [f"Sweep {multirun_dir}: {len(found) - skipped} runs{note}. Mean over OOD sets; mean +- std over seeds.",
-             CONVENTION, "",
-             "| setting | detector | runs | AUROC | FPR95 |", "|---|---|---|---|---|"]
+             text, "",
+             f"| setting | detector | runs | AUROC | {label} |", "|---|---|---|---|---|"]
     for r in table:
         lines.append(f"| {md(r['setting'])} | {md(r['detector'])} | {r['runs']} | {r['auroc_mean']:.2f} +- {r['auroc_std']:.2f} "
                      f"| {r['fpr95_mean']:.2f} +- {r['fpr95_std']:.2f} |")

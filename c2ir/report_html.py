@@ -25,8 +25,10 @@ import numpy as np
 
 from c2ir import plots
 from c2ir.cache import DamagedFile, atomic_write_bytes, discard_verified, read_verified_bytes, write_verified_bytes
+from c2ir.groups import column_sets, grouped_sets, mean_over
 from c2ir.names import safe_filename
-from c2ir.report import CONVENTION, METRICS, not_computable_line, ordered_detectors
+from c2ir.report import (METRICS, convention, fpr_label, fpr_positive, not_computable_line, ordered_detectors,
+                         sweep_convention)
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +52,7 @@ td.best{font-weight:700;background:#d9f2d9}
 img{max-width:100%;height:auto;display:block;margin:.4em 0 1em 0}
 .row{display:flex;flex-wrap:wrap;gap:0 2%;align-items:flex-start}.row img{max-width:48%}
 td.bestfree{text-decoration:underline;font-weight:600}.scroll{overflow-x:auto;max-width:100%}
+tr.published td{color:#555;font-style:italic;background:#f6f6f6}tr.group.published td{background:#e4e4e4}
 nav ul{columns:3;list-style:none;padding-left:0}nav a{text-decoration:none}
 """
 
@@ -175,17 +178,21 @@ def best_marks(values: Mapping[str, float], metric: str, digits: int = 1) -> set
     return {k for k, v in finite.items() if v == best}
 
 
+def metric_title(result: dict, metric: str) -> str:
+    """A metric's display name; FPR95's names its positive class (`FPR95 (ID+)` / `FPR95 (OOD+)`)."""
+    return fpr_label(result) if metric == "fpr95" else METRIC_TITLES.get(metric, metric)
+
+
 def metric_table(result: dict, metric: str) -> str:
-    """Detectors (grouped by data access) x OOD sets + mean, one metric.
+    """Detectors (grouped by data access) x OOD sets + mean (+ near / far means when grouped), one metric.
 
     Best per column in bold on green; when a full-access detector holds it, the best of the
     data-free ones (what C2IR competes with) is underlined as well.
     """
-    oods = list(result["ood_sets"])
     access = result.get("access", {})
     dets = ordered_detectors(result)
-    cols: dict[str, dict[str, float]] = {o: {d: float(result["metrics"][d][o][metric]) for d in dets} for o in oods}
-    cols["mean"] = {d: float(np.mean([result["metrics"][d][o][metric] for o in oods])) for d in dets}
+    cols: dict[str, dict[str, float]] = {c: {d: mean_over(result["metrics"][d], sets, metric) for d in dets}
+                                         for c, sets in column_sets(result).items()}
     best = {c: best_marks(v, metric) for c, v in cols.items()}
     free = [d for d in dets if access.get(d) != "full access"]
     best_free = {c: best_marks({d: v[d] for d in free}, metric) - best[c] for c, v in cols.items()}
@@ -202,7 +209,7 @@ def metric_table(result: dict, metric: str) -> str:
                             f'<td class="bestfree">{v[d]:.1f}</td>' if d in best_free[c] else f"<td>{v[d]:.1f}</td>"
                             for c, v in cols.items())
             body.append(f'<tr><td class="name">{esc(d)}</td>{cells}</tr>')
-    return (f"<div><h3>{esc(METRIC_TITLES.get(metric, metric))} ({arrow})</h3>" + head + "".join(body) + "</table></div>")
+    return f"<div><h3>{esc(metric_title(result, metric))} ({arrow})</h3>" + head + "".join(body) + "</table></div>"
 
 
 def small_table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
@@ -227,6 +234,7 @@ class RunInputs:
     keys: dict[str, str] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
     figure_cache: Path | None = None  # folder of already drawn figures for exactly these inputs
+    published: str | None = None  # a benchmark of c2ir.published (report.published): its rows beside the measured
 
 
 def split_scores(flat: Mapping[str, Any]) -> dict[str, dict[str, np.ndarray]]:
@@ -247,13 +255,18 @@ def run_page(inp: RunInputs, directory: Path | None = None) -> Page:
     for n in inp.notes:
         page.note(n)
 
-    page.section("results", "Results")
     counts = res.get("counts", {})
+    page.section("summary", "Summary")
     page.text(f"ID set: {id_name} ({counts.get(id_name, '?')} images), ID accuracy {100 * res['id_accuracy']:.2f}%. "
               "OOD sets: " + ", ".join(f"{o} ({counts.get(o, '?')})" for o in oods) + ".")
     if res.get("not_computable"):
         page.note(not_computable_line(res))
-    page.text(CONVENTION + " Best value per column in bold on green; if that is a full-access detector, the best "
+    _summary_section(page, res)
+    if inp.published:
+        _published_section(page, res, inp.published)
+
+    page.section("results", "Results")
+    page.text(convention(res) + " Best value per column in bold on green; if that is a full-access detector, the best "
               "data-free value is underlined too. Detectors grouped by the data they use (C2IR; other data-free "
               "detectors: model and impressions only; full access: real ID training data).")
     page.open_row()
@@ -304,6 +317,67 @@ def run_page(inp: RunInputs, directory: Path | None = None) -> Page:
     else:
         page.note("Artifact keys not available.")
     return page
+
+
+def summary_values(result: dict) -> dict[str, dict[str, dict[str, float]]]:
+    """{column: {detector: {auroc, fpr95}}}: near and far means when the run has both groups, else the mean."""
+    groups = grouped_sets(result)
+    cols = {f"{g}-OOD mean": sets for g, sets in groups.items()} if len(groups) == 2 else {"mean": result["ood_sets"]}
+    return {c: {d: {m: mean_over(result["metrics"][d], sets, m) for m in ("auroc", "fpr95")} for d in result["metrics"]}
+            for c, sets in cols.items()}
+
+
+def _summary_section(page: Page, res: dict) -> None:
+    access = {d: detector_group(d, res.get("access", {}).get(d, "")) for d in res["metrics"]}
+    values = summary_values(res)
+    page.text("Mean AUROC and " + fpr_label(res) + " per detector (" + " and ".join(values) + " over the OOD sets, "
+              "unweighted), best mean AUROC first; colour: C2IR, other data-free detectors (model and impressions "
+              "only), full access (real ID training data). The tables below hold every set and metric.")
+    page.figure("summary", lambda: plots.summary_figure(values, access, fpr_label(res)))
+
+
+def published_label(arch: str) -> str:
+    """`published, ResNet-18, not this model`: what the published rows are, in the words the page uses."""
+    pretty = {"ResNet18": "ResNet-18", "ResNet50": "ResNet-50"}.get(arch, arch)
+    return f"published, {pretty}, not this model"
+
+
+def _published_section(page: Page, res: dict, benchmark: str) -> None:
+    """This run's near/far AUROC above OpenOOD's published rows for the benchmark, in one table, apart."""
+    from c2ir import published
+
+    rows = published.rows(benchmark)
+    if not rows:
+        page.note(f"No published rows for report.published={benchmark}; known: {', '.join(published.benchmarks())}.")
+        return
+    groups = grouped_sets(res)
+    page.add(f'<h3 id="published">{esc("Where this run stands: measured rows, then OpenOOD v1.5 published rows")}</h3>')
+    if len(groups) != 2:
+        page.note("This run has no near/far groups (ood.<set>.group), so its rows cannot be set beside the published "
+                  "near-OOD / far-OOD AUROC.")
+        return
+    where = published.commits().get(benchmark, "")
+    page.text(f"Near-/far-OOD AUROC (%, unweighted mean over the sets, as OpenOOD). Published rows: "
+              f"{published.REPOSITORY} {where}, post-hoc methods on OpenOOD's cross-entropy model; "
+              f"mean ± std over OpenOOD's runs where it gives one. They are another model than this run's.")
+    acc = f"{100 * res['id_accuracy']:.2f}"
+    near = {d: mean_over(res["metrics"][d], groups["near"], "auroc") for d in res["metrics"]}
+    body = [f'<tr class="group"><td colspan="5">{esc("measured, this run")}</td></tr>']
+    for d in sorted(near, key=lambda d: -near[d]):  # each block by near-OOD AUROC, best first
+        body.append(f'<tr><td class="name">{esc(d)}</td><td>{near[d]:.2f}</td>'
+                    f'<td>{mean_over(res["metrics"][d], groups["far"], "auroc"):.2f}</td><td>{esc(acc)}</td>'
+                    f'<td class="name">{esc(detector_group(d, res.get("access", {}).get(d, "")))}</td></tr>')
+    for arch in dict.fromkeys(r.arch for r in rows):
+        body.append(f'<tr class="group published"><td colspan="5">{esc(published_label(arch))}</td></tr>')
+        for r in sorted((r for r in rows if r.arch == arch), key=lambda r: -r.near_auroc):
+            acc_cell = "" if r.id_accuracy is None else f"{r.id_accuracy:.2f}"
+            cells = [f"{v:.2f}" + (f" ± {sd}" if sd else "") for v, sd in ((r.near_auroc, r.near_std),
+                                                                            (r.far_auroc, r.far_std))]
+            body.append(f'<tr class="published"><td class="name">{esc(r.method)}</td><td>{esc(cells[0])}</td>'
+                        f'<td>{esc(cells[1])}</td><td>{esc(acc_cell)}</td><td class="name">{esc(r.source)}</td></tr>')
+    head = ('<tr><th class="name">detector / method</th><th>near-OOD AUROC</th><th>far-OOD AUROC</th>'
+            '<th>ID accuracy</th><th class="name">group / source</th></tr>')
+    page.add(f'<div class="scroll"><table>{head}{"".join(body)}</table></div>')
 
 
 def _impressions_section(page: Page, inp: RunInputs) -> None:
@@ -455,7 +529,7 @@ def mean_std(values: Sequence[float]) -> tuple[float, float]:
     return float(np.mean(values)), float(np.std(values))
 
 
-def sweep_table(runs: Sequence[SweepRun], swept: Sequence[str], metric: str) -> str:
+def sweep_table(runs: Sequence[SweepRun], swept: Sequence[str], metric: str, title: str | None = None) -> str:
     """Detectors x settings: mean +- std over seeds of the metric (mean over OOD sets); best per column bold."""
     settings: dict[str, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
     counts: dict[str, int] = defaultdict(int)
@@ -485,7 +559,8 @@ def sweep_table(runs: Sequence[SweepRun], swept: Sequence[str], metric: str) -> 
             cells.append(f'<td{" class=best" if d in best[s] else ""}>{m:.1f} &plusmn; {sd:.1f}</td>')
         body.append(f'<tr><td class="name">{esc(d)}</td>{"".join(cells)}</tr>')
     arrow = "lower is better" if metric in LOWER_IS_BETTER else "higher is better"
-    return f"<h3>{esc(METRIC_TITLES[metric])} ({arrow})</h3><div class=\"scroll\"><table>{head}{''.join(body)}</table></div>"
+    return (f"<h3>{esc(title or METRIC_TITLES[metric])} ({arrow})</h3><div class=\"scroll\"><table>{head}{''.join(body)}"
+            "</table></div>")
 
 
 def sweep_panels_data(runs: Sequence[SweepRun], param: str, others: Sequence[str], metrics: Sequence[str]):
@@ -510,9 +585,10 @@ def sweep_page(folder: Path, runs: Sequence[SweepRun], max_panels: int = 8) -> P
     page.text(f"{len(runs)} runs under {folder}. Swept: {', '.join(swept) if swept else 'nothing but the seed'}"
               + (f"; seeds: {', '.join(seeds)}" if seeds else "") + ". Each value: mean over the OOD sets of a run, "
               "then mean ± std over the runs (seeds) of a setting.")
-    page.text(CONVENTION + " Best value per column in bold on green.")
+    text, fpr_title = sweep_convention({fpr_positive(r.result) for r in runs})
+    page.text(text + " Best value per column in bold on green.")
     for metric in ("auroc", "fpr95"):
-        page.add(sweep_table(runs, swept, metric))
+        page.add(sweep_table(runs, swept, metric, fpr_title if metric == "fpr95" else None))
     page.section("plots", "Metric against each swept parameter")
     if not swept:
         page.note("No parameter varies across these runs (apart from the seed): nothing to plot against.")

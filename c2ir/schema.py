@@ -22,9 +22,11 @@ from typing import Any
 from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict
 
 from c2ir.errors import C2IRError
+from c2ir.imglist import open_imglist  # torch-free, like this module
 from c2ir.sizes import check_sizes
 
-RESIZE_MODES = ("resize", "center_crop", "random_crop", "resize_center_crop")  # = c2ir.data.transforms
+OOD_GROUPS = ("near", "far")  # `ood.<set>.group`: OpenOOD's near-OOD / far-OOD means (c2ir.groups)
+RESIZE_MODES = ("resize", "center_crop", "random_crop", "resize_center_crop", "short_side_center_crop")  # = c2ir.data.transforms
 
 
 def _spec(kind: str, *, lo: float | None = None, hi: float | None = None, lo_open: bool = False,
@@ -104,6 +106,14 @@ class CollectStatsSchema:
 @dataclass
 class ReportSchema:
     figures: bool = _spec("bool")
+    published: str = _spec("str", optional=True, example="openood_cifar10")  # a benchmark of c2ir/published/
+
+
+@dataclass
+class MetricsSchema:
+    """Which class FPR95 takes as positive: id (ODIN, Mahalanobis, C2IR; default) or ood (OpenOOD v1.5)."""
+
+    fpr_positive: str = _spec("str", choices=("id", "ood"))
 
 
 @dataclass
@@ -126,7 +136,7 @@ class DataSchema:
     """Typed fields of every `data=` option; other keys (root, archive, ...) are source-specific."""
 
     name: str = _spec("str")
-    source: str = _spec("str", choices=("sklearn_digits", "torchvision", "imagefolder", "shared"))
+    source: str = _spec("str", choices=("sklearn_digits", "torchvision", "imagefolder", "shared", "imglist"))
     num_classes: int = _spec("int", lo=1, example="10")
     channels: int = _spec("int", lo=1, hi=3, example="3")
     image_size: int = _spec("int", lo=1, example="32")
@@ -154,24 +164,27 @@ class ModelSchema:
     mean: list = _spec("floats", example="[0.5,0.5,0.5]")
     std: list = _spec("floats", lo=0, lo_open=True, example="[0.25,0.25,0.25]")
     trust_checkpoint: bool = _spec("bool")
+    require_checkpoint: str = _spec("str", optional=True, example="'an OpenOOD checkpoint'")  # why weights are needed
 
 
 @dataclass
 class OODSchema:
     """Typed fields of one `ood.<name>` set; other keys are source-specific."""
 
-    source: str = _spec("str", choices=("folder", "torchvision", "noise", "photo_patches", "pixel_shuffled"))
+    source: str = _spec("str", choices=("folder", "imglist", "torchvision", "noise", "photo_patches", "pixel_shuffled"))
     max_samples: int = _spec("int", lo=1, optional=True, example="2000")
     seed: int = _spec("int", lo=0, example="0")
     resize: str = _spec("str", choices=RESIZE_MODES)
     name: str = _spec("str", optional=True, example="textures")
+    group: str = _spec("str", optional=True, choices=OOD_GROUPS)  # near / far: the set's mean row in the reports
 
 
 # (config path, schema, closed: unknown keys are errors)
 SCHEMAS: list[tuple[str, type, bool]] = [
     ("", RootSchema, False), ("synth", SynthSchema, True), ("train", TrainSchema, True),
     ("features", FeaturesSchema, True), ("collect_stats", CollectStatsSchema, True),
-    ("evaluate", EvaluateSchema, True), ("score", ScoreSchema, True), ("report", ReportSchema, True), ("data", DataSchema, False),
+    ("evaluate", EvaluateSchema, True), ("score", ScoreSchema, True), ("report", ReportSchema, True), ("metrics", MetricsSchema, True),
+    ("data", DataSchema, False),
     ("ipm", IPMSchema, True), ("model", ModelSchema, False),
 ]
 
@@ -321,13 +334,17 @@ def check_inputs(cfg: DictConfig) -> None:
 
     A missing checkpoint or data folder is then reported in about a second, not after a minute of training
     or synthesis. Checked where a stage will read them: the checkpoint always; an ImageFolder ID set's
-    `data.root` for train/evaluate/run; folder OOD sets for evaluate/run; `score.input` for score. Sets that
+    `data.root` for train/evaluate/run; folder OOD sets for evaluate/run; image lists in OpenOOD's layout
+    (`source: imglist`, `c2ir.imglist`: the list and every image it names) likewise; `score.input` for score. Sets that
     come from a shared archive, a download or torchvision are left to their source, and the stages check
     again where they open the files (the API does not come through here). With a cluster launcher this runs
     on the submitting host: paths must exist there too.
     """
     stage = str(cfg.get("stage") or "run")
     ckpt = OmegaConf.select(cfg, "model.checkpoint")
+    needed = OmegaConf.select(cfg, "model.require_checkpoint")  # an experiment whose weights cannot be trained here
+    if needed and not ckpt:
+        raise C2IRError(f"this experiment needs model.checkpoint=<file>: {needed}")
     if ckpt and not _folder(ckpt).is_file():
         raise C2IRError(f"checkpoint not found: {_folder(ckpt)}; set model.checkpoint to an existing file")
     data = cfg.get("data") or {}
@@ -337,8 +354,15 @@ def check_inputs(cfg: DictConfig) -> None:
         layout = data.get("layout") or "<root>/<split>/<class>/*.jpg"
         raise C2IRError(f"{data.get('name', 'data')}: folder not found: {_folder(root)} (expected layout: {layout}); "
                         "set data.root")
+    if stage in DATA_STAGES and data.get("source") == "imglist":  # OpenOOD's layout: the list and its images
+        open_imglist(data.get("root") or ".", str(data.get("test_split") or "test"), data.get("data_dir") or "",
+                     f"{data.get('name', 'data')}-test", "paths.data_root or data.root")
     for key, ood in (cfg.get("ood") or {}).items() if stage in OOD_STAGES else ():
         root = ood.get("root")
+        if ood.get("source") == "imglist":
+            open_imglist(root or ".", str(ood.get("imglist")), ood.get("data_dir") or "", str(ood.get("name") or key),
+                         f"paths.data_root or ood.{key}.root")
+            continue
         if ood.get("source") != "folder" or (ood.get("url") and ood.get("download")) or (not root and ood.get("archive")):
             continue  # generated, torchvision, downloadable or a shared archive: their source reports what is missing
         if not root:  # the wording of c2ir.data.sources, which says the same to API users

@@ -69,26 +69,50 @@ def check_api_numbers(**values: Any) -> dict[str, int]:
     return out
 
 
-def model_input_channels(model: nn.Module) -> int | None:
-    """Input channels of the model's first convolution (None if it starts with something else)."""
+def first_layer(model: nn.Module) -> nn.Module | None:
+    """The model's first convolution or Linear layer (None if it has neither)."""
     for m in model.modules():
-        if isinstance(m, nn.modules.conv._ConvNd):
-            return int(m.in_channels)
-        if isinstance(m, nn.Linear):
-            return None
+        if isinstance(m, (nn.modules.conv._ConvNd, nn.Linear)):
+            return m
     return None
 
 
-def check_input_shape(input_shape: Any, model: nn.Module) -> tuple[int, int, int]:
-    """(C, H, W) of one input: three positive integers, C equal to the first convolution's input channels."""
+def model_input_channels(model: nn.Module) -> int | None:
+    """Input channels of the model's first convolution (None if it starts with something else)."""
+    m = first_layer(model)
+    return int(m.in_channels) if isinstance(m, nn.modules.conv._ConvNd) else None
+
+
+def takes_vectors(model: nn.Module) -> bool:
+    """The model starts with a Linear layer: its inputs are feature vectors (N, ..., F), not (N, C, H, W) images
+    (a tabular or embedding classifier, as pytorch-ood and OpenOOD users also wrap)."""
+    return isinstance(first_layer(model), nn.Linear)
+
+
+def _positive_ints(values: Any) -> tuple[int, ...] | None:
     try:
-        shape = tuple(int(v) for v in input_shape)
-        valid = len(shape) == 3 and all(v >= 1 and float(v) == float(w) for v, w in zip(shape, input_shape))
+        shape = tuple(int(v) for v in values)
+        return shape if all(v >= 1 and float(v) == float(w) for v, w in zip(shape, values)) else None
     except (TypeError, ValueError):
-        valid = False
+        return None
+
+
+def check_input_shape(input_shape: Any, model: nn.Module) -> tuple[int, ...]:
+    """(C, H, W) of one input: three positive integers, C equal to the first convolution's input channels; for a
+    model that starts with a Linear layer (`takes_vectors`), positive integers ending in its input features or
+    holding that many values (a Flatten before the Linear layer)."""
+    shape = _positive_ints(input_shape)
+    if takes_vectors(model):
+        features = int(first_layer(model).in_features)  # type: ignore[union-attr]
+        if not shape or features not in (shape[-1], math.prod(shape)):
+            raise C2IRError(f"input_shape={input_shape!r} is not valid: the model starts with a Linear layer of "
+                            f"{features} input features; pass input_shape=({features},)")
+        return shape
+    valid = shape is not None and len(shape) == 3
     if not valid:
         raise C2IRError(f"input_shape={input_shape!r} is not valid: it must be (channels, height, width) of one "
                         "input, three positive integers, e.g. input_shape=(3, 32, 32)")
+    assert shape is not None
     channels = model_input_channels(model)
     if channels is not None and shape[0] != channels:
         raise C2IRError(f"input_shape={shape} has {shape[0]} channel(s) but the model's first convolution takes "
@@ -116,15 +140,19 @@ def check_normalization(mean: Any, std: Any, channels: int | None) -> tuple[list
     return out[0], out[1]
 
 
-def check_batch(x: Any, input_shape: Sequence[int] | None, what: str = "x") -> torch.Tensor:
+def check_batch(x: Any, input_shape: Sequence[int] | None, what: str = "x", vectors: bool = False) -> torch.Tensor:
     """A batch as the model takes it: a float32/16/bf16 tensor (N, C, H, W) with N >= 1 and, when the
-    input shape is known, (C, H, W) equal to it (a NumPy array is taken as the tensor it converts to)."""
+    input shape is known, (C, H, W) equal to it (a NumPy array is taken as the tensor it converts to).
+    `vectors` (a model that starts with a Linear layer, `takes_vectors`): (N, ..., F) instead of 4-D."""
     if isinstance(x, np.ndarray):
         x = torch.from_numpy(x)
     if not isinstance(x, torch.Tensor):
         raise C2IRError(f"{what} is a {type(x).__name__}, not a torch.Tensor; pass a (N, C, H, W) float tensor "
                         "(e.g. torch.stack(images))")
-    if x.dim() != 4:
+    if vectors and x.dim() < 2:
+        raise C2IRError(f"{what} has shape {tuple(x.shape)}; pass a batch (N, features) (for one input use "
+                        f"{what}.unsqueeze(0))")
+    if not vectors and x.dim() != 4:
         hint = f"; for one input use {what}.unsqueeze(0)" if x.dim() == 3 else ""
         raise C2IRError(f"{what} has shape {tuple(x.shape)}; pass a batch (N, C, H, W){hint}")
     if x.shape[0] == 0:

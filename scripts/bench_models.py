@@ -36,7 +36,8 @@ MODELS: dict[str, list[str]] = {
     "resnet44": ["experiment=cifar10_resnet44_cpu"],    # shared original ResNet-44 (PNG-trained) on JPEG
 }
 ALL_DETECTORS = ("msp,maxlogit,energy,entropy,gen,odin,gradnorm,gaia_a,gaia_z,ash_s,ash_b,scale,nmd,c2ir,mahalanobis_imp,"
-                 "mahalanobis_multi_imp,knn_imp,react_imp,dice_imp,kl_matching_imp,vim_imp,mahalanobis,mahalanobis_multi,knn,react")
+                 "mahalanobis_multi_imp,knn_imp,react_imp,dice_imp,kl_matching_imp,vim_imp,nac_imp,fdbd_imp,nci_imp,weiper_imp,"
+                 "mahalanobis,mahalanobis_multi,knn,react,vim,nac,fdbd,nci,weiper")
 SYNTH_KEY = re.compile(r"synthesize/([0-9a-f]+)")
 
 

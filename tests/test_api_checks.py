@@ -84,12 +84,42 @@ def test_bad_constructor_arguments_are_one_line(case):
     ("energy", {"temperature": 0}, "temperature=0"),
     ("odin", {"temperature": -1.0}, "temperature=-1.0"),
     ("c2ir", {"logit_weight": float("nan")}, "logit_weight=nan"),
+    # issue 23's detectors and parameters follow the same limits (finite floats, declared ranges)
+    ("nac_imp", {"o_star": float("nan")}, "o_star=nan"),
+    ("nac_imp", {"thresholds": 2}, "thresholds=2"),
+    ("nac", {"fit_samples": 0}, "fit_samples=0"),
+    ("nci_imp", {"alpha": -1.0}, "alpha=-1.0"),
+    ("weiper_imp", {"eps": 0.0}, "eps=0.0"),
+    ("weiper", {"bins": 1}, "bins=1"),
+    ("weiper_imp", {"lambda1": float("inf")}, "lambda1=inf"),
+    ("odin", {"epsilon": float("nan"), "clamp": True}, "epsilon=nan"),
 ])
 def test_degenerate_detector_parameters_are_one_line(name, params, needle):
     """Issue: k=0 ended in an IndexError, temperature=0 gave NaN scores, logit_weight=nan AUROC 0 / FPR95 100."""
     with pytest.raises(C2IRError) as err:
         c2ir.detector(name, _model(), **DIGITS, **params)
     _one_line(err, needle)
+
+
+def test_a_model_that_takes_vectors_takes_feature_batches():
+    """A model starting with a Linear layer (what pytorch-ood / OpenOOD users wrap, issue 23) takes (N, F) batches;
+    image models keep the (N, C, H, W) rule, and a batch or input_shape that does not fit is still one line."""
+    torch.manual_seed(0)
+    mlp = nn.Sequential(nn.Linear(2, 4), nn.ReLU(), nn.Linear(4, 3)).eval()
+    x, y = torch.randn(30, 2), torch.arange(30) % 3
+    det = c2ir.detector("knn", mlp, k=5).fit([(x, y)])
+    assert det.score(torch.randn(7, 2)).shape == (7,) and det.input_shape == (2,)
+    for bad, needle in ((torch.randn(2), "pass a batch (N, features)"), (torch.randn(4, 3), "input_shape=(2,)"),
+                        (torch.zeros(4, 2, dtype=torch.long), "dtype int64")):
+        with pytest.raises(C2IRError) as err:
+            det.score(bad)
+        _one_line(err, needle)
+    with pytest.raises(C2IRError) as err:
+        c2ir.detector("energy", mlp, input_shape=(3,))
+    _one_line(err, "Linear layer of 2 input features")
+    with pytest.raises(C2IRError) as err:  # an image model still wants 4-D batches
+        c2ir.detector("energy", _model()).fit().score(torch.randn(4, 64))
+    _one_line(err, "pass a batch (N, C, H, W)")
 
 
 def test_k_larger_than_the_fit_set_is_an_error():

@@ -79,6 +79,47 @@ def test_a_detector_with_nan_scores_is_not_computable_never_a_number(tmp_path, m
     assert "Not computable" in text and "| energy |" not in text
 
 
+def test_a_not_computable_detector_gets_no_near_far_row_and_no_openood_csv(tmp_path, monkeypatch):
+    """Issue 23b's near/far rows, FPR headers and OpenOOD export pass through issue 24's non-finite handling: a
+    NaN-scoring detector gets no number in any table (near/far means included) and no OpenOOD CSV, and every
+    table names it as not computable; the other detectors get their near/far rows under the chosen convention."""
+    import csv
+
+    from c2ir import report
+    from c2ir.detectors.energy import Energy
+    from c2ir.groups import groups_of
+    from c2ir.models import build_model
+    from c2ir.openood_export import write_openood_csvs
+    from c2ir.report_html import RunInputs, run_page, split_scores
+    from c2ir.stages import evaluate
+    from c2ir.stages.common import RunContext
+
+    torch.manual_seed(0)
+    torch.save(build_model(make_cfg(tmp_path).model).state_dict(), tmp_path / "ck.pt")
+    cfg = make_cfg(tmp_path, ["ood=[gaussian_noise,uniform_noise]", f"model.checkpoint={tmp_path / 'ck.pt'}",
+                              "detectors=[msp,energy]", "synth.per_class=1", "synth.iterations=2",
+                              "ood.gaussian_noise.max_samples=50", "ood.uniform_noise.max_samples=50",
+                              "++ood.gaussian_noise.group=near", "++ood.uniform_noise.group=far",
+                              "metrics.fpr_positive=ood"])
+    monkeypatch.setattr(Energy, "_score", lambda self, feats: torch.full((len(feats["logits"]),), float("inf")))
+    art = evaluate.ensure(RunContext(cfg))
+    result = {**art.json("results.json"), "groups": groups_of(cfg)}
+    assert set(result["metrics"]) == {"msp"} and "infinite" in result["not_computable"]["energy"]
+    report.write_reports(tmp_path / "run", result)
+    with open(tmp_path / "run" / "results.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert {(r["detector"], r["ood"]) for r in rows if r["ood"].endswith("mean")} == {
+        ("msp", "mean"), ("msp", "near mean"), ("msp", "far mean")}
+    assert "fpr95_ood_positive" in rows[0]
+    for text in (report.markdown(result), report.terminal_table(result)):
+        assert "near mean AUROC / FPR95 (OOD+)" in text and "Not computable" in text and "| energy |" not in text
+    written = write_openood_csvs(tmp_path / "run" / "openood", result, split_scores(art.tensors("scores.safetensors")))
+    assert [p.name for p in written] == ["msp.csv"]
+    assert "energy" in (tmp_path / "run" / "openood" / "README.txt").read_text()
+    page = run_page(RunInputs(result=result, published="openood_cifar10")).render()
+    assert "Not computable (no metric reported): energy" in page and "near mean" in page
+
+
 def test_imagefolder_train_split_with_an_empty_class_is_an_error(tmp_path):
     """Issue: a train split with an empty class trained with no warning (ID accuracy 43.9%, a class never seen)."""
     from c2ir.data import load_id

@@ -40,7 +40,8 @@ def test_rows_have_one_row_per_set_and_the_mean_over_sets():
 
 def test_summary_table_cells_and_header_line():
     table = report.summary_table(_result()).splitlines()
-    assert table[0] == "| detector | access | noise AUROC / FPR95 | shuffled AUROC / FPR95 | mean AUROC / FPR95 |"
+    assert table[0] == ("| detector | access | noise AUROC / FPR95 (ID+) | shuffled AUROC / FPR95 (ID+) "
+                        "| mean AUROC / FPR95 (ID+) |")
     assert table[2] == "| c2ir | data-free | 90.0 / 20.0 | 80.0 / 40.0 | 85.0 / 30.0 |"
     assert table[-1].startswith("| knn | full access |")
     assert report.header(_result()) == ("ID set: digits-test (540 images), ID accuracy: 97.50%; "

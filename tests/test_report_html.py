@@ -69,8 +69,9 @@ def test_run_page_is_complete_and_self_contained(tmp_path):
     for section in ("Results", "ROC curves", "Score histograms", "Impressions", "Synthesis loss curves",
                     "MGI weights and per-layer AUROC", "Resolved config", "Artifacts used"):
         assert section in page, section
-    # ROC per OOD set, histograms, impressions, curves, MGI weights, per-layer AUROC
-    assert page.count("data:image/png;base64,") == len(OODS) + 5
+    # the summary figure, ROC per OOD set, histograms, impressions, curves, MGI weights, per-layer AUROC
+    assert page.count("data:image/png;base64,") == len(OODS) + 6
+    assert page.index('id="summary"') < page.index('alt="summary"') < page.index('id="results"')  # it answers first
     assert 'class="note"' not in page
     for ood in OODS:
         assert (tmp_path / f"roc_{ood}.png").stat().st_size > 1000
@@ -101,7 +102,7 @@ def test_a_failing_plot_is_a_warning_and_a_note(tmp_path, monkeypatch, caplog):
     page = path.read_text()
     assert "plot exploded" in page and 'class="note"' in page
     assert "could not draw ROC" in caplog.text
-    assert "Score histograms" in page and page.count("data:image/png") == 5  # everything else is still drawn
+    assert "Score histograms" in page and page.count("data:image/png") == 6  # everything else is still drawn
 
 
 def test_missing_inputs_become_notes(tmp_path):
@@ -174,7 +175,7 @@ def test_figures_are_cached_and_failures_are_not(tmp_path, monkeypatch):
     monkeypatch.setattr(plots, "histogram_panels", real_hist)
     second = write_run_report(tmp_path / "b", inp).read_text()
     assert len(calls) == len(OODS), "ROC curves were redrawn instead of read from the figure cache"
-    assert "plot exploded" not in second and second.count("data:image/png") == len(OODS) + 5  # retried, not cached
+    assert "plot exploded" not in second and second.count("data:image/png") == len(OODS) + 6  # retried, not cached
     assert (tmp_path / "b" / f"roc_{OODS[0]}.png").read_bytes() == (tmp_path / "a" / f"roc_{OODS[0]}.png").read_bytes()
 
 

@@ -95,7 +95,8 @@ def _result(oods, dets):
             "access": {d: "data-free" for d in dets}, "metrics": {d: {o: dict(m) for o in oods} for d in dets},
             "layer_weights": {"layers": PAYLOADS[:2], "weights": [0.5, 0.5], "method": PAYLOADS[1]},
             "layer_auroc": {dets[0]: {"layers": PAYLOADS[:2], "auroc": {o: [50.0, 60.0] for o in oods}}},
-            "not_computable": {PAYLOADS[2]: PAYLOADS[0]}}
+            "not_computable": {PAYLOADS[2]: PAYLOADS[0]},
+            "groups": {o: "near" if i % 2 == 0 else "far" for i, o in enumerate(oods)}}  # near/far rows (issue 23b)
 
 
 @pytest.fixture(scope="module")
@@ -114,7 +115,8 @@ def _write_page(tmp_path):
     run = tmp_path / "a" / "b" / "c" / "d" / "run"
     run.mkdir(parents=True)
     inp = RunInputs(result=_result(oods, dets), scores=scores, config_yaml=f"ood:\n  name: {PAYLOADS[0]}",
-                    keys={PAYLOADS[0]: PAYLOADS[1]}, notes=[PAYLOADS[2]], figure_cache=tmp_path / "figs")
+                    keys={PAYLOADS[0]: PAYLOADS[1]}, notes=[PAYLOADS[2]], figure_cache=tmp_path / "figs",
+                    published="openood_cifar10")  # the summary figure and the published rows: payload names too
     path = write_run_report(run, inp)
     assert path is not None
     return run, path.read_text()
@@ -131,6 +133,7 @@ def test_report_page_escapes_every_user_string(page_with_payloads):
     attrs = {a for _, attrs in parser.tags for a, _ in attrs}
     assert attrs <= ALLOWED_ATTRS, attrs - ALLOWED_ATTRS
     assert "<script" not in page.lower() and "&lt;script&gt;" in page
+    assert "near mean" in page and "OpenOOD v1.5 published rows" in page  # the grouped sections were written
     for tag, attrs in parser.tags:
         for a, v in attrs:
             if a in ("src", "href"):
@@ -161,6 +164,34 @@ def test_results_tables_neutralise_set_and_detector_names(tmp_path):
     for text in (report.markdown(result), report.terminal_table(result)):
         assert "\x1b" not in text and not [line for line in text.splitlines() if line.startswith("forged row")]
         assert "a|b" not in text and "a\\|b" in text
+
+
+def test_openood_csv_export_neutralises_set_and_detector_names(tmp_path):
+    """The OpenOOD export (issue 23b) follows the rule of every other CSV: a detector name cannot leave the export
+    folder or make sub-folders, and a set name cannot become a formula or split a row; both stay recoverable."""
+    from c2ir.names import csv_uncell
+    from c2ir.openood_export import write_openood_csvs
+
+    oods = ["=HYPERLINK(\"x\")", "near\nforged,row", "@far", "-1+2"]
+    dets = ["../../../../TRAV", "a/b", "msp"]
+    result = _result(oods, dets)
+    result["id_set"] = "id"
+    rng = np.random.default_rng(0)
+    scores = {d: {s: rng.normal(size=30) for s in ["id", *oods]} for d in dets}
+    out = tmp_path / "run" / "openood"
+    written = write_openood_csvs(out, result, scores)
+    assert len(written) == 3 and all(p.parent == out for p in written)
+    assert sorted(p.name for p in out.iterdir() if p.is_file()) == sorted([*(p.name for p in written), "README.txt"])
+    assert (out / "msp.csv") in written  # a safe name is kept as it is
+    for path in written:
+        with open(path, newline="") as f:
+            rows = list(csv.reader(f))
+        index = [r[0] for r in rows[1:]]
+        assert len(rows) == 1 + len(oods) + 2, rows  # one row per set + nearood + farood: no forged row
+        assert not [c for c in index if c.startswith(("=", "+", "-", "@", "\t", "\r"))], index
+        assert sorted(csv_uncell(c) for c in index if c not in ("nearood", "farood")) == sorted(oods)
+    readme = (out / "README.txt").read_text()
+    assert f"Not computable (no metric reported): {PAYLOADS[2]}" in readme  # names the detector without a file
 
 
 def test_an_error_naming_a_path_with_a_newline_is_still_one_line(tmp_path, capsys, monkeypatch):

@@ -11,7 +11,7 @@ and no user program can set it back (`cp -p`, `rsync -t` and `tar` restore mtime
 so a file whose bytes changed never matches its remembered entry. An entry recorded while the
 file was changing (ctime within `RACY_NS` of the moment it was hashed, the "racy git" case of
 a timestamp tick that hides a second write) is not trusted and the file is hashed again.
-Measured cost on CIFAR-10's 10,000 test JPEGs: docs/BENCHMARKS.md section 14.
+Measured cost on CIFAR-10's 10,000 test JPEGs: docs/BENCHMARKS.md section 15.
 """
 
 from __future__ import annotations
@@ -142,9 +142,11 @@ class DigestCache:
         return self.digests(path.parent, [path])[0]
 
 
-def tree_digest(root: Path, files: Iterable[Path | str], cache: DigestCache | None = None) -> str:
-    """Digest of a set of files below `root`: their relative paths and SHA-256 contents, in sorted order."""
-    pairs = sorted((cache or DigestCache(None)).relative_digests(root, list(files), complete=True))
+def tree_digest(root: Path, files: Iterable[Path | str], cache: DigestCache | None = None, complete: bool = True) -> str:
+    """Digest of a set of files below `root`: their relative paths and SHA-256 contents, in sorted order.
+    `complete`: `files` is every hashed file of `root` (a folder data set), so the remembered digests of other
+    files are dropped; False when several sets take files from one folder (image lists share their images' folder)."""
+    pairs = sorted((cache or DigestCache(None)).relative_digests(root, list(files), complete=complete))
     h = hashlib.sha256()
     for rel, sha in pairs:
         h.update(f"{rel.replace(os.sep, '/')}\0{sha}\n".encode("utf-8", "surrogatepass"))

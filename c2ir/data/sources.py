@@ -22,6 +22,8 @@ from c2ir.data.transforms import check_mode, fit_chw, index_rng
 from c2ir.data.digests import DigestCache
 from c2ir.data.shared import archive_digest, ensure_extracted
 from c2ir.errors import C2IRError
+from c2ir.imglist import fingerprint as imglist_fingerprint
+from c2ir.imglist import open_imglist
 
 log = logging.getLogger(__name__)
 
@@ -142,16 +144,40 @@ def _folder_content(cfg: Any, suffix: str = "", digests: DigestCache | None = No
     return None
 
 
+def id_imglist(data_cfg: Any, split: str, check: bool = True):
+    """The image list of an ID split of an `imglist` source (OpenOOD's layout): `<split>_split` names the list."""
+    return open_imglist(data_cfg.root, str(data_cfg.get(f"{split}_split", split)), data_cfg.get("data_dir") or "",
+                        f"{data_cfg.name}-{split}", "paths.data_root or data.root", check)
+
+
+def ood_imglist(cfg: Any, name: str, check: bool = True):
+    """The image list of an `imglist` OOD set (`ood.<name>.imglist`, images under `ood.<name>.data_dir`)."""
+    return open_imglist(cfg.root, str(cfg.imglist), cfg.get("data_dir") or "", name, f"paths.data_root or ood.{name}.root", check)
+
+
 def id_fingerprint(data_cfg: Any, split: str, digests: DigestCache | None = None) -> str | None:
-    """Content fingerprint of an ID split read from files (None for sources that are not folders)."""
+    """Content fingerprint of an ID split read from files (None for sources that are not folders or lists)."""
+    if data_cfg.source == "imglist":
+        return "imglist:" + imglist_fingerprint(id_imglist(data_cfg, split, check=False), digests)
     if data_cfg.source not in ("imagefolder", "shared"):
         return None
     return _folder_content(data_cfg, str(data_cfg.get(f"{split}_split", split)), digests)
 
 
 def ood_fingerprint(cfg: Any, name: str, digests: DigestCache | None = None) -> str | None:
-    """Content fingerprint of a folder OOD set (None for generated or torchvision sets)."""
+    """Content fingerprint of a folder or image-list OOD set (None for generated or torchvision sets)."""
+    if cfg.get("source") == "imglist":
+        return "imglist:" + imglist_fingerprint(ood_imglist(cfg, name, check=False), digests)
     return _folder_content(cfg, "", digests) if cfg.get("source") == "folder" else None
+
+
+def _subset_list(lst, max_n: int | None, seed: int) -> tuple[list[Path], list[int]]:
+    """The listed files and labels, a fixed-seed subset of `max_n` when set (list order kept)."""
+    paths, labels = list(lst.paths), list(lst.labels)
+    idx = subsample(len(paths), max_n, seed)
+    if idx is not None:
+        paths, labels = [paths[i] for i in idx.tolist()], [labels[i] for i in idx.tolist()]
+    return paths, labels
 
 
 def check_split_classes(base: Path, splits: list[str]) -> None:
@@ -187,8 +213,14 @@ def load_id(data_cfg: Any, split: str) -> AnyImageSet:
         root = base / str(data_cfg.get(f"{split}_split", split))
         ds = load_labelled_folder(root, name, size, ch, mode, max_n, seed, int(data_cfg.num_classes),
                                   str(data_cfg.get("layout") or ""), every_class=split == "train")
+    elif source == "imglist":
+        paths, labels = _subset_list(id_imglist(data_cfg, split), max_n, seed)
+        if min(labels) < 0:
+            raise C2IRError(f"{name}: the ID list {data_cfg.get(f'{split}_split')} has OOD labels (-1); "
+                            f"point data.{split}_split at an in-distribution list")
+        ds = FileSet(name, paths, labels, size, ch, mode, seed)
     else:
-        raise C2IRError(f"unknown data.source={source!r}; use sklearn_digits, torchvision, imagefolder or shared")
+        raise C2IRError(f"unknown data.source={source!r}; use sklearn_digits, torchvision, imagefolder, shared or imglist")
     if ds.labels is not None and len(ds) and int(ds.labels.max()) >= int(data_cfg.num_classes):
         raise C2IRError(
             f"{name}: labels go up to {int(ds.labels.max())} but data.num_classes={data_cfg.num_classes}; fix data.num_classes"
@@ -221,8 +253,12 @@ def load_ood(name: str, cfg: Any, data_cfg: Any, id_test: AnyImageSet | None = N
         root = _maybe_download(cfg, name)
         ds = load_flat_folder(root, name, size, ch, str(cfg.get("resize", "resize")), max_n, seed,
                               str(cfg.get("layout", "")), f"ood.{name}.root")
+    elif source == "imglist":
+        paths, _ = _subset_list(ood_imglist(cfg, name), max_n, seed)
+        ds = FileSet(name, paths, None, size, ch, str(cfg.get("resize", "resize")), seed)
     else:
-        raise C2IRError(f"{name}: unknown source {source!r}; use folder, torchvision, noise, photo_patches or pixel_shuffled")
+        raise C2IRError(f"{name}: unknown source {source!r}; use folder, imglist, torchvision, noise, photo_patches or "
+                        "pixel_shuffled")
     ds.name, ds.labels = name, None
     return ds
 

@@ -6,6 +6,8 @@ odd margin; `random_crop` draws its offset from a per-image generator (files: se
 arrays: set seed and index), so crops do not change with the number of workers, the batch size or
 which other files exist. `resize_center_crop` is the standard ImageNet evaluation transform, built on
 torchvision's: shorter side to size / 0.875 (256 for 224), then a size x size center crop.
+`short_side_center_crop` is OpenOOD v1.5's CIFAR test transform (`Resize(32)`, `CenterCrop(32)`, bilinear:
+`openood/evaluation_api/preprocessor.py`): shorter side to size, then the center crop.
 """
 
 from __future__ import annotations
@@ -23,13 +25,13 @@ IMAGENET_CROP_RATIO = 0.875  # 224 / 256: the resize-then-crop ratio of the Imag
 
 
 @lru_cache(maxsize=8)
-def _imagenet_eval(size: int):
+def _resize_crop(shorter: int, size: int):
+    """torchvision's Resize(shorter) (bilinear, aspect kept) then CenterCrop(size)."""
     # imported here: importing torchvision costs seconds per process (it loads torch._dynamo), and only the
-    # ImageNet-style mode needs it
+    # resize-then-crop modes need it
     import torchvision.transforms as T
 
-    return T.Compose([T.Resize(round(size / IMAGENET_CROP_RATIO), interpolation=T.InterpolationMode.BILINEAR),
-                      T.CenterCrop(size)])
+    return T.Compose([T.Resize(shorter, interpolation=T.InterpolationMode.BILINEAR), T.CenterCrop(size)])
 
 
 def check_mode(mode: str) -> str:
@@ -40,11 +42,13 @@ def check_mode(mode: str) -> str:
 
 
 def resize_or_crop(img: Image.Image, size: int, mode: str, rng: np.random.Generator | None) -> Image.Image:
-    """Bring an image to size x size: `resize`, `center_crop`, `random_crop` (from `rng`) or
-    `resize_center_crop`; a crop of an image smaller than `size` resizes it instead."""
+    """Bring an image to size x size: `resize`, `center_crop`, `random_crop` (from `rng`), `resize_center_crop`
+    or `short_side_center_crop`; a crop of an image smaller than `size` resizes it instead."""
     check_mode(mode)
     if mode == "resize_center_crop":
-        return _imagenet_eval(int(size))(img)
+        return _resize_crop(round(size / IMAGENET_CROP_RATIO), int(size))(img)
+    if mode == "short_side_center_crop":
+        return _resize_crop(int(size), int(size))(img)
     w, h = img.size
     if mode == "resize" or w < size or h < size:
         return img if (w, h) == (size, size) else img.resize((size, size), Image.BILINEAR)

@@ -11,6 +11,7 @@ from c2ir.detectors.base import Detector, FitData
 from c2ir.detectors.c2ir import C2IR
 from c2ir.detectors.dice import DICE
 from c2ir.detectors.energy import Energy
+from c2ir.detectors.fdbd import FDBD
 from c2ir.detectors.entropy import Entropy
 from c2ir.detectors.gaia import GAIAA, GAIAZ
 from c2ir.detectors.gen import GEN
@@ -20,11 +21,14 @@ from c2ir.detectors.knn import KNN
 from c2ir.detectors.mahalanobis import Mahalanobis
 from c2ir.detectors.maxlogit import MaxLogit
 from c2ir.detectors.msp import MSP
+from c2ir.detectors.nac import NAC
+from c2ir.detectors.nci import NCI
 from c2ir.detectors.nmd import NMD
 from c2ir.detectors.odin import ODIN
 from c2ir.detectors.react import ReAct
 from c2ir.detectors.scale import SCALE
 from c2ir.detectors.vim import ViM
+from c2ir.detectors.weiper import WeiPer
 from c2ir.errors import C2IRError
 from c2ir.validation import check_detector_params
 
@@ -33,6 +37,7 @@ DETECTOR_TYPES: dict[str, type[Detector]] = {
     "mahalanobis": Mahalanobis, "knn": KNN, "react": ReAct,
     "entropy": Entropy, "gen": GEN, "gradnorm": GradNorm, "ash": ASH, "scale": SCALE,
     "dice": DICE, "kl_matching": KLMatching, "vim": ViM, "gaia_a": GAIAA, "gaia_z": GAIAZ,
+    "nac": NAC, "fdbd": FDBD, "nci": NCI, "weiper": WeiPer,
 }
 
 

@@ -1,26 +1,67 @@
-"""Mahalanobis distance (Lee et al., NeurIPS 2018): class means and a tied covariance of
-penultimate features; score = distance to the closest class mean. `multi_layer=true`
-averages per-layer scores over every selected layer (each standardised by its own score
-distribution on the fit set; no OOD-tuned regression). Full access when fitted on ID
-training data; `fit_on=impressions` is the data-free variant."""
+"""Mahalanobis distance (Lee, Lee, Lee & Shin, "A Simple Unified Framework for Detecting
+Out-of-Distribution Samples and Adversarial Attacks", NeurIPS 2018, arXiv 1807.03888).
+
+Class means mu_c and one covariance Sigma shared by all classes (a "tied" Gaussian discriminant),
+estimated from the penultimate features as in the paper's Eq. 1; score (the paper's Eq. 2, negated)
+
+    M(x) = min_c (h - mu_c)^T Sigma^+ (h - mu_c)        (higher = more OOD)
+
+`covariance` (how Sigma is estimated from the class-centred fit features):
+- `empirical` (default, the paper's form and its code's `sklearn.covariance.EmpiricalCovariance`):
+  Sigma = (1/N) sum_i (h_i - mu_{y_i})(h_i - mu_{y_i})^T. Its inverse is the pseudo-inverse
+  (`torch.linalg.pinv(hermitian=True)`, what `EmpiricalCovariance.precision_` holds): with fewer
+  centred samples than feature dimensions (e.g. 100 impressions of 10 classes and 512 features)
+  Sigma is singular, and the distance is then measured only inside the span of the fit data
+  (directions the fit set never varies in add nothing); a warning names the rank. No ridge is added.
+- `ledoit_wolf`: Ledoit-Wolf shrinkage towards a scaled identity (sklearn `LedoitWolf`), always
+  invertible; not the paper's form (on 100 impressions its shrinkage intensity is large).
+
+`multi_layer=true` averages per-layer scores over every selected layer (each standardised by its
+own score distribution on the fit set; no OOD-tuned regression, unlike the paper's feature
+ensemble). Full access when fitted on ID training data; `fit_on=impressions` is the data-free variant.
+"""
 
 from __future__ import annotations
+
+import logging
 
 import torch
 
 from c2ir.detectors.base import POOLED_LAYERS, Detector, FitData
+from c2ir.errors import C2IRError
 from c2ir.extraction import batches
 
+log = logging.getLogger(__name__)
 
-def fit_gaussian(x: torch.Tensor, labels: torch.Tensor, num_classes: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """(class means (K, D), Ledoit-Wolf-shrunk tied precision (D, D)) of one feature space, float64."""
-    from sklearn.covariance import LedoitWolf
+COVARIANCES = ("empirical", "ledoit_wolf")
 
+
+def tied_precision(centered: torch.Tensor, covariance: str = "empirical") -> torch.Tensor:
+    """(D, D) float64 inverse of the shared covariance of class-centred rows (pure): the pseudo-inverse
+    of the empirical covariance (1/N) X^T X, or the inverse of its Ledoit-Wolf shrinkage."""
+    x = centered.double()
+    if covariance == "ledoit_wolf":
+        from sklearn.covariance import LedoitWolf
+
+        return torch.from_numpy(LedoitWolf(assume_centered=True).fit(x.numpy()).precision_)
+    if covariance != "empirical":
+        raise C2IRError(f"covariance={covariance!r}; choose one of {', '.join(COVARIANCES)}")
+    return torch.linalg.pinv(x.T @ x / len(x), hermitian=True)
+
+
+def fit_gaussian(x: torch.Tensor, labels: torch.Tensor, num_classes: int,
+                 covariance: str = "empirical") -> tuple[torch.Tensor, torch.Tensor]:
+    """(class means (K, D), tied precision (D, D)) of one feature space, float64."""
     x = x.double()
     means = torch.stack([x[labels == c].mean(0) if (labels == c).any() else x.mean(0) for c in range(num_classes)])
-    centered = (x - means[labels]).numpy()
-    precision = torch.from_numpy(LedoitWolf(assume_centered=True).fit(centered).precision_)
-    return means, precision
+    centered = x - means[labels]
+    if covariance == "empirical":
+        rank = int(torch.linalg.matrix_rank(centered))
+        if rank < x.shape[1]:
+            log.warning("Mahalanobis: the shared covariance of %d fit samples has rank %d < %d features; "
+                        "using its pseudo-inverse (distances only within the fit data's span)",
+                        len(x), rank, x.shape[1])
+    return means, tied_precision(centered, covariance)
 
 
 def min_distance(x: torch.Tensor, means: torch.Tensor, precision: torch.Tensor) -> torch.Tensor:
@@ -39,13 +80,17 @@ class Mahalanobis(Detector):
     Args:
         fit_on: `id_train` (full access, the paper's setting) or `impressions` (data-free).
         multi_layer: also use every selected layer's pooled features (mean of standardised scores).
+        covariance: `empirical` (the paper's; pseudo-inverse when singular) or `ledoit_wolf`.
     """
 
     requires_fit = True
 
-    def __init__(self, name: str = "mahalanobis", *, fit_on: str = "id_train", multi_layer: bool = False) -> None:
+    def __init__(self, name: str = "mahalanobis", *, fit_on: str = "id_train", multi_layer: bool = False,
+                 covariance: str = "empirical") -> None:
         super().__init__(name, fit_on=fit_on)
-        self.multi_layer = bool(multi_layer)
+        if covariance not in COVARIANCES:
+            raise C2IRError(f"detector {name}: covariance={covariance!r}; choose one of {', '.join(COVARIANCES)}")
+        self.multi_layer, self.covariance = bool(multi_layer), str(covariance)
 
     @property
     def needs(self) -> frozenset[str]:
@@ -56,7 +101,7 @@ class Mahalanobis(Detector):
         labels = src["labels"].long()
         k = int(src["logits"].shape[1])
         self.keys = ([k for k in src if k.startswith("layer/")] if self.multi_layer else []) + ["penultimate"]
-        self.models = {key: fit_gaussian(src[key], labels, k) for key in self.keys}
+        self.models = {key: fit_gaussian(src[key], labels, k, self.covariance) for key in self.keys}
         self.scale = {}
         for key, (means, precision) in self.models.items():
             d = min_distance(src[key], means, precision)

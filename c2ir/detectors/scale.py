@@ -1,11 +1,14 @@
-"""SCALE (Xu, Lian, Zhang, Cheng & Ma, "Scaling for Training Time and Post-hoc Out-of-distribution
+"""SCALE (Xu, Chen, Franchi & Yao, "Scaling for Training Time and Post-hoc Out-of-distribution
 Detection Enhancement", ICLR 2024, arXiv 2310.00227).
 
 Like ASH-S but without pruning: the whole penultimate activation a is scaled,
     a' = a * exp(s1 / s2),  s1 = sum a,  s2 = sum of the top (100-p)% entries of a,
 and scored with Energy, -logsumexp(W a' + b) (higher = more OOD). The scale factor grows with how
 evenly the activation is spread, which is larger for OOD inputs; not pruning keeps ID accuracy.
-Paper default p = 85. Uses only the head's weights: data-free.
+p = 85 (default). The authors' released configuration (github.com/kai422/SCALE,
+`configs/postprocessors/scale.yml`: percentile 85, automatic parameter search off) is a single
+setting, used for the OpenOOD v1.5 CIFAR-10, CIFAR-100 and ImageNet runs in that repository's
+`results/`, so 85 is the CIFAR setting as well. Uses only the head's weights: data-free.
 """
 
 from __future__ import annotations

@@ -10,8 +10,10 @@ from c2ir.errors import C2IRError
 from c2ir.models.checkpoints import load_into, read_checkpoint
 from c2ir.models.cifar_resnet import CifarResNet
 from c2ir.models.densenet import DenseNet3
+from c2ir.models.openood_resnet import OpenOODResNet18
 from c2ir.models.resnet import resnet18, resnet34
 from c2ir.models.small_cnn import SmallCNN
+from c2ir.models.timm_models import build_timm
 from c2ir.models.wide_resnet import WideResNet
 
 
@@ -44,9 +46,11 @@ ARCHITECTURES = {
     "cifar_resnet": lambda c, k, ch: CifarResNet(int(c.depth), k, ch),
     "resnet18": lambda c, k, ch: resnet18(k, ch),
     "resnet34": lambda c, k, ch: resnet34(k, ch),
+    "openood_resnet18_32x32": lambda c, k, ch: OpenOODResNet18(k, ch),
     "wide_resnet": lambda c, k, ch: WideResNet(int(c.depth), int(c.widen_factor), k, ch, float(c.get("drop_rate", 0.0))),
     "densenet": lambda c, k, ch: DenseNet3(int(c.depth), k, int(c.get("growth", 12)), float(c.get("reduction", 0.5)), ch),
     "torchvision": _torchvision,
+    "timm": build_timm,
 }
 
 

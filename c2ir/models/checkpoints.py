@@ -1,5 +1,7 @@
 """Checkpoint loading: untrusted input, so `weights_only=True` unless the user opts out by name.
 
+`.safetensors` files (timm's and Hugging Face's weights) are read with safetensors, which holds tensors only.
+
 Accepts the common wrappers (`state_dict`, `model`, `net`, `model_state_dict`, a bare
 state dict) and strips a DataParallel `module.` prefix. A mismatch with the model is
 reported with the missing and unexpected keys, never as a raw traceback.
@@ -31,6 +33,16 @@ def read_checkpoint(path: str | Path, trust: bool = False) -> dict[str, torch.Te
     path = Path(path).expanduser()
     if not path.is_file():
         raise C2IRError(f"checkpoint not found: {path}; set model.checkpoint to an existing file")
+    if path.suffix == ".safetensors":  # tensors only by construction (timm / Hugging Face weights): nothing to unpickle
+        from safetensors.torch import load_file
+
+        try:
+            return extract_state_dict(load_file(str(path)), path)
+        except C2IRError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - a damaged or foreign file
+            raise C2IRError(f"cannot read safetensors checkpoint {path} ({type(exc).__name__}); "
+                            "set model.checkpoint to an intact .safetensors or torch.save file") from exc
     with open(path, "rb") as fh:
         head = fh.read(4)
     if not (head.startswith(b"PK\x03\x04") or head[:1] == b"\x80"):  # torch.save zip archive, or a pickle

@@ -60,10 +60,14 @@ class ResNet(nn.Module):
         self.layer4 = make_stage(256, 512, blocks[3], 2)
         self.linear = nn.Linear(512, num_classes)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def pooled_features(self, x: torch.Tensor) -> torch.Tensor:
+        """The penultimate features: the last stage's output averaged over space."""
         out = self.stem_act(self.bn1(self.conv1(x)))
         out = self.layer4(self.layer3(self.layer2(self.layer1(out))))
-        return self.linear(out.mean(dim=(2, 3)))
+        return out.mean(dim=(2, 3))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.linear(self.pooled_features(x))
 
 
 def resnet18(num_classes: int = 10, in_channels: int = 3) -> ResNet:

@@ -25,7 +25,7 @@ from c2ir.data.digests import DigestCache
 from c2ir.data.imageset import Normalizer
 from c2ir.device import resolve_device
 from c2ir.errors import C2IRError
-from c2ir.extraction import select_layers
+from c2ir.extraction import resolve_layers
 from c2ir.models import head_module, published_weights
 from c2ir.models.loading import build_classifier
 from c2ir.schema import validate
@@ -55,9 +55,9 @@ class KeyRule:
 
 # ID data fields that decide which images a split holds (folder sources add a content fingerprint).
 _DATA = ("data.name", "data.source", "data.dataset", "data.root", "data.archive", "data.subdir", "data.image_size",
-         "data.channels", "data.seed", "data.num_classes", "data.mean", "data.std", "data.resize")
+         "data.channels", "data.seed", "data.num_classes", "data.mean", "data.std", "data.resize", "data.data_dir")
 # Model fields that are not the network's function: the checkpoint enters keys by its content hash.
-_MODEL_RUNTIME = ("model.checkpoint", "model.trust_checkpoint", "model.description")
+_MODEL_RUNTIME = ("model.checkpoint", "model.trust_checkpoint", "model.description", "model.require_checkpoint")
 _LAYERS = ("layer_set", "model.layer_sets", "model.head")  # which activations / which `penultimate` are read
 
 KEY_RULES: dict[str, KeyRule] = {
@@ -82,7 +82,7 @@ KEY_RULES: dict[str, KeyRule] = {
                             exclude=("ood.{name}.layout", "ood.{name}.url", "ood.{name}.md5", "ood.{name}.download",
                                      "ood.{name}.name")),
     # plus the evaluated sets' feature keys as upstream; `ood.<set>.name` is only the column's name
-    "evaluate": KeyRule(("detectors", "ipm", "ood.*.name")),
+    "evaluate": KeyRule(("detectors", "ipm", "ood.*.name", "metrics")),
     # the fitted detector `c2ir score` caches: its resolved type + parameters and threshold share
     # (stages/score.py builds the key from those resolved values and the fit inputs' keys)
     "score": KeyRule(("score.detector", "score.tpr")),
@@ -90,7 +90,8 @@ KEY_RULES: dict[str, KeyRule] = {
 # Fields declared after artifacts were cached, with the value that reproduces what the code did
 # before they were declared: at that value a field stays out of keys (so declaring a default
 # does not invalidate every cache); any other value enters the key like any field.
-KEY_NEUTRAL: dict[str, Any] = {"train.pad": None}  # null: max(1, data.image_size // 8), as before
+KEY_NEUTRAL: dict[str, Any] = {"train.pad": None,  # null: max(1, data.image_size // 8), as before
+                               "metrics.fpr_positive": "id"}  # id: FPR95 with ID positive, as before
 # Fields no stage's output depends on (how or where a run happens, not what it computes).
 RUNTIME_ONLY = ("stage", "device", "threads", "batch_size", "num_workers", "cache_root", "output_dir", "paths", "hydra",
                 "synth.autocast", "synth.channels_last", "synth.compile", *_MODEL_RUNTIME,
@@ -101,7 +102,10 @@ RUNTIME_ONLY = ("stage", "device", "threads", "batch_size", "num_workers", "cach
                 # `c2ir score` writes its per-file scores into the run directory, uncached
                 "score.input", "score.resize",
                 # whether the run directory gets report.html and its plots: never changes a result
-                "report.figures")
+                "report.figures",
+                # presentation only: a set's near/far group (its mean row, computed at report time) and the
+                # published table shown beside the measured rows
+                "ood.*.group", "report.published")
 
 
 def _matches(pattern: str, path: str, name: str | None = None) -> bool:
@@ -264,7 +268,7 @@ class RunContext:
     @functools.cached_property
     def layers(self) -> list[str]:
         # resolved on a fresh (unloaded) instance: no checkpoint load or training needed for names
-        return select_layers(self.fresh_model(), self.layer_patterns)
+        return resolve_layers(self.fresh_model(), self.layer_patterns)
 
     @functools.cached_property
     def capture_layers(self) -> list[str]:
@@ -278,7 +282,7 @@ class RunContext:
         chosen = set(self.layers)
         for patterns in plain(self.cfg.model.layer_sets).values():
             try:
-                chosen.update(select_layers(model, list(patterns)))
+                chosen.update(resolve_layers(model, list(patterns)))
             except C2IRError:
                 continue
         order = {n: i for i, (n, _) in enumerate(model.named_modules())}

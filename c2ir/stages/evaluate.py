@@ -26,7 +26,10 @@ from c2ir.detectors import Detector, FitData, build_detector
 from c2ir.detectors.base import IMPRESSION_IMAGES, INPUT_GRADIENTS, SPATIAL
 from c2ir.detectors.c2ir import C2IR
 from c2ir.errors import C2IRError
+from c2ir.groups import groups_of
 from c2ir.metrics import accuracy, columnwise_auroc, ood_metrics
+from c2ir.openood_export import write_openood_csvs
+from c2ir.report_html import split_scores
 from c2ir.schema import ood_names
 from c2ir.stages import collect_stats, features, synthesize, weight_layers
 from c2ir.stages.collect_stats import id_train_features
@@ -203,13 +206,14 @@ class Evaluation:
         id_acc = accuracy(id_bundle["logits"].numpy(), id_bundle["labels"].numpy())
         not_computable = not_computable_detectors(scores)
         scores = {d: v for d, v in scores.items() if d not in not_computable}  # no number is reported for them
+        positive = str(OmegaConf.select(self.ctx.cfg, "metrics.fpr_positive", default="id"))
         metrics = {
-            det: {ood: ood_metrics(per_set[self.id_name], per_set[ood]) for ood in self.ood_keys}
+            det: {ood: ood_metrics(per_set[self.id_name], per_set[ood], positive) for ood in self.ood_keys}
             for det, per_set in scores.items()
         }
         access = {n: d.data_access for n, d in self.detectors.items()}
         result = {"id_set": self.id_name, "id_accuracy": id_acc, "ood_sets": list(self.ood_keys),
-                  "metrics": metrics, "access": access, "ipm": plain(self.ctx.cfg.ipm),
+                  "metrics": metrics, "fpr_positive": positive, "access": access, "ipm": plain(self.ctx.cfg.ipm),
                   "mgi": plain(self.ctx.cfg.mgi), "layer_weights": self.weights_art.json("weights.json"),
                   "counts": {s: int(len(b["logits"])) for s, (_, b) in self.sets.items()},
                   "layer_auroc": self.layer_auroc(skip=set(not_computable)), "not_computable": not_computable}
@@ -269,11 +273,13 @@ def report_evaluation(ctx: RunContext) -> None:
     if not ctx.dist.is_main:
         return
     run_dir = report.run_dir(cfg)
-    result = art.json("results.json")
+    result = {**art.json("results.json"), "groups": groups_of(cfg)}  # near/far: presentation, from the config
     grid = ctx.store.dir("synthesize", synthesize.key(ctx)) / "impressions_grid.png"
     if grid.is_file():
         shutil.copy2(grid, run_dir / "impressions_grid.png")
     report.write_reports(run_dir, result)
+    if result["groups"]:
+        write_openood_csvs(run_dir / "openood", result, split_scores(art.tensors("scores.safetensors")))
     print(report.terminal_table(result))
     if OmegaConf.select(cfg, "report.figures", default=True):
         write_run_page(ctx, art, run_dir)

@@ -15,6 +15,7 @@ from omegaconf import OmegaConf
 
 from c2ir import plots
 from c2ir.cache import Artifact, make_key
+from c2ir.groups import groups_of
 from c2ir.report_html import RunInputs, split_scores, write_run_report
 from c2ir.stages import synthesize
 from c2ir.stages.common import RunContext
@@ -31,7 +32,8 @@ def config_yaml(cfg) -> str:
 
 def run_inputs(ctx: RunContext, art: Artifact) -> RunInputs:
     """The page's inputs; missing pieces are left None with a note saying why."""
-    inp = RunInputs(result=art.json("results.json"), config_yaml=config_yaml(ctx.cfg))
+    inp = RunInputs(result={**art.json("results.json"), "groups": groups_of(ctx.cfg)}, config_yaml=config_yaml(ctx.cfg),
+                    published=OmegaConf.select(ctx.cfg, "report.published", default=None))
     inp.keys = {"evaluate": art.key, **{k: str(v) for k, v in art.manifest.get("upstream", {}).items()}}
     try:
         inp.scores = split_scores(art.tensors("scores.safetensors"))
@@ -56,8 +58,9 @@ def run_inputs(ctx: RunContext, art: Artifact) -> RunInputs:
             inp.synth_summary = synth.json("summary.json")
         except Exception as exc:
             inp.notes.append(f"Synthesis curves or summary could not be loaded ({exc}).")
-    # figures depend only on the evaluate and synthesis artifacts (and the plotting code)
-    fig_key = make_key("report_figures", {"v": plots.VERSION},
+    # figures depend only on the evaluate and synthesis artifacts, the near/far groups (the summary figure's
+    # columns) and the plotting code
+    fig_key = make_key("report_figures", {"v": plots.VERSION, "groups": inp.result["groups"]},
                        {"evaluate": art.key, "synthesize": inp.keys.get("synthesize", "")})
     inp.figure_cache = ctx.store.dir("report_figures", fig_key)
     return inp
