@@ -24,9 +24,11 @@ from typing import Any
 import numpy as np
 
 from c2ir import plots
-from c2ir.cache import atomic_write_bytes
+from c2ir.cache import DamagedFile, atomic_write_bytes, discard_verified, read_verified_bytes, write_verified_bytes
 from c2ir.groups import column_sets, grouped_sets, mean_over
-from c2ir.report import METRICS, convention, fpr_label, fpr_positive, ordered_detectors, sweep_convention
+from c2ir.names import safe_filename
+from c2ir.report import (METRICS, convention, fpr_label, fpr_positive, not_computable_line, ordered_detectors,
+                         sweep_convention)
 
 log = logging.getLogger(__name__)
 
@@ -65,32 +67,32 @@ class FigureCache:
     Why: drawing ~20 figures costs seconds; a cache-hit `c2ir run` re-renders the page from
     these bytes instead. The folder's key must cover every input of the figures (the caller
     hashes the evaluate and synthesis keys with `plots.VERSION`). Each file is written
-    atomically; a failed figure is never stored, so it is retried next time.
+    atomically with a content-hash sidecar, and read back only when it matches (a damaged
+    figure is drawn again); a failed figure is never stored, so it is retried next time.
     """
 
     def __init__(self, folder: Path | None):
         self.folder = folder
 
     def _path(self, name: str) -> Path:
-        import hashlib
-        import re
-
-        safe = re.sub(r"[^A-Za-z0-9_.-]+", "_", name)[:80]
-        return self.folder / f"{safe}-{hashlib.sha256(name.encode()).hexdigest()[:8]}.png"  # type: ignore[operator]
+        return self.folder / f"{safe_filename(name)}.png"  # type: ignore[operator]
 
     def get(self, name: str) -> bytes | None:
-        if self.folder is None:
+        """The cached PNG if its bytes are what was stored (content-hash sidecar), else None (redrawn)."""
+        if self.folder is None or not self._path(name).exists():
             return None
         try:
-            return self._path(name).read_bytes()
-        except OSError:
+            return read_verified_bytes(self._path(name))
+        except (DamagedFile, OSError) as exc:
+            log.warning("report: cached figure %s is damaged (%s); drawing it again", name, exc)
+            discard_verified(self._path(name))
             return None
 
     def put(self, name: str, png: bytes) -> None:
         if self.folder is None:
             return
         try:
-            atomic_write_bytes(self._path(name), png)
+            write_verified_bytes(self._path(name), png)
         except OSError as exc:
             log.warning("report: could not cache figure %s (%s)", name, exc)
 
@@ -257,6 +259,8 @@ def run_page(inp: RunInputs, directory: Path | None = None) -> Page:
     page.section("summary", "Summary")
     page.text(f"ID set: {id_name} ({counts.get(id_name, '?')} images), ID accuracy {100 * res['id_accuracy']:.2f}%. "
               "OOD sets: " + ", ".join(f"{o} ({counts.get(o, '?')})" for o in oods) + ".")
+    if res.get("not_computable"):
+        page.note(not_computable_line(res))
     _summary_section(page, res)
     if inp.published:
         _published_section(page, res, inp.published)
@@ -282,7 +286,7 @@ def run_page(inp: RunInputs, directory: Path | None = None) -> Page:
             aurocs = {d: res["metrics"][d][ood]["auroc"] for d in dets if d in res["metrics"]}
             page.figure(f"ROC {id_name} vs {ood}",
                         lambda o=ood, a=aurocs: plots.roc_figure({d: scores[d] for d in dets if d in scores}, id_name, o, a),
-                        save_as=None if directory is None else directory / f"roc_{ood}.png")
+                        save_as=None if directory is None else directory / f"roc_{safe_filename(ood)}.png")
         page.close_row()
         page.section("histograms", "Score histograms")
         page.text(f"One panel per detector: {id_name} (black) against each OOD set; density, scores clipped to the "
@@ -454,7 +458,7 @@ def _save_detector_histograms(directory: Path, inp: RunInputs, cache: FigureCach
         try:
             png = cache.draw(f"hist_{det}", lambda p=per, d=det: plots.detector_histogram(
                 p, d, inp.result["id_set"], inp.result["ood_sets"]))
-            plots.save_png(png, directory / f"hist_{det}.png")
+            plots.save_png(png, directory / f"hist_{safe_filename(det)}.png")
         except Exception as exc:
             log.warning("report: could not draw hist_%s.png (%s: %s)", det, type(exc).__name__, exc)
 

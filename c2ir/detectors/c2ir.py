@@ -95,6 +95,7 @@ class C2IR(Detector):
             IPM. Needs the impression images and the model (the CLI and the API provide both).
     """
 
+    limits = {"ipm_projections": ">= 1", "ipm_seed": ">= 0"}
     requires_fit = True
 
     def __init__(self, name: str = "c2ir", *, fit_on: str = "impressions", ipm: str = "mean_standardized",

@@ -21,6 +21,7 @@ from torch import nn
 
 from c2ir import distributed
 from c2ir.cache import ArtifactStore, file_sha256, make_key
+from c2ir.data.digests import DigestCache
 from c2ir.data.imageset import Normalizer
 from c2ir.device import resolve_device
 from c2ir.errors import C2IRError
@@ -32,9 +33,11 @@ from c2ir.stages import train
 
 log = logging.getLogger(__name__)
 
+DIGESTS_FOLDER = ".file-digests"  # under cache_root: the remembered SHA-256 of folder data files
+
 # Per stage: a code version; bump it when a stage's output format or algorithm changes.
 STAGE_VERSIONS = {"train": 2, "synthesize": 2, "collect_stats": 2, "weight_layers": 2, "features": 2,
-                  "image_scores": 2, "evaluate": 3, "model": 2}  # evaluate 3: per-layer AUROC
+                  "image_scores": 2, "evaluate": 4, "model": 2}  # evaluate 3: per-layer AUROC; 4: not_computable
 
 
 @dataclass(frozen=True)
@@ -168,6 +171,8 @@ class RunContext:
         self._data_specs: dict[str, dict[str, Any]] = {}
         self.device = resolve_device(str(cfg.device))
         self.dist = distributed.current()  # reads the process group the CLI joined; initialises nothing
+        # content digests of folder data, remembered while a file is unchanged (c2ir.data.digests)
+        self.digests = DigestCache(self.store.root / DIGESTS_FOLDER)
 
     # ----- config subsets -------------------------------------------------------------
     def key(self, stage: str, config: Mapping[str, Any], upstream: Mapping[str, str] | None = None) -> str:
@@ -189,7 +194,7 @@ class RunContext:
         spec["split"] = split
         from c2ir.data.sources import id_fingerprint
 
-        fingerprint = id_fingerprint(self.cfg.data, split)
+        fingerprint = id_fingerprint(self.cfg.data, split, self.digests)
         if fingerprint:
             spec["content"] = fingerprint
         return spec
@@ -216,7 +221,7 @@ class RunContext:
         spec = key_fields(self.cfg, "train")
         from c2ir.data.sources import id_fingerprint
 
-        content = id_fingerprint(self.cfg.data, "train")
+        content = id_fingerprint(self.cfg.data, "train", self.digests)
         if content:
             spec["data.content"] = content
         weights = self.cfg.model.get("weights") if self.cfg.model.get("arch") == "torchvision" else None

@@ -16,11 +16,12 @@ from typing import Any
 
 import numpy as np
 import torch
-from safetensors.torch import load_file
 from torch import nn
 
-from c2ir.cache import Artifact, atomic_save_tensors, atomic_write_json
+from c2ir.cache import (Artifact, DamagedFile, atomic_save_tensors, atomic_write_json, discard_verified,
+                        load_verified, save_verified)
 from c2ir.data.imageset import Normalizer
+from c2ir.errors import C2IRError
 from c2ir.extraction import batches
 from c2ir.impressions import BatchResult, SynthConfig, batch_seed, batch_targets, impression_grid, num_batches, synthesize_batch
 from c2ir.stages.common import RunContext, key_fields, plain
@@ -54,18 +55,17 @@ def compute_batches(ctx: RunContext, work: Path) -> None:
     mine = range(ctx.dist.rank, n_batches, ctx.dist.world)
     for b in mine:
         path = _batch_path(work, b)
-        if path.is_file() and batch_ok(path):
+        targets = batch_targets(k, sc.per_class, sc.batch_size, b)
+        if path.exists() and load_batch(path, targets, shape) is not None:
             log.info("synthesize: batch %d/%d already done (resuming)", b + 1, n_batches)
             continue
-        targets = batch_targets(k, sc.per_class, sc.batch_size, b)
         res = synthesize_multires(model, ctx.normalizer, targets, shape, sc, int(cfg.synth.get("warmup_iterations") or 0),
                                   batch_seed(sc.seed, b), ctx.device, desc=f"synthesize batch {b + 1}/{n_batches}",
                                   autocast_dtype=autocast, channels_last=channels_last)
         c = res.curves
         log.info("synthesize batch %d/%d: loss %.3f -> %.3f (ce %.3f, bn %.3f -> %.3f)", b + 1, n_batches,
                  float(c["total"][0]), float(c["total"][-1]), float(c["ce"][-1]), float(c["bn"][0]), float(c["bn"][-1]))
-        atomic_save_tensors(path, {"images": res.images, "targets": res.targets,
-                                   **{f"curve/{n}": v for n, v in c.items()}})
+        save_verified(path, {"images": res.images, "targets": res.targets, **{f"curve/{n}": v for n, v in c.items()}})
 
 
 def synthesize_multires(model: nn.Module, normalizer: Normalizer, targets: torch.Tensor, shape: tuple[int, int, int],
@@ -85,18 +85,30 @@ def synthesize_multires(model: nn.Module, normalizer: Normalizer, targets: torch
     return BatchResult(second.images, second.targets, curves)
 
 
-def batch_ok(path: Path) -> bool:
-    """A finished batch file that loads with the expected tensors; a damaged one is deleted (and recomputed)."""
+def batch_problem(t: dict[str, torch.Tensor], targets: torch.Tensor, shape: tuple[int, int, int]) -> str | None:
+    """Why the tensors of a batch file are not batch `targets` of images of `shape` (None: they are)."""
+    if not {"images", "targets"} <= set(t) or not any(k.startswith("curve/") for k in t):
+        return "missing tensors"
+    if not torch.equal(t["targets"], targets):
+        return "its targets are not this batch's classes"
+    if tuple(t["images"].shape) != (len(targets), *shape) or not torch.isfinite(t["images"]).all():
+        return f"images of shape {tuple(t['images'].shape)} (expected {(len(targets), *shape)}, finite)"
+    return None
+
+
+def load_batch(path: Path, targets: torch.Tensor, shape: tuple[int, int, int]) -> dict[str, torch.Tensor] | None:
+    """A finished batch file, verified (content hash, then its targets and image shape); a damaged one is
+    deleted with a warning (None: recompute it), so it is never assembled into the impressions."""
     try:
-        t = load_file(str(path))
-        if {"images", "targets"} <= set(t) and len(t["images"]) == len(t["targets"]) > 0:
-            return True
-        problem = "missing tensors"
-    except Exception as exc:  # noqa: BLE001 - safetensors raises its own error types for bad headers
-        problem = f"{type(exc).__name__}: {str(exc)[:80]}"
+        t, _ = load_verified(path)
+        problem = batch_problem(t, targets, shape)
+    except DamagedFile as exc:
+        problem = str(exc)
+    if problem is None:
+        return t
     log.warning("synthesize: damaged batch file %s (%s); discarding and recomputing it", path, problem)
-    path.unlink(missing_ok=True)
-    return False
+    discard_verified(path)
+    return None
 
 
 def assemble(ctx: RunContext, work: Path, out: Path) -> dict:
@@ -104,7 +116,14 @@ def assemble(ctx: RunContext, work: Path, out: Path) -> dict:
     sc = SynthConfig.from_cfg(ctx.cfg.synth)
     k = int(ctx.cfg.data.num_classes)
     n_batches = num_batches(k, sc.per_class, sc.batch_size)
-    parts = [load_file(str(_batch_path(work, b))) for b in range(n_batches)]  # each checked by batch_ok
+    shape = (int(ctx.cfg.data.channels), int(ctx.cfg.data.image_size), int(ctx.cfg.data.image_size))
+    parts = []
+    for b in range(n_batches):  # verified again as they are read: what is assembled is what was computed
+        part = load_batch(_batch_path(work, b), batch_targets(k, sc.per_class, sc.batch_size, b), shape)
+        if part is None:
+            raise C2IRError(f"synthesis batch {b + 1} was damaged while the impressions were assembled; run again "
+                            "(the damaged batch was discarded and will be recomputed)")
+        parts.append(part)
     images = torch.cat([p["images"] for p in parts])
     targets = torch.cat([p["targets"] for p in parts])
     curves = {n[6:]: torch.stack([p[n] for p in parts]) for n in parts[0] if n.startswith("curve/")}
@@ -147,8 +166,15 @@ def ensure(ctx: RunContext) -> Artifact:
     if found is not None:
         log.info("cache hit: synthesize/%s", art_key)
         return found
-    work = ctx.store.partial_dir("synthesize", art_key)
     config = {"synth": plain(ctx.cfg.synth), "model": key_fields(ctx.cfg, "model")}
+    with ctx.store.resumable("synthesize", art_key) as work:
+        art = _compute(ctx, art_key, work, config, inputs)
+    if ctx.dist.is_main:
+        shutil.rmtree(work, ignore_errors=True)
+    return art
+
+
+def _compute(ctx: RunContext, art_key: str, work: Path, config: dict, inputs: dict) -> Artifact:
     if ctx.dist.enabled:  # every rank fills its batches, then rank 0 publishes
         compute_batches(ctx, work)
         ctx.dist.barrier()
@@ -165,8 +191,6 @@ def ensure(ctx: RunContext) -> Artifact:
 
         art = ctx.store.get_or_create("synthesize", art_key, build, config=config,
                                       upstream={"model": ctx.model_key}, seed=int(ctx.cfg.synth.seed), inputs=inputs)
-    if ctx.dist.is_main:
-        shutil.rmtree(work, ignore_errors=True)
     return art
 
 
