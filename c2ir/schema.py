@@ -50,6 +50,10 @@ class SynthSchema:
     jitter: int = _spec("int", lo=0, example="2")
     flip: bool = _spec("bool")
     seed: int = _spec("int", lo=0, example="0")
+    lr_schedule: str = _spec("str", choices=("cosine", "linear", "constant"))  # = c2ir.synth_schedule.SCHEDULES
+    stop_patience: int = _spec("int", lo=0, example="20")
+    stop_tol: float = _spec("float", lo=0, hi=1, example="0.01")
+    bn_stats: str = _spec("str", choices=("hooks", "fused"))
     autocast: str = _spec("str", choices=("none", "bf16", "fp16"))
     channels_last: bool = _spec("bool")
     compile: bool = _spec("bool")

@@ -87,7 +87,11 @@ KEY_RULES: dict[str, KeyRule] = {
 # Fields declared after artifacts were cached, with the value that reproduces what the code did
 # before they were declared: at that value a field stays out of keys (so declaring a default
 # does not invalidate every cache); any other value enters the key like any field.
-KEY_NEUTRAL: dict[str, Any] = {"train.pad": None}  # null: max(1, data.image_size // 8), as before
+KEY_NEUTRAL: dict[str, Any] = {"train.pad": None,  # null: max(1, data.image_size // 8), as before
+                               # issue 20's synthesis options at the values of the code before them
+                               # (synth=deepinversion keeps the key of the former synth=default)
+                               "synth.lr_schedule": "cosine", "synth.warmup_iterations": 0,
+                               "synth.stop_patience": 0, "synth.stop_tol": 0.01, "synth.bn_stats": "hooks"}
 # Fields no stage's output depends on (how or where a run happens, not what it computes).
 RUNTIME_ONLY = ("stage", "device", "threads", "batch_size", "num_workers", "cache_root", "output_dir", "paths", "hydra",
                 "synth.autocast", "synth.channels_last", "synth.compile", *_MODEL_RUNTIME,
