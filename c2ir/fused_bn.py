@@ -37,7 +37,10 @@ def fast_channel_mean_var(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-channel batch mean and biased variance of (N, C, ...) activations from one mean and one
     L2-norm reduction per (sample, channel) (no autograd; see the module docstring for the accuracy)."""
     n, c = x.shape[:2]
-    flat = x.reshape(n, c, -1)
+    if x.dim() == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last):
+        flat = x.permute(0, 2, 3, 1).reshape(1, -1, c).transpose(1, 2)  # (1, C, N*H*W) view, no copy
+    else:
+        flat = x.reshape(n, c, -1)
     per = flat.shape[2]
     m_nc = flat.mean(2, dtype=torch.float32).double()
     q_nc = torch.linalg.vector_norm(flat, dim=2, dtype=torch.float32).double().square() / per

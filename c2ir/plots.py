@@ -176,7 +176,8 @@ def synthesis_curves(curves: Mapping[str, np.ndarray], names: Sequence[str] = ("
         for b, row in enumerate(arr):
             ax.plot(np.arange(1, len(row) + 1), row, lw=1.0, color=COLORS[b % len(COLORS)],
                     alpha=0.9 if len(arr) <= 10 else 0.35, label=f"batch {b + 1}" if len(arr) <= 10 else None)
-        if np.all(arr > 0) and arr.max() > 100 * arr.min():  # log only where it spans decades
+        finite = arr[np.isfinite(arr)]  # a batch stopped early is NaN-padded
+        if finite.size and np.all(finite > 0) and finite.max() > 100 * finite.min():  # log only where it spans decades
             from matplotlib.ticker import NullFormatter
 
             ax.set_yscale("log")
@@ -267,6 +268,51 @@ def sweep_panels(param: str, values: Sequence[str], panels: Mapping[str, Mapping
     if handles:
         fig.legend(handles, labels, loc="upper left", bbox_to_anchor=(1.0, 0.98), fontsize=7, frameon=False,
                    ncol=1 if len(dets) <= 20 else 2)
+    fig.tight_layout()
+    return fig
+
+
+def pareto_figure(points: Mapping[str, Sequence[Mapping[str, float | str]]], cost_label: str = "synthesis cost"):
+    """Quality against cost: AUROC and FPR95 (mean +- std over seeds) of each setting against its cost (log
+    scale), one colour per series (a detector or a model), its Pareto-optimal settings joined by a line.
+
+    `points[series]` = [{"cost", "auroc", "auroc_std", "fpr95", "fpr95_std", "label"}, ...]; a point whose
+    label is `highlight` in the dict ({"highlight": True}) is drawn as a star (e.g. the default setting).
+    """
+    from c2ir.report import pareto_front
+
+    plt = _plt()
+    fig, axes = plt.subplots(1, 2, figsize=(11.5, 3.8))
+    names = sorted(points, key=lambda d: (not d.startswith("c2ir"), d))
+    styles = line_styles(names)
+    for c, (metric, higher) in enumerate((("auroc", True), ("fpr95", False))):
+        ax = axes[c]
+        for name in names:
+            pts = sorted(points[name], key=lambda p: float(p["cost"]))
+            if not pts:
+                continue
+            xs = [float(p["cost"]) for p in pts]
+            ys = [float(p[metric]) for p in pts]
+            st = styles[name]
+            ax.errorbar(xs, ys, yerr=[float(p.get(f"{metric}_std", 0.0)) for p in pts], fmt="o", ms=3, capsize=2,
+                        color=st["color"], alpha=0.55)
+            front = [i for i, ok in enumerate(pareto_front(xs, ys, higher)) if ok]
+            ax.plot([xs[i] for i in front], [ys[i] for i in front], color=st["color"], linestyle=st["linestyle"],
+                    lw=1.6, label=name)
+            for p in pts:
+                if p.get("highlight"):
+                    ax.plot([float(p["cost"])], [float(p[metric])], marker="*", ms=11, color=st["color"],
+                            markeredgecolor="black", linestyle="none")
+                    ax.annotate(str(p.get("label", "")), (float(p["cost"]), float(p[metric])), fontsize=6,
+                                xytext=(4, 4), textcoords="offset points")
+        ax.set_xscale("log")
+        ax.set_xlabel(cost_label)
+        ax.set_ylabel(f"{metric} % (mean over OOD sets)")
+        ax.set_title(f"{metric} vs cost ({'higher' if higher else 'lower'} is better; line: Pareto front)", fontsize=9)
+        ax.grid(alpha=0.3, which="both")
+    handles, labels = axes[0].get_legend_handles_labels()
+    if handles:
+        fig.legend(handles, labels, loc="upper left", bbox_to_anchor=(1.0, 0.95), fontsize=7, frameon=False)
     fig.tight_layout()
     return fig
 

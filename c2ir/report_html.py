@@ -499,6 +499,48 @@ def sweep_panels_data(runs: Sequence[SweepRun], param: str, others: Sequence[str
                 for m, per_d in per_m.items()} for t, per_m in raw.items()}
 
 
+def cost_points(runs: Sequence[SweepRun], swept: Sequence[str]) -> tuple[dict[str, list[dict]], list[str], list[list[str]]]:
+    """Per detector, one point per setting: synthesis cost (forward+backward equivalents, from each run's
+    results.json `synthesis`), AUROC and FPR95 mean +- std over seeds; and the header and rows of the table."""
+    by_setting: dict[str, list[SweepRun]] = defaultdict(list)
+    for r in runs:
+        if isinstance(r.result.get("synthesis"), dict) and "cost" in r.result["synthesis"]:
+            by_setting[setting_of(r, swept) or "(all runs)"].append(r)
+    dets = sorted({d for group in by_setting.values() for g in group for d in g.result["metrics"]},
+                  key=lambda d: (not d.startswith("c2ir"), d))
+    points: dict[str, list[dict]] = defaultdict(list)
+    rows = []
+    for setting, group in sorted(by_setting.items(), key=lambda kv: np.mean([g.result["synthesis"]["cost"] for g in kv[1]])):
+        cost = float(np.mean([g.result["synthesis"]["cost"] for g in group]))
+        secs = [float(x) for x in (g.result["synthesis"].get("seconds") for g in group) if x is not None]
+        cells = [setting, f"{cost:,.0f}", f"{np.mean(secs):.1f}" if secs else "-"]
+        for det in dets:
+            have = [g.result for g in group if det in g.result["metrics"]]
+            if not have:
+                cells.append("-")
+                continue
+            au = mean_std([mean_over_oods(res, det, "auroc") for res in have])
+            fp = mean_std([mean_over_oods(res, det, "fpr95") for res in have])
+            points[det].append({"cost": cost, "auroc": au[0], "auroc_std": au[1], "fpr95": fp[0], "fpr95_std": fp[1],
+                                "label": setting})
+            cells.append(f"{au[0]:.1f} ± {au[1]:.1f} / {fp[0]:.1f}")
+        rows.append(cells)
+    return dict(points), ["setting", "cost (fwd+bwd)", "wall s", *(f"{d} AUROC / FPR95" for d in dets)], rows
+
+
+def _cost_section(page: Page, runs: Sequence[SweepRun], swept: Sequence[str]) -> None:
+    """AUROC and FPR95 against synthesis cost, when the sweep varies the synthesis (issue 20)."""
+    points, header, rows = cost_points(runs, swept)
+    if len({round(p["cost"], 3) for pts in points.values() for p in pts}) < 2:
+        return
+    page.section("cost", "Quality against synthesis cost")
+    page.text("Cost: forward+backward equivalents of the synthesis (one image through the model and back at full "
+              "resolution; a half-resolution iteration counts 1/4); wall seconds as measured by each run's build "
+              "(they depend on the machine's load). Line: the Pareto-optimal settings.")
+    page.figure("quality vs synthesis cost", lambda: plots.pareto_figure(points, "synthesis cost (fwd+bwd equivalents)"))
+    page.add(small_table(header, rows))
+
+
 def sweep_page(folder: Path, runs: Sequence[SweepRun], max_panels: int = 8) -> Page:
     page = Page("c2ir sweep report")
     swept = swept_parameters(runs)
@@ -522,6 +564,7 @@ def sweep_page(folder: Path, runs: Sequence[SweepRun], max_panels: int = 8) -> P
         values = sort_values({r.overrides.get(param) for r in runs})
         page.add(f"<h3>{esc(param)}</h3>")
         page.figure(f"metrics vs {param}", lambda p=param, v=values, d=data: plots.sweep_panels(p, v, d))
+    _cost_section(page, runs, swept)
     page.section("runs", "Runs")
     page.add(small_table(["run folder", "overrides"],
                          [[str(r.path.relative_to(folder)) if r.path.is_relative_to(folder) else str(r.path),

@@ -5,14 +5,17 @@ A DeepInversion iteration = jitter/flip + forward with BN-statistics hooks + los
 
 Every variant is measured side by side in one run (interleaved, order rotated each round), each
 against a bare forward+backward with the same option:
-  eager           fp32, default memory format, c2ir's fused BN statistics (`channel_mean_var`)
+  eager           fp32, default memory format, BN statistics from forward hooks (`channel_mean_var`,
+                  synth.bn_stats=hooks: synth=deepinversion's arithmetic)
+  fused           synth.bn_stats=fused: the statistics inside the BN layer (c2ir.fused_bn)
+  fused_cl        synth.bn_stats=fused with synth.channels_last=true
   previous        as eager, with the statistics of the previous release (sums + autograd)
   reference       as eager, with the textbook `torch.var_mean` + autograd statistics
   channels_last   synth.channels_last=true
   bf16            synth.autocast=bf16
   compile         synth.compile=true (torch.compile, inductor; compiled during the warm-up)
 
-    python scripts/bench_synthesis.py [--variants eager,previous,channels_last,bf16,compile] [--batch 200]
+    python scripts/bench_synthesis.py [--variants eager,fused,previous,channels_last,bf16,compile] [--batch 200]
                                       [--iters 3] [--repeats 7] [--device cpu] [--arch resnet20]
 """
 
@@ -31,7 +34,7 @@ from c2ir.data.imageset import Normalizer
 from c2ir.device import resolve_device
 from c2ir.impressions import SynthConfig, channel_mean_var_reference, synthesize_batch
 
-VARIANTS = ("eager", "previous", "reference", "channels_last", "bf16", "compile")
+VARIANTS = ("eager", "fused", "fused_cl", "previous", "reference", "channels_last", "bf16", "compile")
 
 
 def previous_stats(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -59,7 +62,7 @@ def make_variant(name: str, args: argparse.Namespace, device: torch.device):
     model = bench_model(args.arch, device)
     for q in model.parameters():
         q.requires_grad_(False)
-    channels_last = name == "channels_last"
+    channels_last = name in ("channels_last", "fused_cl")
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
     run_model = torch.compile(model) if name == "compile" else model
@@ -72,7 +75,8 @@ def make_variant(name: str, args: argparse.Namespace, device: torch.device):
     norm = Normalizer([0.485, 0.456, 0.406], [0.229, 0.224, 0.225])
     targets = torch.arange(args.batch) % 10
     x0 = torch.randn(args.batch, 3, 32, 32, device=device)
-    cfg = SynthConfig(iterations=args.iters, jitter=2, flip=True)
+    cfg = SynthConfig(iterations=args.iters, jitter=2, flip=True, warmup_iterations=0, lr_schedule="cosine",
+                      stop_patience=0, bn_stats="fused" if name.startswith("fused") else "hooks")
 
     def bare() -> None:
         for _ in range(args.iters):

@@ -132,8 +132,12 @@ def flatten(node: Any, prefix: str = "") -> dict[str, Any]:
 
 def key_fields(cfg: Any, rule: str, name: str | None = None) -> dict[str, Any]:
     """The values of the config fields `KEY_RULES[rule]` selects, as {dotted path: value}."""
+    return select_fields(flatten(plain(cfg)), rule, name)
+
+
+def select_fields(flat: Mapping[str, Any], rule: str, name: str | None = None) -> dict[str, Any]:
+    """`key_fields` on an already flattened config (`RunContext` flattens its config once)."""
     r = KEY_RULES[rule]
-    flat = flatten(plain(cfg))
     return {p: v for p, v in sorted(flat.items())
             if any(_matches(f, p, name) for f in r.fields)
             and not any(_matches(x, p, name) for x in (*r.exclude, *RUNTIME_ONLY))
@@ -173,9 +177,14 @@ class RunContext:
     def key(self, stage: str, config: Mapping[str, Any], upstream: Mapping[str, str] | None = None) -> str:
         return make_key(stage, {"v": STAGE_VERSIONS[stage], **config}, upstream)
 
+    @functools.cached_property
+    def flat_config(self) -> dict[str, Any]:
+        """The resolved config as {dotted path: value}, computed once (resolving it is most of a key's cost)."""
+        return flatten(plain(self.cfg))
+
     def fields(self, rule: str, name: str | None = None) -> dict[str, Any]:
         """The config fields `KEY_RULES[rule]` selects (see `key_fields`)."""
-        return key_fields(self.cfg, rule, name)
+        return select_fields(self.flat_config, rule, name)
 
     def data_spec(self, split: str) -> dict[str, Any]:
         """Key fields of an ID split, plus a fingerprint of the files when it comes from a folder
@@ -185,7 +194,7 @@ class RunContext:
         return dict(self._data_specs[split])
 
     def _data_spec(self, split: str) -> dict[str, Any]:
-        spec = key_fields(self.cfg, f"features:id_{split}")
+        spec = self.fields(f"features:id_{split}")
         spec["split"] = split
         from c2ir.data.sources import id_fingerprint
 
@@ -213,7 +222,7 @@ class RunContext:
 
     @functools.cached_property
     def train_key(self) -> str:
-        spec = key_fields(self.cfg, "train")
+        spec = self.fields("train")
         from c2ir.data.sources import id_fingerprint
 
         content = id_fingerprint(self.cfg.data, "train")
@@ -227,7 +236,7 @@ class RunContext:
     def model_key(self) -> str:
         if self.uses_training:
             return self.train_key
-        return self.key("model", key_fields(self.cfg, "model"), {"checkpoint": self.checkpoint_sha or ""})
+        return self.key("model", self.fields("model"), {"checkpoint": self.checkpoint_sha or ""})
 
     @functools.cached_property
     def model_digest(self) -> str:

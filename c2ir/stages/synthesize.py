@@ -22,14 +22,14 @@ from c2ir.cache import Artifact, atomic_save_tensors, atomic_write_json
 from c2ir.extraction import batches
 from c2ir.impressions import (SynthConfig, batch_seed, batch_targets, impression_grid, last_values, num_batches,
                               stack_curves, synthesize_batch)
-from c2ir.stages.common import RunContext, key_fields, plain
+from c2ir.stages.common import RunContext, plain
 from c2ir.synth_schedule import progress_plan, synthesis_cost
 
 log = logging.getLogger(__name__)
 
 
 def key(ctx: RunContext) -> str:
-    return ctx.key("synthesize", key_fields(ctx.cfg, "synthesize"), {"model": ctx.model_key})
+    return ctx.key("synthesize", ctx.fields("synthesize"), {"model": ctx.model_key})
 
 
 def _batch_path(work: Path, b: int) -> Path:
@@ -148,7 +148,7 @@ def ensure(ctx: RunContext) -> Artifact:
         log.info("cache hit: synthesize/%s", art_key)
         return found
     work = ctx.store.partial_dir("synthesize", art_key)
-    config = {"synth": plain(ctx.cfg.synth), "model": key_fields(ctx.cfg, "model")}
+    config = {"synth": plain(ctx.cfg.synth), "model": ctx.fields("model")}
     if ctx.dist.enabled:  # every rank fills its batches, then rank 0 publishes
         compute_batches(ctx, work)
         ctx.dist.barrier()
@@ -168,6 +168,17 @@ def ensure(ctx: RunContext) -> Artifact:
     if ctx.dist.is_main:
         shutil.rmtree(work, ignore_errors=True)
     return art
+
+
+def cost_summary(art: Artifact) -> dict:
+    """What the synthesis cost: impressions, forward+backward equivalents (`synth_schedule.synthesis_cost`) and
+    the wall seconds of the process that built it (resumed or sharded work not included)."""
+    s = art.json("summary.json")
+    cost = s.get("cost")
+    if cost is None:  # built before issue 20: every batch ran all its iterations
+        synth = art.manifest.get("config", {}).get("synth", {})
+        cost = synthesis_cost([s["count"]], [int(synth.get("iterations", 0))], [int(synth.get("warmup_iterations") or 0)])
+    return {"impressions": int(s["count"]), "cost": float(cost), "seconds": art.manifest.get("seconds")}
 
 
 def load(art: Artifact) -> tuple[torch.Tensor, torch.Tensor]:
