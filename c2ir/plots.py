@@ -17,7 +17,7 @@ import numpy as np
 
 from c2ir.metrics import roc_points
 
-VERSION = 1  # bump when a figure changes: cached report figures are keyed by it
+VERSION = 2  # bump when a figure changes: cached report figures are keyed by it (2: hist_<det> cut from the panels)
 COLORS = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf")
 LINESTYLES = ("-", "--", ":", "-.")
 
@@ -117,20 +117,53 @@ def histogram_panels(scores: Mapping[str, Mapping[str, np.ndarray]], id_name: st
     fig.legend(handles, labels, loc="upper center", ncol=min(len(sets), 6), fontsize=8, frameon=False,
                bbox_to_anchor=(0.5, 1.0))
     fig.supxlabel("score (higher = more OOD); x range: 0.5-99.5 percentile of all sets", fontsize=8)
-    fig.tight_layout(rect=(0, 0, 1, 0.97))
+    # fixed margins in inches instead of tight_layout, which measures every tick label of every panel
+    # (about as long as drawing the figure again)
+    height = 2.4 * rows
+    fig.subplots_adjust(left=0.02, right=0.98, bottom=0.55 / height, top=1 - 0.5 / height, wspace=0.12, hspace=0.45)
     return fig
 
 
-def detector_histogram(per: Mapping[str, np.ndarray], det: str, id_name: str, oods: Sequence[str]):
-    """One detector's ID vs OOD score histograms (the per-detector PNG scripts use)."""
+def panel_pngs(fig, names: Sequence[str], dpi: int = 90) -> tuple[bytes, dict[str, bytes]]:
+    """The PNG of a small-multiples figure and, from the same single rendering, one PNG per panel (the
+    figure's i-th axes, with its title and ticks, under the figure legend): drawing each panel as a
+    figure of its own cost a full figure rendering per panel (most of a run page's drawing time).
+    `names[i]` names the i-th axes; the figure is closed."""
     plt = _plt()
-    fig, ax = plt.subplots(figsize=(6, 4))
-    bins = _bins([per[s] for s in [id_name, *oods]])
-    for s in [id_name, *oods]:
-        ax.hist(np.clip(per[s], bins[0], bins[-1]), bins=bins, histtype="step", density=True, label=s, lw=1.2)
-    ax.set(xlabel=f"{det} score (higher = more OOD)", ylabel="density", title=f"{det}: ID vs OOD scores")
-    ax.legend(fontsize=7)
-    return fig
+    try:
+        fig.set_dpi(dpi)
+        fig.canvas.draw()
+        renderer = fig.canvas.get_renderer()
+        rgba = np.asarray(fig.canvas.buffer_rgba())
+        height = rgba.shape[0]
+
+        def crop(bbox, pad: int = 4) -> np.ndarray:
+            x0, x1 = max(0, int(bbox.x0) - pad), min(rgba.shape[1], int(np.ceil(bbox.x1)) + pad)
+            y0, y1 = max(0, height - int(np.ceil(bbox.y1)) - pad), min(height, height - int(bbox.y0) + pad)
+            return rgba[y0:y1, x0:x1, :3]
+
+        legend = crop(fig.legends[0].get_window_extent(renderer)) if fig.legends else None
+        per = {}
+        for name, ax in zip(names, fig.axes):
+            part = crop(ax.get_tightbbox(renderer))
+            if legend is not None:
+                width = max(part.shape[1], legend.shape[1])
+                canvas = np.full((legend.shape[0] + part.shape[0], width, 3), 255, dtype=np.uint8)
+                canvas[:legend.shape[0], :legend.shape[1]] = legend
+                canvas[legend.shape[0]:, :part.shape[1]] = part
+                part = canvas
+            per[name] = _encode(part)
+        return _encode(rgba[:, :, :3]), per
+    finally:
+        plt.close(fig)
+
+
+def _encode(pixels: np.ndarray) -> bytes:
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(np.ascontiguousarray(pixels)).save(buf, format="png")
+    return buf.getvalue()
 
 
 def labelled_grid(images: np.ndarray, targets: np.ndarray, predicted: np.ndarray, num_classes: int,
@@ -188,7 +221,7 @@ def synthesis_curves(curves: Mapping[str, np.ndarray], names: Sequence[str] = ("
         ax.grid(alpha=0.3)
     if 1 < len(np.atleast_2d(np.asarray(curves[present[0]]))) <= 10:
         axes[0][0].legend(fontsize=7)
-    fig.tight_layout()
+    fig.subplots_adjust(left=0.05, right=0.99, bottom=0.17, top=0.9, wspace=0.3)  # fixed: tight_layout costs a draw
     return fig
 
 
