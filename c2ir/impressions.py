@@ -342,13 +342,21 @@ def last_values(curves: torch.Tensor) -> torch.Tensor:
 
 
 def impression_grid(images: torch.Tensor, targets: torch.Tensor, num_classes: int, per_row: int = 10) -> torch.Tensor:
-    """A (C, H, W) grid with one row per class (the first `per_row` impressions of each)."""
-    from torchvision.utils import make_grid
-
+    """A (3, H, W) grid with one row per class (the first `per_row` impressions of each), 1-pixel white
+    borders (the layout of torchvision's `make_grid(..., padding=1, pad_value=1)`, without importing it)."""
     rows = []
     for c in range(num_classes):
         sel = images[targets == c][:per_row]
         if len(sel) < per_row:
             sel = torch.cat([sel, torch.zeros(per_row - len(sel), *images.shape[1:])])
         rows.append(sel)
-    return make_grid(torch.cat(rows), nrow=per_row, padding=1, pad_value=1.0)
+    tiles = torch.cat(rows)
+    if tiles.shape[1] == 1:
+        tiles = tiles.expand(-1, 3, -1, -1)
+    _, ch, h, w = tiles.shape
+    n_rows = math.ceil(len(tiles) / per_row)
+    grid = torch.ones(ch, n_rows * (h + 1) + 1, per_row * (w + 1) + 1, dtype=tiles.dtype)
+    for i, tile in enumerate(tiles):
+        r, c = divmod(i, per_row)
+        grid[:, 1 + r * (h + 1):1 + r * (h + 1) + h, 1 + c * (w + 1):1 + c * (w + 1) + w] = tile
+    return grid

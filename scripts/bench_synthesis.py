@@ -16,7 +16,11 @@ against a bare forward+backward with the same option:
   compile         synth.compile=true (torch.compile, inductor; compiled during the warm-up)
 
     python scripts/bench_synthesis.py [--variants eager,fused,previous,channels_last,bf16,compile] [--batch 200]
-                                      [--iters 3] [--repeats 7] [--device cpu] [--arch resnet20]
+                                      [--iters 3] [--repeats 7] [--device cpu] [--arch resnet20] [--clock cpu]
+
+`--clock cpu` times with the process's CPU time instead of the wall clock: with one torch thread
+(`--threads 1`) that is the work done, much less disturbed by other jobs on a shared machine than
+the wall time (CPU only).
 """
 
 from __future__ import annotations
@@ -101,14 +105,20 @@ def main() -> None:
     p.add_argument("--repeats", type=int, default=7)
     p.add_argument("--device", default="cpu")
     p.add_argument("--arch", default="resnet20")
+    p.add_argument("--clock", choices=("wall", "cpu"), default="wall")
+    p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     args = p.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    clock = time.process_time if args.clock == "cpu" else time.perf_counter
     names = [v for v in args.variants.split(",") if v]
     bad = [v for v in names if v not in VARIANTS]
     if bad:
         raise SystemExit(f"bench_synthesis: error: unknown variant(s) {bad}; choose from {', '.join(VARIANTS)}")
     device = resolve_device(args.device)
     print(f"device={device} arch={args.arch} batch={args.batch} iters/timing={args.iters} repeats={args.repeats} "
-          f"threads={torch.get_num_threads()} torch={torch.__version__} load average at start {os.getloadavg()}")
+          f"threads={torch.get_num_threads()} clock={args.clock} torch={torch.__version__} "
+          f"load average at start {os.getloadavg()}")
     fns = {}
     for name in names:
         bare, synth = make_variant(name, args, device)
@@ -122,10 +132,10 @@ def main() -> None:
         shift = r % len(order)
         for k in order[shift:] + order[:shift]:
             sync(device)
-            t0 = time.perf_counter()
+            t0 = clock()
             fns[k]()
             sync(device)
-            times[k].append((time.perf_counter() - t0) / args.iters)
+            times[k].append((clock() - t0) / args.iters)
     base = statistics.median(times[(names[0], "bare")])
     print(f"load average at end {os.getloadavg()}")
     print(f"{'variant':14s} {'bare min/med ms':>17s} {'synth min/med ms':>18s} {'ratio med':>9s} {'ratio min':>9s} "

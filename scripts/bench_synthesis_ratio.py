@@ -5,8 +5,10 @@ subprocess, `--repeats` times, the order rotated every round. The model (trained
 once first, untimed. Each synthesis gets a fresh `synth.seed` per round (the same for every setting), and
 the script deletes the synthesize artifact it just made, so nothing is a cache hit. Reported per setting:
 the synthesis build time (the artifact manifest's `seconds`: the batches plus assembling them, without
-Python start-up, imports and model loading), the subprocess wall time, the forward+backward equivalents,
-and both times relative to the first setting (medians over rounds).
+Python start-up, imports and model loading), the CPU seconds of its batches (the manifest's
+`timing.batch_cpu_seconds`: with `threads=1` the work done, which other jobs on a shared machine disturb much
+less than the wall time), the subprocess wall time, the forward+backward equivalents, and the times
+relative to the first setting (medians over rounds).
 
     python scripts/bench_synthesis_ratio.py --models digits,resnet20 --settings synth=deepinversion,synth=default
     python scripts/bench_synthesis_ratio.py --models digits --repeats 3 --cache-root /tmp/ratio -- threads=2
@@ -68,20 +70,22 @@ def main(argv: list[str] | None = None) -> int:
                 if hit is None:
                     raise SystemExit(f"bench_synthesis_ratio: {s}: the synthesis was a cache hit; use a fresh --cache-root")
                 art = args.cache_root.expanduser() / "synthesize" / hit.group(1)
-                seconds = float(json.loads((art / "manifest.json").read_text())["seconds"])
-                cost = float(json.loads((art / "summary.json").read_text()).get("cost", float("nan")))
+                manifest = json.loads((art / "manifest.json").read_text())
+                seconds, cpu = float(manifest["seconds"]), float(manifest["timing"]["batch_cpu_seconds"])
+                cost = float(json.loads((art / "summary.json").read_text())["cost"])
                 shutil.rmtree(art)
-                times[s].append((seconds, wall, cost))
-                print(f"  {model} round {r + 1} {s}: synthesis {seconds:.2f} s, process {wall:.2f} s", flush=True)
-        ref_s = statistics.median(t[0] for t in times[settings[0]])
-        ref_w = statistics.median(t[1] for t in times[settings[0]])
+                times[s].append((seconds, wall, cpu, cost))
+                print(f"  {model} round {r + 1} {s}: synthesis {seconds:.2f} s (CPU of its batches {cpu:.2f} s), "
+                      f"process {wall:.2f} s", flush=True)
+        ref = [statistics.median(t[i] for t in times[settings[0]]) for i in range(3)]
         print(f"\n{model}: median over {args.repeats} round(s)")
-        print("| setting | synthesis s | process s | cost (fwd+bwd) | synthesis / first | process / first |")
-        print("|---|---|---|---|---|---|")
+        print("| setting | synthesis s | its batches' CPU s | process s | cost (fwd+bwd) | synthesis / first | "
+              "CPU / first | process / first |")
+        print("|---|---|---|---|---|---|---|---|")
         for s in settings:
-            sec = statistics.median(t[0] for t in times[s])
-            wall = statistics.median(t[1] for t in times[s])
-            print(f"| {s} | {sec:.2f} | {wall:.2f} | {times[s][0][2]:,.0f} | {sec / ref_s:.3f} | {wall / ref_w:.3f} |")
+            med = [statistics.median(t[i] for t in times[s]) for i in range(3)]
+            print(f"| {s} | {med[0]:.2f} | {med[2]:.2f} | {med[1]:.2f} | {times[s][0][3]:,.0f} | {med[0] / ref[0]:.3f} | "
+                  f"{med[2] / ref[2]:.3f} | {med[1] / ref[1]:.3f} |")
     print(f"\nload average at end {os.getloadavg()}")
     return 0
 

@@ -235,3 +235,15 @@ def test_bad_synthesis_options_are_one_line_errors(tmp_path, override, named):
     with pytest.raises(C2IRError) as err:
         validate(make_cfg(tmp_path, [override]))
     assert named in str(err.value) and "\n" not in str(err.value)
+
+
+def test_impression_grid_is_torchvisions_make_grid_layout():
+    """One row per class, white 1-pixel borders, grey images as RGB (torchvision's make_grid, without importing it)."""
+    from torchvision.utils import make_grid
+
+    from c2ir.impressions import impression_grid
+
+    x = torch.rand(23, 1, 8, 8, generator=torch.Generator().manual_seed(0))
+    t = torch.arange(23) % 3
+    rows = [torch.cat([x[t == c][:10], torch.zeros(10 - min(10, int((t == c).sum())), 1, 8, 8)]) for c in range(3)]
+    assert torch.equal(impression_grid(x, t, 3), make_grid(torch.cat(rows), nrow=10, padding=1, pad_value=1.0))

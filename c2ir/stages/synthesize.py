@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import shutil
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -66,6 +67,7 @@ def compute_batches(ctx: RunContext, work: Path) -> None:
                 log.info("synthesize: batch %d/%d already done (resuming)", b + 1, n_batches)
                 continue
             targets = batch_targets(k, sc.per_class, sc.batch_size, b)
+            wall, cpu = time.perf_counter(), time.process_time()
             res = synthesize_batch(model, ctx.normalizer, targets, shape, sc, batch_seed(sc.seed, b), ctx.device,
                                    desc=f"synthesize batch {b + 1}/{n_batches}", autocast_dtype=autocast,
                                    channels_last=channels_last, progress=bar)
@@ -75,8 +77,10 @@ def compute_batches(ctx: RunContext, work: Path) -> None:
             log.info("synthesize batch %d/%d: loss %.3f -> %.3f (ce %.3f, bn %.3f -> %.3f) in %d iterations", b + 1,
                      n_batches, float(c["total"][0]), float(c["total"][-1]), float(c["ce"][-1]), float(c["bn"][0]),
                      float(c["bn"][-1]), res.iterations)
+            timing = torch.tensor([time.perf_counter() - wall, time.process_time() - cpu], dtype=torch.float64)
             atomic_save_tensors(_batch_path(work, b), {"images": res.images, "targets": res.targets,
                                                        "low_iterations": torch.tensor([res.low_iterations]),
+                                                       "timing": timing,  # wall and CPU seconds of this batch
                                                        **{f"curve/{n}": v for n, v in c.items()}})
 
 
@@ -122,11 +126,14 @@ def assemble(ctx: RunContext, work: Path, out: Path) -> dict:
         # forward+backward equivalents (one image through the model and back at full resolution)
         "cost": synthesis_cost([len(p["targets"]) for p in parts], [r - lo for r, lo in zip(runs, low)], low),
     }
+    # in the manifest, not in a file: the artifact's content (and digest) does not depend on the machine's speed
+    timing = {"batch_seconds": sum(float(p["timing"][0]) for p in parts if "timing" in p),
+              "batch_cpu_seconds": sum(float(p["timing"][1]) for p in parts if "timing" in p)}
     atomic_write_json(out / "summary.json", summary)
     _save_grid(impression_grid(images, targets, k), out / "impressions_grid.png")
     log.info("synthesize: %d impressions, %.1f%% assigned to their target class; BN loss %.3f -> %.3f",
              len(images), 100 * share, bn_first, bn_last)
-    return {"summary": summary}
+    return {"summary": summary, "timing": timing}
 
 
 def _save_grid(grid: torch.Tensor, path: Path) -> None:
@@ -171,14 +178,17 @@ def ensure(ctx: RunContext) -> Artifact:
 
 
 def cost_summary(art: Artifact) -> dict:
-    """What the synthesis cost: impressions, forward+backward equivalents (`synth_schedule.synthesis_cost`) and
-    the wall seconds of the process that built it (resumed or sharded work not included)."""
+    """What the synthesis cost: impressions, forward+backward equivalents (`synth_schedule.synthesis_cost`), the
+    wall seconds of the process that built it (resumed or sharded work not included) and, since issue 20, the
+    wall and CPU seconds of its batches summed (`batch_seconds`, `batch_cpu_seconds`: resumed batches and
+    other ranks' included)."""
     s = art.json("summary.json")
     cost = s.get("cost")
     if cost is None:  # built before issue 20: every batch ran all its iterations
         synth = art.manifest.get("config", {}).get("synth", {})
         cost = synthesis_cost([s["count"]], [int(synth.get("iterations", 0))], [int(synth.get("warmup_iterations") or 0)])
-    return {"impressions": int(s["count"]), "cost": float(cost), "seconds": art.manifest.get("seconds")}
+    return {"impressions": int(s["count"]), "cost": float(cost), "seconds": art.manifest.get("seconds"),
+            **art.manifest.get("timing", {})}
 
 
 def load(art: Artifact) -> tuple[torch.Tensor, torch.Tensor]:
