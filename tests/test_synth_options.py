@@ -247,3 +247,40 @@ def test_impression_grid_is_torchvisions_make_grid_layout():
     t = torch.arange(23) % 3
     rows = [torch.cat([x[t == c][:10], torch.zeros(10 - min(10, int((t == c).sum())), 1, 8, 8)]) for c in range(3)]
     assert torch.equal(impression_grid(x, t, 3), make_grid(torch.cat(rows), nrow=10, padding=1, pad_value=1.0))
+
+
+def test_progress_bar_covers_the_whole_synthesis_and_counts_resumed_batches(tmp_path, monkeypatch):
+    """One bar for all batches: total = batches x iterations, a resumed batch starts it further on, and the
+    description counts impressions done of the total."""
+    from c2ir.stages import synthesize
+    from c2ir.stages.common import RunContext
+
+    ctx = RunContext(make_cfg(tmp_path, ["synth=fast", "train.epochs=1", "synth.per_class=3", "synth.batch_size=10",
+                                         "synth.iterations=4"]))
+    work = tmp_path / "work"
+    synthesize.compute_batches(ctx, work)  # 3 batches of 10
+    (work / "batch_00001.safetensors").unlink()
+    bars = []
+
+    class Bar:
+        def __init__(self, **kw):
+            self.kw, self.n, self.descs = kw, kw.get("initial", 0), []
+            bars.append(self)
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            return False
+
+        def update(self, k=1):
+            self.n += k
+
+        def set_description_str(self, s):
+            self.descs.append(s)
+
+    monkeypatch.setattr(synthesize, "tqdm", Bar)
+    synthesize.compute_batches(ctx, work)
+    (bar,) = bars
+    assert (bar.kw["total"], bar.kw["initial"]) == (12, 8) and bar.n == 12
+    assert bar.kw["desc"] == "synthesize 20/30 impressions" and bar.descs == ["synthesize 30/30 impressions"]
