@@ -35,7 +35,7 @@ from c2ir.errors import C2IRError
 from c2ir.extraction import ForwardHook, ForwardHooks, bn_layers
 from c2ir.fused_bn import FusedBNStatLoss
 from c2ir.models.state import frozen_eval
-from c2ir.synth_schedule import lr_values, plateaued
+from c2ir.synth_schedule import lr_values, phase_iterations, plateaued
 
 log = logging.getLogger(__name__)
 
@@ -44,23 +44,29 @@ StatsFn = Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
 
 @dataclass
 class SynthConfig:
-    """DeepInversion settings; the defaults are the CLI's `synth=default` (configs/synth/default.yaml,
-    docs/BENCHMARKS.md section 14). `synth=deepinversion` is the setting before issue 20 (40 per class,
-    300 iterations, cosine schedule, hooked statistics); `synth=paper` (per_class=100, batch_size=256,
-    iterations=2000, lr=0.05) is the GPU setting.
+    """DeepInversion settings; the defaults are the CLI's `synth=default` (configs/synth/default.yaml): 40
+    impressions per class in batches of 200, each batch 60 iterations at half resolution then 15 at full size,
+    Adam lr 0.25 with a cosine decay, fused BN statistics: about a tenth of the cost of `synth=deepinversion`
+    (the default before issue 20: 300 full-size iterations at lr 0.1, hooked statistics) at the same
+    detection quality (docs/BENCHMARKS.md section 14). `synth=paper` (per_class=100, batch_size=256,
+    iterations=2000, lr=0.05) is DeepInversion's CIFAR setting, for GPUs.
 
-    Options that cut the cost (each measured in docs/BENCHMARKS.md section 14):
-    `lr_schedule` (cosine | linear | constant, `synth_schedule.lr_values`); `warmup_iterations`:
-    DeepInversion's multi-resolution start (Yin et al. 2020, Sec. 3.3: iterations at half resolution
-    first, a quarter of the cost each); `stop_patience` / `stop_tol`: stop a batch when its loss has
-    stopped improving (`synth_schedule.plateaued`); `bn_stats`: `hooks` (forward hooks, `torch.var_mean`)
-    or `fused` (the statistics inside the BatchNorm layer, `c2ir.fused_bn`: same values to ~1e-6, a
-    cheaper iteration)."""
+    The options that cut the cost, each measured in docs/BENCHMARKS.md section 14:
+    - `warmup_iterations`: DeepInversion's multi-resolution start (Yin et al., CVPR 2020; their ImageNet code's
+      setting 0 runs 2k iterations at 112 px before 1k at 224 px): the model sees the images 2x average-pooled,
+      at a quarter of the cost per iteration; `warmup_min_size` skips it for images too small to halve
+      (`synth_schedule.phase_iterations`).
+    - `lr_schedule` (cosine | linear | constant, `synth_schedule.lr_values`): cosine annealing as in SGDR
+      (Loshchilov & Hutter, ICLR 2017), which lets a short run take large steps first.
+    - `stop_patience` / `stop_tol`: stop a batch when its loss stops improving (`synth_schedule.plateaued`).
+    - `bn_stats`: `hooks` (forward hooks, `torch.var_mean`: the former arithmetic) or `fused` (the statistics
+      inside the BatchNorm layer, `c2ir.fused_bn`: same values to ~1e-6, about 0.7x the cost per iteration).
+    """
 
     per_class: int = 40
     batch_size: int = 200
-    iterations: int = 300
-    lr: float = 0.1
+    iterations: int = 15
+    lr: float = 0.25
     betas: tuple[float, float] = (0.5, 0.9)
     ce_weight: float = 1.0
     bn_weight: float = 10.0
@@ -72,10 +78,11 @@ class SynthConfig:
     flip: bool = True
     seed: int = 0
     lr_schedule: str = "cosine"
-    warmup_iterations: int = 0
+    warmup_iterations: int = 60
+    warmup_min_size: int = 16  # half-resolution warm-up only when half the image is at least this (px)
     stop_patience: int = 0  # 0: every batch runs all its iterations
     stop_tol: float = 0.01
-    bn_stats: str = "hooks"
+    bn_stats: str = "fused"
 
     @classmethod
     def from_cfg(cls, cfg: object) -> "SynthConfig":
@@ -223,17 +230,21 @@ def synthesize_batch(model: nn.Module, normalizer: Normalizer, targets: torch.Te
     """Optimise one batch of impressions for `targets` (1-D class indices), from noise or from `init`
     (normalised inputs). With `cfg.warmup_iterations` > 0, DeepInversion's multi-resolution schedule
     (their ImageNet setting 0): that many iterations where the model sees the images 2x average-pooled
-    (jitter halved), then `cfg.iterations` at full size, each phase with a fresh Adam and the same seed.
+    (jitter halved), then `cfg.iterations` at full size, each phase with a fresh Adam and the same seed
+    (images too small to halve, below `cfg.warmup_min_size` at half size, run the warm-up's cost at full
+    size: `synth_schedule.phase_iterations`).
     `stats_fn` computes the per-channel BN-input statistics of `bn_stats=hooks` (default
     `channel_mean_var`; tests pass the reference formula). `progress`: a bar advanced once per
     iteration (by the iterations a plateau stop skips, too); None: a bar of this batch only."""
     kw = dict(autocast_dtype=autocast_dtype, channels_last=channels_last, stats_fn=stats_fn, progress=progress)
+    low_its, full_its = phase_iterations(min(shape[-2:]), cfg.iterations, cfg.warmup_iterations, cfg.warmup_min_size)
+    cfg = dataclasses.replace(cfg, iterations=full_its, warmup_iterations=low_its)
     with frozen_eval(model):
-        if cfg.warmup_iterations <= 0:
+        if low_its <= 0:
             return _synthesize_batch(model, normalizer, targets, shape, cfg, seed, device, desc, init=init, **kw)
         low = nn.Sequential(nn.AvgPool2d(2), model)
         first = _synthesize_batch(low, normalizer, targets, shape,
-                                  dataclasses.replace(cfg, iterations=cfg.warmup_iterations, jitter=cfg.jitter // 2),
+                                  dataclasses.replace(cfg, iterations=low_its, jitter=cfg.jitter // 2),
                                   seed, device, f"{desc} (half resolution)", init=init, **kw)
         second = _synthesize_batch(model, normalizer, targets, shape, cfg, seed, device, desc,
                                    init=normalizer(first.images), **kw)

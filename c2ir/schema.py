@@ -39,6 +39,7 @@ class SynthSchema:
     batch_size: int = _spec("int", lo=1, example="200")
     iterations: int = _spec("int", lo=1, example="300")
     warmup_iterations: int = _spec("int", lo=0, example="2000")
+    warmup_min_size: int = _spec("int", lo=1, example="16")
     lr: float = _spec("float", lo=0, lo_open=True, example="0.1")
     betas: list = _spec("floats", lo=0, hi=1, length=2, example="[0.5,0.9]")
     ce_weight: float = _spec("float", lo=0, example="1.0")

@@ -1,6 +1,7 @@
 """When a synthesis batch does what, and what it costs (pure functions, no model).
 
 - `lr_values`: the learning rate of every iteration for `synth.lr_schedule`.
+- `phase_iterations`: how many iterations of a batch run at half and at full resolution.
 - `plateaued`: DeepInversion batches run a fixed number of iterations; `synth.stop_patience`
   stops a batch early once its loss has stopped improving (early stopping on a plateau, as in
   Prechelt, "Early Stopping - But When?", 1998, applied to the optimised inputs instead of weights).
@@ -47,6 +48,18 @@ def lr_values(schedule: str, lr: float, iterations: int) -> list[float]:
                 cur = (1 + math.cos(math.pi * t / t_max)) / (1 + math.cos(math.pi * (t - 1) / t_max)) * cur
         out.append(cur)
     return out
+
+
+def phase_iterations(image_size: int, iterations: int, warmup_iterations: int, warmup_min_size: int) -> tuple[int, int]:
+    """(half-resolution, full-resolution) iterations of one batch. The half-resolution warm-up runs when half
+    the image is at least `warmup_min_size` pixels; a smaller image (the 8 px digits: 4 px at half size,
+    too small for the model's convolutions and pooling to see anything) runs the warm-up's cost at full
+    resolution instead, a quarter of its iterations (`LOW_RES_FACTOR`)."""
+    if warmup_iterations <= 0:
+        return 0, iterations
+    if image_size // 2 >= warmup_min_size:
+        return warmup_iterations, iterations
+    return 0, iterations + round(warmup_iterations * LOW_RES_FACTOR)
 
 
 def plateaued(losses: Sequence[float], patience: int, tol: float) -> bool:

@@ -122,7 +122,7 @@ def test_fused_bn_needs_frozen_parameters():
 def test_synthesis_with_fused_statistics_follows_the_hooked_one():
     model, norm = _model()
     t = batch_targets(10, 3, 30, 0)
-    runs = {s: synthesize_batch(model, norm, t, (1, 8, 8), SynthConfig(iterations=8, jitter=1, bn_stats=s), seed=2)
+    runs = {s: synthesize_batch(model, norm, t, (1, 8, 8), SynthConfig(iterations=8, jitter=1, bn_stats=s, warmup_iterations=0), seed=2)
             for s in ("hooks", "fused")}
     for k in ("total", "bn", "ce"):
         torch.testing.assert_close(runs["fused"].curves[k], runs["hooks"].curves[k], rtol=1e-4, atol=1e-5)
@@ -134,8 +134,9 @@ def test_synthesis_with_fused_statistics_follows_the_hooked_one():
 def test_plateau_stop_shortens_a_batch_and_reports_its_iterations():
     model, norm = _model()
     t = batch_targets(10, 2, 20, 0)
-    full = synthesize_batch(model, norm, t, (1, 8, 8), SynthConfig(iterations=60, lr=0.05), seed=0)
-    cut = synthesize_batch(model, norm, t, (1, 8, 8), SynthConfig(iterations=60, lr=0.05, stop_patience=5, stop_tol=0.5),
+    full = synthesize_batch(model, norm, t, (1, 8, 8), SynthConfig(iterations=60, lr=0.05, warmup_iterations=0), seed=0)
+    cut = synthesize_batch(model, norm, t, (1, 8, 8), SynthConfig(iterations=60, lr=0.05, warmup_iterations=0, stop_patience=5,
+                                                                 stop_tol=0.5),
                            seed=0)
     assert full.iterations == 60 and 5 < cut.iterations < 60
     assert torch.equal(cut.curves["total"], full.curves["total"][:cut.iterations])  # same path until it stops
@@ -144,14 +145,28 @@ def test_plateau_stop_shortens_a_batch_and_reports_its_iterations():
 def test_warmup_iterations_run_at_half_resolution_first():
     model, norm = _model()
     t = batch_targets(10, 2, 20, 0)
-    res = synthesize_batch(model, norm, t, (1, 8, 8), SynthConfig(iterations=4, warmup_iterations=6), seed=0)
+    cfg = SynthConfig(iterations=4, warmup_iterations=6, warmup_min_size=4)  # 8 px images: 4 px at half size
+    res = synthesize_batch(model, norm, t, (1, 8, 8), cfg, seed=0)
     assert res.low_iterations == 6 and res.iterations == 10 and res.images.shape == (20, 1, 8, 8)
+
+
+def test_images_too_small_to_halve_run_the_warmups_cost_at_full_resolution():
+    from c2ir.synth_schedule import phase_iterations
+
+    assert phase_iterations(32, 15, 60, 16) == (60, 15)   # CIFAR: 16 px at half size
+    assert phase_iterations(8, 15, 60, 16) == (0, 30)     # digits: a quarter of the 60 at full size
+    assert phase_iterations(8, 15, 0, 16) == (0, 15)
+    model, norm = _model()
+    t = batch_targets(10, 2, 20, 0)
+    small = synthesize_batch(model, norm, t, (1, 8, 8), SynthConfig(iterations=3, warmup_iterations=8), seed=0)
+    plain = synthesize_batch(model, norm, t, (1, 8, 8), SynthConfig(iterations=5, warmup_iterations=0), seed=0)
+    assert small.low_iterations == 0 and torch.equal(small.images, plain.images)
 
 
 def test_schedules_change_the_impressions():
     model, norm = _model()
     t = batch_targets(10, 2, 20, 0)
-    imgs = {s: synthesize_batch(model, norm, t, (1, 8, 8), SynthConfig(iterations=5, lr_schedule=s), seed=0).images
+    imgs = {s: synthesize_batch(model, norm, t, (1, 8, 8), SynthConfig(iterations=5, lr_schedule=s, warmup_iterations=0), seed=0).images
             for s in ("cosine", "linear", "constant")}
     assert not torch.equal(imgs["cosine"], imgs["linear"]) and not torch.equal(imgs["linear"], imgs["constant"])
 
@@ -216,7 +231,7 @@ def test_deepinversion_keeps_the_cache_key_of_the_former_default(tmp_path):
     cfg = make_cfg(tmp_path, ["synth=deepinversion"])
     former = make_cfg(tmp_path, ["synth=deepinversion"])
     with open_dict(former):
-        for name in ("lr_schedule", "warmup_iterations", "stop_patience", "stop_tol", "bn_stats"):
+        for name in ("lr_schedule", "warmup_iterations", "warmup_min_size", "stop_patience", "stop_tol", "bn_stats"):
             former.synth.pop(name)
     assert synthesize.key(RunContext(cfg)) == synthesize.key(RunContext(former))
     assert synthesize.key(RunContext(make_cfg(tmp_path, []))) != synthesize.key(RunContext(cfg))
@@ -228,6 +243,7 @@ def test_deepinversion_keeps_the_cache_key_of_the_former_default(tmp_path):
     ("synth.stop_tol=2", "synth.stop_tol=2"),
     ("synth.bn_stats=welford", "synth.bn_stats='welford'"),
     ("synth.warmup_iterations=1.5", "synth.warmup_iterations=1.5"),
+    ("synth.warmup_min_size=0", "synth.warmup_min_size=0"),
 ])
 def test_bad_synthesis_options_are_one_line_errors(tmp_path, override, named):
     from c2ir.schema import validate
@@ -256,7 +272,7 @@ def test_progress_bar_covers_the_whole_synthesis_and_counts_resumed_batches(tmp_
     from c2ir.stages.common import RunContext
 
     ctx = RunContext(make_cfg(tmp_path, ["synth=fast", "train.epochs=1", "synth.per_class=3", "synth.batch_size=10",
-                                         "synth.iterations=4"]))
+                                         "synth.iterations=4", "synth.warmup_iterations=0"]))
     work = tmp_path / "work"
     synthesize.compute_batches(ctx, work)  # 3 batches of 10
     (work / "batch_00001.safetensors").unlink()

@@ -90,7 +90,7 @@ KEY_RULES: dict[str, KeyRule] = {
 KEY_NEUTRAL: dict[str, Any] = {"train.pad": None,  # null: max(1, data.image_size // 8), as before
                                # issue 20's synthesis options at the values of the code before them
                                # (synth=deepinversion keeps the key of the former synth=default)
-                               "synth.lr_schedule": "cosine", "synth.warmup_iterations": 0,
+                               "synth.lr_schedule": "cosine", "synth.warmup_iterations": 0, "synth.warmup_min_size": 16,
                                "synth.stop_patience": 0, "synth.stop_tol": 0.01, "synth.bn_stats": "hooks"}
 # Fields no stage's output depends on (how or where a run happens, not what it computes).
 RUNTIME_ONLY = ("stage", "device", "threads", "batch_size", "num_workers", "cache_root", "output_dir", "paths", "hydra",

@@ -24,7 +24,7 @@ from c2ir.extraction import batches
 from c2ir.impressions import (SynthConfig, batch_seed, batch_targets, impression_grid, last_values, num_batches,
                               stack_curves, synthesize_batch)
 from c2ir.stages.common import RunContext, plain
-from c2ir.synth_schedule import progress_plan, synthesis_cost
+from c2ir.synth_schedule import phase_iterations, progress_plan, synthesis_cost
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +57,8 @@ def compute_batches(ctx: RunContext, work: Path) -> None:
     mine = list(range(ctx.dist.rank, n_batches, ctx.dist.world))
     done = [_batch_path(work, b).is_file() and batch_ok(_batch_path(work, b)) for b in mine]
     sizes = [len(batch_targets(k, sc.per_class, sc.batch_size, b)) for b in mine]
-    plan = progress_plan(sizes, done, sc.warmup_iterations + sc.iterations)
+    plan = progress_plan(sizes, done, sum(phase_iterations(shape[1], sc.iterations, sc.warmup_iterations,
+                                                           sc.warmup_min_size)))
     made = plan.done_impressions
     bar = tqdm(total=plan.total_iterations, initial=plan.done_iterations, unit="it", dynamic_ncols=True,
                desc=f"synthesize {made}/{plan.total_impressions} impressions", disable=not sys.stderr.isatty())
