@@ -324,12 +324,18 @@ def _synthesize_batch(model: nn.Module, normalizer: Normalizer, targets: torch.T
 
 def synthesize_impressions(model: nn.Module, normalizer: Normalizer, num_classes: int, shape: Sequence[int],
                            cfg: SynthConfig, device: torch.device | str = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
-    """Every batch of impressions in order: (pixel images in [0, 1], targets). The `synthesize` stage
-    runs the same batches one by one (resumable, sharded); the result is the same."""
+    """Every batch of impressions in order: (pixel images in [0, 1], targets), behind one progress bar. The
+    `synthesize` stage runs the same batches one by one (resumable, sharded); the result is the same."""
     n = num_batches(num_classes, cfg.per_class, cfg.batch_size)
-    parts = [synthesize_batch(model, normalizer, batch_targets(num_classes, cfg.per_class, cfg.batch_size, b), shape,
-                              cfg, batch_seed(cfg.seed, b), device, desc=f"synthesize batch {b + 1}/{n}")
-             for b in range(n)]
+    per_batch = sum(phase_iterations(min(shape[-2:]), cfg.iterations, cfg.warmup_iterations, cfg.warmup_min_size))
+    parts = []
+    with tqdm(total=n * per_batch, unit="it", desc="synthesize", disable=not sys.stderr.isatty()) as bar:
+        for b in range(n):
+            parts.append(synthesize_batch(model, normalizer, batch_targets(num_classes, cfg.per_class, cfg.batch_size, b),
+                                          shape, cfg, batch_seed(cfg.seed, b), device, desc=f"synthesize batch {b + 1}/{n}",
+                                          progress=bar))
+            bar.set_description_str(f"synthesize {sum(len(p.targets) for p in parts)}/{num_classes * cfg.per_class} "
+                                    "impressions")
     return torch.cat([p.images for p in parts]), torch.cat([p.targets for p in parts])
 
 
