@@ -12,7 +12,7 @@ import torch
 
 from c2ir.data.imageset import unit_pixels
 
-__all__ = ["blurred", "folds", "mixed", "patch_permuted", "proxy_images"]
+__all__ = ["blurred", "folds", "gaussian_blur", "mixed", "patch_permuted", "proxy_images"]
 
 
 def patch_permuted(x: torch.Tensor, grid: int = 4, seed: int = 0) -> torch.Tensor:
@@ -30,10 +30,20 @@ def patch_permuted(x: torch.Tensor, grid: int = 4, seed: int = 0) -> torch.Tenso
 def blurred(x: torch.Tensor) -> torch.Tensor:
     """Gaussian blur with sigma = image size / 16 (at least 0.5 px)."""
     sigma = max(x.shape[-1] / 16, 0.5)
-    k = 2 * int(2 * sigma + 0.5) + 1
-    import torchvision.transforms.functional as TF  # imported on use: importing torchvision costs seconds
+    return gaussian_blur(x, 2 * int(2 * sigma + 0.5) + 1, sigma)
 
-    return TF.gaussian_blur(x, [k, k], [sigma, sigma])
+
+def gaussian_blur(x: torch.Tensor, size: int, sigma: float) -> torch.Tensor:
+    """Blur (N, C, H, W) images with a normalised size x size Gaussian (reflect padding, one depthwise
+    convolution): torchvision's `gaussian_blur` to the bit (tests/test_proxies.py), without importing
+    torchvision, which costs a process seconds."""
+    half = (size - 1) * 0.5
+    t = torch.linspace(-half, half, steps=size, dtype=x.dtype)
+    pdf = torch.exp(-0.5 * (t / sigma).pow(2))
+    k1 = pdf / pdf.sum()
+    kernel = torch.mm(k1[:, None], k1[None, :]).expand(x.shape[-3], 1, size, size)
+    padded = torch.nn.functional.pad(x, [size // 2] * 4, mode="reflect")
+    return torch.nn.functional.conv2d(padded, kernel, groups=x.shape[-3])
 
 
 def mixed(x: torch.Tensor, y: torch.Tensor, seed: int = 0) -> torch.Tensor:

@@ -218,3 +218,15 @@ def aggregate(multirun_dir: Path) -> tuple[str, list[dict[str, Any]]]:
         lines.append(f"| {md(r['setting'])} | {md(r['detector'])} | {r['runs']} | {r['auroc_mean']:.2f} +- {r['auroc_std']:.2f} "
                      f"| {r['fpr95_mean']:.2f} +- {r['fpr95_std']:.2f} |")
     return "\n".join(lines), table
+
+
+def pareto_front(costs: list[float], values: list[float], higher_is_better: bool = True) -> list[bool]:
+    """For each point, True if no other point is at most as costly and at least as good, and strictly
+    better in one of the two (the points worth paying for: cost against quality)."""
+    sign = 1.0 if higher_is_better else -1.0
+    out = []
+    for i, (c, v) in enumerate(zip(costs, values)):
+        dominated = any(cj <= c and sign * vj >= sign * v and (cj < c or sign * vj > sign * v)
+                        for j, (cj, vj) in enumerate(zip(costs, values)) if j != i)
+        out.append(not dominated)
+    return out

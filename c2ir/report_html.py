@@ -97,10 +97,11 @@ class FigureCache:
             log.warning("report: could not cache figure %s (%s)", name, exc)
 
     def draw(self, name: str, make: Callable[[], Any]) -> bytes:
-        """The cached PNG, or draw it with `make()` (exceptions propagate) and cache it."""
+        """The cached PNG, or draw it with `make()` (a Figure, or PNG bytes; exceptions propagate) and cache it."""
         png = self.get(name)
         if png is None:
-            png = plots.to_png(make())
+            made = make()
+            png = made if isinstance(made, bytes) else plots.to_png(made)
             self.put(name, png)
         return png
 
@@ -246,8 +247,9 @@ def split_scores(flat: Mapping[str, Any]) -> dict[str, dict[str, np.ndarray]]:
     return dict(out)
 
 
-def run_page(inp: RunInputs, directory: Path | None = None) -> Page:
-    """Build the run page; PNGs for scripts (roc_<ood>.png, hist_<det>.png) go to `directory` if given."""
+def run_page(inp: RunInputs, directory: Path | None = None, histograms: "HistogramPNGs | None" = None) -> Page:
+    """Build the run page; PNGs for scripts (roc_<ood>.png) go to `directory` if given (`histograms`: the
+    histogram PNGs shared with the hist_<det>.png files, see `write_run_report`)."""
     res = inp.result
     id_name, oods = res["id_set"], list(res["ood_sets"])
     dets = ordered_detectors(res)
@@ -276,6 +278,7 @@ def run_page(inp: RunInputs, directory: Path | None = None) -> Page:
 
     page.section("roc", "ROC curves")
     scores = inp.scores
+    histograms = histograms or HistogramPNGs(inp, page.cache)
     if scores is None:
         page.note("Scores not available (scores.safetensors missing from the evaluate artifact): no ROC curves or histograms.")
     else:
@@ -291,8 +294,7 @@ def run_page(inp: RunInputs, directory: Path | None = None) -> Page:
         page.section("histograms", "Score histograms")
         page.text(f"One panel per detector: {id_name} (black) against each OOD set; density, scores clipped to the "
                   "0.5-99.5 percentile range. Good separation = the black curve apart from the coloured ones.")
-        page.figure("score histograms", lambda: plots.histogram_panels({d: scores[d] for d in dets if d in scores},
-                                                                      id_name, oods))
+        page.figure("score histograms", lambda: histograms.panel())
 
     page.section("impressions", "Impressions")
     _impressions_section(page, inp)
@@ -438,8 +440,9 @@ def write_page(path: Path, page: Page, subtitle_html: str = "") -> Path:
 def write_run_report(directory: Path, inp: RunInputs) -> Path | None:
     """Write `report.html` (and the per-figure PNGs); returns None, with a warning, if the page itself fails."""
     try:
-        page = run_page(inp, directory)
-        _save_detector_histograms(directory, inp, page.cache)
+        histograms = HistogramPNGs(inp, FigureCache(inp.figure_cache))
+        page = run_page(inp, directory, histograms)
+        _save_detector_histograms(directory, inp, histograms)
         stamp = f'<p class="meta">Written {esc(time.strftime("%Y-%m-%d %H:%M:%S"))} in {esc(directory)}</p>'
         path = write_page(directory / "report.html", page, stamp)
     except Exception as exc:  # the tables are already written; the page is a view of them
@@ -450,17 +453,46 @@ def write_run_report(directory: Path, inp: RunInputs) -> Path | None:
     return path
 
 
-def _save_detector_histograms(directory: Path, inp: RunInputs, cache: FigureCache) -> None:
+class HistogramPNGs:
+    """The score-histogram panel of the page and the per-detector `hist_<det>.png` files, all cut from one
+    rendering of the panel figure (`plots.panel_pngs`), each cached in the run's figure cache."""
+
+    def __init__(self, inp: RunInputs, cache: FigureCache):
+        self.inp, self.cache = inp, cache
+        self.dets = [d for d in ordered_detectors(inp.result) if inp.scores and d in inp.scores]
+        self._pngs: dict[str, bytes] | None = None
+
+    def _all(self) -> dict[str, bytes]:
+        if self._pngs is not None:
+            return self._pngs
+        names = ["score histograms", *(f"hist_{d}" for d in self.dets)]
+        found = {n: self.cache.get(n) for n in names}
+        if any(v is None for v in found.values()):
+            res = self.inp.result
+            fig = plots.histogram_panels({d: self.inp.scores[d] for d in self.dets}, res["id_set"], res["ood_sets"])
+            panel, per = plots.panel_pngs(fig, self.dets)
+            found = {"score histograms": panel, **{f"hist_{d}": png for d, png in per.items()}}
+            for n, png in found.items():
+                self.cache.put(n, png)
+        self._pngs = found
+        return found
+
+    def panel(self) -> bytes:
+        return self._all()["score histograms"]
+
+    def detector(self, det: str) -> bytes:
+        return self._all()[f"hist_{det}"]
+
+
+def _save_detector_histograms(directory: Path, inp: RunInputs, histograms: HistogramPNGs) -> None:
     """hist_<detector>.png, one per detector (kept for scripts that read them)."""
     if inp.scores is None:
         return
-    for det, per in inp.scores.items():
-        try:
-            png = cache.draw(f"hist_{det}", lambda p=per, d=det: plots.detector_histogram(
-                p, d, inp.result["id_set"], inp.result["ood_sets"]))
-            plots.save_png(png, directory / f"hist_{safe_filename(det)}.png")
-        except Exception as exc:
-            log.warning("report: could not draw hist_%s.png (%s: %s)", det, type(exc).__name__, exc)
+    try:
+        for det in histograms.dets:
+            plots.save_png(histograms.detector(det), directory / f"hist_{safe_filename(det)}.png")
+    except Exception as exc:
+        log.warning("report: could not draw the hist_<detector>.png files (%s: %s)", type(exc).__name__, exc)
 
 
 # ----------------------------------------------------------------------------- sweep page
@@ -577,6 +609,48 @@ def sweep_panels_data(runs: Sequence[SweepRun], param: str, others: Sequence[str
                 for m, per_d in per_m.items()} for t, per_m in raw.items()}
 
 
+def cost_points(runs: Sequence[SweepRun], swept: Sequence[str]) -> tuple[dict[str, list[dict]], list[str], list[list[str]]]:
+    """Per detector, one point per setting: synthesis cost (forward+backward equivalents, from each run's
+    results.json `synthesis`), AUROC and FPR95 mean +- std over seeds; and the header and rows of the table."""
+    by_setting: dict[str, list[SweepRun]] = defaultdict(list)
+    for r in runs:
+        if isinstance(r.result.get("synthesis"), dict) and "cost" in r.result["synthesis"]:
+            by_setting[setting_of(r, swept) or "(all runs)"].append(r)
+    dets = sorted({d for group in by_setting.values() for g in group for d in g.result["metrics"]},
+                  key=lambda d: (not d.startswith("c2ir"), d))
+    points: dict[str, list[dict]] = defaultdict(list)
+    rows = []
+    for setting, group in sorted(by_setting.items(), key=lambda kv: np.mean([g.result["synthesis"]["cost"] for g in kv[1]])):
+        cost = float(np.mean([g.result["synthesis"]["cost"] for g in group]))
+        secs = [float(x) for x in (g.result["synthesis"].get("seconds") for g in group) if x is not None]
+        cells = [setting, f"{cost:,.0f}", f"{np.mean(secs):.1f}" if secs else "-"]
+        for det in dets:
+            have = [g.result for g in group if det in g.result["metrics"]]
+            if not have:
+                cells.append("-")
+                continue
+            au = mean_std([mean_over_oods(res, det, "auroc") for res in have])
+            fp = mean_std([mean_over_oods(res, det, "fpr95") for res in have])
+            points[det].append({"cost": cost, "auroc": au[0], "auroc_std": au[1], "fpr95": fp[0], "fpr95_std": fp[1],
+                                "label": setting})
+            cells.append(f"{au[0]:.1f} ± {au[1]:.1f} / {fp[0]:.1f}")
+        rows.append(cells)
+    return dict(points), ["setting", "cost (fwd+bwd)", "wall s", *(f"{d} AUROC / FPR95" for d in dets)], rows
+
+
+def _cost_section(page: Page, runs: Sequence[SweepRun], swept: Sequence[str]) -> None:
+    """AUROC and FPR95 against synthesis cost, when the sweep varies the synthesis (issue 20)."""
+    points, header, rows = cost_points(runs, swept)
+    if len({round(p["cost"], 3) for pts in points.values() for p in pts}) < 2:
+        return
+    page.section("cost", "Quality against synthesis cost")
+    page.text("Cost: forward+backward equivalents of the synthesis (one image through the model and back at full "
+              "resolution; a half-resolution iteration counts 1/4); wall seconds as measured by each run's build "
+              "(they depend on the machine's load). Line: the Pareto-optimal settings.")
+    page.figure("quality vs synthesis cost", lambda: plots.pareto_figure(points, "synthesis cost (fwd+bwd equivalents)"))
+    page.add(small_table(header, rows))
+
+
 def sweep_page(folder: Path, runs: Sequence[SweepRun], max_panels: int = 8) -> Page:
     page = Page("c2ir sweep report")
     swept = swept_parameters(runs)
@@ -601,6 +675,7 @@ def sweep_page(folder: Path, runs: Sequence[SweepRun], max_panels: int = 8) -> P
         values = sort_values({r.overrides.get(param) for r in runs})
         page.add(f"<h3>{esc(param)}</h3>")
         page.figure(f"metrics vs {param}", lambda p=param, v=values, d=data: plots.sweep_panels(p, v, d))
+    _cost_section(page, runs, swept)
     page.section("runs", "Runs")
     page.add(small_table(["run folder", "overrides"],
                          [[str(r.path.relative_to(folder)) if r.path.is_relative_to(folder) else str(r.path),

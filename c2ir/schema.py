@@ -43,6 +43,7 @@ class SynthSchema:
     batch_size: int = _spec("int", lo=1, example="200")
     iterations: int = _spec("int", lo=1, example="300")
     warmup_iterations: int = _spec("int", lo=0, example="2000")
+    warmup_min_size: int = _spec("int", lo=1, example="16")
     lr: float = _spec("float", lo=0, lo_open=True, example="0.1")
     betas: list = _spec("floats", lo=0, hi=1, length=2, example="[0.5,0.9]")
     ce_weight: float = _spec("float", lo=0, example="1.0")
@@ -54,6 +55,10 @@ class SynthSchema:
     jitter: int = _spec("int", lo=0, example="2")
     flip: bool = _spec("bool")
     seed: int = _spec("int", lo=0, example="0")
+    lr_schedule: str = _spec("str", choices=("cosine", "linear", "constant"))  # = c2ir.synth_schedule.SCHEDULES
+    stop_patience: int = _spec("int", lo=0, example="20")
+    stop_tol: float = _spec("float", lo=0, hi=1, example="0.01")
+    bn_stats: str = _spec("str", choices=("hooks", "fused"))
     autocast: str = _spec("str", choices=("none", "bf16", "fp16"))
     channels_last: bool = _spec("bool")
     compile: bool = _spec("bool")

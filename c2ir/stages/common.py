@@ -91,7 +91,11 @@ KEY_RULES: dict[str, KeyRule] = {
 # before they were declared: at that value a field stays out of keys (so declaring a default
 # does not invalidate every cache); any other value enters the key like any field.
 KEY_NEUTRAL: dict[str, Any] = {"train.pad": None,  # null: max(1, data.image_size // 8), as before
-                               "metrics.fpr_positive": "id"}  # id: FPR95 with ID positive, as before
+                               "metrics.fpr_positive": "id",  # id: FPR95 with ID positive, as before
+                               # issue 20's synthesis options at the values of the code before them
+                               # (synth=deepinversion keeps the key of the former synth=default)
+                               "synth.lr_schedule": "cosine", "synth.warmup_iterations": 0, "synth.warmup_min_size": 16,
+                               "synth.stop_patience": 0, "synth.stop_tol": 0.01, "synth.bn_stats": "hooks"}
 # Fields no stage's output depends on (how or where a run happens, not what it computes).
 RUNTIME_ONLY = ("stage", "device", "threads", "batch_size", "num_workers", "cache_root", "output_dir", "paths", "hydra",
                 "synth.autocast", "synth.channels_last", "synth.compile", *_MODEL_RUNTIME,
@@ -135,8 +139,12 @@ def flatten(node: Any, prefix: str = "") -> dict[str, Any]:
 
 def key_fields(cfg: Any, rule: str, name: str | None = None) -> dict[str, Any]:
     """The values of the config fields `KEY_RULES[rule]` selects, as {dotted path: value}."""
+    return select_fields(flatten(plain(cfg)), rule, name)
+
+
+def select_fields(flat: Mapping[str, Any], rule: str, name: str | None = None) -> dict[str, Any]:
+    """`key_fields` on an already flattened config (`RunContext` flattens its config once)."""
     r = KEY_RULES[rule]
-    flat = flatten(plain(cfg))
     return {p: v for p, v in sorted(flat.items())
             if any(_matches(f, p, name) for f in r.fields)
             and not any(_matches(x, p, name) for x in (*r.exclude, *RUNTIME_ONLY))
@@ -178,9 +186,14 @@ class RunContext:
     def key(self, stage: str, config: Mapping[str, Any], upstream: Mapping[str, str] | None = None) -> str:
         return make_key(stage, {"v": STAGE_VERSIONS[stage], **config}, upstream)
 
+    @functools.cached_property
+    def flat_config(self) -> dict[str, Any]:
+        """The resolved config as {dotted path: value}, computed once (resolving it is most of a key's cost)."""
+        return flatten(plain(self.cfg))
+
     def fields(self, rule: str, name: str | None = None) -> dict[str, Any]:
         """The config fields `KEY_RULES[rule]` selects (see `key_fields`)."""
-        return key_fields(self.cfg, rule, name)
+        return select_fields(self.flat_config, rule, name)
 
     def data_spec(self, split: str) -> dict[str, Any]:
         """Key fields of an ID split, plus a fingerprint of the files when it comes from a folder
@@ -190,7 +203,7 @@ class RunContext:
         return dict(self._data_specs[split])
 
     def _data_spec(self, split: str) -> dict[str, Any]:
-        spec = key_fields(self.cfg, f"features:id_{split}")
+        spec = self.fields(f"features:id_{split}")
         spec["split"] = split
         from c2ir.data.sources import id_fingerprint
 
@@ -218,7 +231,7 @@ class RunContext:
 
     @functools.cached_property
     def train_key(self) -> str:
-        spec = key_fields(self.cfg, "train")
+        spec = self.fields("train")
         from c2ir.data.sources import id_fingerprint
 
         content = id_fingerprint(self.cfg.data, "train", self.digests)
@@ -232,7 +245,7 @@ class RunContext:
     def model_key(self) -> str:
         if self.uses_training:
             return self.train_key
-        return self.key("model", key_fields(self.cfg, "model"), {"checkpoint": self.checkpoint_sha or ""})
+        return self.key("model", self.fields("model"), {"checkpoint": self.checkpoint_sha or ""})
 
     @functools.cached_property
     def model_digest(self) -> str:

@@ -33,7 +33,7 @@ from c2ir.report_html import split_scores
 from c2ir.schema import ood_names
 from c2ir.stages import collect_stats, features, synthesize, weight_layers
 from c2ir.stages.collect_stats import id_train_features
-from c2ir.stages.common import RunContext, key_fields, plain
+from c2ir.stages.common import RunContext, plain
 from c2ir.stages.report_page import write_run_page
 from c2ir.validation import nonfinite_problem
 
@@ -42,7 +42,7 @@ log = logging.getLogger(__name__)
 
 def ood_spec(ctx: RunContext, name: str) -> dict[str, Any]:
     """Key fields of one OOD set (KEY_RULES["features:ood"]), with its folder's content fingerprint."""
-    spec = {k.removeprefix(f"ood.{name}."): v for k, v in key_fields(ctx.cfg, "features:ood", name).items()}
+    spec = {k.removeprefix(f"ood.{name}."): v for k, v in ctx.fields("features:ood", name).items()}
     if spec.get("source") == "pixel_shuffled":
         spec["base"] = ctx.data_spec("test")
     content = ood_fingerprint(ctx.cfg.ood[name], name, ctx.digests)
@@ -148,8 +148,7 @@ class Evaluation:
         return self._decoded[name]
 
     def key(self) -> str:
-        cfg = self.ctx.cfg
-        spec = {**key_fields(cfg, "evaluate"), "used": sorted(self.detectors), "sets": list(self.sets),
+        spec = {**self.ctx.fields("evaluate"), "used": sorted(self.detectors), "sets": list(self.sets),
                 "params": {n: {"type": type(d).__name__, **d.params} for n, d in self.detectors.items()}}
         upstream = {f"features:{n}": a.key for n, (a, _) in self.sets.items()}
         upstream.update(self.fit_inputs.upstream())
@@ -274,6 +273,9 @@ def report_evaluation(ctx: RunContext) -> None:
         return
     run_dir = report.run_dir(cfg)
     result = {**art.json("results.json"), "groups": groups_of(cfg)}  # near/far: presentation, from the config
+    synth_art = ctx.store.lookup("synthesize", synthesize.key(ctx))
+    if synth_art is not None:  # the run directory's copy only (c2ir report plots quality against this cost)
+        result["synthesis"] = synthesize.cost_summary(synth_art)
     grid = ctx.store.dir("synthesize", synthesize.key(ctx)) / "impressions_grid.png"
     if grid.is_file():
         shutil.copy2(grid, run_dir / "impressions_grid.png")
