@@ -16,10 +16,9 @@ checks that both give the same C2IR scores. The caller's model is borrowed, neve
 
 from __future__ import annotations
 
-import json
 import logging
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, fields
 from pathlib import Path
 from typing import Any
@@ -27,13 +26,13 @@ from typing import Any
 import numpy as np
 import torch
 from omegaconf import OmegaConf
-from safetensors.torch import load_file
 from torch import nn
 
-from c2ir.cache import atomic_save_tensors, atomic_write_json
+from c2ir import saved
 from c2ir.config import config_dir
 from c2ir.data.imageset import Normalizer
 from c2ir.detectors import DETECTOR_TYPES, build_detector
+from c2ir.device import resolve_device
 from c2ir.detectors.base import (BN_MEANS, CLASS_STATS, INPUT_GRADIENTS, LAYER_WEIGHTS, POOLED_LAYERS, SPATIAL,
                                  Detector, FitData)
 from c2ir.errors import C2IRError, NotFittedError
@@ -41,13 +40,16 @@ from c2ir.extraction import FeatureBundle, auto_layers, bn_layers, extract_featu
 from c2ir.impressions import SynthConfig, synthesize_impressions
 from c2ir.mgi import METHODS, impression_importance, normalize_weights
 from c2ir.models import head_module
+from c2ir.schema import SynthSchema, check_node
 from c2ir.stats import compute_class_stats
-from c2ir.threshold import Threshold, data_free_threshold, quantile_threshold
+from c2ir.threshold import NotComputableError, Threshold, data_free_threshold, quantile_threshold
+from c2ir.validation import (check_api_numbers, check_batch, check_input_shape, check_labels, check_normalization,
+                             model_input_channels, nonfinite_rows, takes_vectors)
 
 log = logging.getLogger(__name__)
 
-FORMAT_VERSION = 1
-SAVED_CONFIG, SAVED_STATE = "detector.json", "state.safetensors"
+FORMAT_VERSION = saved.FORMAT_VERSION
+SAVED_CONFIG, SAVED_STATE = saved.CONFIG, saved.STATE
 
 
 def detector_names() -> list[str]:
@@ -71,6 +73,7 @@ def _synth_config(synth: SynthConfig | Mapping[str, Any] | None) -> SynthConfig:
     unknown = sorted(set(synth) - valid)
     if unknown:
         raise C2IRError(f"synth: unknown setting(s) {', '.join(unknown)}; valid: {', '.join(sorted(valid))}")
+    check_node("synth", dict(synth), SynthSchema, closed=False)  # the CLI's types and ranges
     return SynthConfig(**dict(synth))
 
 
@@ -83,21 +86,25 @@ def _model_device(model: nn.Module) -> torch.device:
 
 
 def _loader_features(model: nn.Module, loader: Iterable[Any], layers: Sequence[str], head: nn.Linear,
-                     batch_size: int, device: torch.device, spatial_grid: int, with_bn: bool) -> FeatureBundle:
-    """Features of every batch of a DataLoader of `x` or `(x, y, ...)` (x normalised as the model takes it)."""
+                     batch_size: int, device: torch.device, spatial_grid: int, with_bn: bool,
+                     input_shape: Sequence[int] | None = None) -> tuple[FeatureBundle, tuple[int, ...]]:
+    """(features of every batch of a DataLoader of `x` or `(x, y, ...)` (x normalised as the model takes it),
+    the shape of one input)."""
     parts: list[FeatureBundle] = []
     for batch in loader:
-        x, y = (batch[0], batch[1]) if isinstance(batch, (tuple, list)) else (batch, None)
-        b = extract_features(model, torch.as_tensor(x), None, layers, head, batch_size=batch_size, device=device,
+        x, y = (batch[0], batch[1] if len(batch) > 1 else None) if isinstance(batch, (tuple, list)) else (batch, None)
+        x = check_batch(x, input_shape, "a DataLoader batch", takes_vectors(model))
+        input_shape = tuple(x.shape[1:])  # every batch has the shape of the first
+        b = extract_features(model, x, None, layers, head, batch_size=batch_size, device=device,
                              spatial_grid=spatial_grid, with_bn=with_bn, desc="features")
         if y is not None:
-            b["labels"] = torch.as_tensor(y).long().cpu()
+            b["labels"] = check_labels(torch.as_tensor(y).cpu(), head.out_features)
         parts.append(b)
     if not parts:
         raise C2IRError("the DataLoader yielded no batches; pass a loader over at least one batch of images")
     if any("labels" not in p for p in parts) and any("labels" in p for p in parts):
         raise C2IRError("some batches of the DataLoader have labels and some do not")
-    return {k: torch.cat([p[k] for p in parts]) for k in parts[0]}
+    return {k: torch.cat([p[k] for p in parts]) for k in parts[0]}, tuple(input_shape or ())
 
 
 class OODDetector:
@@ -140,20 +147,22 @@ class OODDetector:
         self.detector: Detector = build_detector(name, {**zoo_config(name), **params})
         self.head_name = head
         self.head = head_module(model, head)
-        self.num_classes = None if num_classes is None else int(num_classes)
+        self.num_classes = None if num_classes is None else check_api_numbers(num_classes=num_classes)["num_classes"]
         if self.num_classes is not None and self.head.out_features != self.num_classes:
             raise C2IRError(f"num_classes={num_classes} but the model's head predicts {self.head.out_features} classes")
-        self.input_shape = None if input_shape is None else tuple(int(v) for v in input_shape)
-        self.mean = None if mean is None else [float(v) for v in mean]
-        self.std = None if std is None else [float(v) for v in std]
-        if (self.mean is None) != (self.std is None):
+        self.input_shape = None if input_shape is None else check_input_shape(input_shape, model)
+        if (mean is None) != (std is None):
             raise C2IRError("pass both mean and std (the model's input normalisation), or neither")
+        self.mean, self.std = (None, None) if mean is None else check_normalization(
+            mean, std, self.input_shape[0] if self.input_shape else model_input_channels(model))
         self.layer_patterns = None if layers is None else [str(p) for p in layers]
         self.layers = self._choose_layers(model) if layers is None else select_layers(model, self.layer_patterns)
         self.synth, self.mgi = _synth_config(synth), mgi
         self.spatial_grid, self.max_spatial_per_class = int(spatial_grid), int(max_spatial_per_class)
+        check_api_numbers(batch_size=batch_size, spatial_grid=spatial_grid,
+                          max_spatial_per_class=max_spatial_per_class, seed=seed)
         self.tpr, self.batch_size, self.seed = float(tpr), int(batch_size), int(seed)
-        self.device = torch.device(device) if device is not None else None
+        self.device = resolve_device(str(device)) if device is not None else None
         self.threshold: float | None = None
         self.threshold_source: str | None = None     # the rule that set it (c2ir.threshold.RULES)
         self.threshold_info: Threshold | None = None
@@ -229,12 +238,13 @@ class OODDetector:
             if id_loader is None:
                 raise C2IRError(f"{self.name} is a full-access detector: pass fit(id_loader) with the model's ID "
                                 f"training data, or use its data-free variant fitted on impressions")
-            bundle = _loader_features(self.model, id_loader, self.layers, self.head, self.batch_size, self._device(),
-                                      0, BN_MEANS in det.needs)
+            bundle, shape = _loader_features(self.model, id_loader, self.layers, self.head, self.batch_size,
+                                             self._device(), 0, BN_MEANS in det.needs, self.input_shape)
+            self.input_shape = self.input_shape or check_input_shape(shape, self.model)
             if "labels" not in bundle:
                 raise C2IRError(f"{self.name} fits on labelled data: the DataLoader must yield (x, y) batches")
             det.fit(FitData(model=self.model, layers=self.layers, id_train=bundle, head=self.head))
-            self._set_threshold(quantile_threshold(det.score(bundle), self.tpr, "fit_data"))
+            self._set_threshold(lambda: quantile_threshold(det.score(bundle), self.tpr, "fit_data"))
             return self
         if det.fit_on == "impressions" or self._can_synthesize():
             self._require_synthesis_inputs(f"fitting {self.name}" if det.fit_on == "impressions"
@@ -251,8 +261,8 @@ class OODDetector:
                 fit_data.layer_weights = normalize_weights(importance[self.mgi])
                 self.layer_weights = fit_data.layer_weights.tolist()
             det.fit(fit_data)
-            self._set_threshold(data_free_threshold(det, self.tpr, self._score_pixels, images,
-                                                    lambda: self._score_bundle_or_pixels(bundle, images)))
+            self._set_threshold(lambda: data_free_threshold(det, self.tpr, self._score_pixels, images,
+                                                            lambda: self._score_bundle_or_pixels(bundle, images)))
             return self
         det.fit(FitData(model=self.model, layers=self.layers, head=self.head))
         return self
@@ -264,7 +274,13 @@ class OODDetector:
         bundle = {} if INPUT_GRADIENTS in self.detector.needs else self._features(norm(pixels))
         return self._score_bundle_or_pixels(bundle, pixels)
 
-    def _set_threshold(self, threshold: Threshold) -> None:
+    def _set_threshold(self, rule: Callable[[], Threshold]) -> None:
+        """Set the threshold by `rule()`; a reference set scored NaN/inf leaves the detector without one."""
+        try:
+            threshold = rule()
+        except NotComputableError as exc:
+            raise C2IRError(f"{self.name} is not computable on {exc}; check its parameters ({self.detector.params}) "
+                            f"and the model's normalisation (mean, std)") from None
         self.threshold, self.threshold_source, self.threshold_info = threshold.value, threshold.rule, threshold
         log.info("%s: %s", self.name, threshold.describe())
 
@@ -275,7 +291,7 @@ class OODDetector:
         scores = [self.score(batch[0] if isinstance(batch, (tuple, list)) else batch) for batch in id_loader]
         if not scores:
             raise C2IRError("calibrate: the DataLoader yielded no batches")
-        self._set_threshold(quantile_threshold(torch.cat(scores).numpy(), self.tpr, "calibration"))
+        self._set_threshold(lambda: quantile_threshold(torch.cat(scores).numpy(), self.tpr, "calibration"))
         return self
 
     # ----- score / predict ---------------------------------------------------------------
@@ -283,22 +299,29 @@ class OODDetector:
         """(N,) float64 OOD scores (higher = more OOD) of a batch `x` as the model takes it (normalised)."""
         if not self.detector._fitted:
             raise NotFittedError(f"{self.name}: call fit() before score()")
-        x = torch.as_tensor(x)
+        x = check_batch(x, self.input_shape, vectors=takes_vectors(self.model))
         if INPUT_GRADIENTS in self.detector.needs:
             norm = self.normalizer
             if norm is None:
                 raise C2IRError(f"{self.name} perturbs inputs in pixel space: pass mean and std")
             pixels = norm.to_pixels(x.float().cpu())
-            return torch.from_numpy(self._score_bundle_or_pixels({}, pixels))
-        return torch.from_numpy(self.detector.score(self._features(x)))
+            scores = torch.from_numpy(self._score_bundle_or_pixels({}, pixels))
+        else:
+            scores = torch.from_numpy(self.detector.score(self._features(x)))
+        bad = nonfinite_rows(x)
+        if bad.any():  # a NaN/inf input has no meaningful score: it is never called in-distribution
+            log.warning("%s: %d of %d inputs hold NaN or infinite values; scored +inf (OOD)", self.name,
+                        int(bad.sum()), len(x))
+            scores[bad.to(scores.device)] = float("inf")
+        return scores
 
     def predict(self, x: torch.Tensor) -> torch.Tensor:
-        """(N,) bool, True = OOD (score above `threshold`; `threshold_info.describe()` says which rule set it
-        and the ID TPR to expect)."""
+        """(N,) bool, True = OOD (score above `threshold`, or not a number: never ID; `threshold_info.describe()`
+        says which rule set the threshold and the ID TPR to expect)."""
         if self.threshold is None:
             raise NotFittedError(f"{self.name} has no threshold: fit() it with num_classes, input_shape, mean and "
                                  f"std (data-free threshold), or call calibrate(id_loader)")
-        return self.score(x) > self.threshold
+        return ~(self.score(x) <= self.threshold)
 
     __call__ = score
 
@@ -322,22 +345,13 @@ class OODDetector:
         if self.detector.requires_fit and type(self.detector).state is Detector.state:
             raise C2IRError(f"{self.name} ({type(self.detector).__name__}) does not declare its fitted state "
                             "(Detector.state / load_state), so it cannot be saved; refit it after loading the model")
-        out = Path(path)
-        out.mkdir(parents=True, exist_ok=True)
-        atomic_save_tensors(out / SAVED_STATE, {k: v.contiguous() for k, v in self.detector.state().items()})
-        atomic_write_json(out / SAVED_CONFIG, self.config())
-        return out
+        return saved.write(Path(path), self.config(), self.detector.state(), self.model)
 
     @classmethod
     def load(cls, path: str | Path, model: nn.Module, device: str | torch.device | None = None) -> "OODDetector":
         """A detector saved by `save`, bound to `model` (the same architecture and weights it was fitted on)."""
         folder = Path(path)
-        if not (folder / SAVED_CONFIG).is_file() or not (folder / SAVED_STATE).is_file():
-            raise C2IRError(f"{folder} holds no saved detector ({SAVED_CONFIG} and {SAVED_STATE}); pass the folder "
-                            "given to save()")
-        cfg = json.loads((folder / SAVED_CONFIG).read_text())
-        if cfg.get("format") != FORMAT_VERSION:
-            raise C2IRError(f"{folder}: saved detector format {cfg.get('format')} is not {FORMAT_VERSION}; refit and save")
+        cfg, state = saved.read(folder, model)  # content hashes, the model's fingerprint, every field's type
         kwargs = dict(num_classes=cfg["num_classes"], input_shape=cfg["input_shape"], mean=cfg["mean"],
                       std=cfg["std"], layers=[re.escape(n) for n in cfg["layers"]],
                       head=cfg["head"], synth=cfg["synth"], mgi=cfg["mgi"], spatial_grid=cfg["spatial_grid"],
@@ -350,12 +364,35 @@ class OODDetector:
         else:
             obj = OODDetector(cfg["name"], model, **kwargs, **params)
         obj.layer_patterns = cfg["layer_patterns"]
-        obj.detector.load_state(load_file(str(folder / SAVED_STATE)))
+        try:
+            obj.detector.load_state(state)
+        except (KeyError, IndexError, ValueError, RuntimeError) as exc:
+            raise C2IRError(f"{folder}: the saved state does not fit a {cfg['type']} detector ({type(exc).__name__}: "
+                            f"{exc}); save the detector again") from None
         obj.threshold, obj.threshold_source = cfg["threshold"], cfg["threshold_source"]
         info = cfg.get("threshold_info")   # absent in detectors saved before issue 21
-        obj.threshold_info = None if info is None else Threshold.from_json(info)
+        try:
+            obj.threshold_info = None if info is None else Threshold.from_json(info)
+        except (KeyError, IndexError, TypeError, ValueError, C2IRError):
+            raise C2IRError(f"{folder}: threshold_info={info!r} is not valid; the file is damaged or was edited: "
+                            "save the detector again") from None
         obj.layer_weights = cfg["layer_weights"]
+        obj._probe(folder)
         return obj
+
+    def _probe(self, folder: Path) -> None:
+        """Score two blank inputs: a state whose tensors do not fit the model fails here, at load, not later."""
+        if self.input_shape is None or not self.detector.state():
+            return
+        try:
+            scores = self.score(torch.zeros(2, *self.input_shape, device=self._device()))
+        except C2IRError:
+            raise
+        except (RuntimeError, IndexError, ValueError, KeyError) as exc:
+            raise C2IRError(f"{folder}: the saved state does not fit this model ({type(exc).__name__}: "
+                            f"{str(exc).splitlines()[0][:160]}); save the detector again") from None
+        if not torch.isfinite(scores).all():
+            raise C2IRError(f"{folder}: the saved state gives non-finite scores; it is damaged: save the detector again")
 
     def __repr__(self) -> str:
         return (f"{type(self).__name__}({self.name!r}, layers={self.layers}, params={self.detector.params}, "

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -22,6 +23,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict
 
 from c2ir.errors import C2IRError
 from c2ir.imglist import open_imglist  # torch-free, like this module
+from c2ir.sizes import check_sizes
 
 OOD_GROUPS = ("near", "far")  # `ood.<set>.group`: OpenOOD's near-OOD / far-OOD means (c2ir.groups)
 RESIZE_MODES = ("resize", "center_crop", "random_crop", "resize_center_crop", "short_side_center_crop")  # = c2ir.data.transforms
@@ -41,6 +43,7 @@ class SynthSchema:
     batch_size: int = _spec("int", lo=1, example="200")
     iterations: int = _spec("int", lo=1, example="300")
     warmup_iterations: int = _spec("int", lo=0, example="2000")
+    warmup_min_size: int = _spec("int", lo=1, example="16")
     lr: float = _spec("float", lo=0, lo_open=True, example="0.1")
     betas: list = _spec("floats", lo=0, hi=1, length=2, example="[0.5,0.9]")
     ce_weight: float = _spec("float", lo=0, example="1.0")
@@ -52,6 +55,10 @@ class SynthSchema:
     jitter: int = _spec("int", lo=0, example="2")
     flip: bool = _spec("bool")
     seed: int = _spec("int", lo=0, example="0")
+    lr_schedule: str = _spec("str", choices=("cosine", "linear", "constant"))  # = c2ir.synth_schedule.SCHEDULES
+    stop_patience: int = _spec("int", lo=0, example="20")
+    stop_tol: float = _spec("float", lo=0, hi=1, example="0.01")
+    bn_stats: str = _spec("str", choices=("hooks", "fused"))
     autocast: str = _spec("str", choices=("none", "bf16", "fp16"))
     channels_last: bool = _spec("bool")
     compile: bool = _spec("bool")
@@ -143,6 +150,26 @@ class DataSchema:
     max_train_samples: int = _spec("int", lo=1, optional=True, example="1000")
     max_test_samples: int = _spec("int", lo=1, optional=True, example="1000")
     resize: str = _spec("str", choices=RESIZE_MODES)
+    flip_invariant: bool = _spec("bool")
+    mean: list = _spec("floats", example="[0.5,0.5,0.5]")
+    std: list = _spec("floats", lo=0, lo_open=True, example="[0.25,0.25,0.25]")
+
+
+@dataclass
+class ModelSchema:
+    """Typed fields shared by the `model=` options (each architecture reads its own; others are open)."""
+
+    width: int = _spec("int", lo=1, example="16")
+    depth: int = _spec("int", lo=1, example="20")
+    growth: int = _spec("int", lo=1, example="12")
+    widen_factor: int = _spec("int", lo=1, example="10")
+    reduction: float = _spec("float", lo=0, lo_open=True, hi=1, example="0.5")
+    num_classes: int = _spec("int", lo=1, example="10")
+    in_channels: int = _spec("int", lo=1, hi=3, example="3")
+    mean: list = _spec("floats", example="[0.5,0.5,0.5]")
+    std: list = _spec("floats", lo=0, lo_open=True, example="[0.25,0.25,0.25]")
+    trust_checkpoint: bool = _spec("bool")
+    require_checkpoint: str = _spec("str", optional=True, example="'an OpenOOD checkpoint'")  # why weights are needed
 
 
 @dataclass
@@ -163,7 +190,7 @@ SCHEMAS: list[tuple[str, type, bool]] = [
     ("features", FeaturesSchema, True), ("collect_stats", CollectStatsSchema, True),
     ("evaluate", EvaluateSchema, True), ("score", ScoreSchema, True), ("report", ReportSchema, True), ("metrics", MetricsSchema, True),
     ("data", DataSchema, False),
-    ("ipm", IPMSchema, True),
+    ("ipm", IPMSchema, True), ("model", ModelSchema, False),
 ]
 
 
@@ -224,7 +251,30 @@ def check_node(path: str, node: Any, schema: type, closed: bool) -> None:
             if closed:
                 raise C2IRError(f"unknown config key {prefix}{key}; valid keys of {path}: {', '.join(known)}")
             continue
-        check_value(f"{prefix}{key}", node[key], known[key])
+        check_value(source_key(node, key) or f"{prefix}{key}", node[key], known[key])
+
+
+def source_key(node: Any, key: str) -> str | None:
+    """The key a value was typed under when `node.key` only refers to it (`synth.flip: ${data.flip_invariant}`),
+    so an error names what the user set (data.flip_invariant=maybe), not the key that copies it."""
+    if not isinstance(node, DictConfig) or not OmegaConf.is_interpolation(node, key):
+        return None
+    raw = str(node._get_node(key)._value())  # noqa: SLF001 - OmegaConf has no public accessor for the raw string
+    m = re.fullmatch(r"\$\{([A-Za-z_][\w.]*)\}", raw)
+    return m[1] if m else None
+
+
+def check_normalization(cfg: DictConfig) -> None:
+    """`model.mean` / `model.std` (usually `${data.mean}` / `${data.std}`) hold one value per input channel."""
+    model, channels = cfg.get("model"), OmegaConf.select(cfg, "data.channels")
+    if not isinstance(model, DictConfig) or not isinstance(channels, int):
+        return
+    for what in ("mean", "std"):
+        values = model.get(what)
+        if values is not None and len(values) != channels:
+            shown = source_key(model, what) or f"model.{what}"
+            raise C2IRError(f"{shown}={list(values)} has {len(values)} value(s) but data.channels={channels}; "
+                            f"give one value per input channel")
 
 
 def drop_unselected_ood(cfg: DictConfig) -> None:
@@ -255,17 +305,24 @@ def check_cache_root(value: Any) -> None:
     """The artifact store's folder must exist (it is created) and accept a file: tried, not guessed."""
     if value is None or not str(value).strip():
         raise C2IRError(f"cache_root={value!r} is empty; set cache_root to a writable folder (e.g. cache_root=outputs/cache)")
-    root = Path(str(value)).expanduser()
-    if root.exists() and not root.is_dir():
-        raise C2IRError(f"cache_root={value} is a file, not a folder; set cache_root to a writable folder")
+    problem = writable_problem(Path(str(value)).expanduser())
+    if problem:
+        raise C2IRError(f"cache_root={value} {problem}; set cache_root to a writable folder")
+
+
+def writable_problem(folder: Path) -> str | None:
+    """Why `folder` is not (and cannot be made) a folder this process writes into, or None: tried, not guessed
+    (a probe file is created and removed)."""
+    if folder.exists() and not folder.is_dir():
+        return "is a file, not a folder"
     try:
-        root.mkdir(parents=True, exist_ok=True)
-        probe = root / f".write-test-{os.getpid()}"
+        folder.mkdir(parents=True, exist_ok=True)
+        probe = folder / f".write-test-{os.getpid()}"
         probe.write_bytes(b"")
         probe.unlink()
     except OSError as exc:
-        raise C2IRError(f"cache_root={value} is not a writable folder ({exc.strerror or exc}); "
-                        "set cache_root to a writable folder") from None
+        return f"is not a writable folder ({exc.strerror or exc})"
+    return None
 
 
 # stages that read the ID test set and the OOD sets, and the one that scores a user's folder
@@ -331,6 +388,15 @@ def check_inputs(cfg: DictConfig) -> None:
             raise C2IRError(f"no files found under {root}; point score.input at a folder of images")
 
 
+def check_spatial_grid(cfg: DictConfig) -> None:
+    """A grid of spatial vectors finer than the input's pixels samples nothing new and only multiplies memory
+    (features.spatial_grid=1000 asks for a million vectors per image and layer)."""
+    grid, size = OmegaConf.select(cfg, "features.spatial_grid"), OmegaConf.select(cfg, "data.image_size")
+    if isinstance(grid, int) and isinstance(size, int) and grid > size:
+        raise C2IRError(f"features.spatial_grid={grid} is finer than the {size}x{size} input (data.image_size); "
+                        f"choose at most {size} (e.g. features.spatial_grid=4)")
+
+
 def validate(cfg: DictConfig) -> DictConfig:
     """Check the composed config in place (and drop stale OOD tweaks); raises C2IRError with one line."""
     drop_unselected_ood(cfg)
@@ -345,6 +411,9 @@ def validate(cfg: DictConfig) -> DictConfig:
     for name in cfg.ood:
         check_node(f"ood.{name}", cfg.ood[name], OODSchema, False)
     ood_names(cfg)
+    check_normalization(cfg)
+    check_spatial_grid(cfg)
+    check_sizes(cfg)
     if not cfg.get("detectors"):
         raise C2IRError("no detectors selected (detectors=[]); pass at least one, e.g. detectors=[c2ir,energy,msp]")
     check_inputs(cfg)

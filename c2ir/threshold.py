@@ -7,7 +7,7 @@ share `tpr` of a *reference* set stays below. Which reference, by rule:
   scored against (the fit's two folds) and softened (`c2ir.proxies.softened`: the synthesis residue
   blurred away), scored by the chosen variant. Real images sit further from the class statistics
   than the impressions those statistics were fitted on; the in-sample rule below kept 74% of real
-  CIFAR-10 at a nominal 95% (docs/BENCHMARKS.md sections 10, 14).
+  CIFAR-10 at a nominal 95% (docs/BENCHMARKS.md sections 10, 16).
 - `pseudo_real`: the softened impressions scored by the detector fitted on all impressions (every
   other detector: those that do not fit on impressions are scored out of sample anyway).
 - `impressions`: the impressions themselves (in-sample; the rule before issue 21, and the fallback
@@ -17,7 +17,7 @@ share `tpr` of a *reference* set stays below. Which reference, by rule:
 
 The expected range is the 95% binomial interval of the share of inputs kept, *if* inputs score
 like the reference (exact for calibration data; for the data-free rules the measured real TPRs
-are in docs/BENCHMARKS.md section 15).
+are in docs/BENCHMARKS.md section 16, issue 21).
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from c2ir.errors import C2IRError
+from c2ir.validation import nonfinite_problem
 
 RULES = {
     "pseudo_real_cross_fitted": "softened impressions held back from the statistics (cross-fitted on two folds)",
@@ -38,7 +39,12 @@ RULES = {
 }
 DATA_FREE = ("pseudo_real_cross_fitted", "pseudo_real", "impressions")
 
-__all__ = ["DATA_FREE", "RULES", "Threshold", "binomial_interval", "data_free_threshold", "quantile_threshold"]
+__all__ = ["DATA_FREE", "RULES", "NotComputableError", "Threshold", "binomial_interval", "data_free_threshold", "quantile_threshold"]
+
+
+class NotComputableError(C2IRError):
+    """The detector's scores on a threshold's reference set hold NaN or infinite values (the message names
+    the set and how many); callers prefix the detector and the fix."""
 
 
 @dataclass(frozen=True)
@@ -56,7 +62,7 @@ class Threshold:
         text = (f"threshold {self.value:.4g} set by rule {self.rule}: {100 * self.tpr:.0f}% of {self.reference} "
                 f"{RULES[self.rule]} below it; expected ID TPR {100 * lo:.0f}-{100 * hi:.0f}%")
         if self.rule in DATA_FREE:
-            text += " if real ID inputs score like them (measured: docs/BENCHMARKS.md section 15; calibrate(id_loader) is exact)"
+            text += " if real ID inputs score like them (measured: docs/BENCHMARKS.md section 16; calibrate(id_loader) is exact)"
         return text
 
     def to_json(self) -> dict:
@@ -64,6 +70,8 @@ class Threshold:
 
     @classmethod
     def from_json(cls, d: dict) -> "Threshold":
+        if d["rule"] not in RULES:
+            raise ValueError(f"unknown threshold rule {d['rule']!r}")
         return cls(float(d["value"]), str(d["rule"]), float(d["tpr"]), int(d["reference"]),
                    (float(d["expected"][0]), float(d["expected"][1])))
 
@@ -83,10 +91,12 @@ def quantile_threshold(scores: np.ndarray, tpr: float, rule: str) -> Threshold:
         raise C2IRError(f"unknown threshold rule {rule!r}; choose one of {', '.join(RULES)}")
     if not 0.0 < float(tpr) < 1.0:
         raise C2IRError(f"tpr={tpr}; choose a share of ID inputs to keep, strictly between 0 and 1 (e.g. 0.95)")
-    s = np.asarray(scores, dtype=np.float64)
-    s = s[np.isfinite(s)]
+    s = np.asarray(scores, dtype=np.float64).ravel()
+    problem = nonfinite_problem(s)
+    if problem:   # a threshold over NaN/inf scores would call every input ID (or none)
+        raise NotComputableError(f"the {RULES[rule]} ({problem})")
     if not len(s):
-        raise C2IRError(f"no finite reference scores for the threshold (rule {rule}); refit the detector")
+        raise C2IRError(f"no reference scores for the threshold (rule {rule}); refit the detector")
     return Threshold(float(np.quantile(s, tpr)), rule, float(tpr), int(len(s)), binomial_interval(float(tpr), len(s)))
 
 

@@ -93,11 +93,13 @@ def test_cifar_resnets_are_the_shared_base_at_their_depth(tmp_path):
 
 def test_synth_and_train_options_change_only_their_values(tmp_path):
     default = _composed(tmp_path, ["synth=default"], "synth")
-    assert default["per_class"] == 40 and default["iterations"] == 300 and default["lr"] == 0.1
-    for option, changed in {"fast": {"per_class": 10, "batch_size": 50, "iterations": 30},
-                            "paper": {"per_class": 100, "batch_size": 256, "iterations": 2000, "lr": 0.05,
-                                      "bn_reduce": "sum"}}.items():  # DeepInversion sums the BN term
-        assert _composed(tmp_path, [f"synth={option}"], "synth") == {**default, **changed}, option
+    assert default["per_class"] == 40 and default["iterations"] == 15 and default["warmup_iterations"] == 60
+    deepinversion = _composed(tmp_path, ["synth=deepinversion"], "synth")  # the default before issue 20
+    assert deepinversion == {**default, "iterations": 300, "warmup_iterations": 0, "lr": 0.1, "bn_stats": "hooks"}
+    for option, base, changed in [("fast", default, {"per_class": 10, "batch_size": 50, "iterations": 30}),
+                                  ("paper", deepinversion, {"per_class": 100, "batch_size": 256, "iterations": 2000,
+                                                            "lr": 0.05, "bn_reduce": "sum"})]:  # DeepInversion sums the BN term
+        assert _composed(tmp_path, [f"synth={option}"], "synth") == {**base, **changed}, option
     train = _composed(tmp_path, ["train=default"], "train")
     assert train == {"epochs": 20, "batch_size": 64, "lr": 0.05, "warmup": 0.15, "weight_decay": 5e-4,
                      "finetune": False, "pad": None}

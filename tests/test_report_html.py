@@ -217,3 +217,48 @@ def test_run_page_shows_what_the_logit_term_adds():
     assert "ipm=mean_standardized, none weight x0 (as configured" in html
     bare = report_html.run_page(RunInputs(result=fake_result(["c2ir", "energy", "knn", "maha"], rng)[0])).render()
     assert "Add both c2ir and c2ir_paper" in bare and "made before it was recorded" in bare
+
+
+def test_pareto_front_keeps_the_settings_worth_their_cost():
+    costs, auroc = [1.0, 2.0, 3.0, 4.0, 4.0], [80.0, 85.0, 84.0, 90.0, 89.0]
+    assert report.pareto_front(costs, auroc) == [True, True, False, True, False]
+    fpr = [50.0, 40.0, 45.0, 30.0, 30.0]  # lower is better; equal cost and value: both kept
+    assert report.pareto_front(costs, fpr, higher_is_better=False) == [True, True, False, True, True]
+
+
+def test_sweep_page_plots_quality_against_synthesis_cost(tmp_path):
+    """A sweep over synthesis settings: a section with AUROC/FPR95 against the cost each run recorded."""
+    settings = [[f"synth.iterations={it}", f"seed={s}"] for it in (20, 300) for s in (0, 1)]
+    _fake_sweep(tmp_path, settings)
+    for run in sorted(p for p in tmp_path.iterdir() if p.is_dir()):
+        res = json.loads((run / "results.json").read_text())
+        it = int((run / ".hydra" / "overrides.yaml").read_text().split("synth.iterations=")[1].split()[0])
+        res["synthesis"] = {"impressions": 400, "cost": 400.0 * it, "seconds": it / 10}
+        (run / "results.json").write_text(json.dumps(res))
+    runs = report_html.load_sweep(tmp_path)
+    points, header, rows = report_html.cost_points(runs, ["synth.iterations"])
+    assert sorted(p["cost"] for p in points["c2ir"]) == [8000.0, 120000.0]
+    assert [r[0] for r in rows] == ["synth.iterations=20", "synth.iterations=300"] and header[1] == "cost (fwd+bwd)"
+    page = write_sweep_report(tmp_path).read_text()
+    assert "Quality against synthesis cost" in page and "120,000" in page
+    assert page.count("data:image/png;base64,") == 2  # metrics vs synth.iterations + quality vs cost
+
+
+def test_sweep_page_without_cost_records_has_no_cost_section(tmp_path):
+    _fake_sweep(tmp_path, [[f"synth.iterations={it}"] for it in (20, 300)])
+    assert "Quality against synthesis cost" not in write_sweep_report(tmp_path).read_text()
+
+
+def test_per_detector_histograms_are_cut_from_one_rendering(tmp_path, monkeypatch):
+    """hist_<det>.png: each panel of the page's histogram figure (with the legend), not a figure of its own."""
+    from PIL import Image
+
+    inp = fake_inputs(n_dets=5)
+    renders = []
+    real = plots.panel_pngs
+    monkeypatch.setattr(plots, "panel_pngs", lambda *a, **k: renders.append(1) or real(*a, **k))
+    write_run_report(tmp_path, inp)
+    assert len(renders) == 1
+    panel = Image.open(tmp_path / "hist_c2ir.png")
+    assert 150 < panel.width < 700 and 100 < panel.height < 400  # one panel and the legend, not the whole figure
+    assert len({(tmp_path / f"hist_{d}.png").read_bytes() for d in inp.result["metrics"]}) == 5

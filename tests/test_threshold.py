@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from c2ir.errors import C2IRError
-from c2ir.threshold import Threshold, binomial_interval, data_free_threshold, quantile_threshold
+from c2ir.threshold import NotComputableError, Threshold, binomial_interval, data_free_threshold, quantile_threshold
 
 
 def test_wilson_interval_known_values():
@@ -21,13 +21,14 @@ def test_quantile_threshold_keeps_the_share_and_says_so():
     assert "95% of 101 softened impressions held back from the statistics" in t.describe()
     assert Threshold.from_json(t.to_json()) == t
     assert "calibrate" not in quantile_threshold(np.arange(10.0), 0.9, "calibration").describe()
-    assert quantile_threshold(np.array([1.0, np.nan, 2.0, np.inf]), 0.5, "impressions").reference == 2
+    with pytest.raises(NotComputableError, match=r"impressions \(in-sample\) \(2 of 4 scores are NaN and infinite\)"):
+        quantile_threshold(np.array([1.0, np.nan, 2.0, np.inf]), 0.5, "impressions")
     with pytest.raises(C2IRError, match="unknown threshold rule"):
         quantile_threshold(np.arange(3.0), 0.9, "magic")
     with pytest.raises(C2IRError, match="tpr=1.0"):
         quantile_threshold(np.arange(3.0), 1.0, "impressions")
-    with pytest.raises(C2IRError, match="no finite reference"):
-        quantile_threshold(np.array([np.nan]), 0.9, "impressions")
+    with pytest.raises(C2IRError, match="no reference scores"):
+        quantile_threshold(np.array([]), 0.9, "impressions")
 
 
 class _Det:

@@ -30,6 +30,7 @@ from c2ir.detectors.scale import SCALE
 from c2ir.detectors.vim import ViM
 from c2ir.detectors.weiper import WeiPer
 from c2ir.errors import C2IRError
+from c2ir.validation import check_detector_params
 
 DETECTOR_TYPES: dict[str, type[Detector]] = {
     "msp": MSP, "maxlogit": MaxLogit, "energy": Energy, "odin": ODIN, "nmd": NMD, "c2ir": C2IR,
@@ -58,7 +59,13 @@ def build_detector(name: str, cfg: Mapping[str, Any], **extra: Any) -> Detector:
         raise C2IRError(f"detector {name} ({kind}): unknown parameter(s) {', '.join(unknown)}; "
                         f"valid: {', '.join(valid) or 'none'}")
     params = {**{k: v for k, v in extra.items() if k in valid}, **params}  # the detector's own config wins
-    return cls(name, **params)
+    try:
+        det = cls(name, **params)
+    except (TypeError, ValueError) as exc:  # e.g. k='abc': int() of a string
+        raise C2IRError(f"detector {name} ({kind}): a parameter has a value of the wrong type ({exc}); "
+                        f"valid parameters and defaults: {cls.defaults()}") from None
+    check_detector_params(det)
+    return det
 
 
 __all__ = ["Detector", "FitData", "build_detector", "DETECTOR_TYPES"]

@@ -58,6 +58,8 @@ class Detector(ABC):
 
     requires_fit: ClassVar[bool] = False
     needs_input_gradients: ClassVar[bool] = False
+    # ranges of numeric parameters, e.g. {"temperature": "> 0"}; checked with finiteness by build_detector
+    limits: ClassVar[dict[str, str]] = {}
     data_access: str = "data-free"   # or "full access" when fitted on real ID data
 
     def __init__(self, name: str, *, fit_on: str = "none") -> None:

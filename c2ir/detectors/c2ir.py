@@ -121,6 +121,7 @@ class C2IR(Detector):
             them the configured values are used, with a warning). docs/BENCHMARKS.md sections 11, 15.
     """
 
+    limits = {"ipm_projections": ">= 1", "ipm_seed": ">= 0"}
     requires_fit = True
 
     def __init__(self, name: str = "c2ir", *, fit_on: str = "impressions", ipm: str = "mean_standardized",

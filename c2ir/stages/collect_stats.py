@@ -16,14 +16,14 @@ from c2ir.cache import Artifact, atomic_save_tensors, atomic_write_json
 from c2ir.data import load_id
 from c2ir.extraction import extract_features
 from c2ir.stats import ClassStats, compare_stats, compute_class_stats
-from c2ir.stages.common import RunContext, key_fields, plain
+from c2ir.stages.common import RunContext, plain
 from c2ir.stages import features, synthesize
 
 log = logging.getLogger(__name__)
 
 
 def key(ctx: RunContext, synth_key: str) -> str:
-    spec = {**key_fields(ctx.cfg, "collect_stats"), "layers": ctx.layers}
+    spec = {**ctx.fields("collect_stats"), "layers": ctx.layers}
     return ctx.key("collect_stats", spec, {"synthesize": synth_key, "model": ctx.model_key})
 
 

@@ -21,6 +21,7 @@ from torch import nn
 
 from c2ir import distributed
 from c2ir.cache import ArtifactStore, file_sha256, make_key
+from c2ir.data.digests import DigestCache
 from c2ir.data.imageset import Normalizer
 from c2ir.device import resolve_device
 from c2ir.errors import C2IRError
@@ -32,10 +33,12 @@ from c2ir.stages import train
 
 log = logging.getLogger(__name__)
 
+DIGESTS_FOLDER = ".file-digests"  # under cache_root: the remembered SHA-256 of folder data files
+
 # Per stage: a code version; bump it when a stage's output format or algorithm changes.
 STAGE_VERSIONS = {"train": 2, "synthesize": 2, "collect_stats": 3, "weight_layers": 2, "features": 2,
-                  "image_scores": 2, "evaluate": 4, "model": 2}  # evaluate 3: per-layer AUROC, 4: c2ir_fit;
-# collect_stats 3: the tied within-class precision per layer (ipm=mahalanobis)
+                  "image_scores": 2, "evaluate": 5, "model": 2}  # evaluate 3: per-layer AUROC; 4: not_computable
+# (issue 24) or c2ir_fit (issue 21); 5: both. collect_stats 3: the tied within-class precision per layer (ipm=mahalanobis)
 
 
 @dataclass(frozen=True)
@@ -89,7 +92,11 @@ KEY_RULES: dict[str, KeyRule] = {
 # before they were declared: at that value a field stays out of keys (so declaring a default
 # does not invalidate every cache); any other value enters the key like any field.
 KEY_NEUTRAL: dict[str, Any] = {"train.pad": None,  # null: max(1, data.image_size // 8), as before
-                               "metrics.fpr_positive": "id"}  # id: FPR95 with ID positive, as before
+                               "metrics.fpr_positive": "id",  # id: FPR95 with ID positive, as before
+                               # issue 20's synthesis options at the values of the code before them
+                               # (synth=deepinversion keeps the key of the former synth=default)
+                               "synth.lr_schedule": "cosine", "synth.warmup_iterations": 0, "synth.warmup_min_size": 16,
+                               "synth.stop_patience": 0, "synth.stop_tol": 0.01, "synth.bn_stats": "hooks"}
 # Fields no stage's output depends on (how or where a run happens, not what it computes).
 RUNTIME_ONLY = ("stage", "device", "threads", "batch_size", "num_workers", "cache_root", "output_dir", "paths", "hydra",
                 "synth.autocast", "synth.channels_last", "synth.compile", *_MODEL_RUNTIME,
@@ -133,8 +140,12 @@ def flatten(node: Any, prefix: str = "") -> dict[str, Any]:
 
 def key_fields(cfg: Any, rule: str, name: str | None = None) -> dict[str, Any]:
     """The values of the config fields `KEY_RULES[rule]` selects, as {dotted path: value}."""
+    return select_fields(flatten(plain(cfg)), rule, name)
+
+
+def select_fields(flat: Mapping[str, Any], rule: str, name: str | None = None) -> dict[str, Any]:
+    """`key_fields` on an already flattened config (`RunContext` flattens its config once)."""
     r = KEY_RULES[rule]
-    flat = flatten(plain(cfg))
     return {p: v for p, v in sorted(flat.items())
             if any(_matches(f, p, name) for f in r.fields)
             and not any(_matches(x, p, name) for x in (*r.exclude, *RUNTIME_ONLY))
@@ -169,14 +180,21 @@ class RunContext:
         self._data_specs: dict[str, dict[str, Any]] = {}
         self.device = resolve_device(str(cfg.device))
         self.dist = distributed.current()  # reads the process group the CLI joined; initialises nothing
+        # content digests of folder data, remembered while a file is unchanged (c2ir.data.digests)
+        self.digests = DigestCache(self.store.root / DIGESTS_FOLDER)
 
     # ----- config subsets -------------------------------------------------------------
     def key(self, stage: str, config: Mapping[str, Any], upstream: Mapping[str, str] | None = None) -> str:
         return make_key(stage, {"v": STAGE_VERSIONS[stage], **config}, upstream)
 
+    @functools.cached_property
+    def flat_config(self) -> dict[str, Any]:
+        """The resolved config as {dotted path: value}, computed once (resolving it is most of a key's cost)."""
+        return flatten(plain(self.cfg))
+
     def fields(self, rule: str, name: str | None = None) -> dict[str, Any]:
         """The config fields `KEY_RULES[rule]` selects (see `key_fields`)."""
-        return key_fields(self.cfg, rule, name)
+        return select_fields(self.flat_config, rule, name)
 
     def data_spec(self, split: str) -> dict[str, Any]:
         """Key fields of an ID split, plus a fingerprint of the files when it comes from a folder
@@ -186,11 +204,11 @@ class RunContext:
         return dict(self._data_specs[split])
 
     def _data_spec(self, split: str) -> dict[str, Any]:
-        spec = key_fields(self.cfg, f"features:id_{split}")
+        spec = self.fields(f"features:id_{split}")
         spec["split"] = split
         from c2ir.data.sources import id_fingerprint
 
-        fingerprint = id_fingerprint(self.cfg.data, split)
+        fingerprint = id_fingerprint(self.cfg.data, split, self.digests)
         if fingerprint:
             spec["content"] = fingerprint
         return spec
@@ -214,10 +232,10 @@ class RunContext:
 
     @functools.cached_property
     def train_key(self) -> str:
-        spec = key_fields(self.cfg, "train")
+        spec = self.fields("train")
         from c2ir.data.sources import id_fingerprint
 
-        content = id_fingerprint(self.cfg.data, "train")
+        content = id_fingerprint(self.cfg.data, "train", self.digests)
         if content:
             spec["data.content"] = content
         weights = self.cfg.model.get("weights") if self.cfg.model.get("arch") == "torchvision" else None
@@ -228,7 +246,7 @@ class RunContext:
     def model_key(self) -> str:
         if self.uses_training:
             return self.train_key
-        return self.key("model", key_fields(self.cfg, "model"), {"checkpoint": self.checkpoint_sha or ""})
+        return self.key("model", self.fields("model"), {"checkpoint": self.checkpoint_sha or ""})
 
     @functools.cached_property
     def model_digest(self) -> str:

@@ -33,18 +33,19 @@ from c2ir.report_html import split_scores
 from c2ir.schema import ood_names
 from c2ir.stages import collect_stats, features, synthesize, weight_layers
 from c2ir.stages.collect_stats import id_train_features
-from c2ir.stages.common import RunContext, key_fields, plain
+from c2ir.stages.common import RunContext, plain
 from c2ir.stages.report_page import write_run_page
+from c2ir.validation import nonfinite_problem
 
 log = logging.getLogger(__name__)
 
 
 def ood_spec(ctx: RunContext, name: str) -> dict[str, Any]:
     """Key fields of one OOD set (KEY_RULES["features:ood"]), with its folder's content fingerprint."""
-    spec = {k.removeprefix(f"ood.{name}."): v for k, v in key_fields(ctx.cfg, "features:ood", name).items()}
+    spec = {k.removeprefix(f"ood.{name}."): v for k, v in ctx.fields("features:ood", name).items()}
     if spec.get("source") == "pixel_shuffled":
         spec["base"] = ctx.data_spec("test")
-    content = ood_fingerprint(ctx.cfg.ood[name], name)
+    content = ood_fingerprint(ctx.cfg.ood[name], name, ctx.digests)
     if content:
         spec["content"] = content
     return {"ood": name, **spec}
@@ -147,8 +148,7 @@ class Evaluation:
         return self._decoded[name]
 
     def key(self) -> str:
-        cfg = self.ctx.cfg
-        spec = {**key_fields(cfg, "evaluate"), "used": sorted(self.detectors), "sets": list(self.sets),
+        spec = {**self.ctx.fields("evaluate"), "used": sorted(self.detectors), "sets": list(self.sets),
                 "params": {n: {"type": type(d).__name__, **d.params} for n, d in self.detectors.items()}}
         upstream = {f"features:{n}": a.key for n, (a, _) in self.sets.items()}
         upstream.update(self.fit_inputs.upstream())
@@ -203,38 +203,50 @@ class Evaluation:
             scores[name] = {s: det.score(bundle) for s, (_, bundle) in self.sets.items()}
         id_bundle = self.sets[self.id_name][1]
         id_acc = accuracy(id_bundle["logits"].numpy(), id_bundle["labels"].numpy())
+        not_computable = not_computable_detectors(scores)
+        scores = {d: v for d, v in scores.items() if d not in not_computable}  # no number is reported for them
         positive = str(OmegaConf.select(self.ctx.cfg, "metrics.fpr_positive", default="id"))
         metrics = {
             det: {ood: ood_metrics(per_set[self.id_name], per_set[ood], positive) for ood in self.ood_keys}
             for det, per_set in scores.items()
         }
-        for det, per_set in scores.items():
-            for s, v in per_set.items():
-                if not np.all(np.isfinite(v)):
-                    log.warning("detector %s gave %d non-finite scores on %s", det, int((~np.isfinite(v)).sum()), s)
         access = {n: d.data_access for n, d in self.detectors.items()}
         result = {"id_set": self.id_name, "id_accuracy": id_acc, "ood_sets": list(self.ood_keys),
                   "metrics": metrics, "fpr_positive": positive, "access": access, "ipm": plain(self.ctx.cfg.ipm),
                   "mgi": plain(self.ctx.cfg.mgi), "layer_weights": self.weights_art.json("weights.json"),
                   "counts": {s: int(len(b["logits"])) for s, (_, b) in self.sets.items()},
-                  "layer_auroc": self.layer_auroc(),
+                  "layer_auroc": self.layer_auroc(skip=set(not_computable)), "not_computable": not_computable,
                   "c2ir_fit": {n: d.fit_summary() for n, d in self.detectors.items() if isinstance(d, C2IR)}}
         atomic_save_tensors(out / "scores.safetensors",
                             {f"{d}/{s}": torch.from_numpy(np.ascontiguousarray(v)) for d, ps in scores.items() for s, v in ps.items()})
         atomic_write_json(out / "results.json", result)
         return {"id_accuracy": id_acc}
 
-    def layer_auroc(self) -> dict[str, dict]:
+    def layer_auroc(self, skip: set[str]) -> dict[str, dict]:
         """Per C2IR detector: AUROC (%) of each layer's raw deviation alone, per OOD set (the report's
         evidence for the layer choice; AUROC is invariant to the per-layer normalisation)."""
         out = {}
         for name, det in self.detectors.items():
-            if not isinstance(det, C2IR):
+            if not isinstance(det, C2IR) or name in skip:
                 continue
             dev = {s: det.layer_deviations(bundle).numpy() for s, (_, bundle) in self.sets.items()}
+            if not all(np.isfinite(v).all() for v in dev.values()):
+                continue
             out[name] = {"layers": list(det.layers),
                          "auroc": {o: columnwise_auroc(dev[self.id_name], dev[o]) for o in self.ood_keys}}
         return out
+
+
+def not_computable_detectors(scores: dict[str, dict[str, np.ndarray]]) -> dict[str, str]:
+    """{detector: why} for detectors with a NaN or infinite score on some set: reported as "not computable",
+    never as a metric (a NaN ranks as the lowest score: AUROC 0 / FPR95 100 would look measured)."""
+    out = {}
+    for det, per_set in scores.items():
+        problems = [f"{p} on {s}" for s, v in per_set.items() if (p := nonfinite_problem(v))]
+        if problems:
+            out[det] = "; ".join(problems) + " (check its parameters, e.g. a temperature or weight)"
+            log.warning("detector %s is not computable: %s; no metric is reported for it", det, out[det])
+    return out
 
 
 def ensure(ctx: RunContext) -> Artifact:
@@ -262,6 +274,9 @@ def report_evaluation(ctx: RunContext) -> None:
         return
     run_dir = report.run_dir(cfg)
     result = {**art.json("results.json"), "groups": groups_of(cfg)}  # near/far: presentation, from the config
+    synth_art = ctx.store.lookup("synthesize", synthesize.key(ctx))
+    if synth_art is not None:  # the run directory's copy only (c2ir report plots quality against this cost)
+        result["synthesis"] = synthesize.cost_summary(synth_art)
     grid = ctx.store.dir("synthesize", synthesize.key(ctx)) / "impressions_grid.png"
     if grid.is_file():
         shutil.copy2(grid, run_dir / "impressions_grid.png")

@@ -16,6 +16,7 @@ in `skipped.txt`, and one summary line says how many images were flagged.
 from __future__ import annotations
 
 import csv
+import io
 import json
 import logging
 from pathlib import Path
@@ -25,16 +26,18 @@ import torch
 
 from c2ir import report
 from c2ir.api import zoo_config
-from c2ir.cache import Artifact, atomic_save_tensors, atomic_write_json, make_key
+from c2ir.cache import Artifact, atomic_save_tensors, atomic_write_bytes, atomic_write_json, make_key
 from c2ir.data.folders import decode_many
 from c2ir.detectors import Detector, build_detector
 from c2ir.detectors.base import BN_MEANS, INPUT_GRADIENTS, POOLED_LAYERS, SPATIAL
 from c2ir.errors import C2IRError
 from c2ir.extraction import extract_features
+from c2ir.names import csv_cell, escape_name
 from c2ir.stages.common import RunContext, plain
 from c2ir.stages import synthesize
 from c2ir.stages.evaluate import FitInputs, ipm_overrides
-from c2ir.threshold import Threshold, data_free_threshold
+from c2ir.threshold import NotComputableError, Threshold, data_free_threshold
+from c2ir.validation import nonfinite_problem
 
 log = logging.getLogger(__name__)
 SCORE_VERSION = 2   # 2: the threshold rule of c2ir.threshold (issue 21)
@@ -69,8 +72,12 @@ def ensure(ctx: RunContext, name: str, tpr: float) -> tuple[Detector, Threshold,
         fit = inputs.fit_context()
         det.fit(fit)
         images = fit.impression_images if fit.impression_images is not None else synthesize.load(synthesize.ensure(ctx))[0]
-        threshold = data_free_threshold(det, tpr, lambda pixels: score_images(ctx, det, pixels)[0], images,
-                                        lambda: score_images(ctx, det, images)[0])
+        try:
+            threshold = data_free_threshold(det, tpr, lambda pixels: score_images(ctx, det, pixels)[0], images,
+                                            lambda: score_images(ctx, det, images)[0])
+        except NotComputableError as exc:
+            raise C2IRError(f"detector {name} is not computable on {exc}, so it has no threshold; check its "
+                            "parameters (e.g. a temperature or weight) or score with another score.detector") from None
         atomic_save_tensors(out / "state.safetensors", {k: v.contiguous() for k, v in det.state().items()})
         atomic_write_json(out / "detector.json", {"name": name, "type": type(det).__name__, "params": det.params,
                                                   "threshold": threshold.value, "tpr": tpr,
@@ -117,6 +124,18 @@ def score_folder(ctx: RunContext, det: Detector, root: Path, paths: list[Path], 
     return [rel[i] for i in keep], pred, scores, skipped
 
 
+def write_scores_csv(path: Path, paths: list[str], pred: list[int], scores: list[float], ood: list[bool]) -> None:
+    """`scores.csv`: one row per image. The `path` cell is `names.csv_cell(relative path)`: control characters
+    escaped, and a leading `'` when it would start with = + - @ tab CR or ' (OWASP CSV injection), so no
+    spreadsheet evaluates it; `names.csv_uncell` gives the file name back exactly."""
+    buf = io.StringIO()
+    w = csv.writer(buf, quoting=csv.QUOTE_MINIMAL)
+    w.writerow(["path", "predicted_class", "score", "ood"])
+    for p, c, s, o in zip(paths, pred, scores, ood):
+        w.writerow([csv_cell(p), c, repr(float(s)), int(o)])
+    atomic_write_bytes(path, buf.getvalue().encode("utf-8"))
+
+
 def run(cfg) -> None:
     ctx = RunContext(cfg)  # validates the config: score.input set, a folder, not empty (schema.check_inputs)
     settings = score_settings(ctx.cfg)
@@ -124,24 +143,20 @@ def run(cfg) -> None:
     det, thr, art = ensure(ctx, settings["detector"], settings["tpr"])
     threshold = thr.value
     paths, pred, scores, skipped = score_folder(ctx, det, settings["input"], files, settings["resize"])
-    ood = scores > threshold
+    ood = ~(scores <= threshold)  # a NaN score is never called in-distribution
+    if nonfinite_problem(scores):
+        log.warning("score: %s; those images are flagged as OOD", nonfinite_problem(scores))
     run_dir = report.run_dir(cfg)
-    tmp = run_dir / "scores.csv.tmp"
-    with tmp.open("w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(["path", "predicted_class", "score", "ood"])
-        for p, c, s, o in zip(paths, pred.tolist(), scores.tolist(), ood.tolist()):
-            w.writerow([p, c, repr(float(s)), int(o)])
-    tmp.replace(run_dir / "scores.csv")
-    if skipped:
-        (run_dir / "skipped.txt").write_text("\n".join(skipped) + "\n")
+    write_scores_csv(run_dir / "scores.csv", paths, pred.tolist(), scores.tolist(), ood.tolist())
+    if skipped:  # one escaped name per line: a name with a newline cannot split an entry
+        atomic_write_bytes(run_dir / "skipped.txt", ("\n".join(escape_name(p) for p in skipped) + "\n").encode())
         for p in skipped:
-            log.warning("score: skipped unreadable file %s", p)
-    (run_dir / "score_summary.json").write_text(json.dumps(
+            log.warning("score: skipped unreadable file %s", escape_name(p))
+    atomic_write_bytes(run_dir / "score_summary.json", (json.dumps(
         {"input": str(settings["input"]), "detector": settings["detector"], "threshold": threshold,
          "tpr": settings["tpr"], "threshold_rule": thr.rule, "expected_id_tpr": list(thr.expected),
          "scored": len(paths), "flagged_ood": int(ood.sum()), "skipped": skipped,
-         "detector_artifact": str(art.path)}, indent=2) + "\n")
+         "detector_artifact": str(art.path)}, indent=2) + "\n").encode())
     print(f"c2ir score: {int(ood.sum())} of {len(paths)} images flagged as OOD by {settings['detector']} "
           f"({thr.describe()})"
           + (f"; {len(skipped)} unreadable file(s) skipped, listed in skipped.txt" if skipped else "")

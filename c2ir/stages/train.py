@@ -23,6 +23,7 @@ from c2ir.errors import C2IRError
 from c2ir.models import load_checkpoint, published_weights
 from c2ir.models.loading import check_finite_weights, load_classifier
 from c2ir.training import TrainConfig, train_classifier
+from c2ir.validation import check_every_class
 
 if TYPE_CHECKING:
     from c2ir.stages.common import RunContext
@@ -48,21 +49,22 @@ def train_model(ctx: "RunContext", work: Path) -> tuple[nn.Module, list[dict]]:
         log.info("fine-tuning from %s", cfg.model.checkpoint)
     # training draws random batches and augments whole tensors: both splits are held in memory
     train, test = (materialize(load_id(cfg.data, s), ctx.batch_size, ctx.num_workers) for s in ("train", "test"))
+    check_every_class(train.labels, int(cfg.data.num_classes), f"{cfg.data.name}-train")
     return train_classifier(model, train, test, ctx.normalizer,
                             train_config(ctx), work, ctx.device, ctx.batch_size)
 
 
 def ensure(ctx: "RunContext") -> Artifact:
     art_key = ctx.train_key
-    work = ctx.store.partial_dir("train", art_key)
+    with ctx.store.resumable("train", art_key) as work:  # a failed build leaves no empty partial folder
 
-    def build(out: Path) -> dict:
-        model, history = train_model(ctx, work)
-        atomic_save_tensors(out / "model.safetensors", model.state_dict())
-        atomic_write_json(out / "history.json", history)
-        return {"test_acc": history[-1]["test_acc"] if history else None}
+        def build(out: Path) -> dict:
+            model, history = train_model(ctx, work)
+            atomic_save_tensors(out / "model.safetensors", model.state_dict())
+            atomic_write_json(out / "history.json", history)
+            return {"test_acc": history[-1]["test_acc"] if history else None}
 
-    art = ctx.store.get_or_create("train", art_key, build, config=ctx.fields("train"), seed=ctx.seed)
+        art = ctx.store.get_or_create("train", art_key, build, config=ctx.fields("train"), seed=ctx.seed)
     shutil.rmtree(work, ignore_errors=True)
     return art
 

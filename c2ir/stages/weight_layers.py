@@ -9,14 +9,14 @@ import torch
 
 from c2ir.cache import Artifact, atomic_write_json
 from c2ir.mgi import METHODS, impression_importance, normalize_weights
-from c2ir.stages.common import RunContext, key_fields, plain
+from c2ir.stages.common import RunContext, plain
 from c2ir.stages import synthesize
 
 log = logging.getLogger(__name__)
 
 
 def key(ctx: RunContext, synth_key: str) -> str:
-    return ctx.key("weight_layers", {**key_fields(ctx.cfg, "weight_layers"), "layers": ctx.layers},
+    return ctx.key("weight_layers", {**ctx.fields("weight_layers"), "layers": ctx.layers},
                    {"synthesize": synth_key, "model": ctx.model_key})
 
 
