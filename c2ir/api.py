@@ -18,35 +18,37 @@ score`'s artifact. The caller's model is borrowed, never changed (training flags
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 import torch
 from omegaconf import OmegaConf
-from safetensors.torch import load_file
 from torch import nn
 
-from c2ir.cache import FolderOutput, MemoryStore
+from c2ir import saved
+from c2ir.cache import MemoryStore
 from c2ir.data.imageset import Normalizer
 from c2ir.detectors import Detector, FitData, build_detector, detector_config, detector_names
 from c2ir.detectors.base import POOLED_LAYERS, SPATIAL
+from c2ir.device import resolve_device
 from c2ir.distributed import DistInfo
 from c2ir.errors import C2IRError, NotFittedError
 from c2ir.extraction import FeatureBundle, auto_layers, bn_layers, extract_features, select_layers
 from c2ir.graph import Job, Resolved, resolve
+from c2ir.inputs import (check_api_numbers, check_batch, check_input_shape, check_labels, check_normalization,
+                         model_input_channels, nonfinite_rows, takes_vectors)
 from c2ir.models import head_module
 from c2ir.schema import C2IRConfig, CollectStatsConfig, FeaturesConfig, MGIConfig, ScoreConfig, SynthConfig
 from c2ir.stages.collect_stats import COLLECT_STATS
 from c2ir.stages.features import FEATURES, ID_TRAIN
-from c2ir.stages.fit import (FITTED, FORMAT_VERSION, SAVED_CONFIG, SAVED_STATE, Fitted, FitRequest, job_settings,
-                             restore, threshold_at, write_saved)
+from c2ir.stages.fit import FITTED, Fitted, FitRequest, job_settings, restore
 from c2ir.stages.synthesize import SYNTHESIZE, Impressions
 from c2ir.stats import ClassStats
+from c2ir.threshold import NotComputableError, Threshold, quantile_threshold
 from c2ir.validation import check_node, check_setting
 
 log = logging.getLogger(__name__)
@@ -82,21 +84,25 @@ def _given(node_name: str, tensors: Mapping[str, torch.Tensor], value: Any) -> R
 
 
 def _loader_features(model: nn.Module, loader: Iterable[Any], layers: Sequence[str], head: nn.Linear,
-                     batch_size: int, device: torch.device, with_bn: bool) -> FeatureBundle:
-    """Features of every batch of a DataLoader of `x` or `(x, y, ...)` (x normalised as the model takes it)."""
+                     batch_size: int, device: torch.device, with_bn: bool,
+                     input_shape: Sequence[int] | None = None) -> tuple[FeatureBundle, tuple[int, ...]]:
+    """(features of every batch of a DataLoader of `x` or `(x, y, ...)` (x normalised as the model takes it),
+    the shape of one input); every batch is checked (c2ir.inputs) and has the shape of the first."""
     parts: list[FeatureBundle] = []
     for batch in loader:
-        x, y = (batch[0], batch[1]) if isinstance(batch, (tuple, list)) else (batch, None)
-        b = extract_features(model, torch.as_tensor(x), None, layers, head, batch_size=batch_size, device=device,
+        x, y = (batch[0], batch[1] if len(batch) > 1 else None) if isinstance(batch, (tuple, list)) else (batch, None)
+        x = check_batch(x, input_shape, "a DataLoader batch", takes_vectors(model))
+        input_shape = tuple(x.shape[1:])
+        b = extract_features(model, x, None, layers, head, batch_size=batch_size, device=device,
                              with_bn=with_bn, desc="features")
         if y is not None:
-            b["labels"] = torch.as_tensor(y).long().cpu()
+            b["labels"] = check_labels(torch.as_tensor(y).cpu(), head.out_features)
         parts.append(b)
     if not parts:
         raise C2IRError("the DataLoader yielded no batches; pass a loader over at least one batch of images")
     if any("labels" not in p for p in parts) and any("labels" in p for p in parts):
         raise C2IRError("some batches of the DataLoader have labels and some do not")
-    return {k: torch.cat([p[k] for p in parts]) for k in parts[0]}
+    return {k: torch.cat([p[k] for p in parts]) for k in parts[0]}, tuple(input_shape or ())
 
 
 class OODDetector:
@@ -128,7 +134,8 @@ class OODDetector:
 
     Fitted state, public after `fit()` (None where the detector did not need it):
         detector: the fitted feature-level detector (`c2ir.detectors.*`), `detector.params`.
-        threshold, threshold_source: the decision threshold and where it came from.
+        threshold, threshold_source, threshold_info: the decision threshold, the rule that set it
+            (`c2ir.threshold.RULES`) and what it promises (`threshold_info.describe()`).
         impressions: `Impressions(images, targets, predicted)`, pixels in [0, 1] (inspect, plot, or
             fit another detector on them: `c2ir.detector("vim_imp", model, ...).fit(impressions=det.impressions)`).
         class_stats: per-layer, per-class statistics of the impressions' features (`c2ir.stats.ClassStats`).
@@ -153,26 +160,29 @@ class OODDetector:
         self.detector: Detector = build_detector(name, self.config)
         self.head_name = head
         self.head = head_module(model, head)
-        self.num_classes = None if num_classes is None else int(num_classes)
+        self.num_classes = None if num_classes is None else check_api_numbers(num_classes=num_classes)["num_classes"]
         if self.num_classes is not None and self.head.out_features != self.num_classes:
             raise C2IRError(f"num_classes={num_classes} but the model's head predicts {self.head.out_features} classes")
-        self.input_shape = None if input_shape is None else tuple(int(v) for v in input_shape)
-        self.mean = None if mean is None else [float(v) for v in mean]
-        self.std = None if std is None else [float(v) for v in std]
-        if (self.mean is None) != (self.std is None):
+        self.input_shape = None if input_shape is None else check_input_shape(input_shape, model)
+        if (mean is None) != (std is None):
             raise C2IRError("pass both mean and std (the model's input normalisation), or neither")
+        self.mean, self.std = (None, None) if mean is None else check_normalization(
+            mean, std, self.input_shape[0] if self.input_shape else model_input_channels(model))
         self.layer_patterns = None if layers is None else [str(p) for p in layers]
         self.layers = self._choose_layers(model) if layers is None else select_layers(model, self.layer_patterns)
         self.synth = _synth_config(synth)
+        check_api_numbers(batch_size=batch_size, spatial_grid=spatial_grid, max_spatial_per_class=max_spatial_per_class,
+                          seed=seed)
         self.spatial_grid = check_setting("spatial_grid", spatial_grid, FeaturesConfig, "spatial_grid")
         self.max_spatial_per_class = check_setting("max_spatial_per_class", max_spatial_per_class, CollectStatsConfig,
                                                    "max_spatial_per_class")
         self.batch_size = check_setting("batch_size", batch_size, C2IRConfig, "batch_size")
         self.seed = check_setting("seed", seed, C2IRConfig, "seed")
-        self.device = torch.device(device) if device is not None else None
+        self.device = resolve_device(str(device)) if device is not None else None
         self.store = store if store is not None else MemoryStore()
         self.threshold: float | None = None
-        self.threshold_source: str | None = None
+        self.threshold_source: str | None = None     # the rule that set it (c2ir.threshold.RULES)
+        self.threshold_info: Threshold | None = None
         self.layer_weights: list[float] | None = None
         self.impressions: Impressions | None = None
         self.class_stats: ClassStats | None = None
@@ -241,8 +251,9 @@ class OODDetector:
             if id_loader is None:
                 raise C2IRError(f"{self.name} is a full-access detector: pass fit(id_loader) with the model's ID "
                                 f"training data, or use its data-free variant fitted on impressions")
-            bundle = _loader_features(self.model, id_loader, self.layers, self.head, self.batch_size, self._device(),
-                                      "bn_means" in det.needs)
+            bundle, shape = _loader_features(self.model, id_loader, self.layers, self.head, self.batch_size,
+                                             self._device(), "bn_means" in det.needs, self.input_shape)
+            self.input_shape = self.input_shape or check_input_shape(shape, self.model)
             if "labels" not in bundle:
                 raise C2IRError(f"{self.name} fits on labelled data: the DataLoader must yield (x, y) batches")
             given[(FEATURES.name, ID_TRAIN)] = _given("features", bundle, bundle)
@@ -255,9 +266,15 @@ class OODDetector:
             self._require_synthesis_inputs(f"fitting {self.name}" if det.fit_on == "impressions"
                                            else "a data-free threshold")
         job = self._job(synthesis, given)
-        fitted: Fitted = resolve(FITTED, job, FitRequest.of(self.name, self.config, {}, self.tpr)).value
+        try:
+            fitted: Fitted = resolve(FITTED, job, FitRequest.of(self.name, self.config, {}, self.tpr)).value
+        except NotComputableError as exc:
+            raise C2IRError(f"{self.name} is not computable on {exc}; check its parameters ({self.detector.params}) "
+                            f"and the model's normalisation (mean, std)") from None
         self.detector, self.threshold, self.threshold_source = fitted.detector, fitted.threshold, fitted.threshold_source
-        self.layer_weights = fitted.layer_weights
+        self.threshold_info, self.layer_weights = fitted.threshold_info, fitted.layer_weights
+        if fitted.threshold_info is not None:
+            log.info("%s: %s", self.name, fitted.threshold_info.describe())
         if synthesis:
             self.impressions = resolve(SYNTHESIZE, job).value
             self.class_stats, self.impression_features = resolve(COLLECT_STATS, job).value
@@ -269,32 +286,48 @@ class OODDetector:
         scores = [self.score(batch[0] if isinstance(batch, (tuple, list)) else batch) for batch in id_loader]
         if not scores:
             raise C2IRError("calibrate: the DataLoader yielded no batches")
-        self.threshold, self.threshold_source = threshold_at(torch.cat(scores).numpy(), self.tpr), "calibration data"
-        log.info("%s: threshold %.6g (%.0f%% of calibration data below it)", self.name, self.threshold, 100 * self.tpr)
+        self._set_threshold(lambda: quantile_threshold(torch.cat(scores).numpy(), self.tpr, "calibration"))
         return self
+
+    def _set_threshold(self, rule: Callable[[], Threshold]) -> None:
+        """Set the threshold by `rule()`; a reference set scored NaN/inf is one line, and no threshold is set."""
+        try:
+            threshold = rule()
+        except NotComputableError as exc:
+            raise C2IRError(f"{self.name} is not computable on {exc}; check its parameters ({self.detector.params}) "
+                            f"and the model's normalisation (mean, std)") from None
+        self.threshold, self.threshold_source, self.threshold_info = threshold.value, threshold.rule, threshold
+        log.info("%s: %s", self.name, threshold.describe())
 
     # ----- score / predict ---------------------------------------------------------------
     def score(self, x: torch.Tensor) -> torch.Tensor:
         """(N,) float64 OOD scores (higher = more OOD) of a batch `x` as the model takes it (normalised)."""
         if not self.detector._fitted:
             raise NotFittedError(f"{self.name}: call fit() before score()")
-        x = torch.as_tensor(x)
-        norm = None
+        x = check_batch(x, self.input_shape, vectors=takes_vectors(self.model))
+        norm, inputs = None, x
         if self.detector.needs_input_gradients:  # it perturbs or differentiates pixels, not model inputs
             norm = self.normalizer
             if norm is None:
                 raise C2IRError(f"{self.name} perturbs inputs in pixel space: pass mean and std")
-            x = norm.to_pixels(x.float().cpu())
-        return torch.from_numpy(self.detector.score_images(self.model, norm, x, self.batch_size, self._device(),
-                                                           layers=self.layers, head=self.head,
-                                                           spatial_grid=self.spatial_grid))
+            inputs = norm.to_pixels(x.float().cpu())
+        scores = torch.from_numpy(self.detector.score_images(self.model, norm, inputs, self.batch_size, self._device(),
+                                                             layers=self.layers, head=self.head,
+                                                             spatial_grid=self.spatial_grid))
+        bad = nonfinite_rows(x)
+        if bad.any():  # a NaN/inf input has no meaningful score: it is never called in-distribution
+            log.warning("%s: %d of %d inputs hold NaN or infinite values; scored +inf (OOD)", self.name,
+                        int(bad.sum()), len(x))
+            scores[bad.to(scores.device)] = float("inf")
+        return scores
 
     def predict(self, x: torch.Tensor) -> torch.Tensor:
-        """(N,) bool, True = OOD (score above `threshold`)."""
+        """(N,) bool, True = OOD (score above `threshold`, or not a number: never ID; `threshold_info.describe()`
+        says which rule set the threshold and the ID TPR to expect)."""
         if self.threshold is None:
             raise NotFittedError(f"{self.name} has no threshold: fit() it with num_classes, input_shape, mean and "
                                  f"std (data-free threshold), or call calibrate(id_loader)")
-        return self.score(x) > self.threshold
+        return ~(self.score(x) <= self.threshold)
 
     __call__ = score
 
@@ -307,11 +340,9 @@ class OODDetector:
         if self.detector.requires_fit and type(self.detector).state is Detector.state:
             raise C2IRError(f"{self.name} ({type(self.detector).__name__}) does not declare its fitted state "
                             "(Detector.state / load_state), so it cannot be saved; refit it after loading the model")
-        out = Path(path)
-        out.mkdir(parents=True, exist_ok=True)
-        fitted = Fitted(self.detector, self.threshold, self.threshold_source, self.layer_weights)
-        write_saved(FolderOutput(out), fitted, self.name, job_settings(self._job()), self.tpr)
-        return out
+        fitted = Fitted(self.detector, self.threshold, self.threshold_source, self.layer_weights, self.threshold_info)
+        return saved.write(Path(path), saved.saved_config(fitted, self.name, job_settings(self._job()), self.tpr),
+                           self.detector.state(), self.model)
 
     @classmethod
     def _from_saved(cls, name: str, model: nn.Module, settings: dict[str, Any], params: dict[str, Any]) -> "OODDetector":
@@ -322,24 +353,43 @@ class OODDetector:
         """A detector saved by `save` (or fitted by `c2ir score`: its `score/<key>` folder), bound to `model`
         (the same architecture and weights it was fitted on)."""
         folder = Path(path)
-        if not (folder / SAVED_CONFIG).is_file() or not (folder / SAVED_STATE).is_file():
-            raise C2IRError(f"{folder} holds no saved detector ({SAVED_CONFIG} and {SAVED_STATE}); pass the folder "
-                            "given to save()")
-        saved = json.loads((folder / SAVED_CONFIG).read_text())
-        if saved.get("format") != FORMAT_VERSION:
-            raise C2IRError(f"{folder}: saved detector format {saved.get('format')} is not {FORMAT_VERSION}; refit and save")
-        settings = dict(num_classes=saved["num_classes"], input_shape=saved["input_shape"], mean=saved["mean"],
-                        std=saved["std"], layers=[re.escape(n) for n in saved["layers"]], head=saved["head"],
-                        synth=saved["synth"], mgi=saved["mgi"], spatial_grid=saved["spatial_grid"],
-                        max_spatial_per_class=saved["max_spatial_per_class"], tpr=saved["tpr"],
-                        batch_size=saved["batch_size"], device=device, seed=saved["seed"])
-        obj = cls._from_saved(saved["name"], model, settings, dict(saved["params"]))
-        obj.layer_patterns = saved["layer_patterns"]
-        obj.detector = restore(obj.detector, load_file(str(folder / SAVED_STATE)),
-                               FitData(model=model, layers=list(obj.layers), head=obj.head))
-        obj.threshold, obj.threshold_source = saved["threshold"], saved["threshold_source"]
-        obj.layer_weights = saved["layer_weights"]
+        cfg, state = saved.read(folder, model)  # content hashes, the model's fingerprint, every field's type
+        settings = dict(num_classes=cfg["num_classes"], input_shape=cfg["input_shape"], mean=cfg["mean"],
+                        std=cfg["std"], layers=[re.escape(n) for n in cfg["layers"]], head=cfg["head"],
+                        synth=cfg["synth"], mgi=cfg["mgi"], spatial_grid=cfg["spatial_grid"],
+                        max_spatial_per_class=cfg["max_spatial_per_class"], tpr=cfg["tpr"],
+                        batch_size=cfg["batch_size"], device=device, seed=cfg["seed"])
+        obj = cls._from_saved(cfg["name"], model, settings, dict(cfg["params"]))
+        obj.layer_patterns = cfg["layer_patterns"]
+        try:
+            obj.detector = restore(obj.detector, state, FitData(model=model, layers=list(obj.layers), head=obj.head))
+        except (KeyError, IndexError, ValueError, RuntimeError) as exc:
+            raise C2IRError(f"{folder}: the saved state does not fit a {cfg['type']} detector ({type(exc).__name__}: "
+                            f"{exc}); save the detector again") from None
+        obj.threshold, obj.threshold_source = cfg["threshold"], cfg["threshold_source"]
+        info = cfg.get("threshold_info")   # absent in detectors saved before issue 21
+        try:
+            obj.threshold_info = None if info is None else Threshold.from_json(info)
+        except (KeyError, IndexError, TypeError, ValueError, C2IRError):
+            raise C2IRError(f"{folder}: threshold_info={info!r} is not valid; the file is damaged or was edited: "
+                            "save the detector again") from None
+        obj.layer_weights = cfg["layer_weights"]
+        obj._probe(folder)
         return obj
+
+    def _probe(self, folder: Path) -> None:
+        """Score two blank inputs: a state whose tensors do not fit the model fails here, at load, not later."""
+        if self.input_shape is None or not self.detector.state():
+            return
+        try:
+            scores = self.score(torch.zeros(2, *self.input_shape, device=self._device()))
+        except C2IRError:
+            raise
+        except (RuntimeError, IndexError, ValueError, KeyError) as exc:
+            raise C2IRError(f"{folder}: the saved state does not fit this model ({type(exc).__name__}: "
+                            f"{str(exc).splitlines()[0][:160]}); save the detector again") from None
+        if not torch.isfinite(scores).all():
+            raise C2IRError(f"{folder}: the saved state gives non-finite scores; it is damaged: save the detector again")
 
     def __repr__(self) -> str:
         return (f"{type(self).__name__}({self.name!r}, layers={self.layers}, params={self.detector.params}, "
@@ -352,7 +402,8 @@ class C2IR(OODDetector):
 
     `fit()` synthesises class-conditional impressions from the model (DeepInversion), takes
     their per-class feature statistics at `layers`, weights the layers by MGI on the
-    impressions, and sets the threshold so that `tpr` of the impressions count as ID.
+    impressions, chooses its IPM and logit weight on proxy outliers, and sets the threshold so
+    that `tpr` of the softened held-back impressions count as ID (`c2ir.threshold`).
 
     Args:
         model: the classifier (any `nn.Module` with BatchNorm layers and a final `nn.Linear`).
@@ -360,9 +411,10 @@ class C2IR(OODDetector):
         input_shape: (C, H, W) of one input.
         mean, std: per-channel normalisation the model expects (inputs are `(pixels - mean) / std`).
         layers: module-name regexes, or None for the automatic choice (`c2ir.extraction.auto_layers`).
-        ipm: deviation measure (`mean_standardized` default; `mean_l2`, `mean_l1`, `mmd_rbf`,
+        ipm: deviation measure (`mean_standardized` default; `mahalanobis`, `mean_l2`, `mean_l1`, `mmd_rbf`,
             `wasserstein`, `sliced_wasserstein`).
-        normalize, logit_score, logit_weight, ipm_seed, ipm_projections: see `c2ir.detectors.c2ir.C2IR`.
+        normalize, logit_score, logit_weight, select_logit_weight, select_ipm, class_weighting, ipm_seed,
+            ipm_projections: see `c2ir.detectors.c2ir.C2IR`.
         Everything else as `OODDetector` (synth, mgi, tpr, batch_size, device, seed, store, ...).
     """
 

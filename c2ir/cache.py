@@ -17,7 +17,7 @@ the content digests of the upstream artifacts it was built from (`inputs`); when
 upstream artifact is recomputed with different bytes, the downstream one no longer
 matches and is recomputed too, instead of staying cached on top of the repair.
 
-Two stores share one interface (`lookup`, `get_or_create`, `partial_dir`): `ArtifactStore`
+Two stores share one interface (`lookup`, `get_or_create`, `resumable`): `ArtifactStore`
 on disk (the CLI) and `MemoryStore` (the Python API: the same artifacts, held as tensors and
 JSON values in memory). A build function writes through an output (`FolderOutput`,
 `MemoryOutput`: `save_tensors`, `save_json`, `file`) and an artifact reads the same names back
@@ -45,6 +45,9 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
+from c2ir.errors import C2IRError
+from c2ir.names import escape_name
+
 log = logging.getLogger(__name__)
 
 MANIFEST = "manifest.json"
@@ -62,16 +65,38 @@ def make_key(stage: str, config: Mapping[str, Any], upstream: Mapping[str, str] 
     return hashlib.sha256(canonical_json(payload).encode()).hexdigest()[:KEY_LENGTH]
 
 
-# (path, size, mtime_ns, inode) -> hash: a file is hashed once per process while it is unchanged
-_VERIFIED: dict[tuple[str, int, int, int], str] = {}
+# (path, size, mtime_ns, inode, ctime_ns) -> hash: a file is hashed once per process while it is unchanged
+_VERIFIED: dict[tuple[str, int, int, int, int], str] = {}
 
 
 def cached_file_hash(path: Path) -> str:
     st = path.stat()
-    ident = (str(path), st.st_size, st.st_mtime_ns, st.st_ino)
+    ident = (str(path), st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns)
     if ident not in _VERIFIED:
         _VERIFIED[ident] = file_sha256(path)
     return _VERIFIED[ident]
+
+
+def format_problem(path: Path) -> str | None:
+    """Why a file's bytes are not the format its name says (safetensors header, JSON), or None.
+    Checked after its content hash, so a planted file with a matching hash is still refused."""
+    try:
+        if path.suffix == ".safetensors":
+            with safe_open(str(path), framework="pt") as f:
+                list(f.keys())
+        elif path.suffix == ".json":
+            json.loads(path.read_text())
+    except Exception as exc:  # noqa: BLE001 - safetensors, JSON and decoding errors alike
+        return f"{path.name} is not a valid {path.suffix[1:]} file ({type(exc).__name__})"
+    return None
+
+
+def manifest_path_problem(name: str) -> str | None:
+    """A manifest entry must name a file inside its artifact folder: relative, normalised, no `..`."""
+    parts = Path(name).parts
+    if not name or Path(name).is_absolute() or ".." in parts or "." in parts or Path(*parts).as_posix() != name:
+        return f"manifest.json lists {escape_name(name)!r}, a path outside the artifact folder"
+    return None
 
 
 def file_sha256(path: Path) -> str:
@@ -84,29 +109,141 @@ def file_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
+class DamagedFile(Exception):
+    """A stored file that is missing, unfinished or does not match its recorded content hash."""
+
+
+class WriteError(C2IRError, OSError):
+    """A write failed because of its disk or folder: one line for the user (a C2IRError) that code
+    which tolerates failed writes (figure caches, digest tables) still catches as an OSError."""
+
+
+def write_failure(path: Path, exc: BaseException) -> WriteError:
+    """One line for a write that failed for a reason of the disk or folder (full, read-only, no permission)."""
+    if isinstance(exc, OSError):
+        reason = exc.strerror or str(exc)
+    else:  # safetensors reports I/O errors as SafetensorError("... I/O error: No space left on device (os error 28)")
+        text = str(exc)
+        reason = text.split("I/O error:", 1)[-1].strip() if "I/O error:" in text else text.splitlines()[0][:160]
+    return WriteError(f"cannot write into {path.parent} ({reason}); nothing was left half-written: free space on that "
+                     "disk or make the folder writable, or choose another folder (cache_root=..., hydra.run.dir=...)")
+
+
+def _is_io_error(exc: BaseException) -> bool:
+    return isinstance(exc, OSError) or "os error" in str(exc) or "I/O error" in str(exc)
+
+
+def _temp_name(path: Path) -> Path:
+    return path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
+
+
+@contextlib.contextmanager
+def _atomic(path: Path) -> Iterator[Path]:
+    """A temporary name beside `path`, renamed onto it when the body succeeds and removed when it fails;
+    a failure of the disk or folder becomes one C2IRError line naming the folder."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise write_failure(path, exc) from None
+    tmp = _temp_name(path)
+    try:
+        yield tmp
+        with open(tmp, "rb+") as fh:
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException as exc:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        if isinstance(exc, Exception) and _is_io_error(exc) and not isinstance(exc, WriteError):
+            raise write_failure(path, exc) from None
+        raise
+
+
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     """Write a file so that readers never see it half-written (temp name, fsync, rename)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
-    with open(tmp, "wb") as fh:
+    with _atomic(path) as tmp, open(tmp, "wb") as fh:
         fh.write(data)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
 
 
-def atomic_save_tensors(path: Path, tensors: Mapping[str, torch.Tensor]) -> None:
+def atomic_save_tensors(path: Path, tensors: Mapping[str, torch.Tensor], metadata: dict[str, str] | None = None) -> None:
     """safetensors file written atomically; tensors are made contiguous CPU copies."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
-    save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(tmp))
-    with open(tmp, "rb+") as fh:
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+    with _atomic(path) as tmp:
+        save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(tmp), metadata=metadata)
 
 
 def atomic_write_json(path: Path, obj: Any) -> None:
     atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n").encode())
+
+
+# ----- resumable files (synthesis batches, training epochs): verified like artifacts -------------------
+SIDECAR = ".sha256"
+
+
+def _sidecar(path: Path) -> Path:
+    return path.with_name(path.name + SIDECAR)
+
+
+def _write_verified(path: Path, write: Callable[[Path], None]) -> None:
+    """`write(path)` (atomic), then `<file>.sha256` (its size and SHA-256), the sidecar last: a file without a
+    matching sidecar is unfinished or damaged. On any failure both are removed."""
+    _sidecar(path).unlink(missing_ok=True)
+    try:
+        write(path)
+        atomic_write_json(_sidecar(path), {"size": path.stat().st_size, "sha256": file_sha256(path)})
+    except BaseException:
+        discard_verified(path)
+        raise
+
+
+def _check_verified(path: Path) -> None:
+    """DamagedFile unless `path` has the size and SHA-256 its sidecar recorded."""
+    try:
+        meta = json.loads(_sidecar(path).read_text())
+        size, sha = int(meta["size"]), str(meta["sha256"])
+    except FileNotFoundError:
+        raise DamagedFile("no content hash beside it (unfinished, or written by an older c2ir)") from None
+    except (OSError, ValueError, KeyError, TypeError):
+        raise DamagedFile("its content-hash file is unreadable") from None
+    if not path.is_file():
+        raise DamagedFile("the file is missing")
+    if path.stat().st_size != size:
+        raise DamagedFile(f"{path.stat().st_size} bytes, {size} were written (truncated?)")
+    if file_sha256(path) != sha:
+        raise DamagedFile("its bytes do not match their content hash (modified or corrupted)")
+
+
+def save_verified(path: Path, tensors: Mapping[str, torch.Tensor], metadata: dict[str, str] | None = None) -> None:
+    """A safetensors file plus its content-hash sidecar (`load_verified` checks both)."""
+    _write_verified(path, lambda p: atomic_save_tensors(p, tensors, metadata))
+
+
+def load_verified(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """(tensors, metadata) of a file written by `save_verified`; DamagedFile when it is missing, has no
+    sidecar, or its size, content hash or format is not what was written."""
+    _check_verified(path)
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return {k: f.get_tensor(k) for k in f.keys()}, dict(f.metadata() or {})
+    except Exception as exc:  # noqa: BLE001 - safetensors raises its own error types
+        raise DamagedFile(f"not a safetensors file ({type(exc).__name__})") from None
+
+
+def write_verified_bytes(path: Path, data: bytes) -> None:
+    """Bytes plus their content-hash sidecar (`read_verified_bytes` checks both)."""
+    _write_verified(path, lambda p: atomic_write_bytes(p, data))
+
+
+def read_verified_bytes(path: Path) -> bytes:
+    """The bytes written by `write_verified_bytes`; DamagedFile otherwise."""
+    _check_verified(path)
+    return path.read_bytes()
+
+
+def discard_verified(path: Path) -> None:
+    """Remove a resumable file and its sidecar."""
+    for f in (path, _sidecar(path)):
+        with contextlib.suppress(OSError):
+            f.unlink()
 
 
 def _torchvision_version() -> str:
@@ -192,6 +329,19 @@ class Artifact:
         return self.path / name
 
 
+_FORMAT_OK: dict[tuple[str, str], str | None] = {}  # (suffix, content hash) -> format problem (None: valid), checked once per process
+_SWEPT: set[str] = set()  # stage folders whose trash this process has removed
+
+
+def _remove(path: Path) -> None:
+    """Delete a folder tree or a file (whatever a discarded key turned out to be)."""
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        with contextlib.suppress(OSError):
+            path.unlink()
+
+
 class ArtifactStore:
     """Lookup, lock and atomic publish of stage artifacts under one root directory."""
 
@@ -205,13 +355,26 @@ class ArtifactStore:
         """Scratch space for resumable work (completed synthesis batches, training epochs)."""
         return self.root / stage / f"{key}.partial"
 
+    def _stage_folder(self, stage: str) -> Path:
+        """`<root>/<stage>/`, created; one line if something that is not a folder is in its place."""
+        base = self.root / stage
+        if base.exists() and not base.is_dir():
+            raise C2IRError(f"cache folder {base} is a file, not a folder; move or delete it (it holds no c2ir "
+                            "artifact) and run again")
+        try:
+            base.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise write_failure(base / "x", exc) from None
+        return base
+
     def lookup(self, stage: str, key: str, inputs: Mapping[str, str] | None = None) -> Artifact | None:
         """Return the artifact if it is complete and verified; a broken one is moved aside and reported absent.
 
         `inputs` (upstream name -> content digest) must equal what the artifact was built from.
         """
         path = self.dir(stage, key)
-        if not path.exists():
+        self.sweep_trash(stage)
+        if not path.exists() and not path.is_symlink():
             return None
         problem, manifest = self._check(path)
         if problem is None and inputs is not None and manifest.get("inputs", {}) != dict(inputs):
@@ -226,8 +389,11 @@ class ArtifactStore:
 
     @staticmethod
     def _check(path: Path) -> tuple[str | None, dict[str, Any]]:
-        """(problem or None, manifest): every file present with the recorded size and content hash."""
+        """(problem or None, manifest): the manifest lists every file of the folder (and only those, none
+        outside it), each present with the recorded size, content hash and a readable format."""
         manifest_path = path / MANIFEST
+        if not path.is_dir():
+            return "it is not a folder", {}
         if not manifest_path.is_file():
             return "manifest.json is missing", {}
         try:
@@ -237,29 +403,59 @@ class ArtifactStore:
         files = manifest.get("files") if isinstance(manifest, dict) else None
         if not isinstance(files, dict) or not all(isinstance(m, dict) for m in files.values()):
             return "manifest.json is not a c2ir manifest (no file table)", {}
+        if not files:
+            return "manifest.json lists no files", {}
+        for name in files:
+            problem = manifest_path_problem(name)
+            if problem:
+                return problem, {}
+        on_disk = {p.relative_to(path).as_posix() for p in path.rglob("*")
+                   if (p.is_file() or p.is_symlink()) and p != manifest_path}
+        unlisted = sorted(on_disk - set(files))
+        if unlisted:
+            return f"{escape_name(unlisted[0])} is not listed in manifest.json ({len(unlisted)} unlisted file(s))", {}
         for name, meta in files.items():
             f = path / name
+            if f.is_symlink():
+                return f"{escape_name(name)} is a symbolic link", {}
             if not f.is_file():
-                return f"{name} is missing", {}
+                return f"{escape_name(name)} is missing", {}
             if f.stat().st_size != meta.get("size"):
                 return f"{name} has {f.stat().st_size} bytes, manifest says {meta.get('size')} (truncated?)", {}
             if "sha256" not in meta:
                 return f"{name} has no content hash in the manifest (written by an older c2ir)", {}
             if cached_file_hash(f) != meta["sha256"]:
                 return f"{name} does not match its content hash (modified or corrupted)", {}
+            checked = (f.suffix, meta["sha256"])
+            if checked not in _FORMAT_OK:
+                _FORMAT_OK[checked] = format_problem(f)
+            problem = _FORMAT_OK[checked]
+            if problem:
+                return problem, {}
         return None, manifest
 
     def _discard(self, path: Path) -> None:
         trash = path.with_name(f".trash-{path.name}-{uuid.uuid4().hex[:8]}")
         with contextlib.suppress(OSError):
             os.rename(path, trash)
-            shutil.rmtree(trash, ignore_errors=True)
+            _remove(trash)
+
+    def sweep_trash(self, stage: str) -> None:
+        """Remove `.trash-*` of any key in a stage folder, once per process: a discarded artifact is
+        renamed there and deleted at once, so what is left was interrupted (nobody reads trash)."""
+        base = self.root / stage
+        if (str(base) in _SWEPT) or not base.is_dir():
+            return
+        _SWEPT.add(str(base))
+        for left in base.glob(".trash-*"):
+            log.info("cache: removing %s/%s left by an interrupted discard", stage, left.name)
+            _remove(left)
 
     @contextlib.contextmanager
     def lock(self, stage: str, key: str) -> Iterator[None]:
         """Exclusive per-key lock, so concurrent jobs compute a key once and the others wait."""
         lock_path = self.root / stage / f".{key}.lock"
-        lock_path.parent.mkdir(parents=True, exist_ok=True)
+        self._stage_folder(stage)
         with open(lock_path, "a+") as fh:
             try:
                 fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -285,7 +481,10 @@ class ArtifactStore:
         """Build an artifact in a temporary directory, write its manifest last, rename it into place."""
         final = self.dir(stage, key)
         tmp = final.with_name(f".tmp-{key}-{os.getpid()}-{uuid.uuid4().hex[:8]}")
-        tmp.mkdir(parents=True)
+        try:
+            tmp.mkdir(parents=True)
+        except OSError as exc:
+            raise write_failure(tmp, exc) from None
         started = time.time()
         try:
             extra = dict(build(FolderOutput(tmp)) or {})
@@ -339,6 +538,17 @@ class ArtifactStore:
             log.info("cache miss: computing %s/%s", stage, key)
             return self.publish(stage, key, build, **manifest)
 
+    @contextlib.contextmanager
+    def resumable(self, stage: str, key: str) -> Iterator[Path]:
+        """The key's partial folder for resumable work (created by the caller when it saves something);
+        on the way out it is removed if it holds nothing, so a failed build leaves no empty folder."""
+        work = self.partial_dir(stage, key)
+        try:
+            yield work
+        finally:
+            with contextlib.suppress(OSError):
+                work.rmdir()  # only succeeds when empty: finished batches and epochs are kept for resuming
+
     def remove_leftovers(self, stage: str, key: str) -> None:
         """Delete what killed builders of this key left behind. Call only under the key's lock.
 
@@ -350,7 +560,7 @@ class ArtifactStore:
         for pattern in (f".tmp-{key}-*", f".trash-{key}-*"):
             for left in base.glob(pattern):
                 log.info("cache: removing %s left by an interrupted run", left.name)
-                shutil.rmtree(left, ignore_errors=True)
+                _remove(left)
         partial = self.partial_dir(stage, key)
         if partial.is_dir() and not any(partial.iterdir()):
             with contextlib.suppress(OSError):
@@ -411,6 +621,10 @@ class MemoryStore:
 
     def partial_dir(self, stage: str, key: str) -> Path | None:
         return None  # no resumable work in memory
+
+    @contextlib.contextmanager
+    def resumable(self, stage: str, key: str) -> Iterator[None]:
+        yield None  # no partial folder: a build in memory keeps its parts itself
 
     def lookup(self, stage: str, key: str, inputs: Mapping[str, str] | None = None) -> MemoryArtifact | None:
         art = self._items.get((stage, key))

@@ -9,16 +9,19 @@ traceback.
 from __future__ import annotations
 
 import contextlib
+import errno
 import logging
 import os
 import re
 import sys
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from c2ir.config import config_dir, register_resolvers
 from c2ir.errors import C2IRError
+from c2ir.names import install_log_escaping, printable
 from c2ir.stages import STAGES, stage_task
 
 log = logging.getLogger("c2ir")
@@ -37,7 +40,7 @@ def usage() -> str:
 
 
 def fail(message: str, code: int = 2) -> int:
-    print(f"c2ir: error: {message}", file=sys.stderr)
+    print(f"c2ir: error: {printable(message)}", file=sys.stderr)  # one line, whatever a path in it holds
     return code
 
 
@@ -107,7 +110,23 @@ _NO_VALIDATION_FLAGS = {"--help", "-h", "--hydra-help", "--version", "--cfg", "-
                         "--shell-completion", "-sc", "--experimental-rerun"}
 
 
-def validate_overrides(overrides: list[str], compose_all: bool = True) -> None:
+def check_output_dir(key: str, value: Any) -> None:
+    """The run (or sweep) folder Hydra will create is creatable: a folder is made and removed in its nearest
+    existing parent, so a read-only or missing location is one line before Hydra starts, not a traceback."""
+    path = Path(str(value)).expanduser()
+    parent = path
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if parent.exists() and not parent.is_dir():
+        raise C2IRError(f"{key}={value} cannot be created: {parent} is a file; set {key} to a writable folder")
+    try:
+        os.rmdir(tempfile.mkdtemp(prefix=".c2ir-write-test-", dir=parent))
+    except OSError as exc:
+        raise C2IRError(f"{key}={value} cannot be created: {parent} is not writable ({exc.strerror or exc}); "
+                        f"set {key} to a writable folder") from None
+
+
+def validate_overrides(overrides: list[str], compose_all: bool = True, multirun: bool = False) -> None:
     """Compose the config for every value of every sweep and validate it against the schemas.
 
     Runs before Hydra starts, so a bad value is one line (exit 2) rather than Hydra's
@@ -115,6 +134,7 @@ def validate_overrides(overrides: list[str], compose_all: bool = True) -> None:
     """
     from hydra import compose, initialize_config_dir
     from hydra.core.override_parser.overrides_parser import OverridesParser
+    from omegaconf import OmegaConf
 
     from c2ir.validation import explain, validate
 
@@ -134,6 +154,16 @@ def validate_overrides(overrides: list[str], compose_all: bool = True) -> None:
         variants += [[*plain_args, *others, f"{key}={v}"] for v in values]
     with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
         check_group_choices(overrides)
+        if compose_all:   # the run or sweep folder Hydra will create (hydra.* keys need the Hydra config)
+            try:
+                with_hydra = compose("config", overrides=[o.input_line for o in parsed if not o.is_sweep_override()],
+                                     return_hydra_config=True)
+                out_key = "hydra.sweep.dir" if multirun else "hydra.run.dir"
+                out_dir = OmegaConf.select(with_hydra, out_key)
+            except Exception:  # noqa: BLE001 - reported by the composition below
+                out_dir = None
+            if out_dir:
+                check_output_dir(out_key, out_dir)
         for variant in variants if compose_all else ():
             try:
                 cfg = compose("config", overrides=variant)
@@ -152,6 +182,16 @@ def _log_to_files(message: str) -> None:
             handler.handle(record)
 
 
+DISK_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EFBIG, errno.EIO,
+               errno.ENOTDIR, errno.EISDIR, errno.ENOENT}
+
+
+def os_error_line(exc: OSError) -> str:
+    where = f" {exc.filename}" if exc.filename else ""
+    return (f"cannot access{where} ({exc.strerror or exc}); check that the folder exists, is writable and its disk "
+            "has space (cache_root=..., hydra.run.dir=... choose other folders)")
+
+
 def task(cfg: Any) -> dict:
     """The one Hydra task: the stage `cfg.stage` on the job of `cfg`; returns the stage's result (its
     metrics or paths, recorded by Hydra for sweepers). User errors end the process with one line."""
@@ -163,14 +203,20 @@ def task(cfg: Any) -> dict:
     from c2ir.stages.job import cli_job
 
     distributed.init_from_env()  # under torchrun: join the process group (sets this rank's CUDA device)
+    install_log_escaping()  # file names in log arguments cannot split or forge log lines
     try:
-        return stage_task(str(cfg.stage))(cli_job(cfg))
+        try:
+            return stage_task(str(cfg.stage))(cli_job(cfg))
+        except OSError as exc:  # a disk or folder problem outside the cache's own writes (run folder, data)
+            if isinstance(exc, C2IRError) or exc.errno not in DISK_ERRNOS:
+                raise
+            raise C2IRError(os_error_line(exc)) from None
     except C2IRError as exc:
         if os.environ.get("HYDRA_FULL_ERROR") == "1":
             raise
-        _log_to_files(f"c2ir: error: {exc}")  # into the run's log file; the terminal gets the one line below
+        _log_to_files(f"c2ir: error: {printable(exc)}")  # into the run's log file; the terminal gets the line below
         sys.stderr.flush()
-        print(f"c2ir: error: {exc}", file=sys.stderr)
+        print(f"c2ir: error: {printable(exc)}", file=sys.stderr)
         raise SystemExit(2) from None
 
 
@@ -191,6 +237,7 @@ def report_main(args: list[str]) -> int:
 
     if len(args) != 1 or args[0].startswith("-"):
         return fail("usage: c2ir report <multirun_dir>")
+    install_log_escaping()
     folder = Path(args[0])
     if not folder.is_dir():
         return fail(f"not a folder: {folder}; pass the multirun directory (e.g. outputs/multirun/<date>/<time>_<stage>)")
@@ -224,7 +271,8 @@ def main(argv: list[str] | None = None) -> int:
     register_resolvers()
     try:
         validate_overrides([*overrides, f"stage={stage}"],
-                           compose_all=not _NO_VALIDATION_FLAGS.intersection(f.split("=", 1)[0] for f in flags))
+                           compose_all=not _NO_VALIDATION_FLAGS.intersection(f.split("=", 1)[0] for f in flags),
+                           multirun=bool({"-m", "--multirun"} & set(flags)))
     except C2IRError as exc:
         if os.environ.get("HYDRA_FULL_ERROR") == "1":
             raise

@@ -8,7 +8,6 @@ that compare distributions), so memory stays proportional to channels, not pixel
 
 from __future__ import annotations
 
-import re
 import sys
 from collections.abc import Callable, Iterable, Sequence
 from typing import TypeVar
@@ -22,6 +21,7 @@ from c2ir.data.imageset import ImageSet, Normalizer, unit_pixels
 from c2ir.data.loader import BatchStream, batch_spans
 from c2ir.errors import C2IRError
 from c2ir.models.state import frozen_eval
+from c2ir.inputs import check_layer_pattern
 
 FeatureBundle = dict[str, torch.Tensor]
 """Flat tensor dict: `logits`, `penultimate`, `labels` (if any), `layer/<name>` (N, C),
@@ -33,7 +33,7 @@ def select_layers(model: nn.Module, patterns: Sequence[str]) -> list[str]:
     names = [n for n, _ in model.named_modules() if n]
     chosen: list[str] = []
     for pattern in patterns:
-        rx = re.compile(pattern)
+        rx = check_layer_pattern(pattern)
         hits = [n for n in names if rx.fullmatch(n)]
         if not hits:
             sample = ", ".join(n for n in names if "." not in n)[:200]

@@ -21,6 +21,7 @@ at their key-neutral value (c2ir.schema).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import shutil
 from collections.abc import Callable, Mapping
@@ -271,27 +272,30 @@ def _resolve(node: Node, job: Job, param: Any) -> Resolved:
     manifest = {"config": spec, "upstream": upstream, "inputs": digests,
                 "seed": node.seed(job) if node.seed else None}
     store, dist = job.store, job.dist
-    step.work = store.partial_dir(node.name, key) if node.resumable else None
     build = node.build
 
     def run(out: Any) -> Mapping[str, Any] | None:
         return build(step, out)
 
-    if dist.enabled and node.prepare is not None:
-        art = store.lookup(node.name, key, digests)
-        if art is None:   # every rank takes its share of the work, then rank 0 publishes
-            step.prepared = node.prepare(step)
-            dist.barrier()
-            if dist.is_main:
-                store.get_or_create(node.name, key, run, **manifest)
-            dist.barrier()
+    # a resumable build keeps its finished parts in the key's partial folder (None in memory); the store
+    # removes the folder on the way out when it holds nothing, so a failed build leaves no empty folder
+    with store.resumable(node.name, key) if node.resumable else contextlib.nullcontext() as work:
+        step.work = work
+        if dist.enabled and node.prepare is not None:
             art = store.lookup(node.name, key, digests)
+            if art is None:   # every rank takes its share of the work, then rank 0 publishes
+                step.prepared = node.prepare(step)
+                dist.barrier()
+                if dist.is_main:
+                    store.get_or_create(node.name, key, run, **manifest)
+                dist.barrier()
+                art = store.lookup(node.name, key, digests)
+            else:
+                log.info("cache hit: %s/%s", node.name, key)
         else:
-            log.info("cache hit: %s/%s", node.name, key)
-    else:
-        art = store.get_or_create(node.name, key, run, **manifest)
-    if step.work is not None and dist.is_main:
-        shutil.rmtree(step.work, ignore_errors=True)
+            art = store.get_or_create(node.name, key, run, **manifest)
+        if work is not None and dist.is_main:
+            shutil.rmtree(work, ignore_errors=True)
     load = node.load
     value = (lambda: step.result) if step.has_result else (None if load is None else (lambda: load(art, job, param)))
     return Resolved(key, art.digest, art, value)

@@ -17,8 +17,12 @@ import hashlib
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from c2ir.errors import C2IRError
+
+if TYPE_CHECKING:
+    from c2ir.data.digests import DigestCache
 
 LAYOUT = ("OpenOOD v1.5's data folder: <root>/benchmark_imglist/<benchmark>/<split>_<set>.txt, one "
           "'relative/path label' line per image (OOD sets: label -1), the images under <root>/images_classic/ or "
@@ -63,20 +67,24 @@ def read_imglist(list_path: Path, image_root: Path, name: str, key: str) -> Imag
     if not list_path.is_file():
         raise C2IRError(f"{name}: image list not found: {list_path} (expected {LAYOUT}); set {key} to that folder")
     paths, labels = [], []
-    with open(list_path, encoding="utf-8") as fh:
-        for number, raw in enumerate(fh, 1):
-            line = raw.strip("\r\n")
-            if not line.strip():
-                continue
-            rel, _, extra = line.partition(" ")
-            if not extra.strip() or rel.startswith("/"):
-                raise C2IRError(f"{name}: line {number} of {list_path} is not 'relative/path label': {line[:80]!r} "
-                                f"(expected {LAYOUT})")
-            try:
-                labels.append(parse_label(extra))
-            except (ValueError, SyntaxError) as exc:
-                raise C2IRError(f"{name}: line {number} of {list_path} has no integer label ({exc}): {line[:80]!r}") from None
-            paths.append(image_root / rel)
+    try:
+        lines = list_path.read_text(encoding="utf-8").split("\n")
+    except UnicodeDecodeError as exc:
+        raise C2IRError(f"{name}: image list {list_path} is not UTF-8 text (byte {exc.start}); "
+                        f"save it as UTF-8 (expected {LAYOUT})") from None
+    for number, raw in enumerate(lines, 1):
+        line = raw.strip("\r\n")
+        if not line.strip():
+            continue
+        rel, _, extra = line.partition(" ")
+        if not extra.strip() or rel.startswith("/"):
+            raise C2IRError(f"{name}: line {number} of {list_path} is not 'relative/path label': {line[:80]!r} "
+                            f"(expected {LAYOUT})")
+        try:
+            labels.append(parse_label(extra))
+        except (ValueError, SyntaxError) as exc:
+            raise C2IRError(f"{name}: line {number} of {list_path} has no integer label ({exc}): {line[:80]!r}") from None
+        paths.append(image_root / rel)
     if not paths:
         raise C2IRError(f"{name}: image list {list_path} lists no images (expected {LAYOUT})")
     return ImageList(list_path, image_root, tuple(paths), tuple(labels))
@@ -98,7 +106,7 @@ def open_imglist(root: str | Path, imglist: str | Path, data_dir: str | Path, na
     """Locate, parse and (by default) check a list: the one entry point of the data sources and the config check.
 
     The check stats every listed image once per process and list version (the config check, the early listing
-    of `c2ir run` and the loaders then share it); the fingerprint stats them again for their modification times."""
+    of `c2ir run` and the loaders then share it); the fingerprint reads their contents (remembered digests)."""
     list_path, image_root = locate(root, imglist, data_dir)
     lst = read_imglist(list_path, image_root, name, key)
     if check:
@@ -110,15 +118,18 @@ def open_imglist(root: str | Path, imglist: str | Path, data_dir: str | Path, na
     return lst
 
 
-def fingerprint(lst: ImageList) -> str:
-    """Content fingerprint for cache keys: the list's bytes plus (relative path, size, mtime) of every image,
-    so editing the list or replacing, touching or deleting an image gives a new key (no decoding)."""
-    digest = hashlib.blake2b(digest_size=16)
-    digest.update(lst.list_path.read_bytes())
-    for p in lst.paths:
-        try:
-            st = p.stat()
-            digest.update(f"{p.relative_to(lst.image_root).as_posix()}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
-        except OSError:
-            digest.update(f"{p.relative_to(lst.image_root).as_posix()}\0missing\n".encode())
-    return digest.hexdigest()
+def fingerprint(lst: ImageList, digests: DigestCache | None = None) -> str:
+    """Content fingerprint for cache keys: the list's bytes plus the SHA-256 content of every listed image, the
+    rule of folder data (`c2ir.data.digests`): editing the list, or replacing or deleting an image (even by one
+    of the same size with its mtime kept) gives a new key; touching one does not. Unchanged images are not read
+    again when `digests` remembers them. Imports torch (via c2ir.cache): only the stages make keys."""
+    from c2ir.data.digests import tree_digest
+
+    digest = hashlib.sha256(lst.list_path.read_bytes())
+    present = [p for p in dict.fromkeys(lst.paths) if os.path.isfile(p)]
+    missing = sorted(str(p.relative_to(lst.image_root).as_posix()) for p in set(lst.paths) - set(present))
+    if present:  # the images' own folder (one table of remembered digests per data set, shared by its lists)
+        base = Path(os.path.commonpath([str(p.parent) for p in present]))
+        digest.update(f"images:{tree_digest(base, present, digests, complete=False)}\n".encode())
+    digest.update("".join(f"missing:{m}\n" for m in missing).encode("utf-8", "surrogatepass"))
+    return digest.hexdigest()[:32]

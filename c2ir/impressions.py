@@ -18,22 +18,28 @@ batches are independent: they can be resumed one by one and split across process
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import sys
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
+from c2ir.cache import DamagedFile, discard_verified, load_verified
 from c2ir.data.imageset import Normalizer
 from c2ir.errors import C2IRError
 from c2ir.extraction import ForwardHook, ForwardHooks, bn_layers
+from c2ir.fused_bn import FusedBNStatLoss
 from c2ir.models.state import frozen_eval
 from c2ir.schema import SynthConfig  # the settings are declared with the other schemas
+from c2ir.synth_schedule import lr_values, phase_iterations, plateaued
 
 log = logging.getLogger(__name__)
 
@@ -42,11 +48,19 @@ StatsFn = Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
 
 @dataclass
 class BatchResult:
-    """One synthesised batch: pixel-space images in [0, 1], targets, and loss curves."""
+    """One synthesised batch: pixel-space images in [0, 1], targets, and loss curves (one value per
+    iteration run: a batch stopped on a plateau has shorter curves); `low_iterations` of them were at
+    half resolution (`synth.warmup_iterations`)."""
 
     images: torch.Tensor
     targets: torch.Tensor
     curves: dict[str, torch.Tensor] = field(default_factory=dict)
+    low_iterations: int = 0
+
+    @property
+    def iterations(self) -> int:
+        """Iterations run, half-resolution ones included."""
+        return len(self.curves["total"]) if self.curves else 0
 
 
 def batch_targets(num_classes: int, per_class: int, batch_size: int, batch_index: int) -> torch.Tensor:
@@ -165,19 +179,36 @@ def synthesize_batch(model: nn.Module, normalizer: Normalizer, targets: torch.Te
                      cfg: SynthConfig, seed: int, device: torch.device | str = "cpu",
                      desc: str = "synthesize", autocast_dtype: torch.dtype | None = None,
                      channels_last: bool = False, stats_fn: StatsFn | None = None,
-                     init: torch.Tensor | None = None) -> BatchResult:
+                     init: torch.Tensor | None = None, progress: tqdm | None = None) -> BatchResult:
     """Optimise one batch of impressions for `targets` (1-D class indices), from noise or from `init`
-    (normalised inputs, e.g. a multi-resolution warm-up's result). `stats_fn` computes the
-    per-channel BN-input statistics (default `channel_mean_var`; tests pass the reference formula)."""
+    (normalised inputs). With `cfg.warmup_iterations` > 0, DeepInversion's multi-resolution schedule
+    (their ImageNet setting 0): that many iterations where the model sees the images 2x average-pooled
+    (jitter halved), then `cfg.iterations` at full size, each phase with a fresh Adam and the same seed
+    (images too small to halve, below `cfg.warmup_min_size` at half size, run the warm-up's cost at full
+    size: `synth_schedule.phase_iterations`).
+    `stats_fn` computes the per-channel BN-input statistics of `bn_stats=hooks` (default
+    `channel_mean_var`; tests pass the reference formula). `progress`: a bar advanced once per
+    iteration (by the iterations a plateau stop skips, too); None: a bar of this batch only."""
+    kw = dict(autocast_dtype=autocast_dtype, channels_last=channels_last, stats_fn=stats_fn, progress=progress)
+    low_its, full_its = phase_iterations(min(shape[-2:]), cfg.iterations, cfg.warmup_iterations, cfg.warmup_min_size)
+    cfg = dataclasses.replace(cfg, iterations=full_its, warmup_iterations=low_its)
     with frozen_eval(model):
-        return _synthesize_batch(model, normalizer, targets, shape, cfg, seed, device, desc, autocast_dtype, channels_last,
-                                 stats_fn, init)
+        if low_its <= 0:
+            return _synthesize_batch(model, normalizer, targets, shape, cfg, seed, device, desc, init=init, **kw)
+        low = nn.Sequential(nn.AvgPool2d(2), model)
+        first = _synthesize_batch(low, normalizer, targets, shape,
+                                  dataclasses.replace(cfg, iterations=low_its, jitter=cfg.jitter // 2),
+                                  seed, device, f"{desc} (half resolution)", init=init, **kw)
+        second = _synthesize_batch(model, normalizer, targets, shape, cfg, seed, device, desc,
+                                   init=normalizer(first.images), **kw)
+    curves = {k: torch.cat([first.curves[k], v]) for k, v in second.curves.items()}
+    return BatchResult(second.images, second.targets, curves, low_iterations=first.iterations)
 
 
 def _synthesize_batch(model: nn.Module, normalizer: Normalizer, targets: torch.Tensor, shape: Sequence[int],
                       cfg: SynthConfig, seed: int, device: torch.device | str, desc: str,
                       autocast_dtype: torch.dtype | None, channels_last: bool, stats_fn: StatsFn | None,
-                      init: torch.Tensor | None = None) -> BatchResult:
+                      init: torch.Tensor | None = None, progress: tqdm | None = None) -> BatchResult:
     g = torch.Generator().manual_seed(seed)
     n = len(targets)
     x = torch.randn((n, *shape), generator=g).to(device)
@@ -187,13 +218,19 @@ def _synthesize_batch(model: nn.Module, normalizer: Normalizer, targets: torch.T
     lo, hi = (b.to(device) for b in normalizer.bounds())
     targets = targets.to(device)
     opt = torch.optim.Adam([x], lr=cfg.lr, betas=cfg.betas, eps=1e-8)
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(cfg.iterations, 1), eta_min=0.0)
+    lrs = lr_values(cfg.lr_schedule, cfg.lr, cfg.iterations)
     rolls = torch.randint(-cfg.jitter, cfg.jitter + 1, (cfg.iterations, 2), generator=g) if cfg.jitter else None
     flips = torch.rand(cfg.iterations, generator=g) < 0.5
     names = ("total", "ce", "bn", "tv", "l2")
     curves = {k: torch.zeros(cfg.iterations) for k in names}
-    with BNStatLoss(model, cfg.first_bn_multiplier, cfg.bn_reduce, stats_fn) as bn_loss:
-        for it in tqdm(range(cfg.iterations), desc=desc, leave=False, disable=not sys.stderr.isatty()):
+    losses: list[float] = []
+    bar = progress if progress is not None else tqdm(total=cfg.iterations, desc=desc, leave=False,
+                                                     disable=not sys.stderr.isatty())
+    bn_loss = (FusedBNStatLoss(model, cfg.first_bn_multiplier, cfg.bn_reduce) if cfg.bn_stats == "fused"
+               else BNStatLoss(model, cfg.first_bn_multiplier, cfg.bn_reduce, stats_fn))
+    done = cfg.iterations
+    with bn_loss:
+        for it in range(cfg.iterations):
             inp = x
             if rolls is not None:
                 inp = torch.roll(inp, shifts=(int(rolls[it, 0]), int(rolls[it, 1])), dims=(2, 3))
@@ -214,29 +251,121 @@ def _synthesize_batch(model: nn.Module, normalizer: Normalizer, targets: torch.T
                     f"synthesis diverged: loss is {loss.item()} at iteration {it} ({desc}); "
                     f"lower synth.lr (now {cfg.lr}) or synth.bn_weight (now {cfg.bn_weight})"
                 )
+            opt.param_groups[0]["lr"] = lrs[it]
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
-            sched.step()
             with torch.no_grad():
                 x.data = torch.maximum(torch.minimum(x.data, hi), lo)
             for k, v in zip(names, (loss, ce, bn, tv, l2)):
                 curves[k][it] = v.detach().float().cpu()
+            bar.update(1)
             if (it + 1) % max(1, cfg.iterations // 4) == 0:
                 log.info("%s: iteration %d/%d, loss %.3f (ce %.3f, bn %.3f)", desc, it + 1, cfg.iterations,
                          float(curves["total"][it]), float(curves["ce"][it]), float(curves["bn"][it]))
+            losses.append(float(curves["total"][it]))
+            if plateaued(losses, cfg.stop_patience, cfg.stop_tol):
+                done = it + 1
+                log.info("%s: loss plateaued, stopped at iteration %d/%d", desc, done, cfg.iterations)
+                bar.update(cfg.iterations - done)
+                break
+    if progress is None:
+        bar.close()
     pixels = normalizer.to_pixels(x.detach()).clamp_(0, 1).cpu()
-    return BatchResult(pixels, targets.cpu(), curves)
+    return BatchResult(pixels, targets.cpu(), {k: v[:done] for k, v in curves.items()})
+
+
+def synthesize_impressions(model: nn.Module, normalizer: Normalizer, num_classes: int, shape: Sequence[int],
+                           cfg: SynthConfig, device: torch.device | str = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
+    """Every batch of impressions in order: (pixel images in [0, 1], targets), behind one progress bar. The
+    `synthesize` stage runs the same batches one by one (resumable, sharded); the result is the same."""
+    n = num_batches(num_classes, cfg.per_class, cfg.batch_size)
+    per_batch = sum(phase_iterations(min(shape[-2:]), cfg.iterations, cfg.warmup_iterations, cfg.warmup_min_size))
+    parts = []
+    with tqdm(total=n * per_batch, unit="it", desc="synthesize", disable=not sys.stderr.isatty()) as bar:
+        for b in range(n):
+            parts.append(synthesize_batch(model, normalizer, batch_targets(num_classes, cfg.per_class, cfg.batch_size, b),
+                                          shape, cfg, batch_seed(cfg.seed, b), device, desc=f"synthesize batch {b + 1}/{n}",
+                                          progress=bar))
+            bar.set_description_str(f"synthesize {sum(len(p.targets) for p in parts)}/{num_classes * cfg.per_class} "
+                                    "impressions")
+    return torch.cat([p.images for p in parts]), torch.cat([p.targets for p in parts])
+
+
+def stack_curves(parts: Sequence[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+    """Per-batch loss curves as (batches, longest) tensors; a batch stopped early is padded with NaN."""
+    out = {}
+    for name in parts[0]:
+        longest = max(len(p[name]) for p in parts)
+        rows = torch.full((len(parts), longest), float("nan"))
+        for i, p in enumerate(parts):
+            rows[i, :len(p[name])] = p[name]
+        out[name] = rows
+    return out
+
+
+def last_values(curves: torch.Tensor) -> torch.Tensor:
+    """The last non-NaN value of each row of a (batches, iterations) curve tensor."""
+    finite = ~torch.isnan(curves)
+    last = finite.shape[1] - 1 - finite.flip(1).float().argmax(1)
+    return curves[torch.arange(len(curves)), last]
 
 
 def impression_grid(images: torch.Tensor, targets: torch.Tensor, num_classes: int, per_row: int = 10) -> torch.Tensor:
-    """A (C, H, W) grid with one row per class (the first `per_row` impressions of each)."""
-    from torchvision.utils import make_grid
-
+    """A (3, H, W) grid with one row per class (the first `per_row` impressions of each), 1-pixel white
+    borders (the layout of torchvision's `make_grid(..., padding=1, pad_value=1)`, without importing it)."""
     rows = []
     for c in range(num_classes):
         sel = images[targets == c][:per_row]
         if len(sel) < per_row:
             sel = torch.cat([sel, torch.zeros(per_row - len(sel), *images.shape[1:])])
         rows.append(sel)
-    return make_grid(torch.cat(rows), nrow=per_row, padding=1, pad_value=1.0)
+    tiles = torch.cat(rows)
+    if tiles.shape[1] == 1:
+        tiles = tiles.expand(-1, 3, -1, -1)
+    _, ch, h, w = tiles.shape
+    n_rows = math.ceil(len(tiles) / per_row)
+    grid = torch.ones(ch, n_rows * (h + 1) + 1, per_row * (w + 1) + 1, dtype=tiles.dtype)
+    for i, tile in enumerate(tiles):
+        r, c = divmod(i, per_row)
+        grid[:, 1 + r * (h + 1):1 + r * (h + 1) + h, 1 + c * (w + 1):1 + c * (w + 1) + w] = tile
+    return grid
+
+
+# ----- batch files and the grid picture (the synthesize stage) ----------------------------------------
+def batch_problem(t: dict[str, torch.Tensor], targets: torch.Tensor, shape: tuple[int, int, int]) -> str | None:
+    """Why the tensors of a batch file are not batch `targets` of images of `shape` (None: they are)."""
+    if not {"images", "targets"} <= set(t) or not any(k.startswith("curve/") for k in t):
+        return "missing tensors"
+    if not torch.equal(t["targets"], targets):
+        return "its targets are not this batch's classes"
+    if tuple(t["images"].shape) != (len(targets), *shape) or not torch.isfinite(t["images"]).all():
+        return f"images of shape {tuple(t['images'].shape)} (expected {(len(targets), *shape)}, finite)"
+    return None
+
+
+def load_batch(path: Path, targets: torch.Tensor, shape: tuple[int, int, int]) -> dict[str, torch.Tensor] | None:
+    """A finished batch file, verified (content hash, then its targets and image shape); a damaged one is
+    deleted with a warning (None: recompute it), so it is never assembled into the impressions."""
+    try:
+        t, _ = load_verified(path)
+        problem = batch_problem(t, targets, shape)
+    except DamagedFile as exc:
+        problem = str(exc)
+    if problem is None:
+        return t
+    log.warning("synthesize: damaged batch file %s (%s); discarding and recomputing it", path, problem)
+    discard_verified(path)
+    return None
+
+
+def save_grid(grid: torch.Tensor, path: Path) -> None:
+    """The impression grid as a PNG, scaled up to about 256 px (nearest neighbour)."""
+    from PIL import Image
+
+    arr = (grid.clamp(0, 1) * 255).round().byte().permute(1, 2, 0).numpy()
+    if arr.shape[2] == 1:
+        arr = arr[:, :, 0]
+    scale = max(1, 256 // max(arr.shape[:2]))
+    img = Image.fromarray(np.ascontiguousarray(arr))
+    img.resize((img.width * scale, img.height * scale), Image.NEAREST).save(path)

@@ -84,9 +84,19 @@ def detection_accuracy(id_scores: np.ndarray, ood_scores: np.ndarray) -> float:
     return float(np.max(0.5 * (tpr + 1.0 - fpr)))
 
 
-def ood_metrics(id_scores: np.ndarray, ood_scores: np.ndarray, fpr_positive: str = "id") -> dict[str, float]:
-    """All metrics, in percent, for one detector on one ID/OOD pair (FPR95 with `fpr_positive` as positive)."""
+def require_finite(id_scores: np.ndarray, ood_scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Both score arrays as float64, refused when any is NaN or infinite: a NaN has no rank (it would count as
+    the lowest score and give AUROC 0 / FPR95 100 as if measured)."""
     id_scores, ood_scores = np.asarray(id_scores, np.float64), np.asarray(ood_scores, np.float64)
+    if not (np.isfinite(id_scores).all() and np.isfinite(ood_scores).all()):
+        raise ValueError("scores contain NaN or infinite values: no metric can be computed from them")
+    return id_scores, ood_scores
+
+
+def ood_metrics(id_scores: np.ndarray, ood_scores: np.ndarray, fpr_positive: str = "id") -> dict[str, float]:
+    """All metrics, in percent, for one detector on one ID/OOD pair (FPR95 with `fpr_positive` as positive).
+    Scores must be finite (`require_finite`)."""
+    id_scores, ood_scores = require_finite(id_scores, ood_scores)
     return {
         "fpr95": 100 * fpr_at_tpr(id_scores, ood_scores, positive=fpr_positive),
         "auroc": 100 * auroc(id_scores, ood_scores),
@@ -101,8 +111,9 @@ OPENOOD_COLUMNS = ("FPR@95", "AUROC", "AUPR_IN", "AUPR_OUT")  # + ACC (ID accura
 
 def openood_metrics(id_scores: np.ndarray, ood_scores: np.ndarray) -> dict[str, float]:
     """OpenOOD v1.5's metrics in percent, from c2ir scores (higher = OOD; OpenOOD's conf = -score):
-    FPR@95 with OOD positive, AUROC, AUPR_IN (ID positive) and AUPR_OUT (OOD positive) as trapezoidal PR areas."""
-    id_scores, ood_scores = np.asarray(id_scores, np.float64), np.asarray(ood_scores, np.float64)
+    FPR@95 with OOD positive, AUROC, AUPR_IN (ID positive) and AUPR_OUT (OOD positive) as trapezoidal PR areas.
+    Scores must be finite (`require_finite`)."""
+    id_scores, ood_scores = require_finite(id_scores, ood_scores)
     return {"FPR@95": 100 * fpr_at_tpr(id_scores, ood_scores, positive="ood"),
             "AUROC": 100 * auroc(id_scores, ood_scores),
             "AUPR_IN": 100 * pr_auc_trapezoid(-id_scores, -ood_scores),

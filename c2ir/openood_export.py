@@ -8,6 +8,11 @@ row (the evaluator whose `compute_all_metrics` returns these five; earlier v1.5 
 columns, which this export leaves out). The metrics are OpenOOD's own formulas (`c2ir.metrics.openood_metrics`): FPR@95 takes OOD as the
 positive class here whatever `metrics.fpr_positive` says, and AUPR is the trapezoidal PR area. Sets
 without a group follow, without a mean row.
+
+Names are user input, neutralised as in every CSV c2ir writes (`c2ir.names`): the file name of a detector
+through `safe_filename` (no `/`, no `..`), each set name in the index column through `csv_cell` (OWASP's
+CSV-injection rule, control characters escaped). A detector whose scores are not finite has no metric and no
+file; README.txt names it.
 """
 
 from __future__ import annotations
@@ -23,6 +28,8 @@ import numpy as np
 from c2ir.cache import atomic_write_bytes
 from c2ir.groups import grouped_sets
 from c2ir.metrics import OPENOOD_COLUMNS, openood_metrics
+from c2ir.names import csv_cell, safe_filename
+from c2ir.report import not_computable_line
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +61,7 @@ def to_csv(rows: list[tuple[str, dict[str, float]]]) -> str:
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
     writer.writerow(["", *COLUMNS])
-    writer.writerows([[name, *(f"{m[c]:.4f}" for c in COLUMNS)] for name, m in rows])
+    writer.writerows([[csv_cell(name), *(f"{m[c]:.4f}" for c in COLUMNS)] for name, m in rows])
     return buf.getvalue()
 
 
@@ -63,13 +70,14 @@ def write_openood_csvs(directory: Path, result: Mapping, scores: Mapping[str, Ma
     if not grouped_sets(result):
         return []
     directory.mkdir(parents=True, exist_ok=True)
-    atomic_write_bytes(directory / "README.txt", NOTE.encode())
+    missing = not_computable_line(result)
+    atomic_write_bytes(directory / "README.txt", (NOTE + (f"{missing}\n" if missing else "")).encode())
     written = []
     for det in result["metrics"]:
         if det not in scores:
             log.warning("openood export: no scores for %s; its CSV is not written", det)
             continue
-        path = directory / f"{det}.csv"
+        path = directory / f"{safe_filename(det)}.csv"
         atomic_write_bytes(path, to_csv(detector_rows(scores[det], result)).encode())
         written.append(path)
     return written

@@ -17,7 +17,7 @@ import numpy as np
 
 from c2ir.metrics import roc_points
 
-VERSION = 2  # bump when a figure changes: cached report figures are keyed by it (2: the summary figure)
+VERSION = 3  # bump when a figure changes: cached report figures are keyed by it (2: the summary figure; 3: hist_<det> cut from the panels)
 COLORS = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf")
 LINESTYLES = ("-", "--", ":", "-.")
 
@@ -117,7 +117,10 @@ def histogram_panels(scores: Mapping[str, Mapping[str, np.ndarray]], id_name: st
     fig.legend(handles, labels, loc="upper center", ncol=min(len(sets), 6), fontsize=8, frameon=False,
                bbox_to_anchor=(0.5, 1.0))
     fig.supxlabel("score (higher = more OOD); x range: 0.5-99.5 percentile of all sets", fontsize=8)
-    fig.tight_layout(rect=(0, 0, 1, 0.97))
+    # fixed margins in inches instead of tight_layout, which measures every tick label of every panel
+    # (about as long as drawing the figure again)
+    height = 2.4 * rows
+    fig.subplots_adjust(left=0.02, right=0.98, bottom=0.55 / height, top=1 - 0.5 / height, wspace=0.12, hspace=0.45)
     return fig
 
 
@@ -158,16 +161,46 @@ def summary_figure(values: Mapping[str, Mapping[str, Mapping[str, float]]], acce
     return fig
 
 
-def detector_histogram(per: Mapping[str, np.ndarray], det: str, id_name: str, oods: Sequence[str]):
-    """One detector's ID vs OOD score histograms (the per-detector PNG scripts use)."""
+def panel_pngs(fig, names: Sequence[str], dpi: int = 90) -> tuple[bytes, dict[str, bytes]]:
+    """The PNG of a small-multiples figure and, from the same single rendering, one PNG per panel (the
+    figure's i-th axes, with its title and ticks, under the figure legend): drawing each panel as a
+    figure of its own cost a full figure rendering per panel (most of a run page's drawing time).
+    `names[i]` names the i-th axes; the figure is closed."""
     plt = _plt()
-    fig, ax = plt.subplots(figsize=(6, 4))
-    bins = _bins([per[s] for s in [id_name, *oods]])
-    for s in [id_name, *oods]:
-        ax.hist(np.clip(per[s], bins[0], bins[-1]), bins=bins, histtype="step", density=True, label=s, lw=1.2)
-    ax.set(xlabel=f"{det} score (higher = more OOD)", ylabel="density", title=f"{det}: ID vs OOD scores")
-    ax.legend(fontsize=7)
-    return fig
+    try:
+        fig.set_dpi(dpi)
+        fig.canvas.draw()
+        renderer = fig.canvas.get_renderer()
+        rgba = np.asarray(fig.canvas.buffer_rgba())
+        height = rgba.shape[0]
+
+        def crop(bbox, pad: int = 4) -> np.ndarray:
+            x0, x1 = max(0, int(bbox.x0) - pad), min(rgba.shape[1], int(np.ceil(bbox.x1)) + pad)
+            y0, y1 = max(0, height - int(np.ceil(bbox.y1)) - pad), min(height, height - int(bbox.y0) + pad)
+            return rgba[y0:y1, x0:x1, :3]
+
+        legend = crop(fig.legends[0].get_window_extent(renderer)) if fig.legends else None
+        per = {}
+        for name, ax in zip(names, fig.axes):
+            part = crop(ax.get_tightbbox(renderer))
+            if legend is not None:
+                width = max(part.shape[1], legend.shape[1])
+                canvas = np.full((legend.shape[0] + part.shape[0], width, 3), 255, dtype=np.uint8)
+                canvas[:legend.shape[0], :legend.shape[1]] = legend
+                canvas[legend.shape[0]:, :part.shape[1]] = part
+                part = canvas
+            per[name] = _encode(part)
+        return _encode(rgba[:, :, :3]), per
+    finally:
+        plt.close(fig)
+
+
+def _encode(pixels: np.ndarray) -> bytes:
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(np.ascontiguousarray(pixels)).save(buf, format="png")
+    return buf.getvalue()
 
 
 def labelled_grid(images: np.ndarray, targets: np.ndarray, predicted: np.ndarray, num_classes: int,
@@ -213,7 +246,8 @@ def synthesis_curves(curves: Mapping[str, np.ndarray], names: Sequence[str] = ("
         for b, row in enumerate(arr):
             ax.plot(np.arange(1, len(row) + 1), row, lw=1.0, color=COLORS[b % len(COLORS)],
                     alpha=0.9 if len(arr) <= 10 else 0.35, label=f"batch {b + 1}" if len(arr) <= 10 else None)
-        if np.all(arr > 0) and arr.max() > 100 * arr.min():  # log only where it spans decades
+        finite = arr[np.isfinite(arr)]  # a batch stopped early is NaN-padded
+        if finite.size and np.all(finite > 0) and finite.max() > 100 * finite.min():  # log only where it spans decades
             from matplotlib.ticker import NullFormatter
 
             ax.set_yscale("log")
@@ -224,7 +258,7 @@ def synthesis_curves(curves: Mapping[str, np.ndarray], names: Sequence[str] = ("
         ax.grid(alpha=0.3)
     if 1 < len(np.atleast_2d(np.asarray(curves[present[0]]))) <= 10:
         axes[0][0].legend(fontsize=7)
-    fig.tight_layout()
+    fig.subplots_adjust(left=0.05, right=0.99, bottom=0.17, top=0.9, wspace=0.3)  # fixed: tight_layout costs a draw
     return fig
 
 
@@ -304,6 +338,51 @@ def sweep_panels(param: str, values: Sequence[str], panels: Mapping[str, Mapping
     if handles:
         fig.legend(handles, labels, loc="upper left", bbox_to_anchor=(1.0, 0.98), fontsize=7, frameon=False,
                    ncol=1 if len(dets) <= 20 else 2)
+    fig.tight_layout()
+    return fig
+
+
+def pareto_figure(points: Mapping[str, Sequence[Mapping[str, float | str]]], cost_label: str = "synthesis cost"):
+    """Quality against cost: AUROC and FPR95 (mean +- std over seeds) of each setting against its cost (log
+    scale), one colour per series (a detector or a model), its Pareto-optimal settings joined by a line.
+
+    `points[series]` = [{"cost", "auroc", "auroc_std", "fpr95", "fpr95_std", "label"}, ...]; a point whose
+    label is `highlight` in the dict ({"highlight": True}) is drawn as a star (e.g. the default setting).
+    """
+    from c2ir.report import pareto_front
+
+    plt = _plt()
+    fig, axes = plt.subplots(1, 2, figsize=(11.5, 3.8))
+    names = sorted(points, key=lambda d: (not d.startswith("c2ir"), d))
+    styles = line_styles(names)
+    for c, (metric, higher) in enumerate((("auroc", True), ("fpr95", False))):
+        ax = axes[c]
+        for name in names:
+            pts = sorted(points[name], key=lambda p: float(p["cost"]))
+            if not pts:
+                continue
+            xs = [float(p["cost"]) for p in pts]
+            ys = [float(p[metric]) for p in pts]
+            st = styles[name]
+            ax.errorbar(xs, ys, yerr=[float(p.get(f"{metric}_std", 0.0)) for p in pts], fmt="o", ms=3, capsize=2,
+                        color=st["color"], alpha=0.55)
+            front = [i for i, ok in enumerate(pareto_front(xs, ys, higher)) if ok]
+            ax.plot([xs[i] for i in front], [ys[i] for i in front], color=st["color"], linestyle=st["linestyle"],
+                    lw=1.6, label=name)
+            for p in pts:
+                if p.get("highlight"):
+                    ax.plot([float(p["cost"])], [float(p[metric])], marker="*", ms=11, color=st["color"],
+                            markeredgecolor="black", linestyle="none")
+                    ax.annotate(str(p.get("label", "")), (float(p["cost"]), float(p[metric])), fontsize=6,
+                                xytext=(4, 4), textcoords="offset points")
+        ax.set_xscale("log")
+        ax.set_xlabel(cost_label)
+        ax.set_ylabel(f"{metric} % (mean over OOD sets)")
+        ax.set_title(f"{metric} vs cost ({'higher' if higher else 'lower'} is better; line: Pareto front)", fontsize=9)
+        ax.grid(alpha=0.3, which="both")
+    handles, labels = axes[0].get_legend_handles_labels()
+    if handles:
+        fig.legend(handles, labels, loc="upper left", bbox_to_anchor=(1.0, 0.95), fontsize=7, frameon=False)
     fig.tight_layout()
     return fig
 

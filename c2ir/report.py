@@ -21,6 +21,7 @@ import numpy as np
 
 from c2ir.cache import atomic_write_bytes, atomic_write_json
 from c2ir.groups import column_sets, grouped_sets, mean_over
+from c2ir.names import csv_cell, escape_name
 
 log = logging.getLogger(__name__)
 
@@ -37,8 +38,12 @@ FPR_COLUMNS = {"id": "fpr95_id_positive", "ood": "fpr95_ood_positive"}  # its co
 
 
 def fpr_positive(result: dict) -> str:
-    """The FPR95 convention of a result (results.json written before the setting existed: id)."""
-    return str(result.get("fpr_positive") or "id")
+    """The FPR95 convention of a result (results.json written before the setting existed: id); an unknown value
+    (a damaged or foreign results.json) is a ValueError, never a table under a wrong header."""
+    value = str(result.get("fpr_positive") or "id")
+    if value not in CONVENTIONS:
+        raise ValueError(f"fpr_positive={escape_name(value)!r} is not one of {tuple(CONVENTIONS)}")
+    return value
 
 
 def convention(result: dict) -> str:
@@ -61,10 +66,28 @@ def run_dir(cfg: Any) -> Path:
     return path
 
 
+# What the two C2IR rows are, wherever detectors are listed with labels (tables, CSV/JSON, report.html):
+# `c2ir` is this project's default (feature deviations + a logit term weighted on proxy outliers),
+# `c2ir_paper` the paper's method (the same feature deviations, no logit term).
+DETECTOR_LABELS = {"c2ir": "C2IR + Energy (this project's default)",
+                   "c2ir_paper": "C2IR (paper: feature deviations)"}
+C2IR_FIRST = ("c2ir", "c2ir_paper")
+
+
+def label(det: str) -> str:
+    """`det`, with what it is for the two C2IR rows (`c2ir: C2IR + Energy (this project's default)`)."""
+    return f"{det}: {DETECTOR_LABELS[det]}" if det in DETECTOR_LABELS else det
+
+
+def c2ir_rank(det: str) -> int:
+    """0 for `c2ir`, 1 for `c2ir_paper`, 2 for any other name (the order detectors are listed in)."""
+    return C2IR_FIRST.index(det) if det in C2IR_FIRST else len(C2IR_FIRST)
+
+
 def ordered_detectors(result: dict) -> list[str]:
-    """C2IR first, then the other data-free detectors, then the full-access comparators."""
+    """C2IR first (the default, then the paper's form), then the other data-free detectors, then full access."""
     access = result.get("access", {})
-    return sorted(result["metrics"], key=lambda d: (access.get(d) == "full access", d != "c2ir", d))
+    return sorted(result["metrics"], key=lambda d: (access.get(d) == "full access", c2ir_rank(d), d))
 
 
 def rows(result: dict) -> list[dict[str, Any]]:
@@ -85,37 +108,54 @@ def rows(result: dict) -> list[dict[str, Any]]:
     return out
 
 
+def md(name: Any) -> str:
+    """A set, detector or layer name in a Markdown table or the terminal: one printable line (control
+    characters, e.g. a terminal escape, escaped by `names.escape_name`) that cannot end a table cell."""
+    return escape_name(name).replace("|", "\\|")
+
+
 def summary_table(result: dict) -> str:
     """Markdown table: detectors as rows, AUROC / FPR95 per OOD set, their mean (and near/far means) as columns."""
     cols = column_sets(result)
     fpr = fpr_label(result)
-    head = "| detector | access | " + " | ".join(f"{c} AUROC / {fpr}" for c in cols) + " |"
+    head = "| detector | access | " + " | ".join(f"{md(c)} AUROC / {fpr}" for c in cols) + " |"
     sep = "|" + "---|" * (len(cols) + 2)
     lines = [head, sep]
     for det in ordered_detectors(result):
         per = result["metrics"][det]
         cells = [f"{mean_over(per, sets, 'auroc'):.1f} / {mean_over(per, sets, 'fpr95'):.1f}" for sets in cols.values()]
-        lines.append(f"| {det} | {result.get('access', {}).get(det, '')} | " + " | ".join(cells) + " |")
+        lines.append(f"| {md(label(det))} | {md(result.get('access', {}).get(det, ''))} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
 def header(result: dict) -> str:
     counts = result.get("counts", {})
-    return (f"ID set: {result['id_set']} ({counts.get(result['id_set'], '?')} images), "
+    return (f"ID set: {md(result['id_set'])} ({counts.get(result['id_set'], '?')} images), "
             f"ID accuracy: {100 * result['id_accuracy']:.2f}%; OOD sets: "
-            + ", ".join(f"{o} ({counts.get(o, '?')})" for o in result["ood_sets"]))
+            + ", ".join(f"{md(o)} ({counts.get(o, '?')})" for o in result["ood_sets"]))
 
 
 def weights_line(result: dict) -> str:
     w = result.get("layer_weights") or {}
     if not w:
         return ""
+    chosen = "".join(f"; {md(det)} uses ipm={f['ipm']}" + (f", {f['logit_score']} x{f['logit_weight']:g}" if f["logit_weight"] else "")
+                     + (" (chosen on proxy outliers)" if f.get("selected") else "")
+                     for det, f in (result.get("c2ir_fit") or {}).items())
     return (f"C2IR: ipm={result.get('ipm', {}).get('name')}, MGI weights ({w.get('method')}): "
-            + ", ".join(f"{n}={v:.3f}" for n, v in zip(w["layers"], w["weights"])))
+            + ", ".join(f"{md(n)}={v:.3f}" for n, v in zip(w["layers"], w["weights"])) + chosen)
+
+
+def not_computable_line(result: dict) -> str:
+    """Detectors whose scores held NaN/inf: named with the cause, never given a metric."""
+    bad = result.get("not_computable") or {}
+    return ("Not computable (no metric reported): " + "; ".join(f"{md(d)}: {md(why)}" for d, why in sorted(bad.items()))
+            if bad else "")
 
 
 def terminal_table(result: dict) -> str:
-    return "\n".join([header(result), convention(result), summary_table(result), weights_line(result)])
+    return "\n".join(line for line in [header(result), convention(result), summary_table(result), weights_line(result),
+                                        not_computable_line(result)] if line)
 
 
 def csv_columns(result: dict) -> list[str]:
@@ -127,10 +167,12 @@ def markdown(result: dict) -> str:
     long = rows(result)
     cols = [fpr_label(result) if k == "fpr95" else k for k in METRICS]
     lines = ["# c2ir results", "", header(result), "", convention(result), "", "## Summary", "", summary_table(result),
-             "", weights_line(result), "", "## All metrics", "",
+             "", weights_line(result), "", *([not_computable_line(result), ""] if result.get("not_computable") else []),
+             "## All metrics", "",
              "| detector | access | OOD set | " + " | ".join(cols) + " |", "|" + "---|" * (len(METRICS) + 3)]
     for r in long:
-        lines.append(f"| {r['detector']} | {r['access']} | {r['ood']} | " + " | ".join(f"{r[k]:.2f}" for k in METRICS) + " |")
+        lines.append(f"| {md(label(r['detector']))} | {md(r['access'])} | {md(r['ood'])} | "
+                     + " | ".join(f"{r[k]:.2f}" for k in METRICS) + " |")
     return "\n".join(lines) + "\n"
 
 
@@ -139,12 +181,14 @@ def write_reports(directory: Path, result: dict) -> None:
     atomic_write_bytes(directory / "results.md", markdown(result).encode())
     buf = io.StringIO()
     names = dict(zip(METRICS, csv_columns(result)))
-    writer = csv.DictWriter(buf, fieldnames=["detector", "access", "ood", *names.values()])
+    writer = csv.DictWriter(buf, fieldnames=["detector", "label", "access", "ood", *names.values()])
     writer.writeheader()
-    writer.writerows([{names.get(k, k): v for k, v in r.items()} for r in rows(result)])
+    writer.writerows({**{names.get(k, k): csv_cell(v) if isinstance(v, str) else v for k, v in r.items()},
+                      "label": DETECTOR_LABELS.get(r["detector"], "")} for r in rows(result))
     atomic_write_bytes(directory / "results.csv", buf.getvalue().encode())
+    labels = {d: DETECTOR_LABELS[d] for d in result["metrics"] if d in DETECTOR_LABELS}
     atomic_write_json(directory / "results.json", {**result, "fpr_positive": fpr_positive(result), "rows": rows(result),
-                                                   "convention": convention(result),
+                                                   "labels": labels, "convention": convention(result),
                                                    "columns": {"fpr95": fpr_label(result)}})
 
 
@@ -193,6 +237,30 @@ def aggregate(multirun_dir: Path) -> tuple[str, list[dict[str, Any]]]:
              text, "",
              f"| setting | detector | runs | AUROC | {label} |", "|---|---|---|---|---|"]
     for r in table:
-        lines.append(f"| {r['setting']} | {r['detector']} | {r['runs']} | {r['auroc_mean']:.2f} +- {r['auroc_std']:.2f} "
+        lines.append(f"| {md(r['setting'])} | {md(r['detector'])} | {r['runs']} | {r['auroc_mean']:.2f} +- {r['auroc_std']:.2f} "
                      f"| {r['fpr95_mean']:.2f} +- {r['fpr95_std']:.2f} |")
     return "\n".join(lines), table
+
+
+def pareto_front(costs: list[float], values: list[float], higher_is_better: bool = True) -> list[bool]:
+    """For each point, True if no other point is at most as costly and at least as good, and strictly
+    better in one of the two (the points worth paying for: cost against quality)."""
+    sign = 1.0 if higher_is_better else -1.0
+    out = []
+    for i, (c, v) in enumerate(zip(costs, values)):
+        dominated = any(cj <= c and sign * vj >= sign * v and (cj < c or sign * vj > sign * v)
+                        for j, (cj, vj) in enumerate(zip(costs, values)) if j != i)
+        out.append(not dominated)
+    return out
+
+
+def write_scores_csv(path: Path, paths: list[str], pred: list[int], scores: list[float], ood: list[bool]) -> None:
+    """`scores.csv`: one row per image. The `path` cell is `names.csv_cell(relative path)`: control characters
+    escaped, and a leading `'` when it would start with = + - @ tab CR or ' (OWASP CSV injection), so no
+    spreadsheet evaluates it; `names.csv_uncell` gives the file name back exactly."""
+    buf = io.StringIO()
+    w = csv.writer(buf, quoting=csv.QUOTE_MINIMAL)
+    w.writerow(["path", "predicted_class", "score", "ood"])
+    for p, c, s, o in zip(paths, pred, scores, ood):
+        w.writerow([csv_cell(p), c, repr(float(s)), int(o)])
+    atomic_write_bytes(path, buf.getvalue().encode("utf-8"))

@@ -24,9 +24,11 @@ from typing import Any
 import numpy as np
 
 from c2ir import plots
-from c2ir.cache import atomic_write_bytes
+from c2ir.cache import DamagedFile, atomic_write_bytes, discard_verified, read_verified_bytes, write_verified_bytes
 from c2ir.groups import column_sets, grouped_sets, mean_over
-from c2ir.report import METRICS, convention, fpr_label, fpr_positive, ordered_detectors, sweep_convention
+from c2ir.names import safe_filename
+from c2ir.report import (METRICS, c2ir_rank, convention, fpr_label, fpr_positive, label, not_computable_line,
+                         ordered_detectors, sweep_convention)
 
 log = logging.getLogger(__name__)
 
@@ -65,40 +67,41 @@ class FigureCache:
     Why: drawing ~20 figures costs seconds; a cache-hit `c2ir run` re-renders the page from
     these bytes instead. The folder's key must cover every input of the figures (the caller
     hashes the evaluate and synthesis keys with `plots.VERSION`). Each file is written
-    atomically; a failed figure is never stored, so it is retried next time.
+    atomically with a content-hash sidecar, and read back only when it matches (a damaged
+    figure is drawn again); a failed figure is never stored, so it is retried next time.
     """
 
     def __init__(self, folder: Path | None):
         self.folder = folder
 
     def _path(self, name: str) -> Path:
-        import hashlib
-        import re
-
-        safe = re.sub(r"[^A-Za-z0-9_.-]+", "_", name)[:80]
-        return self.folder / f"{safe}-{hashlib.sha256(name.encode()).hexdigest()[:8]}.png"  # type: ignore[operator]
+        return self.folder / f"{safe_filename(name)}.png"  # type: ignore[operator]
 
     def get(self, name: str) -> bytes | None:
-        if self.folder is None:
+        """The cached PNG if its bytes are what was stored (content-hash sidecar), else None (redrawn)."""
+        if self.folder is None or not self._path(name).exists():
             return None
         try:
-            return self._path(name).read_bytes()
-        except OSError:
+            return read_verified_bytes(self._path(name))
+        except (DamagedFile, OSError) as exc:
+            log.warning("report: cached figure %s is damaged (%s); drawing it again", name, exc)
+            discard_verified(self._path(name))
             return None
 
     def put(self, name: str, png: bytes) -> None:
         if self.folder is None:
             return
         try:
-            atomic_write_bytes(self._path(name), png)
+            write_verified_bytes(self._path(name), png)
         except OSError as exc:
             log.warning("report: could not cache figure %s (%s)", name, exc)
 
     def draw(self, name: str, make: Callable[[], Any]) -> bytes:
-        """The cached PNG, or draw it with `make()` (exceptions propagate) and cache it."""
+        """The cached PNG, or draw it with `make()` (a Figure, or PNG bytes; exceptions propagate) and cache it."""
         png = self.get(name)
         if png is None:
-            png = plots.to_png(make())
+            made = make()
+            png = made if isinstance(made, bytes) else plots.to_png(made)
             self.put(name, png)
         return png
 
@@ -206,7 +209,7 @@ def metric_table(result: dict, metric: str) -> str:
             cells = "".join(f'<td class="best">{v[d]:.1f}</td>' if d in best[c] else
                             f'<td class="bestfree">{v[d]:.1f}</td>' if d in best_free[c] else f"<td>{v[d]:.1f}</td>"
                             for c, v in cols.items())
-            body.append(f'<tr><td class="name">{esc(d)}</td>{cells}</tr>')
+            body.append(f'<tr><td class="name">{esc(label(d))}</td>{cells}</tr>')
     return f"<div><h3>{esc(metric_title(result, metric))} ({arrow})</h3>" + head + "".join(body) + "</table></div>"
 
 
@@ -244,8 +247,9 @@ def split_scores(flat: Mapping[str, Any]) -> dict[str, dict[str, np.ndarray]]:
     return dict(out)
 
 
-def run_page(inp: RunInputs, directory: Path | None = None) -> Page:
-    """Build the run page; PNGs for scripts (roc_<ood>.png, hist_<det>.png) go to `directory` if given."""
+def run_page(inp: RunInputs, directory: Path | None = None, histograms: "HistogramPNGs | None" = None) -> Page:
+    """Build the run page; PNGs for scripts (roc_<ood>.png) go to `directory` if given (`histograms`: the
+    histogram PNGs shared with the hist_<det>.png files, see `write_run_report`)."""
     res = inp.result
     id_name, oods = res["id_set"], list(res["ood_sets"])
     dets = ordered_detectors(res)
@@ -257,6 +261,8 @@ def run_page(inp: RunInputs, directory: Path | None = None) -> Page:
     page.section("summary", "Summary")
     page.text(f"ID set: {id_name} ({counts.get(id_name, '?')} images), ID accuracy {100 * res['id_accuracy']:.2f}%. "
               "OOD sets: " + ", ".join(f"{o} ({counts.get(o, '?')})" for o in oods) + ".")
+    if res.get("not_computable"):
+        page.note(not_computable_line(res))
     _summary_section(page, res)
     if inp.published:
         _published_section(page, res, inp.published)
@@ -270,8 +276,12 @@ def run_page(inp: RunInputs, directory: Path | None = None) -> Page:
         page.add(metric_table(res, metric))
     page.close_row()
 
+    page.section("logit-term", "What C2IR's logit term adds")
+    _logit_term_section(page, res)
+
     page.section("roc", "ROC curves")
     scores = inp.scores
+    histograms = histograms or HistogramPNGs(inp, page.cache)
     if scores is None:
         page.note("Scores not available (scores.safetensors missing from the evaluate artifact): no ROC curves or histograms.")
     else:
@@ -282,13 +292,12 @@ def run_page(inp: RunInputs, directory: Path | None = None) -> Page:
             aurocs = {d: res["metrics"][d][ood]["auroc"] for d in dets if d in res["metrics"]}
             page.figure(f"ROC {id_name} vs {ood}",
                         lambda o=ood, a=aurocs: plots.roc_figure({d: scores[d] for d in dets if d in scores}, id_name, o, a),
-                        save_as=None if directory is None else directory / f"roc_{ood}.png")
+                        save_as=None if directory is None else directory / f"roc_{safe_filename(ood)}.png")
         page.close_row()
         page.section("histograms", "Score histograms")
         page.text(f"One panel per detector: {id_name} (black) against each OOD set; density, scores clipped to the "
                   "0.5-99.5 percentile range. Good separation = the black curve apart from the coloured ones.")
-        page.figure("score histograms", lambda: plots.histogram_panels({d: scores[d] for d in dets if d in scores},
-                                                                      id_name, oods))
+        page.figure("score histograms", lambda: histograms.panel())
 
     page.section("impressions", "Impressions")
     _impressions_section(page, inp)
@@ -313,6 +322,41 @@ def run_page(inp: RunInputs, directory: Path | None = None) -> Page:
     else:
         page.note("Artifact keys not available.")
     return page
+
+
+def _logit_term_section(page: Page, res: dict) -> None:
+    """c2ir (this project's default) against c2ir_paper (the paper's feature deviations) on this run, and what
+    each C2IR fit chose on proxy outliers (results.json `c2ir_fit`)."""
+    metrics, oods = res.get("metrics", {}), list(res["ood_sets"])
+    if "c2ir" in metrics and "c2ir_paper" in metrics:
+        page.text(f"AUROC and {fpr_label(res)} (%) of the project's default against the paper's method on this run; the difference "
+                  "is what the logit term (and the choices made on proxy outliers) adds.")
+        rows = []
+        for m, name in (("auroc", "AUROC"), ("fpr95", fpr_label(res))):
+            a = [float(metrics["c2ir"][o][m]) for o in oods]
+            b = [float(metrics["c2ir_paper"][o][m]) for o in oods]
+            rows += [[f"{name}: {label('c2ir')}", *[f"{v:.1f}" for v in a], f"{np.mean(a):.1f}"],
+                     [f"{name}: {label('c2ir_paper')}", *[f"{v:.1f}" for v in b], f"{np.mean(b):.1f}"],
+                     [f"{name}: difference", *[f"{x - y:+.1f}" for x, y in zip(a, b)], f"{np.mean(a) - np.mean(b):+.1f}"]]
+        page.add(small_table(["", *oods, "mean"], rows))
+    else:
+        page.note("Add both c2ir and c2ir_paper to detectors= to see what the logit term adds on this run.")
+    fits = res.get("c2ir_fit") or {}
+    if not fits:
+        page.note("What the C2IR fits chose is not available (results.json made before it was recorded).")
+    for det, fit in fits.items():
+        chosen = f"ipm={fit['ipm']}, {fit['logit_score']} weight x{fit['logit_weight']:g}"
+        if not fit.get("criterion"):
+            page.text(f"{label(det)}: {chosen} (as configured: nothing to choose).")
+            continue
+        page.text(f"{label(det)}: {chosen}, chosen without data: the candidate whose softened held-back impressions are "
+                  "best separated from proxy outliers made from them (mean AUROC %, both folds).")
+        ipms = list(dict.fromkeys(c["ipm"] for c in fit["criterion"]))
+        weights = list(dict.fromkeys(c["logit_weight"] for c in fit["criterion"]))
+        crit = {(c["ipm"], c["logit_weight"]): c["criterion"] for c in fit["criterion"]}
+        page.add(small_table(["ipm \\ weight", *[f"x{w:g}" for w in weights]],
+                             [[i, *[("*" if (i, w) == (fit["ipm"], fit["logit_weight"]) else "") + f"{crit[i, w]:.1f}"
+                                    for w in weights]] for i in ipms]))
 
 
 def summary_values(result: dict) -> dict[str, dict[str, dict[str, float]]]:
@@ -434,8 +478,9 @@ def write_page(path: Path, page: Page, subtitle_html: str = "") -> Path:
 def write_run_report(directory: Path, inp: RunInputs) -> Path | None:
     """Write `report.html` (and the per-figure PNGs); returns None, with a warning, if the page itself fails."""
     try:
-        page = run_page(inp, directory)
-        _save_detector_histograms(directory, inp, page.cache)
+        histograms = HistogramPNGs(inp, FigureCache(inp.figure_cache))
+        page = run_page(inp, directory, histograms)
+        _save_detector_histograms(directory, inp, histograms)
         stamp = f'<p class="meta">Written {esc(time.strftime("%Y-%m-%d %H:%M:%S"))} in {esc(directory)}</p>'
         path = write_page(directory / "report.html", page, stamp)
     except Exception as exc:  # the tables are already written; the page is a view of them
@@ -446,17 +491,46 @@ def write_run_report(directory: Path, inp: RunInputs) -> Path | None:
     return path
 
 
-def _save_detector_histograms(directory: Path, inp: RunInputs, cache: FigureCache) -> None:
+class HistogramPNGs:
+    """The score-histogram panel of the page and the per-detector `hist_<det>.png` files, all cut from one
+    rendering of the panel figure (`plots.panel_pngs`), each cached in the run's figure cache."""
+
+    def __init__(self, inp: RunInputs, cache: FigureCache):
+        self.inp, self.cache = inp, cache
+        self.dets = [d for d in ordered_detectors(inp.result) if inp.scores and d in inp.scores]
+        self._pngs: dict[str, bytes] | None = None
+
+    def _all(self) -> dict[str, bytes]:
+        if self._pngs is not None:
+            return self._pngs
+        names = ["score histograms", *(f"hist_{d}" for d in self.dets)]
+        found = {n: self.cache.get(n) for n in names}
+        if any(v is None for v in found.values()):
+            res = self.inp.result
+            fig = plots.histogram_panels({d: self.inp.scores[d] for d in self.dets}, res["id_set"], res["ood_sets"])
+            panel, per = plots.panel_pngs(fig, self.dets)
+            found = {"score histograms": panel, **{f"hist_{d}": png for d, png in per.items()}}
+            for n, png in found.items():
+                self.cache.put(n, png)
+        self._pngs = found
+        return found
+
+    def panel(self) -> bytes:
+        return self._all()["score histograms"]
+
+    def detector(self, det: str) -> bytes:
+        return self._all()[f"hist_{det}"]
+
+
+def _save_detector_histograms(directory: Path, inp: RunInputs, histograms: HistogramPNGs) -> None:
     """hist_<detector>.png, one per detector (kept for scripts that read them)."""
     if inp.scores is None:
         return
-    for det, per in inp.scores.items():
-        try:
-            png = cache.draw(f"hist_{det}", lambda p=per, d=det: plots.detector_histogram(
-                p, d, inp.result["id_set"], inp.result["ood_sets"]))
-            plots.save_png(png, directory / f"hist_{det}.png")
-        except Exception as exc:
-            log.warning("report: could not draw hist_%s.png (%s: %s)", det, type(exc).__name__, exc)
+    try:
+        for det in histograms.dets:
+            plots.save_png(histograms.detector(det), directory / f"hist_{safe_filename(det)}.png")
+    except Exception as exc:
+        log.warning("report: could not draw the hist_<detector>.png files (%s: %s)", type(exc).__name__, exc)
 
 
 # ----------------------------------------------------------------------------- sweep page
@@ -536,7 +610,7 @@ def sweep_table(runs: Sequence[SweepRun], swept: Sequence[str], metric: str, tit
         values[s] = {k: r.overrides.get(k, "(default)") for k in swept}
         for det in r.result["metrics"]:
             settings[s][det].append(mean_over_oods(r.result, det, metric))
-    dets = sorted({d for per in settings.values() for d in per}, key=lambda d: (not d.startswith("c2ir"), d))
+    dets = sorted({d for per in settings.values() for d in per}, key=lambda d: (not d.startswith("c2ir"), c2ir_rank(d), d))
     cols = list(settings)
     stats = {s: {d: mean_std(v) for d, v in settings[s].items()} for s in cols}
     best = {s: best_marks({d: m for d, (m, _) in stats[s].items()}, metric) for s in cols}
@@ -553,7 +627,7 @@ def sweep_table(runs: Sequence[SweepRun], swept: Sequence[str], metric: str, tit
                 continue
             m, sd = stats[s][d]
             cells.append(f'<td{" class=best" if d in best[s] else ""}>{m:.1f} &plusmn; {sd:.1f}</td>')
-        body.append(f'<tr><td class="name">{esc(d)}</td>{"".join(cells)}</tr>')
+        body.append(f'<tr><td class="name">{esc(label(d))}</td>{"".join(cells)}</tr>')
     arrow = "lower is better" if metric in LOWER_IS_BETTER else "higher is better"
     return (f"<h3>{esc(title or METRIC_TITLES[metric])} ({arrow})</h3><div class=\"scroll\"><table>{head}{''.join(body)}"
             "</table></div>")
@@ -571,6 +645,48 @@ def sweep_panels_data(runs: Sequence[SweepRun], param: str, others: Sequence[str
                 raw[title][metric][det][value].append(mean_over_oods(r.result, det, metric))
     return {t: {m: {d: {v: mean_std(x) for v, x in per_v.items()} for d, per_v in per_d.items()}
                 for m, per_d in per_m.items()} for t, per_m in raw.items()}
+
+
+def cost_points(runs: Sequence[SweepRun], swept: Sequence[str]) -> tuple[dict[str, list[dict]], list[str], list[list[str]]]:
+    """Per detector, one point per setting: synthesis cost (forward+backward equivalents, from each run's
+    results.json `synthesis`), AUROC and FPR95 mean +- std over seeds; and the header and rows of the table."""
+    by_setting: dict[str, list[SweepRun]] = defaultdict(list)
+    for r in runs:
+        if isinstance(r.result.get("synthesis"), dict) and "cost" in r.result["synthesis"]:
+            by_setting[setting_of(r, swept) or "(all runs)"].append(r)
+    dets = sorted({d for group in by_setting.values() for g in group for d in g.result["metrics"]},
+                  key=lambda d: (not d.startswith("c2ir"), d))
+    points: dict[str, list[dict]] = defaultdict(list)
+    rows = []
+    for setting, group in sorted(by_setting.items(), key=lambda kv: np.mean([g.result["synthesis"]["cost"] for g in kv[1]])):
+        cost = float(np.mean([g.result["synthesis"]["cost"] for g in group]))
+        secs = [float(x) for x in (g.result["synthesis"].get("seconds") for g in group) if x is not None]
+        cells = [setting, f"{cost:,.0f}", f"{np.mean(secs):.1f}" if secs else "-"]
+        for det in dets:
+            have = [g.result for g in group if det in g.result["metrics"]]
+            if not have:
+                cells.append("-")
+                continue
+            au = mean_std([mean_over_oods(res, det, "auroc") for res in have])
+            fp = mean_std([mean_over_oods(res, det, "fpr95") for res in have])
+            points[det].append({"cost": cost, "auroc": au[0], "auroc_std": au[1], "fpr95": fp[0], "fpr95_std": fp[1],
+                                "label": setting})
+            cells.append(f"{au[0]:.1f} ± {au[1]:.1f} / {fp[0]:.1f}")
+        rows.append(cells)
+    return dict(points), ["setting", "cost (fwd+bwd)", "wall s", *(f"{d} AUROC / FPR95" for d in dets)], rows
+
+
+def _cost_section(page: Page, runs: Sequence[SweepRun], swept: Sequence[str]) -> None:
+    """AUROC and FPR95 against synthesis cost, when the sweep varies the synthesis (issue 20)."""
+    points, header, rows = cost_points(runs, swept)
+    if len({round(p["cost"], 3) for pts in points.values() for p in pts}) < 2:
+        return
+    page.section("cost", "Quality against synthesis cost")
+    page.text("Cost: forward+backward equivalents of the synthesis (one image through the model and back at full "
+              "resolution; a half-resolution iteration counts 1/4); wall seconds as measured by each run's build "
+              "(they depend on the machine's load). Line: the Pareto-optimal settings.")
+    page.figure("quality vs synthesis cost", lambda: plots.pareto_figure(points, "synthesis cost (fwd+bwd equivalents)"))
+    page.add(small_table(header, rows))
 
 
 def sweep_page(folder: Path, runs: Sequence[SweepRun], max_panels: int = 8) -> Page:
@@ -597,6 +713,7 @@ def sweep_page(folder: Path, runs: Sequence[SweepRun], max_panels: int = 8) -> P
         values = sort_values({r.overrides.get(param) for r in runs})
         page.add(f"<h3>{esc(param)}</h3>")
         page.figure(f"metrics vs {param}", lambda p=param, v=values, d=data: plots.sweep_panels(p, v, d))
+    _cost_section(page, runs, swept)
     page.section("runs", "Runs")
     page.add(small_table(["run folder", "overrides"],
                          [[str(r.path.relative_to(folder)) if r.path.is_relative_to(folder) else str(r.path),

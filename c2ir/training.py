@@ -2,8 +2,8 @@
 
 SGD with Nesterov momentum and a one-cycle (warm-up + cosine) learning rate, pad-crop
 and (for flip-invariant data) horizontal-flip augmentation. With a `work` folder, every
-epoch's state is saved atomically there; a killed run resumes from the last finished
-epoch and ends bitwise equal (on CPU) to an uninterrupted one, because shuffling and
+epoch's state is saved atomically there with its content hash (`cache.save_verified`); a
+killed run resumes from the last finished epoch and ends bitwise equal (on CPU) to an uninterrupted one, because shuffling and
 augmentation draw from generators seeded by (seed, epoch) and the learning rate is a
 function of the step alone. The `train` stage adds the cache around it.
 """
@@ -18,11 +18,10 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_file
 from torch import nn
 from tqdm import tqdm
 
-from c2ir.cache import atomic_save_tensors, atomic_write_json
+from c2ir.cache import discard_verified, load_verified, save_verified
 from c2ir.data.imageset import ImageSet, Normalizer
 from c2ir.errors import C2IRError
 from c2ir.schema import TrainConfig
@@ -81,6 +80,11 @@ def _load_opt_state(opt: torch.optim.Optimizer, tensors: dict[str, torch.Tensor]
     opt.load_state_dict(sd)
 
 
+def _optimizer(model: nn.Module, tc: TrainConfig) -> torch.optim.Optimizer:
+    return torch.optim.SGD(model.parameters(), lr=float(tc.lr), momentum=0.9, nesterov=True,
+                           weight_decay=float(tc.weight_decay))
+
+
 def train_classifier(model: nn.Module, train: ImageSet, test: ImageSet, normalizer: Normalizer, tc: TrainConfig,
                      work: Path, device: torch.device | str = "cpu", eval_batch_size: int = 256, *, flip: bool = True,
                      seed: int = 0) -> tuple[nn.Module, list[dict]]:
@@ -91,31 +95,30 @@ def train_classifier(model: nn.Module, train: ImageSet, test: ImageSet, normaliz
     epochs, bs = int(tc.epochs), int(tc.batch_size)
     steps_per_epoch = math.ceil(len(train) / bs)
     total = epochs * steps_per_epoch
-    opt = torch.optim.SGD(model.parameters(), lr=float(tc.lr), momentum=0.9, nesterov=True,
-                          weight_decay=float(tc.weight_decay))
+    opt = _optimizer(model, tc)
     history: list[dict] = []
     start_epoch = 0
-    work.mkdir(parents=True, exist_ok=True)
     done = sorted(work.glob("epoch_*.safetensors"))
-    if done:
-        last = done[-1]
-        initial = {k: v.detach().clone() for k, v in model.state_dict().items()}
-        try:
-            tensors = load_file(str(last))
+    initial = {k: v.detach().clone() for k, v in model.state_dict().items()} if done else {}
+    for last in reversed(done):  # the newest epoch whose file is verified (a kill may leave the newest unfinished)
+        try:  # verified like an artifact (content hash) before any of it is used
+            tensors, meta = load_verified(last)
             model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model/")})
             _load_opt_state(opt, tensors)
-            meta = json.loads(last.with_suffix(".json").read_text())
-            start_epoch, history = int(meta["epoch"]) + 1, meta["history"]
+            start_epoch, history = int(meta["epoch"]) + 1, json.loads(meta["history"])
+            if not 0 < start_epoch <= epochs or len(history) != start_epoch:
+                raise ValueError(f"epoch {start_epoch} of {epochs} with {len(history)} history entries")
             log.info("train: resuming after epoch %d from %s", start_epoch, last.name)
-        except Exception as exc:  # noqa: BLE001 - a damaged resume file: start over rather than fail forever
-            log.warning("train: damaged resume state %s (%s: %s); discarding it and training from the start",
-                        last.name, type(exc).__name__, str(exc)[:80])
-            for f in work.glob("epoch_*"):
-                f.unlink(missing_ok=True)
+            break
+        except Exception as exc:  # noqa: BLE001 - a damaged resume file: discard it rather than fail forever
+            log.warning("train: damaged resume state %s (%s: %s); discarding it", last.name, type(exc).__name__,
+                        str(exc)[:80])
+            discard_verified(last)
             model.load_state_dict(initial)  # the same initial weights as an uninterrupted run
-            opt = torch.optim.SGD(model.parameters(), lr=float(tc.lr), momentum=0.9, nesterov=True,
-                                  weight_decay=float(tc.weight_decay))
+            opt = _optimizer(model, tc)
             start_epoch, history = 0, []
+    if done and start_epoch == 0:
+        log.warning("train: no usable resume state in %s; training from the start", work)
     for epoch in range(start_epoch, epochs):
         model.train()
         g = torch.Generator().manual_seed(seed * 10_007 + epoch)
@@ -145,9 +148,7 @@ def train_classifier(model: nn.Module, train: ImageSet, test: ImageSet, normaliz
                  epoch + 1, epochs, loss_sum / seen, correct / seen, test_acc)
         state = {f"model/{k}": v for k, v in model.state_dict().items()}
         path = work / f"epoch_{epoch:04d}.safetensors"
-        atomic_write_json(path.with_suffix(".json"), {"epoch": epoch, "history": history})
-        atomic_save_tensors(path, {**state, **_opt_state(opt)})
+        save_verified(path, {**state, **_opt_state(opt)}, {"epoch": str(epoch), "history": json.dumps(history)})
         for old in sorted(work.glob("epoch_*.safetensors"))[:-1]:  # keep only the newest epoch
-            old.unlink(missing_ok=True)
-            old.with_suffix(".json").unlink(missing_ok=True)
+            discard_verified(old)
     return model.eval(), history

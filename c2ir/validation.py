@@ -25,6 +25,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict
 from c2ir.errors import C2IRError
 from c2ir.imglist import open_imglist  # torch-free, like this module
 from c2ir.schema import MODEL_SCHEMAS, UNSET, C2IRConfig, DataConfig, OODConfig
+from c2ir.sizes import check_sizes
 
 
 @lru_cache(maxsize=None)
@@ -134,7 +135,7 @@ def check_node(path: str, node: Any, schema: type, extra_keys: tuple[str, ...] =
         if is_dataclass(kind):
             check_node(f"{prefix}{key}", node[key], kind)
         elif kind is not None:
-            check_value(f"{prefix}{key}", node[key], kind, optional, meta[key])
+            check_value(source_key(node, key) or f"{prefix}{key}", node[key], kind, optional, meta[key])
 
 
 def neutral_fields(cfg: Any) -> dict[str, Any]:
@@ -173,6 +174,10 @@ def explain(exc: BaseException) -> str:
             parent = str(key).rpartition(".")[0]
             valid = f"; valid keys of {parent or 'the config'}: {', '.join(_hints(schema))}" if is_dataclass(schema) else ""
             return f"unknown config key {key}{valid}"
+        m = re.search(r"While dereferencing interpolation '\$\{([A-Za-z_][\w.]*)\}': Value '([^']*)'", str(e))
+        if m:   # a value that only copies another key (synth.flip: ${data.flip_invariant}): name the key typed
+            kind = _kind(_hints(schema).get(leaf, Any))[0] if is_dataclass(schema) else None
+            return str(_bad(m[1], m[2], _want(kind), ""))
         if type(e).__name__ == "ValidationError":
             kind = _kind(_hints(schema).get(leaf, Any))[0] if is_dataclass(schema) else None
             example = _meta(schema).get(leaf, {}).get("example", "") if is_dataclass(schema) else ""
@@ -216,17 +221,56 @@ def check_cache_root(value: Any) -> None:
     """The artifact store's folder must exist (it is created) and accept a file: tried, not guessed."""
     if value is None or not str(value).strip():
         raise C2IRError(f"cache_root={value!r} is empty; set cache_root to a writable folder (e.g. cache_root=outputs/cache)")
-    root = Path(str(value)).expanduser()
-    if root.exists() and not root.is_dir():
-        raise C2IRError(f"cache_root={value} is a file, not a folder; set cache_root to a writable folder")
+    problem = writable_problem(Path(str(value)).expanduser())
+    if problem:
+        raise C2IRError(f"cache_root={value} {problem}; set cache_root to a writable folder")
+
+
+def writable_problem(folder: Path) -> str | None:
+    """Why `folder` is not (and cannot be made) a folder this process writes into, or None: tried, not guessed
+    (a probe file is created and removed)."""
+    if folder.exists() and not folder.is_dir():
+        return "is a file, not a folder"
     try:
-        root.mkdir(parents=True, exist_ok=True)
-        probe = root / f".write-test-{os.getpid()}"
+        folder.mkdir(parents=True, exist_ok=True)
+        probe = folder / f".write-test-{os.getpid()}"
         probe.write_bytes(b"")
         probe.unlink()
     except OSError as exc:
-        raise C2IRError(f"cache_root={value} is not a writable folder ({exc.strerror or exc}); "
-                        "set cache_root to a writable folder") from None
+        return f"is not a writable folder ({exc.strerror or exc})"
+    return None
+
+
+def source_key(node: Any, key: str) -> str | None:
+    """The key a value was typed under when `node.key` only refers to it (`synth.flip: ${data.flip_invariant}`),
+    so an error names what the user set (data.flip_invariant=maybe), not the key that copies it."""
+    if not isinstance(node, DictConfig) or not OmegaConf.is_interpolation(node, key):
+        return None
+    raw = str(node._get_node(key)._value())  # noqa: SLF001 - OmegaConf has no public accessor for the raw string
+    m = re.fullmatch(r"\$\{([A-Za-z_][\w.]*)\}", raw)
+    return m[1] if m else None
+
+
+def check_normalization(cfg: DictConfig) -> None:
+    """`model.mean` / `model.std` (usually `${data.mean}` / `${data.std}`) hold one value per input channel."""
+    model, channels = cfg.get("model"), OmegaConf.select(cfg, "data.channels")
+    if not isinstance(model, DictConfig) or not isinstance(channels, int):
+        return
+    for what in ("mean", "std"):
+        values = model.get(what)
+        if values is not None and len(values) != channels:
+            shown = source_key(model, what) or f"model.{what}"
+            raise C2IRError(f"{shown}={list(values)} has {len(values)} value(s) but data.channels={channels}; "
+                            f"give one value per input channel")
+
+
+def check_spatial_grid(cfg: DictConfig) -> None:
+    """A grid of spatial vectors finer than the input's pixels samples nothing new and only multiplies memory
+    (features.spatial_grid=1000 asks for a million vectors per image and layer)."""
+    grid, size = OmegaConf.select(cfg, "features.spatial_grid"), OmegaConf.select(cfg, "data.image_size")
+    if isinstance(grid, int) and isinstance(size, int) and grid > size:
+        raise C2IRError(f"features.spatial_grid={grid} is finer than the {size}x{size} input (data.image_size); "
+                        f"choose at most {size} (e.g. features.spatial_grid=4)")
 
 
 # stages that read the ID test set and the OOD sets, and the one that scores a user's folder
@@ -294,6 +338,15 @@ def check_inputs(cfg: DictConfig) -> None:
 
 def validate(cfg: DictConfig) -> DictConfig:
     """Check the composed config in place (and drop stale OOD tweaks); raises C2IRError with one line."""
+    from omegaconf.errors import OmegaConfBaseException
+
+    try:
+        return _validate(cfg)
+    except OmegaConfBaseException as exc:   # a value read through an interpolation of the wrong type
+        raise C2IRError(explain(exc)) from None
+
+
+def _validate(cfg: DictConfig) -> DictConfig:
     drop_unselected_ood(cfg)
     check_cache_root(cfg.get("cache_root"))
     check_node("", cfg, C2IRConfig, extra_keys=("hydra",))
@@ -308,6 +361,9 @@ def validate(cfg: DictConfig) -> DictConfig:
     for name in cfg.ood:
         check_node(f"ood.{name}", cfg.ood[name], OODConfig)
     ood_names(cfg)
+    check_normalization(cfg)
+    check_spatial_grid(cfg)
+    check_sizes(cfg)
     if not cfg.get("detectors"):
         raise C2IRError("no detectors selected (detectors=[]); pass at least one, e.g. detectors=[c2ir,energy,msp]")
     check_inputs(cfg)

@@ -5,15 +5,22 @@ A DeepInversion iteration = jitter/flip + forward with BN-statistics hooks + los
 
 Every variant is measured side by side in one run (interleaved, order rotated each round), each
 against a bare forward+backward with the same option:
-  eager           fp32, default memory format, c2ir's fused BN statistics (`channel_mean_var`)
+  eager           fp32, default memory format, BN statistics from forward hooks (`channel_mean_var`,
+                  synth.bn_stats=hooks: synth=deepinversion's arithmetic)
+  fused           synth.bn_stats=fused: the statistics inside the BN layer (c2ir.fused_bn)
+  fused_cl        synth.bn_stats=fused with synth.channels_last=true
   previous        as eager, with the statistics of the previous release (sums + autograd)
   reference       as eager, with the textbook `torch.var_mean` + autograd statistics
   channels_last   synth.channels_last=true
   bf16            synth.autocast=bf16
   compile         synth.compile=true (torch.compile, inductor; compiled during the warm-up)
 
-    python scripts/bench_synthesis.py [--variants eager,previous,channels_last,bf16,compile] [--batch 200]
-                                      [--iters 3] [--repeats 7] [--device cpu] [--arch resnet20]
+    python scripts/bench_synthesis.py [--variants eager,fused,previous,channels_last,bf16,compile] [--batch 200]
+                                      [--iters 3] [--repeats 7] [--device cpu] [--arch resnet20] [--clock cpu]
+
+`--clock cpu` times with the process's CPU time instead of the wall clock: with one torch thread
+(`--threads 1`) that is the work done, much less disturbed by other jobs on a shared machine than
+the wall time (CPU only).
 """
 
 from __future__ import annotations
@@ -31,7 +38,7 @@ from c2ir.data.imageset import Normalizer
 from c2ir.device import resolve_device
 from c2ir.impressions import SynthConfig, channel_mean_var_reference, synthesize_batch
 
-VARIANTS = ("eager", "previous", "reference", "channels_last", "bf16", "compile")
+VARIANTS = ("eager", "fused", "fused_cl", "previous", "reference", "channels_last", "bf16", "compile")
 
 
 def previous_stats(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -59,7 +66,7 @@ def make_variant(name: str, args: argparse.Namespace, device: torch.device):
     model = bench_model(args.arch, device)
     for q in model.parameters():
         q.requires_grad_(False)
-    channels_last = name == "channels_last"
+    channels_last = name in ("channels_last", "fused_cl")
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
     run_model = torch.compile(model) if name == "compile" else model
@@ -72,7 +79,8 @@ def make_variant(name: str, args: argparse.Namespace, device: torch.device):
     norm = Normalizer([0.485, 0.456, 0.406], [0.229, 0.224, 0.225])
     targets = torch.arange(args.batch) % 10
     x0 = torch.randn(args.batch, 3, 32, 32, device=device)
-    cfg = SynthConfig(iterations=args.iters, jitter=2, flip=True)
+    cfg = SynthConfig(iterations=args.iters, jitter=2, flip=True, warmup_iterations=0, lr_schedule="cosine",
+                      stop_patience=0, bn_stats="fused" if name.startswith("fused") else "hooks")
 
     def bare() -> None:
         for _ in range(args.iters):
@@ -97,14 +105,20 @@ def main() -> None:
     p.add_argument("--repeats", type=int, default=7)
     p.add_argument("--device", default="cpu")
     p.add_argument("--arch", default="resnet20")
+    p.add_argument("--clock", choices=("wall", "cpu"), default="wall")
+    p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     args = p.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    clock = time.process_time if args.clock == "cpu" else time.perf_counter
     names = [v for v in args.variants.split(",") if v]
     bad = [v for v in names if v not in VARIANTS]
     if bad:
         raise SystemExit(f"bench_synthesis: error: unknown variant(s) {bad}; choose from {', '.join(VARIANTS)}")
     device = resolve_device(args.device)
     print(f"device={device} arch={args.arch} batch={args.batch} iters/timing={args.iters} repeats={args.repeats} "
-          f"threads={torch.get_num_threads()} torch={torch.__version__} load average at start {os.getloadavg()}")
+          f"threads={torch.get_num_threads()} clock={args.clock} torch={torch.__version__} "
+          f"load average at start {os.getloadavg()}")
     fns = {}
     for name in names:
         bare, synth = make_variant(name, args, device)
@@ -118,10 +132,10 @@ def main() -> None:
         shift = r % len(order)
         for k in order[shift:] + order[:shift]:
             sync(device)
-            t0 = time.perf_counter()
+            t0 = clock()
             fns[k]()
             sync(device)
-            times[k].append((time.perf_counter() - t0) / args.iters)
+            times[k].append((clock() - t0) / args.iters)
     base = statistics.median(times[(names[0], "bare")])
     print(f"load average at end {os.getloadavg()}")
     print(f"{'variant':14s} {'bare min/med ms':>17s} {'synth min/med ms':>18s} {'ratio med':>9s} {'ratio min':>9s} "

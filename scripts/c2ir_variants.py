@@ -70,7 +70,7 @@ def main(argv: list[str]) -> None:
         job = cli_job(cfg)
         dets = build_detectors(job)
         fit = fit_for(job, list(dets.values()))
-        det = build_detector("c2ir", {**cfg.detectors.c2ir, "logit_score": "none", "normalize": "none"}, ipm=ipm_name)
+        det = build_detector("c2ir", {**cfg.detectors.c2ir, "logit_score": "none", "normalize": "none", "select_ipm": False}, ipm=ipm_name)
         det.fit(fit)
         bundles = {name: resolve(FEATURES, job, p).value for name, p in passes(job, dets).items()}
         id_name, oods = next(iter(bundles)), list(bundles)[1:]

@@ -66,7 +66,7 @@ def test_every_data_option_validates_and_the_offline_ones_load(tmp_path, option)
 
     extra = [f"data.root={labelled_folder(tmp_path / 'ds', 3, 2)}", "data.num_classes=3", "data.test_split=test",
              "model=resnet20"] if option in ("imagefolder", "imagenet") else []
-    cfg = _validated(tmp_path, [f"data={option}", *extra])
+    cfg = _validated(tmp_path, [f"data={option}", "synth.per_class=1", *extra])  # any size fits (c2ir.sizes)
     assert cfg.data.name and len(cfg.data.mean) == len(cfg.data.std) == cfg.data.channels
     if option in DATA_OFFLINE or extra:
         test = load_id(cfg.data, "test")
@@ -253,11 +253,13 @@ def test_cifar_resnets_are_the_shared_base_at_their_depth(tmp_path):
 
 def test_synth_and_train_options_change_only_their_values(tmp_path):
     default = _composed(tmp_path, ["synth=default"], "synth")
-    assert default["per_class"] == 40 and default["iterations"] == 300 and default["lr"] == 0.1
-    for option, changed in {"fast": {"per_class": 10, "batch_size": 50, "iterations": 30},
-                            "paper": {"per_class": 100, "batch_size": 256, "iterations": 2000, "lr": 0.05,
-                                      "bn_reduce": "sum"}}.items():  # DeepInversion sums the BN term
-        assert _composed(tmp_path, [f"synth={option}"], "synth") == {**default, **changed}, option
+    assert default["per_class"] == 40 and default["iterations"] == 15 and default["warmup_iterations"] == 60
+    deepinversion = _composed(tmp_path, ["synth=deepinversion"], "synth")  # the default before issue 20
+    assert deepinversion == {**default, "iterations": 300, "warmup_iterations": 0, "lr": 0.1, "bn_stats": "hooks"}
+    for option, base, changed in [("fast", default, {"per_class": 10, "batch_size": 50, "iterations": 30}),
+                                  ("paper", deepinversion, {"per_class": 100, "batch_size": 256, "iterations": 2000,
+                                                            "lr": 0.05, "bn_reduce": "sum"})]:  # DeepInversion sums the BN term
+        assert _composed(tmp_path, [f"synth={option}"], "synth") == {**base, **changed}, option
     train = _composed(tmp_path, ["train=default"], "train")
     assert train == {"epochs": 20, "batch_size": 64, "lr": 0.05, "warmup": 0.15, "weight_decay": 5e-4,
                      "finetune": False, "pad": None}
@@ -292,8 +294,8 @@ def test_key_neutral_fields_stay_out_of_keys_at_their_neutral_value(tmp_path):
     assert cfg.train.pad is None and "train.pad" not in key_fields(cfg, TRAIN_RULE)
     assert "train.pad" in key_fields(make_cfg(tmp_path, ["train.pad=3"]), TRAIN_RULE)
     assert key_of(TRAIN, cli_job(make_cfg(tmp_path, ["train.pad=3"]))) != key_of(TRAIN, cli_job(cfg))
-    assert "synth.warmup_iterations" not in key_fields(cfg, SYNTH_RULE)
-    assert "synth.warmup_iterations" in key_fields(make_cfg(tmp_path, ["synth=imagenet"]), SYNTH_RULE)
+    assert cfg.synth.warmup_iterations == 60 and key_fields(cfg, SYNTH_RULE)["synth.warmup_iterations"] == 60
+    assert "synth.warmup_iterations" not in key_fields(make_cfg(tmp_path, ["synth=imagenet"]), SYNTH_RULE)  # 0: neutral
     assert "ipm.projections" not in key_fields(cfg, EVAL_RULE)
     assert key_fields(make_cfg(tmp_path, ["ipm=sliced_wasserstein"]), EVAL_RULE)["ipm.projections"] == 64
     wrn = make_cfg(tmp_path, ["data=cifar10", "model=wrn40_2"])

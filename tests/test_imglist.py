@@ -42,6 +42,13 @@ def test_malformed_lists_are_one_line(tmp_path, text, words):
         open_imglist(tmp_path, "benchmark_imglist/b/test_x.txt", "images_classic", "x", "ood.x.root")
 
 
+
+def test_a_list_that_is_not_utf8_is_one_line(tmp_path):
+    _tree(tmp_path, "")
+    (tmp_path / "benchmark_imglist" / "b" / "test_x.txt").write_bytes(b"a/0.png 1\na/\xff.png 1\n")
+    with pytest.raises(C2IRError, match=r"x: image list .*test_x\.txt is not UTF-8 text \(byte 12\); save it as UTF-8"):
+        open_imglist(tmp_path, "benchmark_imglist/b/test_x.txt", "images_classic", "x", "ood.x.root")
+
 def test_missing_list_and_missing_images_name_the_layout_and_the_key(tmp_path):
     with pytest.raises(C2IRError, match=r"x: image list not found: .*test_x\.txt \(expected OpenOOD v1\.5's data folder: "
                                         r"<root>/benchmark_imglist/.*\); set ood\.x\.root to that folder"):
@@ -54,21 +61,36 @@ def test_missing_list_and_missing_images_name_the_layout_and_the_key(tmp_path):
     assert len(lst) == 3  # the fingerprint reads the list without requiring every image
 
 
-def test_fingerprint_follows_the_list_and_the_images(tmp_path):
+def test_fingerprint_follows_the_list_and_the_image_contents(tmp_path):
+    """Image lists follow issue 24's content-key rule of folder data: an image replaced by another of the same
+    size with its mtime kept (cp -p, rsync -t) gives a new key, touching one does not; editing the list or
+    deleting an image does."""
+    from c2ir.data.digests import DigestCache
+
     _tree(tmp_path, "a/0.png -1\na/1.png -1\n")
+    table = DigestCache(tmp_path / "digests")
 
     def fp():
-        return fingerprint(open_imglist(tmp_path, "benchmark_imglist/b/test_x.txt", "images_classic", "x", "k"))
+        return fingerprint(open_imglist(tmp_path, "benchmark_imglist/b/test_x.txt", "images_classic", "x", "k",
+                                        check=False), table)
 
     first = fp()
     assert fp() == first
     img = tmp_path / "images_classic" / "a" / "1.png"
     st = img.stat()
     os.utime(img, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
-    touched = fp()
-    assert touched != first
+    assert fp() == first  # touched, same bytes: the same key
+    data = img.read_bytes()
+    img.write_bytes(data[:-5] + bytes(b ^ 0xFF for b in data[-5:]))  # other bytes of the same size ...
+    os.utime(img, ns=(st.st_atime_ns, st.st_mtime_ns))  # ... with the old mtime kept
+    assert (img.stat().st_size, img.stat().st_mtime_ns) == (st.st_size, st.st_mtime_ns)
+    replaced = fp()
+    assert replaced != first
+    img.unlink()
+    deleted = fp()
+    assert deleted not in (first, replaced)
     (tmp_path / "benchmark_imglist" / "b" / "test_x.txt").write_text("a/0.png -1\n")
-    assert fp() not in (first, touched)
+    assert fp() not in (first, replaced, deleted)
 
 
 def test_id_lists_with_ood_labels_and_ood_sets_load_as_streamed_files(tmp_path, cfg_factory):

@@ -28,7 +28,8 @@ def trained(tmp_path_factory):
 
 def test_bn_loss_falls_and_targets_are_hit(trained):
     model, norm = trained
-    cfg = SynthConfig(per_class=10, batch_size=100, iterations=300, lr=0.1, jitter=1, flip=False)  # shipped defaults
+    cfg = SynthConfig(per_class=10, batch_size=100, iterations=300, lr=0.1, jitter=1, flip=False, warmup_iterations=0,
+                      bn_stats="hooks")  # synth=deepinversion's budget
     targets = batch_targets(10, 10, 100, 0)
     res = synthesize_batch(model, norm, targets, (1, 8, 8), cfg, seed=0)
     bn = res.curves["bn"]
@@ -90,7 +91,7 @@ def test_synthesis_with_fused_statistics_matches_the_reference_formula(trained):
     from c2ir.impressions import channel_mean_var_reference
 
     model, norm = trained
-    cfg = SynthConfig(iterations=8, jitter=1, flip=True)
+    cfg = SynthConfig(iterations=8, jitter=1, flip=True, warmup_iterations=0, bn_stats="hooks")  # stats_fn: hooks only
     t = batch_targets(10, 4, 40, 0)
     fused = synthesize_batch(model, norm, t, (1, 8, 8), cfg, seed=1)
     ref = synthesize_batch(model, norm, t, (1, 8, 8), cfg, seed=1, stats_fn=channel_mean_var_reference)

@@ -1,5 +1,6 @@
 """c2ir.proxies: the proxy outliers and folds of C2IR's data-free weight selection, on tiny tensors."""
 
+import pytest
 import torch
 
 from c2ir import proxies as sel
@@ -25,3 +26,14 @@ def test_mixed_pairs_other_classes_and_folds_split_each_class():
     assert len(a) == len(b) == 6 and set(a.tolist()).isdisjoint(b.tolist())
     assert torch.bincount(y[a]).tolist() == [2, 2, 2]
     assert sel.blurred(x).shape == x.shape
+
+
+@pytest.mark.parametrize("shape,size,sigma", [((5, 1, 8, 8), 3, 0.5), ((3, 3, 32, 32), 5, 2.0)])
+def test_gaussian_blur_is_torchvisions_to_the_bit(shape, size, sigma):
+    """Written without torchvision (importing it costs a process seconds); same values as its gaussian_blur."""
+    import torchvision.transforms.functional as TF
+
+    from c2ir.proxies import gaussian_blur
+
+    x = torch.rand(*shape, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(gaussian_blur(x, size, sigma), TF.gaussian_blur(x, [size, size], [sigma, sigma]))

@@ -37,8 +37,12 @@ def fake_result(dets: list[str], rng: np.random.Generator) -> tuple[dict, dict]:
 
 def fake_inputs(n_dets: int = 3, seed: int = 0) -> RunInputs:
     rng = np.random.default_rng(seed)
-    dets = ["c2ir", *[f"det{i:02d}" for i in range(n_dets - 1)]]
+    dets = ["c2ir", "c2ir_paper", *[f"det{i:02d}" for i in range(n_dets - 2)]]
     result, scores = fake_result(dets, rng)
+    result["c2ir_fit"] = {"c2ir": {"ipm": "mean_standardized", "logit_score": "energy", "logit_weight": 1.0,
+                                   "selected": True, "reference": 40,
+                                   "criterion": [{"ipm": "mean_standardized", "logit_weight": w, "criterion": 90 - w}
+                                                 for w in (0.0, 1.0)]}}
     targets = np.arange(40) % 4
     predicted = targets.copy()
     predicted[[1, 6]] = 0  # two impressions miss their target
@@ -63,7 +67,7 @@ def test_run_page_is_complete_and_self_contained(tmp_path):
     page = path.read_text()
     assert_self_contained(page)
     for det in inp.result["metrics"]:
-        assert f">{det}<" in page, det
+        assert f">{report.label(det)}<" in page.replace("&#x27;", "'"), det
     for name in [*OODS, "digits-test", "act1", "act3", "grad_abs", "abc123", "ipm:", "on target %"]:
         assert name in page, name
     for section in ("Results", "ROC curves", "Score histograms", "Impressions", "Synthesis loss curves",
@@ -193,3 +197,68 @@ def test_impressions_grid_labels_classes_and_frames_misses_in_red():
     cell = 4 + 2 * 2
     assert red[:cell, :cell].any() and not red[:, cell:].any() and not red[cell:, :].any()
     plots.to_png(fig)
+
+
+def test_run_page_shows_what_the_logit_term_adds():
+    rng = np.random.default_rng(3)
+    result, _ = fake_result(["c2ir", "c2ir_paper", "energy", "knn", "mahalanobis"], rng)
+    crit = [{"ipm": i, "logit_weight": w, "criterion": 80.0 + w + (i == "mahalanobis")}
+            for i in ("mean_standardized", "mahalanobis") for w in (0.0, 4.0)]
+    result["c2ir_fit"] = {"c2ir": {"ipm": "mahalanobis", "logit_score": "energy", "logit_weight": 4.0, "selected": True,
+                                   "criterion": crit, "reference": 40},
+                          "c2ir_paper": {"ipm": "mean_standardized", "logit_score": "none", "logit_weight": 0.0,
+                                         "selected": False, "criterion": [], "reference": 40}}
+    html = report_html.run_page(RunInputs(result=result)).render()
+    m = result["metrics"]
+    diff = m["c2ir"]["noise_a"]["auroc"] - m["c2ir_paper"]["noise_a"]["auroc"]
+    assert f"<td>{diff:+.1f}</td>" in html and "AUROC: difference" in html
+    assert "C2IR (paper: feature deviations)" in html and "C2IR + Energy (this project&#x27;s default)" in html
+    assert "ipm=mahalanobis, energy weight x4" in html and "<td>*85.0</td>" in html   # the chosen cell is starred
+    assert "ipm=mean_standardized, none weight x0 (as configured" in html
+    bare = report_html.run_page(RunInputs(result=fake_result(["c2ir", "energy", "knn", "maha"], rng)[0])).render()
+    assert "Add both c2ir and c2ir_paper" in bare and "made before it was recorded" in bare
+
+
+def test_pareto_front_keeps_the_settings_worth_their_cost():
+    costs, auroc = [1.0, 2.0, 3.0, 4.0, 4.0], [80.0, 85.0, 84.0, 90.0, 89.0]
+    assert report.pareto_front(costs, auroc) == [True, True, False, True, False]
+    fpr = [50.0, 40.0, 45.0, 30.0, 30.0]  # lower is better; equal cost and value: both kept
+    assert report.pareto_front(costs, fpr, higher_is_better=False) == [True, True, False, True, True]
+
+
+def test_sweep_page_plots_quality_against_synthesis_cost(tmp_path):
+    """A sweep over synthesis settings: a section with AUROC/FPR95 against the cost each run recorded."""
+    settings = [[f"synth.iterations={it}", f"seed={s}"] for it in (20, 300) for s in (0, 1)]
+    _fake_sweep(tmp_path, settings)
+    for run in sorted(p for p in tmp_path.iterdir() if p.is_dir()):
+        res = json.loads((run / "results.json").read_text())
+        it = int((run / ".hydra" / "overrides.yaml").read_text().split("synth.iterations=")[1].split()[0])
+        res["synthesis"] = {"impressions": 400, "cost": 400.0 * it, "seconds": it / 10}
+        (run / "results.json").write_text(json.dumps(res))
+    runs = report_html.load_sweep(tmp_path)
+    points, header, rows = report_html.cost_points(runs, ["synth.iterations"])
+    assert sorted(p["cost"] for p in points["c2ir"]) == [8000.0, 120000.0]
+    assert [r[0] for r in rows] == ["synth.iterations=20", "synth.iterations=300"] and header[1] == "cost (fwd+bwd)"
+    page = write_sweep_report(tmp_path).read_text()
+    assert "Quality against synthesis cost" in page and "120,000" in page
+    assert page.count("data:image/png;base64,") == 2  # metrics vs synth.iterations + quality vs cost
+
+
+def test_sweep_page_without_cost_records_has_no_cost_section(tmp_path):
+    _fake_sweep(tmp_path, [[f"synth.iterations={it}"] for it in (20, 300)])
+    assert "Quality against synthesis cost" not in write_sweep_report(tmp_path).read_text()
+
+
+def test_per_detector_histograms_are_cut_from_one_rendering(tmp_path, monkeypatch):
+    """hist_<det>.png: each panel of the page's histogram figure (with the legend), not a figure of its own."""
+    from PIL import Image
+
+    inp = fake_inputs(n_dets=5)
+    renders = []
+    real = plots.panel_pngs
+    monkeypatch.setattr(plots, "panel_pngs", lambda *a, **k: renders.append(1) or real(*a, **k))
+    write_run_report(tmp_path, inp)
+    assert len(renders) == 1
+    panel = Image.open(tmp_path / "hist_c2ir.png")
+    assert 150 < panel.width < 700 and 100 < panel.height < 400  # one panel and the legend, not the whole figure
+    assert len({(tmp_path / f"hist_{d}.png").read_bytes() for d in inp.result["metrics"]}) == 5

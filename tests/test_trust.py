@@ -168,7 +168,7 @@ def test_imagefolder_id_data_is_keyed_by_content(tmp_path):
     for split in ("train", "test"):
         for c in range(2):
             _images(tmp_path / "ds" / split / f"c{c}", 3)
-    over = ["data=imagefolder", f"data.root={tmp_path / 'ds'}", "data.num_classes=2", "data.channels=1",
+    over = ["data=imagefolder", f"data.root={tmp_path / 'ds'}", "data.num_classes=2", "data.channels=1", "data.mean=[0.5]", "data.std=[0.25]",
             "model.num_classes=2"]
     before = dataset_spec(cli_job(make_cfg(tmp_path, over)), "id_test")
     (tmp_path / "ds" / "test" / "c0" / "000.png").unlink()

@@ -15,9 +15,11 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
+from c2ir.data.digests import DigestCache, tree_digest
 from c2ir.data.imageset import StreamedSet, subsample
 from c2ir.data.transforms import check_mode, file_rng, resize_or_crop
 from c2ir.errors import C2IRError
+from c2ir.names import escape_name
 
 log = logging.getLogger(__name__)
 
@@ -28,21 +30,17 @@ def list_images(root: Path) -> list[Path]:
     return sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
 
 
-def folder_fingerprint(root: Path) -> str:
-    """Hash of a folder's image listing (relative path, size, modification time of every image).
+def folder_fingerprint(root: Path, digests: DigestCache | None = None) -> str:
+    """Digest of a folder's images: relative path and SHA-256 content of every image.
 
-    Folder datasets are keyed by this, not by their path: adding, deleting, replacing or
-    touching an image gives a new key (costs one stat per file, no decoding).
+    Folder datasets are keyed by this, not by their path or timestamps: adding, deleting or
+    replacing an image gives a new key, even with the same size and a preserved mtime; touching
+    one does not. Unchanged files are not read again when `digests` remembers them
+    (`c2ir.data.digests`: keyed by size, mtime, inode and ctime).
     """
-    import hashlib
-
-    digest = hashlib.blake2b(digest_size=16)
     if not root.is_dir():
         return "missing"
-    for p in list_images(root):
-        st = p.stat()
-        digest.update(f"{p.relative_to(root).as_posix()}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
-    return digest.hexdigest()
+    return "sha256:" + tree_digest(root, list_images(root), digests)
 
 
 MAX_PIXELS = 8192 * 8192  # larger images are skipped (decompression-bomb guard), far above any benchmark image
@@ -70,7 +68,7 @@ def decode(path: Path, size: int, channels: int, mode: str, seed: int) -> np.nda
             # per-file seed: the crop of an image does not depend on which other files exist
             arr = np.array(resize_or_crop(img, size, mode, file_rng(seed, path.name)), dtype=np.uint8)  # writable
     except (OSError, UnidentifiedImageError, ValueError, Image.DecompressionBombError) as exc:
-        log.warning("skipping unreadable image %s (%s)", path, exc)
+        log.warning("skipping unreadable image %s (%s)", escape_name(path), escape_name(exc))
         return None
     return arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1)
 
@@ -131,8 +129,10 @@ def load_flat_folder(root: Path, name: str, size: int, channels: int, mode: str,
 
 def load_labelled_folder(root: Path, name: str, size: int, channels: int, mode: str,
                          max_samples: int | None, seed: int, num_classes: int | None,
-                         layout_hint: str = "") -> FileSet:
-    """ImageFolder layout `<root>/<class>/*`, classes in sorted order (= torchvision's order)."""
+                         layout_hint: str = "", every_class: bool = False) -> FileSet:
+    """ImageFolder layout `<root>/<class>/*`, classes in sorted order (= torchvision's order).
+    `every_class` (a training split): a class folder without images is an error, since a model trained
+    on it never sees that class; elsewhere it is a warning."""
     if not root.is_dir():
         raise C2IRError(f"{name}: folder not found: {root} (expected layout: {layout_hint or '<root>/<split>/<class>/*.jpg'}); "
                         "set data.root")
@@ -143,11 +143,19 @@ def load_labelled_folder(root: Path, name: str, size: int, channels: int, mode: 
         raise C2IRError(
             f"{name}: {root} has {len(classes)} class folders but data.num_classes={num_classes}; fix data.num_classes or the folder"
         )
-    paths, labels = [], []
+    paths, labels, empty = [], [], []
     for label, cls in enumerate(classes):
         files = list_images(root / cls)
         paths += files
         labels += [label] * len(files)
+        if not files:
+            empty.append(escape_name(cls))
+    if paths and empty:
+        what = f"{name}: class folder(s) {empty[:5]} of {root} hold no images"
+        if every_class:
+            raise C2IRError(f"{what}; a model trained on this split never sees those classes: add images or remove "
+                            "the class folders (from every split, so the labels stay the same)")
+        log.warning("%s; those classes are never tested", what)
     if not paths:
         raise C2IRError(f"{name}: no images found in the class folders of {root}")
     idx = subsample(len(paths), max_samples, seed)

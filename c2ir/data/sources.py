@@ -19,7 +19,8 @@ from c2ir.data.folders import FileSet, folder_fingerprint, load_flat_folder, loa
 from c2ir.data.loader import materialize
 from c2ir.data.imageset import AnyImageSet, ImageSet, StreamedSet, subsample
 from c2ir.data.transforms import check_mode, fit_chw, index_rng
-from c2ir.data.shared import ensure_extracted
+from c2ir.data.digests import DigestCache
+from c2ir.data.shared import archive_digest, ensure_extracted
 from c2ir.errors import C2IRError
 from c2ir.imglist import fingerprint as imglist_fingerprint
 from c2ir.imglist import open_imglist
@@ -129,19 +130,17 @@ def _folder_root(cfg: Any, name: str, key: str) -> Path:
     raise C2IRError(f"{name}: no folder given; set {key}=DIR ({cfg.get('layout', 'a folder of images')})")
 
 
-def _folder_content(cfg: Any, suffix: str = "") -> str | None:
-    """Fingerprint of a folder source: the listing of `root`, or the shared archive's identity."""
+def _folder_content(cfg: Any, suffix: str = "", digests: DigestCache | None = None) -> str | None:
+    """Content fingerprint of a folder source: the images of `root` (paths and SHA-256 contents), or the
+    shared archive's SHA-256 (its extraction is checked against the archive before it is read)."""
     if cfg.get("root"):
-        return folder_fingerprint(Path(str(cfg.root)).expanduser() / suffix)
+        return folder_fingerprint(Path(str(cfg.root)).expanduser() / suffix, digests)
     if cfg.get("archive"):
-        from c2ir.data.shared import shared_dir
-
-        base = shared_dir()
-        src = base / "data" / str(cfg.archive) if base else None
-        if src is None or not src.is_file():
+        try:
+            sha = archive_digest(str(cfg.archive))
+        except C2IRError:
             return f"archive:{cfg.archive}:missing"
-        st = src.stat()
-        return f"archive:{cfg.archive}:{st.st_size}:{st.st_mtime_ns}:{cfg.get('subdir') or ''}/{suffix}"
+        return f"archive:{cfg.archive}:sha256:{sha}:{cfg.get('subdir') or ''}/{suffix}"
     return None
 
 
@@ -156,20 +155,20 @@ def ood_imglist(cfg: Any, name: str, check: bool = True):
     return open_imglist(cfg.root, str(cfg.imglist), cfg.get("data_dir") or "", name, f"paths.data_root or ood.{name}.root", check)
 
 
-def id_fingerprint(data_cfg: Any, split: str) -> str | None:
+def id_fingerprint(data_cfg: Any, split: str, digests: DigestCache | None = None) -> str | None:
     """Content fingerprint of an ID split read from files (None for sources that are not folders or lists)."""
     if data_cfg.source == "imglist":
-        return "imglist:" + imglist_fingerprint(id_imglist(data_cfg, split, check=False))
+        return "imglist:" + imglist_fingerprint(id_imglist(data_cfg, split, check=False), digests)
     if data_cfg.source not in ("imagefolder", "shared"):
         return None
-    return _folder_content(data_cfg, str(data_cfg.get(f"{split}_split", split)))
+    return _folder_content(data_cfg, str(data_cfg.get(f"{split}_split", split)), digests)
 
 
-def ood_fingerprint(cfg: Any, name: str) -> str | None:
+def ood_fingerprint(cfg: Any, name: str, digests: DigestCache | None = None) -> str | None:
     """Content fingerprint of a folder or image-list OOD set (None for generated or torchvision sets)."""
     if cfg.get("source") == "imglist":
-        return "imglist:" + imglist_fingerprint(ood_imglist(cfg, name, check=False))
-    return _folder_content(cfg) if cfg.get("source") == "folder" else None
+        return "imglist:" + imglist_fingerprint(ood_imglist(cfg, name, check=False), digests)
+    return _folder_content(cfg, "", digests) if cfg.get("source") == "folder" else None
 
 
 def _subset_list(lst, max_n: int | None, seed: int) -> tuple[list[Path], list[int]]:
@@ -213,7 +212,7 @@ def load_id(data_cfg: Any, split: str) -> AnyImageSet:
         check_split_classes(base, [str(data_cfg.get(f"{s}_split", s)) for s in ("train", "test")])
         root = base / str(data_cfg.get(f"{split}_split", split))
         ds = load_labelled_folder(root, name, size, ch, mode, max_n, seed, int(data_cfg.num_classes),
-                                  str(data_cfg.get("layout") or ""))
+                                  str(data_cfg.get("layout") or ""), every_class=split == "train")
     elif source == "imglist":
         paths, labels = _subset_list(id_imglist(data_cfg, split), max_n, seed)
         if min(labels) < 0:

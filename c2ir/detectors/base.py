@@ -66,6 +66,8 @@ class Detector(ABC):
     type_name: ClassVar[str] = ""            # set by @register_detector: the `type:` configs select
     requires_fit: ClassVar[bool] = False
     needs_input_gradients: ClassVar[bool] = False
+    # ranges of numeric parameters, e.g. {"temperature": "> 0"}; checked with finiteness by build_detector
+    limits: ClassVar[dict[str, str]] = {}
     data_access: str = "data-free"   # or "full access" when fitted on real ID data
 
     def __init__(self, name: str, *, fit_on: str = "none") -> None:
@@ -151,6 +153,11 @@ class Detector(ABC):
     def layer_scores(self, feats: FeatureBundle) -> torch.Tensor | None:
         """(N, L) per-layer scores behind the combined score, for the report's per-layer AUROC (columns in
         the order of `self.layers`); None for a detector that does not combine layers."""
+        return None
+
+    def fit_summary(self) -> dict | None:
+        """What the fit chose and on what evidence (results.json `c2ir_fit`, report.html); None for a detector
+        that chooses nothing at fit time."""
         return None
 
     def _check_fitted(self) -> None:

@@ -17,6 +17,8 @@ class Energy(Detector):
         temperature: T; 1 is the paper's choice without OOD tuning.
     """
 
+    limits = {"temperature": "> 0"}
+
     def __init__(self, name: str = "energy", *, fit_on: str = "none", temperature: float = 1.0) -> None:
         super().__init__(name, fit_on=fit_on)
         self.temperature = float(temperature)

@@ -26,6 +26,8 @@ def generalized_entropy(logits: torch.Tensor, gamma: float = 0.1, top_m: int = 1
 
 @register_detector("gen")
 class GEN(Detector):
+    limits = {"gamma": "> 0", "top_m": ">= 1"}
+
     def __init__(self, name: str = "gen", *, fit_on: str = "none", gamma: float = 0.1, top_m: int = 100) -> None:
         super().__init__(name, fit_on=fit_on)
         self.gamma, self.top_m = float(gamma), int(top_m)

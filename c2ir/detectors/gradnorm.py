@@ -31,6 +31,8 @@ def gradnorm(penultimate: torch.Tensor, logits: torch.Tensor, temperature: float
 
 @register_detector("gradnorm")
 class GradNorm(Detector):
+    limits = {"temperature": "> 0"}
+
     def __init__(self, name: str = "gradnorm", *, fit_on: str = "none", temperature: float = 1.0) -> None:
         super().__init__(name, fit_on=fit_on)
         self.temperature = float(temperature)

@@ -128,15 +128,13 @@ class NAC(AttributeState, Detector):
 
     state_attrs = ('weight', 'bias', 'edges', 'cover')
     requires_fit = True
+    limits = {"thresholds": ">= 4", "o_star": "> 0", "fit_samples": ">= 1"}  # checked by build_detector
 
     def __init__(self, name: str = "nac", *, fit_on: str = "id_train", alpha: float = 100.0, thresholds: int = 50,
                  o_star: float = 50.0, fit_samples: int | None = 1000, spacing: str = "log") -> None:
         super().__init__(name, fit_on=fit_on)
         if spacing not in SPACINGS:
             raise C2IRError(f"detector {name}: spacing={spacing!r}; choose one of {', '.join(SPACINGS)}")
-        if int(thresholds) < 4 or float(o_star) <= 0 or (fit_samples is not None and int(fit_samples) < 1):
-            raise C2IRError(f"detector {name}: needs thresholds >= 4, o_star > 0 and fit_samples >= 1 (or null); "
-                            f"got {thresholds}, {o_star}, {fit_samples}")
         self.alpha, self.thresholds, self.o_star = float(alpha), int(thresholds), float(o_star)
         self.fit_samples = None if fit_samples is None else int(fit_samples)
         self.spacing = spacing

@@ -23,7 +23,6 @@ import torch
 from c2ir.detectors.base import AttributeState, Detector, FitData
 from c2ir.detectors.registry import register_detector
 from c2ir.detectors.head import head_params
-from c2ir.errors import C2IRError
 
 
 def nci_score(z: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, mean: torch.Tensor,
@@ -47,11 +46,10 @@ class NCI(AttributeState, Detector):
 
     state_attrs = ('weight', 'bias', 'mean')
     requires_fit = True
+    limits = {"alpha": ">= 0"}  # checked by build_detector
 
     def __init__(self, name: str = "nci", *, fit_on: str = "id_train", alpha: float = 1e-4) -> None:
         super().__init__(name, fit_on=fit_on)
-        if float(alpha) < 0:
-            raise C2IRError(f"detector {name}: alpha={alpha} must be >= 0")
         self.alpha = float(alpha)
 
     def _fit(self, data: FitData) -> None:

@@ -36,6 +36,8 @@ class ODIN(Detector):
 
     needs_input_gradients = True
 
+    limits = {"temperature": "> 0", "epsilon": ">= 0"}
+
     def __init__(self, name: str = "odin", *, fit_on: str = "none", temperature: float = 1000.0,
                  epsilon: float = 0.0014, clamp: bool = False) -> None:
         super().__init__(name, fit_on=fit_on)

@@ -21,6 +21,7 @@ class ReAct(Detector):
         temperature: of the Energy score.
     """
 
+    limits = {"temperature": "> 0"}
     requires_fit = True
 
     def __init__(self, name: str = "react", *, fit_on: str = "id_train", percentile: float = 90.0,

@@ -24,6 +24,7 @@ from omegaconf import OmegaConf
 from c2ir.config import config_dir
 from c2ir.detectors.base import Detector
 from c2ir.errors import C2IRError
+from c2ir.inputs import check_detector_params
 
 D = TypeVar("D", bound=type[Detector])
 _TYPES: dict[str, type[Detector]] = {}
@@ -95,4 +96,10 @@ def build_detector(name: str, cfg: Mapping[str, Any], **extra: Any) -> Detector:
         raise C2IRError(f"detector {name} ({kind}): unknown parameter(s) {', '.join(unknown)}; "
                         f"valid: {', '.join(valid) or 'none'}")
     params = {**{k: v for k, v in extra.items() if k in valid}, **params}  # the detector's own config wins
-    return cls(name, **params)
+    try:
+        det = cls(name, **params)
+    except (TypeError, ValueError) as exc:  # e.g. k='abc': int() of a string
+        raise C2IRError(f"detector {name} ({kind}): a parameter has a value of the wrong type ({exc}); "
+                        f"valid parameters and defaults: {cls.defaults()}") from None
+    check_detector_params(det)
+    return det

@@ -47,6 +47,7 @@ class ViM(AttributeState, Detector):
     state_attrs = ('origin', 'basis', 'alpha')
     scalar_attrs = ('alpha',)
     requires_fit = True
+    limits = {"dim": ">= 1"}
 
     def __init__(self, name: str = "vim_imp", *, fit_on: str = "impressions", dim: int | None = None) -> None:
         super().__init__(name, fit_on=fit_on)

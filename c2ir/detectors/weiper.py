@@ -41,7 +41,6 @@ import torch
 from c2ir.detectors.base import AttributeState, Detector, FitData
 from c2ir.detectors.registry import register_detector
 from c2ir.detectors.head import head_params
-from c2ir.errors import C2IRError
 from c2ir.extraction import batches
 
 
@@ -111,16 +110,15 @@ class WeiPer(AttributeState, Detector):
 
     state_attrs = ('perturbed_weight', 'perturbed_bias', 'h_range', 'z_range', 'h_mean', 'z_mean')
     requires_fit = True
+    # checked by build_detector; eps and eps_perturbed > 0 keep the KL divergences finite
+    limits = {"repeats": ">= 1", "bins": ">= 2", "smoothing": ">= 1", "smoothing_perturbed": ">= 1",
+              "eps": "> 0", "eps_perturbed": "> 0"}
 
     def __init__(self, name: str = "weiper", *, fit_on: str = "id_train", repeats: int = 100, delta: float = 1.8,
                  bins: int = 100, lambda1: float = 2.5, lambda2: float = 0.1, smoothing: int = 4,
                  smoothing_perturbed: int = 15, eps: float = 0.01, eps_perturbed: float = 0.025,
                  perturbation_seed: int = 0) -> None:
         super().__init__(name, fit_on=fit_on)
-        if int(repeats) < 1 or int(bins) < 2 or int(smoothing) < 1 or int(smoothing_perturbed) < 1:
-            raise C2IRError(f"detector {name}: needs repeats >= 1, bins >= 2 and smoothing widths >= 1")
-        if float(eps) <= 0 or float(eps_perturbed) <= 0:
-            raise C2IRError(f"detector {name}: eps and eps_perturbed must be > 0 (they keep the KL divergences finite)")
         self.repeats, self.delta, self.bins = int(repeats), float(delta), int(bins)
         self.lambda1, self.lambda2 = float(lambda1), float(lambda2)
         self.smoothing, self.smoothing_perturbed = int(smoothing), int(smoothing_perturbed)

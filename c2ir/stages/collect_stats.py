@@ -63,7 +63,8 @@ def _load(art: Any, job: Job, _: Any) -> tuple[ClassStats, FeatureBundle]:
     return ClassStats.from_tensors(layers, art.tensors("stats.safetensors")), art.tensors("impression_features.safetensors")
 
 
-COLLECT_STATS = Node("collect_stats", version=2, rule=CS_RULE, spec=lambda job, _: {"layers": job.layers},
+COLLECT_STATS = Node("collect_stats", version=3,  # 3: tied within-class precision per layer (ipm=mahalanobis)
+                     rule=CS_RULE, spec=lambda job, _: {"layers": job.layers},
                      uses=_uses, build=_build, load=_load, seed=lambda job: job.seed)
 
 

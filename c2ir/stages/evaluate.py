@@ -23,8 +23,9 @@ from c2ir.detectors import Detector, build_detector
 from c2ir.detectors.base import SPATIAL
 from c2ir.errors import C2IRError
 from c2ir.extraction import FeatureBundle
-from c2ir.graph import Job, KeyRule, Node, Step, Use, plain, resolve
+from c2ir.graph import Job, KeyRule, Node, Step, Use, key_of, plain, resolve
 from c2ir.groups import groups_of
+from c2ir.inputs import not_computable_detectors
 from c2ir.metrics import accuracy, columnwise_auroc, ood_metrics
 from c2ir.openood_export import write_openood_csvs
 from c2ir.report_html import split_scores
@@ -34,6 +35,7 @@ from c2ir.stages.fit import fit_data, fit_uses, ipm_overrides
 from c2ir.stages.job import normalizer, num_workers
 from c2ir.stages.report_page import write_run_page
 from c2ir.stages.synthesize import SYNTHESIZE
+from c2ir.synth_schedule import cost_summary
 from c2ir.stages.train import MODEL, classifier, head
 from c2ir.stages.weight_layers import WEIGHT_LAYERS
 from c2ir.validation import ood_names
@@ -129,9 +131,6 @@ def score_sets(step: Step, dets: dict[str, Detector], sets: dict[str, FeatureBun
         det.fit(fit)
         scores[name] = {s: (step.value(f"image_scores:{name}:{s}") if det.needs_input_gradients else det.score(bundle))
                         for s, bundle in sets.items()}
-        for s, v in scores[name].items():
-            if not np.all(np.isfinite(v)):
-                log.warning("detector %s gave %d non-finite scores on %s", name, int((~np.isfinite(v)).sum()), s)
     return scores
 
 
@@ -141,7 +140,7 @@ def layer_auroc(dets: dict[str, Detector], sets: dict[str, FeatureBundle], id_se
     out = {}
     for name, det in dets.items():
         per_set = {s: det.layer_scores(bundle) for s, bundle in sets.items()}
-        if per_set[id_set] is None:
+        if per_set[id_set] is None or not all(torch.isfinite(v).all() for v in per_set.values()):
             continue
         out[name] = {"layers": list(det.layers),
                      "auroc": {o: columnwise_auroc(per_set[id_set].numpy(), v.numpy())
@@ -155,6 +154,8 @@ def _build(step: Step, out: Any) -> dict:
     sets = {s: step.value(f"features:{s}") for s in passes(job, dets)}
     id_set, oods = next(iter(sets)), list(sets)[1:]
     scores = score_sets(step, dets, sets)
+    not_computable = not_computable_detectors(scores)
+    scores = {d: v for d, v in scores.items() if d not in not_computable}  # no number is reported for them
     id_bundle = sets[id_set]
     id_acc = accuracy(id_bundle["logits"].numpy(), id_bundle["labels"].numpy())
     positive = str(job.cfg.metrics.fpr_positive)
@@ -162,14 +163,16 @@ def _build(step: Step, out: Any) -> dict:
               "metrics": {d: {o: ood_metrics(per[id_set], per[o], positive) for o in oods} for d, per in scores.items()},
               "fpr_positive": positive, "access": {n: d.data_access for n, d in dets.items()}, "ipm": plain(job.cfg.ipm),
               "mgi": plain(job.cfg.mgi), "layer_weights": step.input("weight_layers").artifact.json("weights.json"),
-              "counts": {s: int(len(b["logits"])) for s, b in sets.items()}, "layer_auroc": layer_auroc(dets, sets, id_set)}
+              "counts": {s: int(len(b["logits"])) for s, b in sets.items()}, "layer_auroc": layer_auroc({n: d for n, d in dets.items() if n not in not_computable}, sets, id_set),
+              "not_computable": not_computable,
+              "c2ir_fit": {n: f for n, d in dets.items() if (f := d.fit_summary()) is not None}}
     out.save_tensors("scores.safetensors", {f"{d}/{s}": torch.from_numpy(np.ascontiguousarray(v))
                                             for d, per in scores.items() for s, v in per.items()})
     out.save_json("results.json", result)
     return {"id_accuracy": id_acc}
 
 
-EVALUATE = Node("evaluate", version=3, rule=EVAL_RULE, spec=_spec, uses=_uses, build=_build,
+EVALUATE = Node("evaluate", version=5, rule=EVAL_RULE, spec=_spec, uses=_uses, build=_build,
                 load=lambda art, job, _: art.json("results.json"), seed=lambda job: job.seed)
 
 
@@ -201,7 +204,10 @@ def run(job: Job) -> dict:
     if not job.dist.is_main:
         return result
     run_dir = report.run_dir(cfg)
-    grid = resolve(SYNTHESIZE, job).artifact.file("impressions_grid.png")
+    synth = job.store.lookup("synthesize", key_of(SYNTHESIZE, job))   # read, never built, for the report
+    if synth is not None:  # the run directory's copy only (c2ir report plots quality against this cost)
+        result["synthesis"] = cost_summary(synth)
+    grid = None if synth is None else synth.file("impressions_grid.png")
     if grid is not None and grid.is_file():
         shutil.copy2(grid, run_dir / "impressions_grid.png")
     report.write_reports(run_dir, result)

@@ -24,7 +24,7 @@ from c2ir.data.sources import id_fingerprint, ood_fingerprint
 from c2ir.distributed import merge_strided_batches
 from c2ir.extraction import FeatureBundle, extract_features
 from c2ir.graph import Job, KeyRule, Node, Step, Use, key_fields
-from c2ir.stages.job import normalizer, num_workers
+from c2ir.stages.job import digests, normalizer, num_workers
 from c2ir.stages.train import DATA_FIELDS, MODEL, classifier, head
 from c2ir.validation import ood_names
 
@@ -74,12 +74,12 @@ def dataset_spec(job: Job, dataset: str) -> dict[str, Any]:
             spec = {k.removeprefix(f"ood.{name}."): v for k, v in key_fields(cfg, OOD_RULE, name).items()}
             if spec.get("source") == "pixel_shuffled":
                 spec["base"] = dataset_spec(job, "id_test")
-            content = ood_fingerprint(cfg.ood[name], name)
+            content = ood_fingerprint(cfg.ood[name], name, digests(job))
             spec = {"ood": name, **spec, **({"content": content} if content else {})}
         else:
             split = dataset.removeprefix("id_")
             spec = {**key_fields(cfg, ID_RULES[split]), "split": split}
-            content = id_fingerprint(cfg.data, split)
+            content = id_fingerprint(cfg.data, split, digests(job))
             if content:
                 spec["content"] = content
         job.memo[memo] = spec

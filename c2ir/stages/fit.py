@@ -7,9 +7,9 @@ full access): `c2ir evaluate`, `c2ir score` and the Python API all fit through t
 FITTED is the fitted detector with its threshold (`score/<key>`: `state.safetensors` and
 `detector.json`). That pair is also the saved-detector format of the API (`save`/`load`), so
 a detector fitted by `c2ir score` loads with `c2ir.load_detector`, and one fitted by
-`c2ir.detector(...).fit()` is the same artifact made in memory. The threshold is taken in one
-way: the score a share `tpr` of the impressions stays below (data-free), or, without
-impressions, of the data the detector was fitted on.
+`c2ir.detector(...).fit()` is the same artifact made in memory. The threshold is set by the
+one rule of `c2ir.threshold` (`data_free_threshold`: softened held-back impressions for C2IR,
+softened impressions otherwise), or, without impressions, in-sample on the fit data.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 
+from c2ir import saved
 from c2ir.detectors import Detector, FitData, build_detector
 from c2ir.detectors.base import IMPRESSION_IMAGES, INPUT_GRADIENTS
 from c2ir.errors import C2IRError
@@ -32,11 +33,12 @@ from c2ir.stages.job import normalizer
 from c2ir.stages.synthesize import SYNTHESIZE
 from c2ir.stages.train import MODEL, classifier, head
 from c2ir.stages.weight_layers import WEIGHT_LAYERS
+from c2ir.threshold import Threshold, data_free_threshold, quantile_threshold
 
 log = logging.getLogger(__name__)
 
-FORMAT_VERSION = 1
-SAVED_CONFIG, SAVED_STATE = "detector.json", "state.safetensors"
+FORMAT_VERSION = saved.FORMAT_VERSION
+SAVED_CONFIG, SAVED_STATE = saved.CONFIG, saved.STATE
 # the fitted detector's key holds its resolved type and parameters and the threshold's share
 # (spec below), not the config names: a renamed config with the same parameters is the same artifact
 FITTED_RULE = KeyRule(("score.detector", "score.tpr"))
@@ -97,19 +99,26 @@ def fit_for(job: Job, dets: list[Detector]) -> FitData:
     return fit_data(step)
 
 
-def threshold_at(scores: np.ndarray, tpr: float) -> float:
-    """The score a share `tpr` of `scores` stays below (those inputs count as ID)."""
-    return float(np.quantile(np.asarray(scores, dtype=np.float64), tpr))
-
-
-def fitted_threshold(det: Detector, data: FitData, tpr: float) -> tuple[float | None, str | None]:
-    """(threshold, its source) of a fitted detector: on the impressions (data-free), else in-sample on
-    the ID data it was fitted on, else none (call `calibrate` in the API)."""
+def fitted_threshold(step: Step, det: Detector, data: FitData, tpr: float) -> Threshold | None:
+    """The threshold of a fitted detector by the rules of `c2ir.threshold`: data-free when the job has
+    impressions (softened held-back impressions, softened impressions, or the impressions themselves),
+    else in-sample on the ID data it was fitted on, else none (call `calibrate` in the API).
+    NotComputableError when the reference scores hold NaN or infinite values."""
+    job = step.job
     if data.impressions is not None:
-        return threshold_at(det.score_impressions(data), tpr), "impressions (data-free)"
+        images = data.impression_images
+        if images is None and job.synthesis:
+            images = resolve(SYNTHESIZE, job).value.images
+
+        def score_pixels(pixels: Any) -> np.ndarray:
+            return det.score_images(data.model, data.normalizer, pixels, job.batch_size, job.device,
+                                    layers=list(data.layers), head=data.head,
+                                    spatial_grid=int(job.cfg.features.spatial_grid))
+
+        return data_free_threshold(det, tpr, score_pixels, images, lambda: det.score_impressions(data))
     if data.id_train is not None:
-        return threshold_at(det.score(data.id_train), tpr), "in-sample on the fit data"
-    return None, None
+        return quantile_threshold(det.score(data.id_train), tpr, "fit_data")
+    return None
 
 
 @dataclass(frozen=True)
@@ -132,12 +141,13 @@ class FitRequest:
 
 @dataclass
 class Fitted:
-    """A fitted detector with its threshold."""
+    """A fitted detector with its threshold (`threshold_info`: the rule that set it and what it promises)."""
 
     detector: Detector
     threshold: float | None
     threshold_source: str | None
     layer_weights: list[float] | None = None
+    threshold_info: Threshold | None = None
 
 
 def job_settings(job: Job) -> dict[str, Any]:
@@ -151,15 +161,6 @@ def job_settings(job: Job) -> dict[str, Any]:
             "spatial_grid": int(cfg.features.spatial_grid),
             "max_spatial_per_class": int(cfg.collect_stats.max_spatial_per_class),
             "batch_size": job.batch_size, "seed": job.seed}
-
-
-def write_saved(out: Any, fitted: Fitted, name: str, settings: dict[str, Any], tpr: float) -> None:
-    """The saved-detector format (`detector.json` + `state.safetensors`), into a store output or a folder."""
-    det = fitted.detector
-    out.save_tensors(SAVED_STATE, {k: v.contiguous() for k, v in det.state().items()})
-    out.save_json(SAVED_CONFIG, {"format": FORMAT_VERSION, "name": name, "type": type(det).__name__,
-                                 "params": det.params, **settings, "tpr": float(tpr), "threshold": fitted.threshold,
-                                 "threshold_source": fitted.threshold_source, "layer_weights": fitted.layer_weights})
 
 
 def restore(det: Detector, tensors: dict[str, Any], refit: FitData) -> Detector:
@@ -176,21 +177,23 @@ def _build(step: Step, out: Any) -> dict:
     det = req.detector()
     data = fit_data(step)
     det.fit(data)
-    threshold, source = fitted_threshold(det, data, req.tpr)
-    if threshold is not None:
-        log.info("%s: threshold %.6g (%.0f%% of %s below it)", req.name, threshold, 100 * req.tpr, source)
+    info = fitted_threshold(step, det, data, req.tpr)
+    if info is not None:
+        log.info("%s: %s", req.name, info.describe())
     weights = None if data.layer_weights is None else [float(w) for w in data.layer_weights.tolist()]
-    fitted = Fitted(det, threshold, source, weights)
-    write_saved(out, fitted, req.name, job_settings(step.job), req.tpr)
+    fitted = Fitted(det, None if info is None else info.value, None if info is None else info.rule, weights, info)
+    saved.write_saved(out, fitted, req.name, job_settings(step.job), req.tpr, classifier(step.job))
     step.keep(fitted)
-    return {"threshold": threshold}
+    return {"threshold": fitted.threshold, "rule": fitted.threshold_source}
 
 
 def _load(art: Any, job: Job, req: FitRequest) -> Fitted:
-    saved = art.json(SAVED_CONFIG)
+    saved_cfg = art.json(SAVED_CONFIG)
     det = restore(req.detector(), art.tensors(SAVED_STATE),
                   FitData(model=classifier(job), layers=list(job.layers), head=head(job)))
-    return Fitted(det, saved["threshold"], saved["threshold_source"], saved.get("layer_weights"))
+    info = saved_cfg.get("threshold_info")
+    return Fitted(det, saved_cfg["threshold"], saved_cfg["threshold_source"], saved_cfg.get("layer_weights"),
+                  None if info is None else Threshold.from_json(info))
 
 
 def _spec(job: Job, req: FitRequest) -> dict[str, Any]:
@@ -198,5 +201,6 @@ def _spec(job: Job, req: FitRequest) -> dict[str, Any]:
     return {"type": type(det).__name__, "params": det.params, "tpr": req.tpr}
 
 
-FITTED = Node("score", version=1, spec=_spec, uses=lambda job, req: fit_uses(job, [req.detector()]),
+FITTED = Node("score", version=2,  # 2: the threshold rules of c2ir.threshold (issue 21)
+              spec=_spec, uses=lambda job, req: fit_uses(job, [req.detector()]),
               build=_build, load=_load, seed=lambda job: job.seed)

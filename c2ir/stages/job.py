@@ -6,11 +6,14 @@ The API makes its own Job (c2ir/api.py) with a memory store and the caller's mod
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from omegaconf import DictConfig
 from torch import nn
 
 from c2ir import distributed
 from c2ir.cache import ArtifactStore
+from c2ir.data.digests import DigestCache
 from c2ir.data.imageset import Normalizer
 from c2ir.device import resolve_device
 from c2ir.errors import C2IRError
@@ -70,6 +73,18 @@ def normalizer(job: Job) -> Normalizer | None:
         mean, std = job.cfg.model.get("mean"), job.cfg.model.get("std")
         job.memo["normalizer"] = None if mean is None else Normalizer(mean, std)
     return job.memo["normalizer"]
+
+
+DIGESTS_FOLDER = ".file-digests"  # under cache_root: the remembered SHA-256 of folder data files
+
+
+def digests(job: Job) -> DigestCache | None:
+    """The content digests of folder data files, remembered under the disk store's root while a file is
+    unchanged (c2ir.data.digests); None for a store without a folder (every file is hashed once per process)."""
+    if "digests" not in job.memo:
+        root = getattr(job.store, "root", None)
+        job.memo["digests"] = None if root is None else DigestCache(Path(root) / DIGESTS_FOLDER)
+    return job.memo["digests"]
 
 
 def num_workers(job: Job) -> int:

@@ -4,15 +4,16 @@
 
 The detector is fitted exactly as `evaluate` fits it and cached as its own artifact
 (stages/fit.py: FITTED, `score/<key>`, in the saved-detector format that `c2ir.load_detector`
-reads). The threshold is data-free: the score that a share `score.tpr` of the impressions
-stays below. Every readable image under DIR gets a row of `scores.csv` in the run directory
+reads). The threshold is data-free, set by `c2ir.threshold.data_free_threshold` (the rule
+`predict()` uses): the score that a share `score.tpr` of softened impressions stays below (for
+C2IR, impressions held back from the statistics); the summary line names the rule and the ID
+TPR to expect. Every readable image under DIR gets a row of `scores.csv` in the run directory
 (relative path, predicted class, score, OOD decision); unreadable files are skipped, logged
 and listed in `skipped.txt`, and one summary line says how many images were flagged.
 """
 
 from __future__ import annotations
 
-import csv
 import json
 import logging
 from pathlib import Path
@@ -21,13 +22,18 @@ import numpy as np
 import torch
 
 from c2ir import report
+from c2ir.cache import atomic_write_bytes
 from c2ir.data.folders import decode_many
 from c2ir.detectors import Detector, detector_config
+from c2ir.errors import C2IRError
 from c2ir.extraction import extract_features
 from c2ir.graph import Job, plain, resolve
+from c2ir.inputs import nonfinite_problem
+from c2ir.names import escape_name
 from c2ir.stages.fit import FITTED, FitRequest, ipm_overrides
 from c2ir.stages.job import normalizer
 from c2ir.stages.train import classifier, head
+from c2ir.threshold import NotComputableError
 
 log = logging.getLogger(__name__)
 
@@ -65,28 +71,31 @@ def score_folder(job: Job, det: Detector, root: Path, paths: list[Path]
 def run(job: Job) -> dict:
     cfg = job.cfg
     root = Path(str(cfg.score.input)).expanduser()  # set, a folder, not empty: checked by validation.check_inputs
+    files = input_files(root)
     req = fit_request(job)
-    fitted = resolve(FITTED, job, req)
+    try:
+        fitted = resolve(FITTED, job, req)
+    except NotComputableError as exc:
+        raise C2IRError(f"detector {req.name} is not computable on {exc}, so it has no threshold; check its "
+                        "parameters (e.g. a temperature or weight) or score with another score.detector") from None
+    thr = fitted.value.threshold_info
     threshold = float(fitted.value.threshold)
-    paths, pred, scores, skipped = score_folder(job, fitted.value.detector, root, input_files(root))
-    ood = scores > threshold
+    paths, pred, scores, skipped = score_folder(job, fitted.value.detector, root, files)
+    ood = ~(scores <= threshold)  # a NaN score is never called in-distribution
+    if nonfinite_problem(scores):
+        log.warning("score: %s; those images are flagged as OOD", nonfinite_problem(scores))
     run_dir = report.run_dir(cfg)
-    tmp = run_dir / "scores.csv.tmp"
-    with tmp.open("w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(["path", "predicted_class", "score", "ood"])
-        for p, c, s, o in zip(paths, pred.tolist(), scores.tolist(), ood.tolist()):
-            w.writerow([p, c, repr(float(s)), int(o)])
-    tmp.replace(run_dir / "scores.csv")
-    if skipped:
-        (run_dir / "skipped.txt").write_text("\n".join(skipped) + "\n")
+    report.write_scores_csv(run_dir / "scores.csv", paths, pred.tolist(), scores.tolist(), ood.tolist())
+    if skipped:  # one escaped name per line: a name with a newline cannot split an entry
+        atomic_write_bytes(run_dir / "skipped.txt", ("\n".join(escape_name(p) for p in skipped) + "\n").encode())
         for p in skipped:
-            log.warning("score: skipped unreadable file %s", p)
-    summary = {"input": str(root), "detector": req.name, "threshold": threshold, "tpr": req.tpr, "scored": len(paths),
+            log.warning("score: skipped unreadable file %s", escape_name(p))
+    summary = {"input": str(root), "detector": req.name, "threshold": threshold, "tpr": req.tpr,
+               "threshold_rule": thr.rule, "expected_id_tpr": list(thr.expected), "scored": len(paths),
                "flagged_ood": int(ood.sum()), "skipped": skipped, "detector_artifact": str(fitted.artifact.path)}
-    (run_dir / "score_summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    atomic_write_bytes(run_dir / "score_summary.json", (json.dumps(summary, indent=2) + "\n").encode())
     print(f"c2ir score: {int(ood.sum())} of {len(paths)} images flagged as OOD by {req.name} "
-          f"(threshold {threshold:.4g}: {100 * req.tpr:.0f}% of impressions below it)"
+          f"({thr.describe()})"
           + (f"; {len(skipped)} unreadable file(s) skipped, listed in skipped.txt" if skipped else "")
           + f"; scores in {run_dir / 'scores.csv'}")
     return summary

@@ -21,10 +21,11 @@ from c2ir.cache import file_sha256, make_key
 from c2ir.data import load_id, materialize
 from c2ir.errors import C2IRError
 from c2ir.graph import Job, KeyRule, Node, Resolved, Step, key_fields, key_of, resolve
+from c2ir.inputs import check_every_class
 from c2ir.models import head_module, load_checkpoint, published_weights
 from c2ir.models.loading import build_classifier, check_finite_weights, load_classifier
 from c2ir.schema import TrainConfig
-from c2ir.stages.job import normalizer, num_workers
+from c2ir.stages.job import digests, normalizer, num_workers
 from c2ir.training import train_classifier
 
 log = logging.getLogger(__name__)
@@ -63,7 +64,7 @@ def checkpoint_sha(job: Job) -> str | None:
 def _train_spec(job: Job, _: Any) -> dict[str, Any]:
     from c2ir.data.sources import id_fingerprint
 
-    content = id_fingerprint(job.cfg.data, "train")
+    content = id_fingerprint(job.cfg.data, "train", digests(job))
     return {"data.content": content} if content else {}
 
 
@@ -84,6 +85,7 @@ def train_model(job: Job, work: Path) -> tuple[nn.Module, list[dict]]:
         log.info("fine-tuning from %s", cfg.model.checkpoint)
     # training draws random batches and augments whole tensors: both splits are held in memory
     train, test = (materialize(load_id(cfg.data, s), job.batch_size, num_workers(job)) for s in ("train", "test"))
+    check_every_class(train.labels, int(cfg.data.num_classes), f"{cfg.data.name}-train")
     tc = TrainConfig(**OmegaConf.to_container(cfg.train, resolve=True))
     return train_classifier(model, train, test, normalizer(job), tc, work, job.device, job.batch_size,
                             flip=bool(cfg.data.get("flip_invariant", True)), seed=job.seed)
