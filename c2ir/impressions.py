@@ -30,6 +30,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
+from c2ir.adam import TensorAdam
 from c2ir.data.imageset import Normalizer
 from c2ir.errors import C2IRError
 from c2ir.extraction import ForwardHook, ForwardHooks, bn_layers
@@ -264,7 +265,7 @@ def _synthesize_batch(model: nn.Module, normalizer: Normalizer, targets: torch.T
     x.requires_grad_(True)
     lo, hi = (b.to(device) for b in normalizer.bounds())
     targets = targets.to(device)
-    opt = torch.optim.Adam([x], lr=cfg.lr, betas=cfg.betas, eps=1e-8)
+    opt = TensorAdam(x, cfg.betas, eps=1e-8)  # torch.optim.Adam's arithmetic, without importing torch._dynamo
     lrs = lr_values(cfg.lr_schedule, cfg.lr, cfg.iterations)
     rolls = torch.randint(-cfg.jitter, cfg.jitter + 1, (cfg.iterations, 2), generator=g) if cfg.jitter else None
     flips = torch.rand(cfg.iterations, generator=g) < 0.5
@@ -298,10 +299,9 @@ def _synthesize_batch(model: nn.Module, normalizer: Normalizer, targets: torch.T
                     f"synthesis diverged: loss is {loss.item()} at iteration {it} ({desc}); "
                     f"lower synth.lr (now {cfg.lr}) or synth.bn_weight (now {cfg.bn_weight})"
                 )
-            opt.param_groups[0]["lr"] = lrs[it]
-            opt.zero_grad(set_to_none=True)
+            opt.zero_grad()
             loss.backward()
-            opt.step()
+            opt.step(lrs[it])
             with torch.no_grad():
                 x.data = torch.maximum(torch.minimum(x.data, hi), lo)
             for k, v in zip(names, (loss, ce, bn, tv, l2)):
