@@ -49,10 +49,10 @@ class SynthConfig:
     impressions per class in batches of 200, each batch 60 iterations at half resolution then 15 at full size,
     Adam lr 0.25 with a cosine decay, fused BN statistics: about a tenth of the cost of `synth=deepinversion`
     (the default before issue 20: 300 full-size iterations at lr 0.1, hooked statistics) at the same
-    detection quality (docs/BENCHMARKS.md section 14). `synth=paper` (per_class=100, batch_size=256,
+    detection quality (docs/BENCHMARKS.md section 16). `synth=paper` (per_class=100, batch_size=256,
     iterations=2000, lr=0.05) is DeepInversion's CIFAR setting, for GPUs.
 
-    The options that cut the cost, each measured in docs/BENCHMARKS.md section 14:
+    The options that cut the cost, each measured in docs/BENCHMARKS.md section 16:
     - `warmup_iterations`: DeepInversion's multi-resolution start (Yin et al., CVPR 2020; their ImageNet code's
       setting 0 runs 2k iterations at 112 px before 1k at 224 px): the model sees the images 2x average-pooled,
       at a quarter of the cost per iteration; `warmup_min_size` skips it for images too small to halve
