@@ -48,8 +48,8 @@ class SynthConfig:
     """DeepInversion settings; the defaults are the CLI's `synth=default` (configs/synth/default.yaml): 40
     impressions per class in batches of 200, each batch 60 iterations at half resolution then 15 at full size,
     Adam lr 0.25 with a cosine decay, fused BN statistics: about a tenth of the cost of `synth=deepinversion`
-    (the default before issue 20: 300 full-size iterations at lr 0.1, hooked statistics) at the same
-    detection quality (docs/BENCHMARKS.md section 16). `synth=paper` (per_class=100, batch_size=256,
+    (the default before issue 20: 300 full-size iterations at lr 0.1, hooked statistics); C2IR's quality is
+    as good on the digits model, lower on the CIFAR ResNets (docs/BENCHMARKS.md section 16). `synth=paper` (per_class=100, batch_size=256,
     iterations=2000, lr=0.05) is DeepInversion's CIFAR setting, for GPUs.
 
     The options that cut the cost, each measured in docs/BENCHMARKS.md section 16:
