@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, fields
 from pathlib import Path
 from typing import Any
@@ -42,8 +42,9 @@ from c2ir.mgi import METHODS, impression_importance, normalize_weights
 from c2ir.models import head_module
 from c2ir.schema import SynthSchema, check_node
 from c2ir.stats import compute_class_stats
+from c2ir.threshold import NotComputableError, Threshold, data_free_threshold, quantile_threshold
 from c2ir.validation import (check_api_numbers, check_batch, check_input_shape, check_labels, check_normalization,
-                             model_input_channels, nonfinite_problem, nonfinite_rows, takes_vectors)
+                             model_input_channels, nonfinite_rows, takes_vectors)
 
 log = logging.getLogger(__name__)
 
@@ -163,7 +164,8 @@ class OODDetector:
         self.tpr, self.batch_size, self.seed = float(tpr), int(batch_size), int(seed)
         self.device = resolve_device(str(device)) if device is not None else None
         self.threshold: float | None = None
-        self.threshold_source: str | None = None
+        self.threshold_source: str | None = None     # the rule that set it (c2ir.threshold.RULES)
+        self.threshold_info: Threshold | None = None
         self.layer_weights: list[float] | None = None
 
     # ----- helpers -----------------------------------------------------------------------
@@ -242,7 +244,7 @@ class OODDetector:
             if "labels" not in bundle:
                 raise C2IRError(f"{self.name} fits on labelled data: the DataLoader must yield (x, y) batches")
             det.fit(FitData(model=self.model, layers=self.layers, id_train=bundle, head=self.head))
-            self._set_threshold(det.score(bundle), "in-sample on the fit data")
+            self._set_threshold(lambda: quantile_threshold(det.score(bundle), self.tpr, "fit_data"))
             return self
         if det.fit_on == "impressions" or self._can_synthesize():
             self._require_synthesis_inputs(f"fitting {self.name}" if det.fit_on == "impressions"
@@ -259,19 +261,28 @@ class OODDetector:
                 fit_data.layer_weights = normalize_weights(importance[self.mgi])
                 self.layer_weights = fit_data.layer_weights.tolist()
             det.fit(fit_data)
-            self._set_threshold(self._score_bundle_or_pixels(bundle, images), "impressions (data-free)")
+            self._set_threshold(lambda: data_free_threshold(det, self.tpr, self._score_pixels, images,
+                                                            lambda: self._score_bundle_or_pixels(bundle, images)))
             return self
         det.fit(FitData(model=self.model, layers=self.layers, head=self.head))
         return self
 
-    def _set_threshold(self, scores: np.ndarray, source: str) -> None:
-        problem = nonfinite_problem(scores)
-        if problem:
-            raise C2IRError(f"{self.name} is not computable on the {source.split(' (')[0]}: {problem}; check its "
-                            f"parameters ({self.detector.params}) and the model's normalisation (mean, std)")
-        self.threshold = float(np.quantile(np.asarray(scores, dtype=np.float64), self.tpr))
-        self.threshold_source = source
-        log.info("%s: threshold %.6g (%.0f%% of %s below it)", self.name, self.threshold, 100 * self.tpr, source)
+    def _score_pixels(self, pixels: torch.Tensor) -> np.ndarray:
+        """Scores of [0, 1] images (the data-free threshold's reference inputs)."""
+        norm = self.normalizer
+        assert norm is not None
+        bundle = {} if INPUT_GRADIENTS in self.detector.needs else self._features(norm(pixels))
+        return self._score_bundle_or_pixels(bundle, pixels)
+
+    def _set_threshold(self, rule: Callable[[], Threshold]) -> None:
+        """Set the threshold by `rule()`; a reference set scored NaN/inf leaves the detector without one."""
+        try:
+            threshold = rule()
+        except NotComputableError as exc:
+            raise C2IRError(f"{self.name} is not computable on {exc}; check its parameters ({self.detector.params}) "
+                            f"and the model's normalisation (mean, std)") from None
+        self.threshold, self.threshold_source, self.threshold_info = threshold.value, threshold.rule, threshold
+        log.info("%s: %s", self.name, threshold.describe())
 
     def calibrate(self, id_loader: Iterable[Any], tpr: float = 0.95) -> "OODDetector":
         """Set the threshold so that a share `tpr` of the ID data in `id_loader` is kept as ID."""
@@ -280,7 +291,7 @@ class OODDetector:
         scores = [self.score(batch[0] if isinstance(batch, (tuple, list)) else batch) for batch in id_loader]
         if not scores:
             raise C2IRError("calibrate: the DataLoader yielded no batches")
-        self._set_threshold(torch.cat(scores).numpy(), "calibration data")
+        self._set_threshold(lambda: quantile_threshold(torch.cat(scores).numpy(), self.tpr, "calibration"))
         return self
 
     # ----- score / predict ---------------------------------------------------------------
@@ -305,7 +316,8 @@ class OODDetector:
         return scores
 
     def predict(self, x: torch.Tensor) -> torch.Tensor:
-        """(N,) bool, True = OOD (score above `threshold`, or not a number: never ID)."""
+        """(N,) bool, True = OOD (score above `threshold`, or not a number: never ID; `threshold_info.describe()`
+        says which rule set the threshold and the ID TPR to expect)."""
         if self.threshold is None:
             raise NotFittedError(f"{self.name} has no threshold: fit() it with num_classes, input_shape, mean and "
                                  f"std (data-free threshold), or call calibrate(id_loader)")
@@ -322,7 +334,9 @@ class OODDetector:
                 "mean": self.mean, "std": self.std, "synth": asdict(self.synth), "mgi": self.mgi,
                 "spatial_grid": self.spatial_grid, "max_spatial_per_class": self.max_spatial_per_class,
                 "tpr": self.tpr, "batch_size": self.batch_size, "seed": self.seed, "threshold": self.threshold,
-                "threshold_source": self.threshold_source, "layer_weights": self.layer_weights}
+                "threshold_source": self.threshold_source,
+                "threshold_info": None if self.threshold_info is None else self.threshold_info.to_json(),
+                "layer_weights": self.layer_weights}
 
     def save(self, path: str | Path) -> Path:
         """Write the fitted detector to folder `path`: tensors as safetensors, settings as JSON (no pickle)."""
@@ -356,6 +370,12 @@ class OODDetector:
             raise C2IRError(f"{folder}: the saved state does not fit a {cfg['type']} detector ({type(exc).__name__}: "
                             f"{exc}); save the detector again") from None
         obj.threshold, obj.threshold_source = cfg["threshold"], cfg["threshold_source"]
+        info = cfg.get("threshold_info")   # absent in detectors saved before issue 21
+        try:
+            obj.threshold_info = None if info is None else Threshold.from_json(info)
+        except (KeyError, IndexError, TypeError, ValueError, C2IRError):
+            raise C2IRError(f"{folder}: threshold_info={info!r} is not valid; the file is damaged or was edited: "
+                            "save the detector again") from None
         obj.layer_weights = cfg["layer_weights"]
         obj._probe(folder)
         return obj
@@ -384,7 +404,8 @@ class C2IR(OODDetector):
 
     `fit()` synthesises class-conditional impressions from the model (DeepInversion), takes
     their per-class feature statistics at `layers`, weights the layers by MGI on the
-    impressions, and sets the threshold so that `tpr` of the impressions count as ID.
+    impressions, chooses its IPM and logit weight on proxy outliers, and sets the threshold so
+    that `tpr` of the softened held-back impressions count as ID (`c2ir.threshold`).
 
     Args:
         model: the classifier (any `nn.Module` with BatchNorm layers and a final `nn.Linear`).
@@ -392,9 +413,10 @@ class C2IR(OODDetector):
         input_shape: (C, H, W) of one input.
         mean, std: per-channel normalisation the model expects (inputs are `(pixels - mean) / std`).
         layers: module-name regexes, or None for the automatic choice (`c2ir.extraction.auto_layers`).
-        ipm: deviation measure (`mean_standardized` default; `mean_l2`, `mean_l1`, `mmd_rbf`,
+        ipm: deviation measure (`mean_standardized` default; `mahalanobis`, `mean_l2`, `mean_l1`, `mmd_rbf`,
             `wasserstein`, `sliced_wasserstein`).
-        normalize, logit_score, logit_weight, ipm_seed, ipm_projections: see `c2ir.detectors.c2ir.C2IR`.
+        normalize, logit_score, logit_weight, select_logit_weight, select_ipm, class_weighting, ipm_seed,
+            ipm_projections: see `c2ir.detectors.c2ir.C2IR`.
         Everything else as `OODDetector` (synth, mgi, tpr, batch_size, device, seed, ...).
     """
 

@@ -67,20 +67,24 @@ def read_imglist(list_path: Path, image_root: Path, name: str, key: str) -> Imag
     if not list_path.is_file():
         raise C2IRError(f"{name}: image list not found: {list_path} (expected {LAYOUT}); set {key} to that folder")
     paths, labels = [], []
-    with open(list_path, encoding="utf-8") as fh:
-        for number, raw in enumerate(fh, 1):
-            line = raw.strip("\r\n")
-            if not line.strip():
-                continue
-            rel, _, extra = line.partition(" ")
-            if not extra.strip() or rel.startswith("/"):
-                raise C2IRError(f"{name}: line {number} of {list_path} is not 'relative/path label': {line[:80]!r} "
-                                f"(expected {LAYOUT})")
-            try:
-                labels.append(parse_label(extra))
-            except (ValueError, SyntaxError) as exc:
-                raise C2IRError(f"{name}: line {number} of {list_path} has no integer label ({exc}): {line[:80]!r}") from None
-            paths.append(image_root / rel)
+    try:
+        lines = list_path.read_text(encoding="utf-8").split("\n")
+    except UnicodeDecodeError as exc:
+        raise C2IRError(f"{name}: image list {list_path} is not UTF-8 text (byte {exc.start}); "
+                        f"save it as UTF-8 (expected {LAYOUT})") from None
+    for number, raw in enumerate(lines, 1):
+        line = raw.strip("\r\n")
+        if not line.strip():
+            continue
+        rel, _, extra = line.partition(" ")
+        if not extra.strip() or rel.startswith("/"):
+            raise C2IRError(f"{name}: line {number} of {list_path} is not 'relative/path label': {line[:80]!r} "
+                            f"(expected {LAYOUT})")
+        try:
+            labels.append(parse_label(extra))
+        except (ValueError, SyntaxError) as exc:
+            raise C2IRError(f"{name}: line {number} of {list_path} has no integer label ({exc}): {line[:80]!r}") from None
+        paths.append(image_root / rel)
     if not paths:
         raise C2IRError(f"{name}: image list {list_path} lists no images (expected {LAYOUT})")
     return ImageList(list_path, image_root, tuple(paths), tuple(labels))

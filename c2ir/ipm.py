@@ -9,6 +9,9 @@ features equal the class statistics they are compared with.
 - `mean_l1`: ||m(x) - mu_c||_1 / C.
 - `mean_standardized`: RMS over channels of (m(x) - mu_c) / sigma_c, sigma_c from the
   class's impression spread.
+- `mahalanobis`: sqrt((m(x) - mu_c)^T P (m(x) - mu_c) / C), P the Ledoit-Wolf-shrunk inverse of the
+  impressions' within-class covariance shared by all classes (Lee et al., NeurIPS 2018, per layer);
+  with a diagonal P = diag(1 / sigma^2) it is `mean_standardized` with a variance shared by the classes.
 - `mmd_rbf`: Gaussian-kernel MMD between the input's spatial feature vectors and the
   class's impression feature vectors, bandwidth by the median heuristic.
 - `wasserstein`: per-channel 1-D Wasserstein-1 between the input's spatial activations
@@ -23,7 +26,7 @@ from dataclasses import dataclass
 import torch
 
 from c2ir.errors import C2IRError
-from c2ir.stats import LayerStats
+from c2ir.stats import MAX_PRECISION_CHANNELS, LayerStats
 
 
 def mean_l2(x: torch.Tensor, class_means: torch.Tensor, pred: torch.Tensor) -> torch.Tensor:
@@ -38,6 +41,20 @@ def mean_standardized(x: torch.Tensor, class_means: torch.Tensor, class_vars: to
                       pred: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
     z = (x - class_means[pred]) / torch.sqrt(class_vars[pred] + eps)
     return torch.sqrt((z**2).mean(dim=1))
+
+
+def mahalanobis(x: torch.Tensor, class_means: torch.Tensor, precision: torch.Tensor, pred: torch.Tensor) -> torch.Tensor:
+    """sqrt(d^T P d / C) with d = x - class_means[pred]: (B, C), (K, C), (C, C), (B,) -> (B,)."""
+    d = x.double() - class_means.double()[pred]
+    return torch.sqrt((d @ precision.double() * d).sum(dim=1).clamp(min=0) / x.shape[1])
+
+
+def _precision(stats: LayerStats) -> torch.Tensor:
+    if stats.precision is None:
+        raise C2IRError(f"ipm=mahalanobis needs the impressions' within-class precision, which is computed for layers "
+                        f"of at most {MAX_PRECISION_CHANNELS} channels (this one has {stats.mean.shape[1]}); "
+                        "choose another ipm= or fewer channels (layer_set=)")
+    return stats.precision
 
 
 def rbf_kernel_mean(a: torch.Tensor, b: torch.Tensor, bandwidth: torch.Tensor) -> torch.Tensor:
@@ -138,6 +155,7 @@ IPMS: dict[str, IPM] = {ipm.name: ipm for ipm in (
     IPM("mean_l2", False, lambda x, _s, st, pred, _c: mean_l2(x, st.mean, pred)),
     IPM("mean_l1", False, lambda x, _s, st, pred, _c: mean_l1(x, st.mean, pred)),
     IPM("mean_standardized", False, lambda x, _s, st, pred, _c: mean_standardized(x, st.mean, st.var, pred)),
+    IPM("mahalanobis", False, lambda x, _s, st, pred, _c: mahalanobis(x, st.mean, _precision(st), pred)),
     IPM("mmd_rbf", True, lambda _x, s, st, pred, c: mmd_rbf(s, st.samples, pred, c["bandwidth"], c["kyy"]),
         _mmd_constants),
     IPM("wasserstein", True, lambda _x, s, st, pred, _c: wasserstein_channels(s, st.samples, pred)),

@@ -1,9 +1,13 @@
-"""Proxy outliers made only from impressions (issue 14, part 3): no real ID or OOD image is used.
+"""Proxy outliers and pseudo-real inputs made only from impressions: no real ID or OOD image is used.
 
-C2IR's data-free choice of its Energy weight separates held-back impressions from these proxies:
-a patch permutation (local statistics kept, layout destroyed), a heavy blur (fine texture
-removed) and the pixel average of two impressions of different target classes. Pure functions
-of image tensors (N, C, H, W) in [0, 1].
+C2IR's data-free choices (its deviation measure and Energy weight) separate pseudo-real inputs
+from these proxy outliers: a patch permutation (local statistics kept, layout destroyed), a heavy
+blur (fine texture removed) and the pixel average of two impressions of different target classes.
+The pseudo-real inputs are held-back impressions `softened` by a mild blur (sigma = image size / 32):
+synthesis leaves high-frequency residue that natural images lack, and a detector that rejects an
+impression once that residue is smoothed away also rejects real data (docs/BENCHMARKS.md section 16, issue 21).
+The same softened held-back impressions set C2IR's data-free threshold (`c2ir.threshold`).
+Pure functions of image tensors (N, C, H, W) in [0, 1].
 """
 
 from __future__ import annotations
@@ -12,7 +16,7 @@ import torch
 
 from c2ir.data.imageset import unit_pixels
 
-__all__ = ["blurred", "folds", "gaussian_blur", "mixed", "patch_permuted", "proxy_images"]
+__all__ = ["blurred", "folds", "gaussian_blur", "mixed", "patch_permuted", "proxy_images", "softened"]
 
 
 def patch_permuted(x: torch.Tensor, grid: int = 4, seed: int = 0) -> torch.Tensor:
@@ -27,12 +31,6 @@ def patch_permuted(x: torch.Tensor, grid: int = 4, seed: int = 0) -> torch.Tenso
     return tiles.reshape(n, grid, grid, c, ph, pw).permute(0, 3, 1, 4, 2, 5).reshape(n, c, ph * grid, pw * grid)
 
 
-def blurred(x: torch.Tensor) -> torch.Tensor:
-    """Gaussian blur with sigma = image size / 16 (at least 0.5 px)."""
-    sigma = max(x.shape[-1] / 16, 0.5)
-    return gaussian_blur(x, 2 * int(2 * sigma + 0.5) + 1, sigma)
-
-
 def gaussian_blur(x: torch.Tensor, size: int, sigma: float) -> torch.Tensor:
     """Blur (N, C, H, W) images with a normalised size x size Gaussian (reflect padding, one depthwise
     convolution): torchvision's `gaussian_blur` to the bit (tests/test_proxies.py), without importing
@@ -44,6 +42,23 @@ def gaussian_blur(x: torch.Tensor, size: int, sigma: float) -> torch.Tensor:
     kernel = torch.mm(k1[:, None], k1[None, :]).expand(x.shape[-3], 1, size, size)
     padded = torch.nn.functional.pad(x, [size // 2] * 4, mode="reflect")
     return torch.nn.functional.conv2d(padded, kernel, groups=x.shape[-3])
+
+
+def blur_sigma(x: torch.Tensor, sigma: float) -> torch.Tensor:
+    """Gaussian blur with standard deviation `sigma` pixels (a kernel of about +-2 sigma)."""
+    return gaussian_blur(x, 2 * int(2 * sigma + 0.5) + 1, sigma)
+
+
+def blurred(x: torch.Tensor) -> torch.Tensor:
+    """Proxy outlier: Gaussian blur with sigma = image size / 16 (at least 0.5 px)."""
+    return blur_sigma(x, max(x.shape[-1] / 16, 0.5))
+
+
+def softened(x: torch.Tensor) -> torch.Tensor:
+    """Pseudo-real input: a mild Gaussian blur, sigma = image size / 32 (at least 0.25 px; 1 px at 32 x 32),
+    half the proxy `blurred`'s (pixels in [0, 1] or uint8; returns [0, 1] floats)."""
+    x = unit_pixels(x)
+    return blur_sigma(x, max(x.shape[-1] / 32, 0.25))
 
 
 def mixed(x: torch.Tensor, y: torch.Tensor, seed: int = 0) -> torch.Tensor:

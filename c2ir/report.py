@@ -66,10 +66,28 @@ def run_dir(cfg: Any) -> Path:
     return path
 
 
+# What the two C2IR rows are, wherever detectors are listed with labels (tables, CSV/JSON, report.html):
+# `c2ir` is this project's default (feature deviations + a logit term weighted on proxy outliers),
+# `c2ir_paper` the paper's method (the same feature deviations, no logit term).
+DETECTOR_LABELS = {"c2ir": "C2IR + Energy (this project's default)",
+                   "c2ir_paper": "C2IR (paper: feature deviations)"}
+C2IR_FIRST = ("c2ir", "c2ir_paper")
+
+
+def label(det: str) -> str:
+    """`det`, with what it is for the two C2IR rows (`c2ir: C2IR + Energy (this project's default)`)."""
+    return f"{det}: {DETECTOR_LABELS[det]}" if det in DETECTOR_LABELS else det
+
+
+def c2ir_rank(det: str) -> int:
+    """0 for `c2ir`, 1 for `c2ir_paper`, 2 for any other name (the order detectors are listed in)."""
+    return C2IR_FIRST.index(det) if det in C2IR_FIRST else len(C2IR_FIRST)
+
+
 def ordered_detectors(result: dict) -> list[str]:
-    """C2IR first, then the other data-free detectors, then the full-access comparators."""
+    """C2IR first (the default, then the paper's form), then the other data-free detectors, then full access."""
     access = result.get("access", {})
-    return sorted(result["metrics"], key=lambda d: (access.get(d) == "full access", d != "c2ir", d))
+    return sorted(result["metrics"], key=lambda d: (access.get(d) == "full access", c2ir_rank(d), d))
 
 
 def rows(result: dict) -> list[dict[str, Any]]:
@@ -106,7 +124,7 @@ def summary_table(result: dict) -> str:
     for det in ordered_detectors(result):
         per = result["metrics"][det]
         cells = [f"{mean_over(per, sets, 'auroc'):.1f} / {mean_over(per, sets, 'fpr95'):.1f}" for sets in cols.values()]
-        lines.append(f"| {md(det)} | {md(result.get('access', {}).get(det, ''))} | " + " | ".join(cells) + " |")
+        lines.append(f"| {md(label(det))} | {md(result.get('access', {}).get(det, ''))} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
@@ -121,8 +139,11 @@ def weights_line(result: dict) -> str:
     w = result.get("layer_weights") or {}
     if not w:
         return ""
+    chosen = "".join(f"; {md(det)} uses ipm={f['ipm']}" + (f", {f['logit_score']} x{f['logit_weight']:g}" if f["logit_weight"] else "")
+                     + (" (chosen on proxy outliers)" if f.get("selected") else "")
+                     for det, f in (result.get("c2ir_fit") or {}).items())
     return (f"C2IR: ipm={result.get('ipm', {}).get('name')}, MGI weights ({w.get('method')}): "
-            + ", ".join(f"{md(n)}={v:.3f}" for n, v in zip(w["layers"], w["weights"])))
+            + ", ".join(f"{md(n)}={v:.3f}" for n, v in zip(w["layers"], w["weights"])) + chosen)
 
 
 def not_computable_line(result: dict) -> str:
@@ -150,7 +171,7 @@ def markdown(result: dict) -> str:
              "## All metrics", "",
              "| detector | access | OOD set | " + " | ".join(cols) + " |", "|" + "---|" * (len(METRICS) + 3)]
     for r in long:
-        lines.append(f"| {md(r['detector'])} | {md(r['access'])} | {md(r['ood'])} | "
+        lines.append(f"| {md(label(r['detector']))} | {md(r['access'])} | {md(r['ood'])} | "
                      + " | ".join(f"{r[k]:.2f}" for k in METRICS) + " |")
     return "\n".join(lines) + "\n"
 
@@ -160,13 +181,14 @@ def write_reports(directory: Path, result: dict) -> None:
     atomic_write_bytes(directory / "results.md", markdown(result).encode())
     buf = io.StringIO()
     names = dict(zip(METRICS, csv_columns(result)))
-    writer = csv.DictWriter(buf, fieldnames=["detector", "access", "ood", *names.values()])
+    writer = csv.DictWriter(buf, fieldnames=["detector", "label", "access", "ood", *names.values()])
     writer.writeheader()
-    writer.writerows({names.get(k, k): csv_cell(v) if isinstance(v, str) else v for k, v in r.items()}
-                     for r in rows(result))
+    writer.writerows({**{names.get(k, k): csv_cell(v) if isinstance(v, str) else v for k, v in r.items()},
+                      "label": DETECTOR_LABELS.get(r["detector"], "")} for r in rows(result))
     atomic_write_bytes(directory / "results.csv", buf.getvalue().encode())
+    labels = {d: DETECTOR_LABELS[d] for d in result["metrics"] if d in DETECTOR_LABELS}
     atomic_write_json(directory / "results.json", {**result, "fpr_positive": fpr_positive(result), "rows": rows(result),
-                                                   "convention": convention(result),
+                                                   "labels": labels, "convention": convention(result),
                                                    "columns": {"fpr95": fpr_label(result)}})
 
 

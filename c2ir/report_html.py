@@ -27,8 +27,8 @@ from c2ir import plots
 from c2ir.cache import DamagedFile, atomic_write_bytes, discard_verified, read_verified_bytes, write_verified_bytes
 from c2ir.groups import column_sets, grouped_sets, mean_over
 from c2ir.names import safe_filename
-from c2ir.report import (METRICS, convention, fpr_label, fpr_positive, not_computable_line, ordered_detectors,
-                         sweep_convention)
+from c2ir.report import (METRICS, c2ir_rank, convention, fpr_label, fpr_positive, label, not_computable_line,
+                         ordered_detectors, sweep_convention)
 
 log = logging.getLogger(__name__)
 
@@ -209,7 +209,7 @@ def metric_table(result: dict, metric: str) -> str:
             cells = "".join(f'<td class="best">{v[d]:.1f}</td>' if d in best[c] else
                             f'<td class="bestfree">{v[d]:.1f}</td>' if d in best_free[c] else f"<td>{v[d]:.1f}</td>"
                             for c, v in cols.items())
-            body.append(f'<tr><td class="name">{esc(d)}</td>{cells}</tr>')
+            body.append(f'<tr><td class="name">{esc(label(d))}</td>{cells}</tr>')
     return f"<div><h3>{esc(metric_title(result, metric))} ({arrow})</h3>" + head + "".join(body) + "</table></div>"
 
 
@@ -276,6 +276,9 @@ def run_page(inp: RunInputs, directory: Path | None = None, histograms: "Histogr
         page.add(metric_table(res, metric))
     page.close_row()
 
+    page.section("logit-term", "What C2IR's logit term adds")
+    _logit_term_section(page, res)
+
     page.section("roc", "ROC curves")
     scores = inp.scores
     histograms = histograms or HistogramPNGs(inp, page.cache)
@@ -319,6 +322,41 @@ def run_page(inp: RunInputs, directory: Path | None = None, histograms: "Histogr
     else:
         page.note("Artifact keys not available.")
     return page
+
+
+def _logit_term_section(page: Page, res: dict) -> None:
+    """c2ir (this project's default) against c2ir_paper (the paper's feature deviations) on this run, and what
+    each C2IR fit chose on proxy outliers (results.json `c2ir_fit`)."""
+    metrics, oods = res.get("metrics", {}), list(res["ood_sets"])
+    if "c2ir" in metrics and "c2ir_paper" in metrics:
+        page.text(f"AUROC and {fpr_label(res)} (%) of the project's default against the paper's method on this run; the difference "
+                  "is what the logit term (and the choices made on proxy outliers) adds.")
+        rows = []
+        for m, name in (("auroc", "AUROC"), ("fpr95", fpr_label(res))):
+            a = [float(metrics["c2ir"][o][m]) for o in oods]
+            b = [float(metrics["c2ir_paper"][o][m]) for o in oods]
+            rows += [[f"{name}: {label('c2ir')}", *[f"{v:.1f}" for v in a], f"{np.mean(a):.1f}"],
+                     [f"{name}: {label('c2ir_paper')}", *[f"{v:.1f}" for v in b], f"{np.mean(b):.1f}"],
+                     [f"{name}: difference", *[f"{x - y:+.1f}" for x, y in zip(a, b)], f"{np.mean(a) - np.mean(b):+.1f}"]]
+        page.add(small_table(["", *oods, "mean"], rows))
+    else:
+        page.note("Add both c2ir and c2ir_paper to detectors= to see what the logit term adds on this run.")
+    fits = res.get("c2ir_fit") or {}
+    if not fits:
+        page.note("What the C2IR fits chose is not available (results.json made before it was recorded).")
+    for det, fit in fits.items():
+        chosen = f"ipm={fit['ipm']}, {fit['logit_score']} weight x{fit['logit_weight']:g}"
+        if not fit.get("criterion"):
+            page.text(f"{label(det)}: {chosen} (as configured: nothing to choose).")
+            continue
+        page.text(f"{label(det)}: {chosen}, chosen without data: the candidate whose softened held-back impressions are "
+                  "best separated from proxy outliers made from them (mean AUROC %, both folds).")
+        ipms = list(dict.fromkeys(c["ipm"] for c in fit["criterion"]))
+        weights = list(dict.fromkeys(c["logit_weight"] for c in fit["criterion"]))
+        crit = {(c["ipm"], c["logit_weight"]): c["criterion"] for c in fit["criterion"]}
+        page.add(small_table(["ipm \\ weight", *[f"x{w:g}" for w in weights]],
+                             [[i, *[("*" if (i, w) == (fit["ipm"], fit["logit_weight"]) else "") + f"{crit[i, w]:.1f}"
+                                    for w in weights]] for i in ipms]))
 
 
 def summary_values(result: dict) -> dict[str, dict[str, dict[str, float]]]:
@@ -572,7 +610,7 @@ def sweep_table(runs: Sequence[SweepRun], swept: Sequence[str], metric: str, tit
         values[s] = {k: r.overrides.get(k, "(default)") for k in swept}
         for det in r.result["metrics"]:
             settings[s][det].append(mean_over_oods(r.result, det, metric))
-    dets = sorted({d for per in settings.values() for d in per}, key=lambda d: (not d.startswith("c2ir"), d))
+    dets = sorted({d for per in settings.values() for d in per}, key=lambda d: (not d.startswith("c2ir"), c2ir_rank(d), d))
     cols = list(settings)
     stats = {s: {d: mean_std(v) for d, v in settings[s].items()} for s in cols}
     best = {s: best_marks({d: m for d, (m, _) in stats[s].items()}, metric) for s in cols}
@@ -589,7 +627,7 @@ def sweep_table(runs: Sequence[SweepRun], swept: Sequence[str], metric: str, tit
                 continue
             m, sd = stats[s][d]
             cells.append(f'<td{" class=best" if d in best[s] else ""}>{m:.1f} &plusmn; {sd:.1f}</td>')
-        body.append(f'<tr><td class="name">{esc(d)}</td>{"".join(cells)}</tr>')
+        body.append(f'<tr><td class="name">{esc(label(d))}</td>{"".join(cells)}</tr>')
     arrow = "lower is better" if metric in LOWER_IS_BETTER else "higher is better"
     return (f"<h3>{esc(title or METRIC_TITLES[metric])} ({arrow})</h3><div class=\"scroll\"><table>{head}{''.join(body)}"
             "</table></div>")

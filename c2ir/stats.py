@@ -2,8 +2,10 @@
 
 Per layer l and class c: the mean and per-channel variance of the channel-wise
 spatial-mean activation vectors of class-c samples, and the count; the same
-unconditionally; optionally a fixed-seed sample of spatial feature vectors per class
-for the distribution-level IPMs (MMD, Wasserstein).
+unconditionally; the Ledoit-Wolf-shrunk precision of the within-class covariance shared by
+all classes (the `mahalanobis` IPM; layers of at most `MAX_PRECISION_CHANNELS` channels);
+optionally a fixed-seed sample of spatial feature vectors per class for the
+distribution-level IPMs (MMD, Wasserstein).
 """
 
 from __future__ import annotations
@@ -16,6 +18,8 @@ import torch
 
 log = logging.getLogger(__name__)
 
+MAX_PRECISION_CHANNELS = 4096   # a (C, C) precision per layer above this would cost more memory than it is worth
+
 
 @dataclass
 class LayerStats:
@@ -25,6 +29,7 @@ class LayerStats:
     global_mean: torch.Tensor   # (C,)
     global_var: torch.Tensor    # (C,)
     samples: torch.Tensor | None = None  # (K, M, C) spatial vectors per class
+    precision: torch.Tensor | None = None  # (C, C) shrunk inverse of the within-class covariance (tied over classes)
 
 
 @dataclass
@@ -42,19 +47,33 @@ class ClassStats:
             out[f"gmean/{name}"], out[f"gvar/{name}"] = s.global_mean, s.global_var
             if s.samples is not None:
                 out[f"samples/{name}"] = s.samples
+            if s.precision is not None:
+                out[f"precision/{name}"] = s.precision
         return out
 
     @classmethod
     def from_tensors(cls, layers: Sequence[str], t: Mapping[str, torch.Tensor]) -> "ClassStats":
         return cls(list(layers), {
             n: LayerStats(t[f"mean/{n}"], t[f"var/{n}"], t[f"count/{n}"], t[f"gmean/{n}"], t[f"gvar/{n}"],
-                          t.get(f"samples/{n}"))
+                          t.get(f"samples/{n}"), t.get(f"precision/{n}"))
             for n in layers
         })
 
 
+def shrunk_precision(centred: torch.Tensor) -> torch.Tensor:
+    """(C, C) inverse of the Ledoit-Wolf-shrunk covariance of rows `centred` (N, C), already centred (float64).
+
+    Ledoit & Wolf (2004): the sample covariance pulled towards a scaled identity by the shrinkage
+    that minimises the expected Frobenius error; well conditioned when N is not much larger than C.
+    """
+    from sklearn.covariance import LedoitWolf  # imported on use: sklearn costs a second at import
+
+    return torch.from_numpy(LedoitWolf(assume_centered=True).fit(centred.double().numpy()).precision_)
+
+
 def layer_class_stats(x: torch.Tensor, labels: torch.Tensor, num_classes: int) -> LayerStats:
-    """Means, variances and counts of rows of `x` (N, C) grouped by `labels` (N,)."""
+    """Means, variances and counts of rows of `x` (N, C) grouped by `labels` (N,), and the shrunk
+    precision of their within-class covariance (pooled over classes; None above MAX_PRECISION_CHANNELS)."""
     x = x.double()
     onehot = torch.nn.functional.one_hot(labels.long(), num_classes).double()  # (N, K)
     count = onehot.sum(0)
@@ -67,7 +86,11 @@ def layer_class_stats(x: torch.Tensor, labels: torch.Tensor, num_classes: int) -
         log.warning("classes %s have no samples; their statistics fall back to the unconditional ones",
                     empty.nonzero().flatten().tolist())
         mean[empty], var[empty] = gmean, gvar
-    return LayerStats(mean.float(), var.clamp(min=0).float(), count.long(), gmean.float(), gvar.float())
+    precision = None
+    if x.shape[1] <= MAX_PRECISION_CHANNELS and len(x) > 1:
+        precision = shrunk_precision(x - mean[labels.long()]).float()
+    return LayerStats(mean.float(), var.clamp(min=0).float(), count.long(), gmean.float(), gvar.float(),
+                      precision=precision)
 
 
 def class_samples(spatial: torch.Tensor, labels: torch.Tensor, num_classes: int, max_per_class: int,

@@ -112,7 +112,7 @@ def evaluate_cmd(args: argparse.Namespace, data: Path, ckpt: Path, n: int, new_c
            f"data.max_test_samples={n}", "model=torchvision", f"model.name={args.arch}", "model.weights=null",
            f"model.checkpoint={ckpt}", f"model.layer_sets={{default:[\"{args.layers}\"]}}",
            "ood=[gaussian_noise]", "ood.gaussian_noise.max_samples=200", "detectors=[msp,energy,c2ir]",
-           "synth=fast", "synth.per_class=1", "synth.batch_size=10", "synth.iterations=2",
+           "synth=fast", "synth.per_class=1", "synth.batch_size=10", "synth.iterations=2", "synth.warmup_iterations=0",
            f"batch_size={args.batch}", f"threads={args.threads}",
            f"cache_root={args.work / ('cache-new' if new_code else 'cache-old')}",
            f"hydra.run.dir={args.work / 'runs' / ('new' if new_code else 'old') / str(n)}"]

@@ -28,6 +28,9 @@ from pathlib import Path
 
 import numpy as np
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the checkout's c2ir, as `python scripts/...` from it
+from c2ir.report import c2ir_rank, label  # noqa: E402
+
 # model -> Hydra overrides selecting its model/data pair
 MODELS: dict[str, list[str]] = {
     "digits": [],                                       # embedded default: small CNN on scikit-learn digits
@@ -35,7 +38,7 @@ MODELS: dict[str, list[str]] = {
     "resnet32": ["experiment=cifar10_resnet32_cpu"],    # shared original ResNet-32 (PNG-trained) on JPEG
     "resnet44": ["experiment=cifar10_resnet44_cpu"],    # shared original ResNet-44 (PNG-trained) on JPEG
 }
-ALL_DETECTORS = ("msp,maxlogit,energy,entropy,gen,odin,gradnorm,gaia_a,gaia_z,ash_s,ash_b,scale,nmd,c2ir,mahalanobis_imp,"
+ALL_DETECTORS = ("msp,maxlogit,energy,entropy,gen,odin,gradnorm,gaia_a,gaia_z,ash_s,ash_b,scale,nmd,c2ir,c2ir_paper,mahalanobis_imp,"
                  "mahalanobis_multi_imp,knn_imp,react_imp,dice_imp,kl_matching_imp,vim_imp,nac_imp,fdbd_imp,nci_imp,weiper_imp,"
                  "mahalanobis,mahalanobis_multi,knn,react,vim,nac,fdbd,nci,weiper")
 SYNTH_KEY = re.compile(r"synthesize/([0-9a-f]+)")
@@ -43,11 +46,11 @@ SYNTH_KEY = re.compile(r"synthesize/([0-9a-f]+)")
 
 def run_model(name: str, seeds: str, cache: Path, out: Path, extra: list[str]) -> Path:
     sweep = out / name
-    cmd = ["c2ir", "run", "-m", *MODELS[name], f"seed={seeds}", f"detectors=[{ALL_DETECTORS}]",
+    cmd = [sys.executable, "-m", "c2ir", "run", "-m", *MODELS[name], f"seed={seeds}", f"detectors=[{ALL_DETECTORS}]",
            f"cache_root={cache}", f"hydra.sweep.dir={sweep}", *extra]
     print("+", " ".join(cmd), flush=True)
     subprocess.run(cmd, check=True)
-    subprocess.run(["c2ir", "report", str(sweep)], check=True, stdout=subprocess.DEVNULL)
+    subprocess.run([sys.executable, "-m", "c2ir", "report", str(sweep)], check=True, stdout=subprocess.DEVNULL)
     return sweep
 
 
@@ -96,7 +99,7 @@ def summary(results: dict[str, dict], seeds: str) -> str:
     for r in results.values():
         access.update(r["access"])
         dets += [d for d in r["detectors"] if d not in dets]
-    dets.sort(key=lambda d: (access.get(d) == "full access", not d.startswith("c2ir"), d))
+    dets.sort(key=lambda d: (access.get(d) == "full access", c2ir_rank(d), d))
     lines = [f"Seeds {seeds}; each run's value is the mean over its OOD sets; mean ± std over seeds. "
              "Scores: higher = more OOD; FPR95 at 95% ID TPR; %.", "",
              "| model | finished runs | ID accuracy | impressions at their target |", "|---|---|---|---|"]
@@ -108,21 +111,34 @@ def summary(results: dict[str, dict], seeds: str) -> str:
         for m in models:
             r = results[m]["detectors"].get(d)
             cells.append(f"{_ms(r['auroc'])} / {np.mean(r['fpr95']):.1f}" if r else "—")
-        lines.append(f"| {d} | {access.get(d, '')} | " + " | ".join(cells) + " |")
+        lines.append(f"| {label(d)} | {access.get(d, '')} | " + " | ".join(cells) + " |")
     for m in models:
         r = results[m]
         free = [d for d in r["detectors"] if access.get(d) != "full access" and not d.startswith("c2ir")]
         if "c2ir" not in r["detectors"] or not free:
             continue
         best = max(free, key=lambda d: np.mean(r["detectors"][d]["auroc"]))
-        lines += ["", f"{m}: C2IR (default: Energy weight selected on proxies) vs the best other data-free detector ({best}) "
-                  "vs Energy, mean AUROC per OOD set",
+        lines += ["", f"{m}: C2IR (default, and the paper's form) vs the best other data-free detector ({best}) "
+                  "vs Energy, mean AUROC per OOD set; last row: the best other data-free detector of each set",
                   "", "| detector | " + " | ".join(r["oods"]) + " | mean |", "|---|" + "---|" * (len(r["oods"]) + 1)]
-        for d in dict.fromkeys(["c2ir", best, "energy"]):
+        for d in dict.fromkeys(["c2ir", "c2ir_paper", best, "energy"]):
             if d in r["detectors"]:
                 x = r["detectors"][d]
-                lines.append(f"| {d} | " + " | ".join(f"{np.mean(x[f'auroc/{o}']):.1f}" for o in r["oods"])
+                lines.append(f"| {label(d)} | " + " | ".join(f"{np.mean(x[f'auroc/{o}']):.1f}" for o in r["oods"])
                              + f" | {np.mean(x['auroc']):.1f} |")
+        per_set = {o: max(free, key=lambda d: np.mean(r["detectors"][d][f"auroc/{o}"])) for o in r["oods"]}
+        lines.append("| best other per set | " + " | ".join(
+            f"{np.mean(r['detectors'][d][f'auroc/{o}']):.1f} ({d})" for o, d in per_set.items()) + " | |")
+        c2 = r["detectors"]["c2ir"]
+        gaps = {o: np.mean(c2[f"auroc/{o}"]) - np.mean(r["detectors"][d][f"auroc/{o}"]) for o, d in per_set.items()}
+        lines.append("")
+        lines.append(f"{m}: c2ir minus the best other data-free detector: mean {np.mean(c2['auroc']) - np.mean(r['detectors'][best]['auroc']):+.1f}; "
+                     "per set " + ", ".join(f"{o} {g:+.1f}" for o, g in gaps.items()))
+        if "c2ir_paper" in r["detectors"]:
+            p_ = r["detectors"]["c2ir_paper"]
+            lines.append(f"{m}: c2ir minus c2ir_paper (what the logit term and the proxy choices add): mean "
+                         f"{np.mean(c2['auroc']) - np.mean(p_['auroc']):+.1f}; per set "
+                         + ", ".join(f"{o} {np.mean(c2[f'auroc/{o}']) - np.mean(p_[f'auroc/{o}']):+.1f}" for o in r["oods"]))
     return "\n".join(lines) + "\n"
 
 

@@ -66,7 +66,8 @@ def main(argv: list[str]) -> None:
         ctx = RunContext(cfg)
         ev = Evaluation(ctx)
         fit = ev.fit_context()
-        det = build_detector("c2ir", {**cfg.detectors.c2ir, "logit_score": "none", "normalize": "none"}, ipm=ipm_name)
+        det = build_detector("c2ir", {**cfg.detectors.c2ir, "logit_score": "none", "normalize": "none", "select_ipm": False},
+                             ipm=ipm_name)
         det.fit(fit)
         oods = list(cfg.ood)
         bundles = {name: b for name, (_, b) in ev.sets.items()}

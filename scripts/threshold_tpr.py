@@ -1,16 +1,22 @@
 """How far the data-free threshold's real ID TPR is from its nominal value.
 
-For every feature-based detector of a configuration: the threshold is the score that a share
-`--tpr` of the impressions stays below (what `c2ir.C2IR.fit()` and `c2ir score` use, with no
-data); the script reports the share of the real ID test set below it (the real TPR) and the
-share of each OOD set below it (FPR at that threshold). Runs on the stages' cache.
+For every detector of a configuration: the data-free threshold is set by the rule that `predict()`
+and `c2ir score` use (`c2ir.threshold.data_free_threshold`: for C2IR, softened impressions held back
+from the statistics, cross-fitted; for the others, softened impressions); the script reports the
+rule, the share of the real ID test set below the threshold (the real TPR), the share of each OOD
+set below it (FPR at that threshold), and, for comparison, the real TPR of the former in-sample rule
+(the score that a share `--tpr` of the impressions themselves stays below). With `--seeds` it repeats
+this per seed (each seed its own impressions, and for digits its own model) and prints mean +- std.
+Runs on the stages' cache (a missing artifact is computed).
 
-    python scripts/threshold_tpr.py [--tpr 0.95] [hydra overrides ...]
+    python scripts/threshold_tpr.py [--tpr 0.95] [--detectors c2ir,c2ir_paper,energy] [hydra overrides ...]
+    python scripts/threshold_tpr.py --seeds 0,1,2 --json out.json experiment=cifar10_resnet20_cpu
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import sys
 
@@ -18,38 +24,76 @@ import numpy as np
 from hydra import compose, initialize_config_dir
 
 from c2ir.config import config_dir, register_resolvers
+from c2ir.stages import synthesize
 from c2ir.stages.common import RunContext
 from c2ir.stages.evaluate import Evaluation
+from c2ir.stages.score import score_images
+from c2ir.threshold import data_free_threshold, quantile_threshold
 
-DETECTORS = "detectors=[c2ir,msp,maxlogit,energy,nmd,mahalanobis_imp,knn_imp,react_imp]"
+DETECTORS = "c2ir,c2ir_paper,msp,maxlogit,energy,nmd,mahalanobis_imp,mahalanobis_multi_imp,knn_imp,vim_imp"
+
+
+def measure(overrides: list[str], tpr: float) -> dict:
+    """Per detector: rule, real ID TPR, expected interval, the former rule's real TPR, FPR per OOD set (%)."""
+    with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
+        cfg = compose("config", overrides=overrides)
+    ctx = RunContext(cfg)
+    ev = Evaluation(ctx)
+    fit = ev.fit_context()
+    images = fit.impression_images if fit.impression_images is not None else synthesize.load(synthesize.ensure(ctx))[0]
+    oods = [s for s in ev.sets if s != ev.id_name]
+    out = {"id_set": ev.id_name, "oods": oods, "impressions": int(len(fit.impressions["logits"])), "detectors": {}}
+    for name, det in ev.detectors.items():
+        det.fit(fit)
+        scores = {s: det.score(b) for s, (_, b) in ev.sets.items()}
+        thr = data_free_threshold(det, tpr, lambda pixels: score_images(ctx, det, pixels)[0], images,
+                                  lambda: det.score(fit.impressions))
+        old = quantile_threshold(det.score(fit.impressions), tpr, "impressions").value
+        below = {s: 100 * float(np.mean(v <= thr.value)) for s, v in scores.items()}
+        out["detectors"][name] = {"rule": thr.rule, "real_tpr": below[ev.id_name],
+                                  "expected": [100 * thr.expected[0], 100 * thr.expected[1]],
+                                  "real_tpr_in_sample_rule": 100 * float(np.mean(scores[ev.id_name] <= old)),
+                                  "fpr": {o: below[o] for o in oods}}
+    return out
+
+
+def _ms(values: list[float]) -> str:
+    return f"{np.mean(values):.1f}" if len(values) == 1 else f"{np.mean(values):.1f} ± {np.std(values):.1f}"
+
+
+def table(runs: list[dict]) -> str:
+    oods = runs[0]["oods"]
+    lines = [f"nominal TPR {runs[0]['tpr']:.2f}; ID set {runs[0]['id_set']}; {runs[0]['impressions']} impressions; "
+             f"{len(runs)} run(s)" + (" (mean ± std over seeds)" if len(runs) > 1 else ""), "",
+             "| detector | rule | real ID TPR | expected | real ID TPR, former in-sample rule | "
+             + " | ".join(f"FPR {o}" for o in oods) + " |", "|---|---|---|---|---|" + "---|" * len(oods)]
+    for name, first in runs[0]["detectors"].items():
+        per = [r["detectors"][name] for r in runs]
+        lo, hi = first["expected"]
+        lines.append(f"| {name} | {first['rule']} | {_ms([p['real_tpr'] for p in per])} | {lo:.0f}-{hi:.0f} | "
+                     f"{_ms([p['real_tpr_in_sample_rule'] for p in per])} | "
+                     + " | ".join(_ms([p["fpr"][o] for p in per]) for o in oods) + " |")
+    return "\n".join(lines)
 
 
 def main(argv: list[str]) -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--tpr", type=float, default=0.95)
+    parser.add_argument("--detectors", default=DETECTORS, help="comma list of feature-based detector configs")
+    parser.add_argument("--seeds", default=None, help="comma list: one run per seed (seed=<s>), then mean ± std")
+    parser.add_argument("--json", default=None, help="also write every run's values here")
     parser.add_argument("overrides", nargs="*")
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    args = parser.parse_intermixed_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(message)s")
     register_resolvers()
-    with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
-        cfg = compose("config", overrides=[DETECTORS, *args.overrides])
-    ctx = RunContext(cfg)
-    ev = Evaluation(ctx)
-    fit = ev.fit_context()
-    oods = [s for s in ev.sets if s != ev.id_name]
-    print(f"nominal TPR {args.tpr:.2f} (threshold from {len(fit.impressions['logits'])} impressions); "
-          f"ID set {ev.id_name} ({len(ev.sets[ev.id_name][1]['logits'])} images)")
-    print("| detector | real ID TPR | impression quantile for a real TPR of the nominal | "
-          + " | ".join(f"FPR {o}" for o in oods) + " |")
-    print("|---|---|---|" + "---|" * len(oods))
-    for name, det in ev.detectors.items():
-        det.fit(fit)
-        threshold = float(np.quantile(det.score(fit.impressions), args.tpr))
-        below = {s: float(np.mean(det.score(b) <= threshold)) for s, (_, b) in ev.sets.items()}
-        real = float(np.quantile(det.score(ev.sets[ev.id_name][1]), args.tpr))  # the threshold ID data would give
-        q = float(np.mean(det.score(fit.impressions) <= real))
-        print(f"| {name} | {100 * below[ev.id_name]:.1f} | {q:.2f} | "
-              + " | ".join(f"{100 * below[o]:.1f}" for o in oods) + " |")
+    base = [f"detectors=[{args.detectors}]", *args.overrides]
+    seeds = [s for s in (args.seeds or "").split(",") if s]
+    runs = [{**measure([*base, f"seed={s}"] if seeds else base, args.tpr), "tpr": args.tpr, "seed": s}
+            for s in (seeds or [None])]
+    print(table(runs))
+    if args.json:
+        with open(args.json, "w") as fh:
+            json.dump(runs, fh, indent=1)
 
 
 if __name__ == "__main__":

@@ -17,7 +17,7 @@ from c2ir.data.shared import shared_dir
 REPO = Path(__file__).resolve().parents[1]
 # The embedded default shrunk for tests: fewer epochs, impressions (8 per class: C2IR's Energy-weight selection
 # needs >= 4), detectors and OOD sets; the synthesis iterations are the shipped default's (synth=default).
-TINY = ["detectors=[msp,energy,c2ir,mahalanobis_imp,nmd]", "ood=[pixel_shuffled,gaussian_noise]",
+TINY = ["detectors=[msp,energy,c2ir,c2ir_paper,mahalanobis_imp,nmd]", "ood=[pixel_shuffled,gaussian_noise]",
         "train.epochs=8", "synth.per_class=8", "synth.batch_size=80"]
 
 def has_module(name: str) -> bool:

@@ -78,13 +78,13 @@ def test_fit_score_predict_save_load_exact(tmp_path):
     assert det2.threshold == det.threshold and det2.layers == det.layers
 
 
-def test_data_free_threshold_keeps_tpr_of_impressions_and_calibrate_keeps_tpr_of_id():
+def test_data_free_threshold_keeps_tpr_of_its_reference_and_calibrate_keeps_tpr_of_id():
     model = _model()
-    det = c2ir.C2IR(model, **DIGITS, synth=TINY_SYNTH, tpr=0.9)
-    images, bundle = det._impressions()
-    det.fit()
-    kept = float((det.detector.score(bundle) <= det.threshold).mean())
-    assert kept == pytest.approx(0.9, abs=1 / 30 + 1e-9)
+    det = c2ir.C2IR(model, **DIGITS, synth={**TINY_SYNTH, "per_class": 4, "batch_size": 40}, tpr=0.9).fit()
+    assert det.threshold_source == "pseudo_real_cross_fitted"    # 4 per class: two folds of 2
+    reference = det.detector.reference                          # softened held-back impressions, cross-fitted
+    assert len(reference) == 40 and det.threshold_info.reference == 40
+    assert float((reference <= det.threshold).mean()) == pytest.approx(0.9, abs=1 / 40 + 1e-9)
     loader = _loader(200)
     det.calibrate(loader, tpr=0.8)
     flagged = torch.cat([det.predict(x) for x, _ in loader]).float().mean().item()
@@ -135,7 +135,7 @@ def test_detectors_without_synthesis_inputs():
     with pytest.raises(NotFittedError, match="calibrate"):
         energy.predict(x)
     maha = c2ir.detector("mahalanobis", model).fit(_loader())
-    assert maha.threshold is not None and maha.threshold_source.startswith("in-sample")
+    assert maha.threshold is not None and maha.threshold_source == "fit_data"
     with pytest.raises(C2IRError, match="full-access.*fit\\(id_loader\\)"):
         c2ir.detector("knn", model).fit()
     with pytest.raises(C2IRError, match="num_classes, input_shape, mean, std"):
@@ -180,10 +180,17 @@ def test_automatic_layers():
         auto_layers(nn.Sequential(nn.Conv2d(1, 4, 3), nn.ReLU()))
 
 
-def test_data_free_threshold_is_reported_as_such():
-    det = c2ir.C2IR(_model(), **DIGITS, synth=TINY_SYNTH).fit()
-    assert det.threshold_source == "impressions (data-free)"
-    assert np.isfinite(det.threshold)
+def test_data_free_threshold_is_reported_as_such(caplog):
+    caplog.set_level("INFO")
+    det = c2ir.C2IR(_model(), **DIGITS, synth=TINY_SYNTH).fit()   # 3 per class: too few for the folds
+    assert det.threshold_source == "pseudo_real" and np.isfinite(det.threshold)
+    text = det.threshold_info.describe()
+    assert "set by rule pseudo_real: 95% of 30 softened impressions below it; expected ID TPR 81-99%" in text
+    assert "calibrate(id_loader) is exact" in text and text in caplog.text
+    energy = c2ir.detector("energy", _model(), **DIGITS, synth=TINY_SYNTH).fit()
+    assert energy.threshold_source == "pseudo_real"
+    energy.calibrate(_loader())
+    assert energy.threshold_source == "calibration" and "calibrate" not in energy.threshold_info.describe()
 
 
 @needs_shared

@@ -26,8 +26,10 @@ def _fake_run(sweep: Path, cache: Path, seed: int, c2ir_auc: float, share: float
     (cache / "synthesize" / key / "summary.json").write_text(json.dumps({"target_share": share}))
     m = lambda auc, fpr: {"auroc": auc, "fpr95": fpr}  # noqa: E731
     result = {"ood_sets": ["a", "b"], "id_accuracy": 0.9,
-              "access": {"c2ir": "data-free", "energy": "data-free", "gen": "data-free", "knn": "full access"},
+              "access": {"c2ir": "data-free", "energy": "data-free", "gen": "data-free", "knn": "full access",
+                         "c2ir_paper": "data-free"},
               "metrics": {"c2ir": {"a": m(c2ir_auc, 10), "b": m(100.0, 0)}, "energy": {"a": m(70, 50), "b": m(80, 40)},
+                          "c2ir_paper": {"a": m(60, 50), "b": m(100.0, 0)},
                           "gen": {"a": m(75, 50), "b": m(85, 40)}, "knn": {"a": m(99, 1), "b": m(99, 1)}}}
     (run / "results.json").write_text(json.dumps(result))
 
@@ -41,8 +43,12 @@ def test_summary_mean_std_share_and_best_other(bench, tmp_path):
     assert res["detectors"]["c2ir"]["auroc"] == [90.0, 95.0]  # per-seed mean over the two OOD sets
     text = bench.summary({"digits": res}, "0,1")
     assert "| digits | 2 | 90.0 ± 0.0 | 70.0 ± 10.0 |" in text
-    assert "| c2ir | data-free | 92.5 ± 2.5 / 5.0 |" in text
+    assert "| c2ir: C2IR + Energy (this project's default) | data-free | 92.5 ± 2.5 / 5.0 |" in text
+    assert "| c2ir_paper: C2IR (paper: feature deviations) | data-free | 80.0 ± 0.0 / 25.0 |" in text
     assert "best other data-free detector (gen)" in text  # knn is full access, so not a candidate
+    assert "| best other per set | 75.0 (gen) | 85.0 (gen) | |" in text
+    assert "digits: c2ir minus the best other data-free detector: mean +12.5; per set a +10.0, b +15.0" in text
+    assert "digits: c2ir minus c2ir_paper (what the logit term and the proxy choices add): mean +12.5; per set a +25.0, b +0.0" in text
     lines = text.splitlines()
     assert lines.index(next(x for x in lines if x.startswith("| knn |"))) > lines.index(next(x for x in lines if x.startswith("| gen |")))
 

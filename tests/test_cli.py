@@ -42,15 +42,21 @@ def test_run_end_to_end(first_run, workdir):
     run_dir = sorted((workdir / "outputs" / "runs").rglob("results.md"))[-1].parent
     for name in ("results.md", "results.csv", "impressions_grid.png", "roc_gaussian_noise.png", "hist_c2ir.png"):
         assert (run_dir / name).is_file(), name
-    assert "| c2ir | data-free |" in first_run.stdout
+    assert "| c2ir: C2IR + Energy (this project's default) | data-free |" in first_run.stdout
+    assert "| c2ir_paper: C2IR (paper: feature deviations) | data-free |" in first_run.stdout
     page = (run_dir / "report.html").read_text()
     assert_self_contained(page)
     for name in [*res["metrics"], *res["ood_sets"], res["id_set"], *res["layer_weights"]["layers"]]:
         assert name in page, name
     for section in ("ROC curves", "Score histograms", "Impressions", "Synthesis loss curves", "per-layer AUROC",
-                    "Resolved config", "Artifacts used"):
+                    "What C2IR&#x27;s logit term adds", "Resolved config", "Artifacts used"):
         assert section in page, section
     assert 'class="note"' not in page, "every input of the page should be available after `c2ir run`"
+    fit = res["c2ir_fit"]
+    assert fit["c2ir_paper"]["logit_weight"] == 0.0 and fit["c2ir_paper"]["ipm"] in ("mean_standardized", "mahalanobis")
+    assert fit["c2ir"]["selected"] and (fit["c2ir"]["ipm"], fit["c2ir"]["logit_weight"]) == max(
+        ((c["ipm"], c["logit_weight"]) for c in fit["c2ir"]["criterion"]),
+        key=lambda v: next(c["criterion"] for c in fit["c2ir"]["criterion"] if (c["ipm"], c["logit_weight"]) == v))
     c2ir_layers = res["layer_auroc"]["c2ir"]
     assert c2ir_layers["layers"] == res["layer_weights"]["layers"]
     assert set(c2ir_layers["auroc"]) == set(res["ood_sets"])
@@ -239,6 +245,8 @@ def test_score_a_folder(first_run, workdir):
     assert proc.returncode == 0, proc.stderr[-2000:]
     summary = [line for line in proc.stdout.splitlines() if line.startswith("c2ir score:")]
     assert len(summary) == 1 and "of 4 images flagged as OOD by c2ir" in summary[0] and "1 unreadable" in summary[0]
+    assert "set by rule pseudo_real_cross_fitted: 95% of 80 softened impressions held back" in summary[0]
+    assert "expected ID TPR 88-98%" in summary[0]
     run_dir = sorted((workdir / "outputs" / "runs").glob("*/*_score*"), key=lambda p: p.stat().st_mtime)[-1]
     rows = list(csv.DictReader((run_dir / "scores.csv").open()))
     assert [r["path"] for r in rows] == ["img0.png", "img1.png", "img2.png", "sub/rgb.jpg"]
@@ -246,6 +254,7 @@ def test_score_a_folder(first_run, workdir):
     assert (run_dir / "skipped.txt").read_text().split() == ["broken.png"]
     again = run_cli(["score", *TINY, f"score.input={folder}", "score.detector=energy", cache], cwd=workdir)
     assert again.returncode == 0 and "flagged as OOD by energy" in again.stdout, again.stderr[-2000:]
+    assert "set by rule pseudo_real: 95% of 80 softened impressions below it" in again.stdout
     (workdir / "empty").mkdir()
     _one_line_error(run_cli(["score", f"score.input={workdir / 'empty'}", cache], cwd=workdir), "no files found", "score.input")
     _one_line_error(run_cli(["score", cache], cwd=workdir), "score.input=DIR")

@@ -168,14 +168,17 @@ def test_c2ir_posterior_class_weighting():
 
 
 def test_select_weight_prefers_the_best_then_the_smaller():
-    from c2ir.detectors.c2ir import select_weight
+    from c2ir.detectors.c2ir import select_variant, select_weight
     assert select_weight({0.0: 80.0, 1.0: 90.0, 4.0: 85.0}) == 1.0
     assert select_weight({4.0: 90.0, 0.5: 90.0, 1.0: 70.0}) == 0.5
+    crit = {("mean_standardized", 1.0): 90.0, ("mahalanobis", 0.5): 90.0, ("mahalanobis", 2.0): 80.0}
+    assert select_variant(crit, ["mean_standardized", "mahalanobis"]) == ("mean_standardized", 1.0)  # ties: IPM order
+    assert select_variant(crit, ["mahalanobis", "mean_standardized"]) == ("mahalanobis", 0.5)
+    assert select_variant({**crit, ("mahalanobis", 4.0): 91.0}, ["mean_standardized", "mahalanobis"]) == ("mahalanobis", 4.0)
 
 
-def test_c2ir_selects_its_energy_weight_on_proxies():
+def _tiny_fit_data(with_images: bool = True):
     from c2ir.data.imageset import Normalizer
-    from c2ir.detectors.c2ir import LOGIT_WEIGHT_GRID
     from c2ir.extraction import extract_features
     from c2ir.models.small_cnn import SmallCNN
 
@@ -184,20 +187,55 @@ def test_c2ir_selects_its_energy_weight_on_proxies():
     images, targets = torch.rand(24, 1, 8, 8), torch.arange(24) % 3
     imp = extract_features(model, images, norm, layers, model.fc)
     imp["labels"] = targets
-    ctx = FitData(model=model, layers=layers, impressions=imp, head=model.fc, layer_weights=torch.ones(3) / 3,
-                     class_stats=compute_class_stats(imp, targets, layers, 3), impression_images=images, normalizer=norm)
-    det = build_detector("c2ir", {"type": "c2ir", "select_logit_weight": True}).fit(ctx)
-    assert list(det.selection) == list(LOGIT_WEIGHT_GRID) and all(0 <= c <= 100 for c in det.selection.values())
-    assert det.weight_used == max(det.selection, key=det.selection.get) and det.logit_weight == 1.0
-    fixed = build_detector("c2ir", {"type": "c2ir", "logit_weight": det.weight_used, "select_logit_weight": False}).fit(ctx)
-    assert np.allclose(det.score(imp), fixed.score(imp))      # scoring uses the chosen weight
-    again = build_detector("c2ir", {"type": "c2ir", "select_logit_weight": True})
+    return FitData(model=model, layers=layers, impressions=imp, head=model.fc, layer_weights=torch.ones(3) / 3,
+                   class_stats=compute_class_stats(imp, targets, layers, 3),
+                   impression_images=images if with_images else None, normalizer=norm if with_images else None)
+
+
+def test_c2ir_selects_its_ipm_and_energy_weight_on_proxies():
+    from c2ir.detectors.c2ir import LOGIT_WEIGHT_GRID, SELECTABLE_IPM
+
+    ctx = _tiny_fit_data()
+    imp = ctx.impressions
+    det = build_detector("c2ir", {"type": "c2ir"}).fit(ctx)   # both selections are on by default
+    assert set(det.selection) == {(i, w) for i in ("mean_standardized", SELECTABLE_IPM) for w in LOGIT_WEIGHT_GRID}
+    assert all(0 <= c <= 100 for c in det.selection.values())
+    best = max(det.selection.values())
+    assert det.selection[(det.ipm_used, det.weight_used)] == best and det.logit_weight == 1.0
+    assert det.proxy_criteria(ctx) == det.selection   # the criterion is deterministic
+    fixed = build_detector("c2ir", {"type": "c2ir", "ipm": det.ipm_used, "logit_weight": det.weight_used,
+                                    "select_logit_weight": False, "select_ipm": False}).fit(ctx)
+    assert np.allclose(det.score(imp), fixed.score(imp))      # scoring uses the chosen IPM and weight
+    assert np.allclose(det.reference, fixed.reference)        # ... and so does the threshold's reference
+    assert len(det.reference) == 24 and det.fit_summary()["reference"] == 24
+    again = build_detector("c2ir", {"type": "c2ir"})
     again.load_state(det.state())
-    assert again.weight_used == det.weight_used and np.allclose(again.score(imp), det.score(imp))
-    no_images = FitData(model=model, layers=layers, impressions=imp, head=model.fc, layer_weights=torch.ones(3) / 3,
-                           class_stats=ctx.class_stats)
-    assert build_detector("c2ir", {"type": "c2ir"}).select_logit_weight          # on by default
-    fallback = build_detector("c2ir", {"type": "c2ir", "logit_weight": 2.0}).fit(no_images)  # no images: weight as given
-    assert fallback.weight_used == 2.0 and not fallback.selection
+    assert (again.ipm_used, again.weight_used) == (det.ipm_used, det.weight_used)
+    assert np.allclose(again.score(imp), det.score(imp)) and np.allclose(again.reference, det.reference)
+    summary = det.fit_summary()
+    assert summary["ipm"] == det.ipm_used and summary["selected"] and len(summary["criterion"]) == 14
+
+
+def test_c2ir_paper_and_fallbacks_use_the_configured_values():
+    ctx = _tiny_fit_data()
+    paper = build_detector("c2ir", {"type": "c2ir", "logit_score": "none", "select_ipm": False}).fit(ctx)
+    assert not paper.selection and paper.ipm_used == "mean_standardized" and paper.reference is not None
+    only_ipm = build_detector("c2ir", {"type": "c2ir", "logit_score": "none"}).fit(ctx)
+    assert {w for _, w in only_ipm.selection} == {0.0}
+    fallback = build_detector("c2ir", {"type": "c2ir", "logit_weight": 2.0}).fit(_tiny_fit_data(with_images=False))
+    assert fallback.weight_used == 2.0 and not fallback.selection and fallback.reference is None
     assert not build_detector("c2ir", {"type": "c2ir", "logit_score": "none"}).select_logit_weight
-    assert not build_detector("c2ir", {"type": "c2ir", "ipm": "wasserstein"}).select_logit_weight
+    wass = build_detector("c2ir", {"type": "c2ir", "ipm": "wasserstein"})
+    assert not wass.select_logit_weight and not wass.select_ipm
+
+
+def test_c2ir_distribution_ipm_gets_a_cross_fitted_reference_too():
+    from c2ir.extraction import extract_features
+
+    ctx = _tiny_fit_data()
+    imp = extract_features(ctx.model, ctx.impression_images, ctx.normalizer, ctx.layers, ctx.head, spatial_grid=2)
+    imp["labels"] = ctx.impressions["labels"]
+    ctx.impressions, ctx.class_stats = imp, compute_class_stats(imp, imp["labels"], ctx.layers, 3, 16)
+    det = build_detector("c2ir", {"type": "c2ir", "ipm": "wasserstein"}).fit(ctx)
+    assert not det.selection and det.ipm_used == "wasserstein" and len(det.reference) == 24
+    assert np.isfinite(det.reference).all()

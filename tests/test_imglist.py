@@ -42,6 +42,13 @@ def test_malformed_lists_are_one_line(tmp_path, text, words):
         open_imglist(tmp_path, "benchmark_imglist/b/test_x.txt", "images_classic", "x", "ood.x.root")
 
 
+
+def test_a_list_that_is_not_utf8_is_one_line(tmp_path):
+    _tree(tmp_path, "")
+    (tmp_path / "benchmark_imglist" / "b" / "test_x.txt").write_bytes(b"a/0.png 1\na/\xff.png 1\n")
+    with pytest.raises(C2IRError, match=r"x: image list .*test_x\.txt is not UTF-8 text \(byte 12\); save it as UTF-8"):
+        open_imglist(tmp_path, "benchmark_imglist/b/test_x.txt", "images_classic", "x", "ood.x.root")
+
 def test_missing_list_and_missing_images_name_the_layout_and_the_key(tmp_path):
     with pytest.raises(C2IRError, match=r"x: image list not found: .*test_x\.txt \(expected OpenOOD v1\.5's data folder: "
                                         r"<root>/benchmark_imglist/.*\); set ood\.x\.root to that folder"):

@@ -78,6 +78,8 @@ def test_pytorch_ood_fit_ignores_ood_rows_and_features_match_inputs():
     torch.testing.assert_close(feats.predict_features(z_test), clean(x_test), rtol=1e-5, atol=1e-6)
     with pytest.raises(C2IRError, match="fit\\(loader\\)"):
         C2IRDetector("knn_imp", model).fit_features(model[:2](x_fit), y_fit)
+    with pytest.raises(C2IRError, match="pass the labels"):
+        C2IRDetector("mahalanobis", model).fit_features(model[:2](x_fit))
 
 
 # ----- OpenOOD ----------------------------------------------------------------------------------

@@ -69,3 +69,25 @@ def test_unknown_ipm_is_a_clear_error():
 
     with pytest.raises(C2IRError, match="unknown ipm"):
         ipm.get_ipm("nope")
+
+
+def test_mahalanobis_known_answers():
+    """Identity precision: the L2 distance to the class mean over sqrt(C); diagonal precision 1/var:
+    mean_standardized with that variance; the stats' precision is the inverse of the Ledoit-Wolf covariance."""
+    from sklearn.covariance import LedoitWolf
+
+    torch.manual_seed(2)
+    x = torch.randn(30, 4) * torch.tensor([1.0, 2.0, 0.5, 3.0])
+    labels = torch.arange(30) % 3
+    s = layer_class_stats(x, labels, 3)
+    pred = torch.tensor([0, 1, 2] * 10)
+    eye = torch.eye(4)
+    assert torch.allclose(ipm.mahalanobis(x, s.mean, eye, pred).float(), ipm.mean_l2(x, s.mean, pred) / 2, atol=1e-5)
+    var = torch.tensor([1.0, 4.0, 0.25, 9.0])
+    tied_var = var.expand(3, 4)
+    assert torch.allclose(ipm.mahalanobis(x, s.mean, torch.diag(1 / var), pred).float(),
+                          ipm.mean_standardized(x, s.mean, tied_var, pred, eps=0.0), atol=1e-5)
+    centred = (x.double() - s.mean.double()[labels]).numpy()
+    expected = LedoitWolf(assume_centered=True).fit(centred).precision_
+    assert torch.allclose(s.precision.double(), torch.from_numpy(expected), rtol=1e-4, atol=1e-5)
+    assert torch.allclose(ipm.get_ipm("mahalanobis")(s.mean, None, s, torch.arange(3), {}), torch.zeros(3, dtype=torch.float64))

@@ -15,22 +15,30 @@ def _metrics(auroc, fpr):
 def _result(c2ir_auroc=90.0):
     return {"id_set": "digits-test", "id_accuracy": 0.975, "ood_sets": ["noise", "shuffled"],
             "counts": {"digits-test": 540, "noise": 100, "shuffled": 50},
-            "access": {"c2ir": "data-free", "msp": "data-free", "knn": "full access", "energy": "data-free"},
+            "access": {"c2ir": "data-free", "msp": "data-free", "knn": "full access", "energy": "data-free",
+                       "c2ir_paper": "data-free"},
             "metrics": {"knn": {"noise": _metrics(99.0, 1.0), "shuffled": _metrics(97.0, 5.0)},
                         "msp": {"noise": _metrics(60.0, 80.0), "shuffled": _metrics(70.0, 60.0)},
                         "c2ir": {"noise": _metrics(c2ir_auroc, 20.0), "shuffled": _metrics(80.0, 40.0)},
-                        "energy": {"noise": _metrics(65.0, 70.0), "shuffled": _metrics(75.0, 50.0)}},
+                        "energy": {"noise": _metrics(65.0, 70.0), "shuffled": _metrics(75.0, 50.0)},
+                        "c2ir_paper": {"noise": _metrics(70.0, 30.0), "shuffled": _metrics(60.0, 50.0)}},
             "ipm": {"name": "mean_standardized"},
             "layer_weights": {"method": "grad_abs", "layers": ["a", "b"], "weights": [0.25, 0.75]}}
 
 
 def test_detector_order_is_c2ir_then_data_free_then_full_access():
-    assert report.ordered_detectors(_result()) == ["c2ir", "energy", "msp", "knn"]
+    assert report.ordered_detectors(_result()) == ["c2ir", "c2ir_paper", "energy", "msp", "knn"]
+
+
+def test_the_two_c2ir_rows_say_what_they_are():
+    assert report.label("c2ir") == "c2ir: C2IR + Energy (this project's default)"
+    assert report.label("c2ir_paper") == "c2ir_paper: C2IR (paper: feature deviations)"
+    assert report.label("energy") == "energy"
 
 
 def test_rows_have_one_row_per_set_and_the_mean_over_sets():
     rows = report.rows(_result())
-    assert len(rows) == 4 * 3
+    assert len(rows) == 5 * 3
     c2ir = [r for r in rows if r["detector"] == "c2ir"]
     assert [r["ood"] for r in c2ir] == ["noise", "shuffled", "mean"]
     assert c2ir[-1]["auroc"] == pytest.approx(85.0) and c2ir[-1]["fpr95"] == pytest.approx(30.0)
@@ -42,24 +50,32 @@ def test_summary_table_cells_and_header_line():
     table = report.summary_table(_result()).splitlines()
     assert table[0] == ("| detector | access | noise AUROC / FPR95 (ID+) | shuffled AUROC / FPR95 (ID+) "
                         "| mean AUROC / FPR95 (ID+) |")
-    assert table[2] == "| c2ir | data-free | 90.0 / 20.0 | 80.0 / 40.0 | 85.0 / 30.0 |"
+    assert table[2] == "| c2ir: C2IR + Energy (this project's default) | data-free | 90.0 / 20.0 | 80.0 / 40.0 | 85.0 / 30.0 |"
+    assert table[3].startswith("| c2ir_paper: C2IR (paper: feature deviations) | data-free | 70.0 / 30.0 |")
     assert table[-1].startswith("| knn | full access |")
     assert report.header(_result()) == ("ID set: digits-test (540 images), ID accuracy: 97.50%; "
                                         "OOD sets: noise (100), shuffled (50)")
     assert report.weights_line(_result()) == "C2IR: ipm=mean_standardized, MGI weights (grad_abs): a=0.250, b=0.750"
     assert report.weights_line({**_result(), "layer_weights": {}}) == ""
+    fit = {"c2ir": {"ipm": "mahalanobis", "logit_score": "energy", "logit_weight": 8.0, "selected": True},
+           "c2ir_paper": {"ipm": "mean_standardized", "logit_score": "none", "logit_weight": 0.0, "selected": False}}
+    assert report.weights_line({**_result(), "c2ir_fit": fit}).endswith(
+        "b=0.750; c2ir uses ipm=mahalanobis, energy x8 (chosen on proxy outliers); c2ir_paper uses ipm=mean_standardized")
 
 
 def test_write_reports_writes_md_csv_and_json(tmp_path):
     report.write_reports(tmp_path / "run", _result())
     md = (tmp_path / "run" / "results.md").read_text()
-    assert "| c2ir | data-free | mean | 30.00 | 85.00 | 84.00 | 83.00 | 82.00 |" in md
+    assert "| c2ir: C2IR + Energy (this project's default) | data-free | mean | 30.00 | 85.00 | 84.00 | 83.00 | 82.00 |" in md
     assert report.CONVENTION in md
     with (tmp_path / "run" / "results.csv").open() as f:
         rows = list(csv.DictReader(f))
-    assert len(rows) == 12 and rows[0]["detector"] == "c2ir" and float(rows[0]["auroc"]) == 90.0
+    assert len(rows) == 15 and rows[0]["detector"] == "c2ir" and float(rows[0]["auroc"]) == 90.0
+    assert rows[0]["label"] == "C2IR + Energy (this project's default)" and rows[3]["detector"] == "c2ir_paper"
+    assert rows[-1]["label"] == ""
     data = json.loads((tmp_path / "run" / "results.json").read_text())
     assert data["rows"] == report.rows(_result()) and data["convention"] == report.CONVENTION
+    assert data["labels"] == {d: report.DETECTOR_LABELS[d] for d in ("c2ir", "c2ir_paper")}
 
 
 def _write_run(directory, result, overrides):

@@ -37,8 +37,12 @@ def fake_result(dets: list[str], rng: np.random.Generator) -> tuple[dict, dict]:
 
 def fake_inputs(n_dets: int = 3, seed: int = 0) -> RunInputs:
     rng = np.random.default_rng(seed)
-    dets = ["c2ir", *[f"det{i:02d}" for i in range(n_dets - 1)]]
+    dets = ["c2ir", "c2ir_paper", *[f"det{i:02d}" for i in range(n_dets - 2)]]
     result, scores = fake_result(dets, rng)
+    result["c2ir_fit"] = {"c2ir": {"ipm": "mean_standardized", "logit_score": "energy", "logit_weight": 1.0,
+                                   "selected": True, "reference": 40,
+                                   "criterion": [{"ipm": "mean_standardized", "logit_weight": w, "criterion": 90 - w}
+                                                 for w in (0.0, 1.0)]}}
     targets = np.arange(40) % 4
     predicted = targets.copy()
     predicted[[1, 6]] = 0  # two impressions miss their target
@@ -63,7 +67,7 @@ def test_run_page_is_complete_and_self_contained(tmp_path):
     page = path.read_text()
     assert_self_contained(page)
     for det in inp.result["metrics"]:
-        assert f">{det}<" in page, det
+        assert f">{report.label(det)}<" in page.replace("&#x27;", "'"), det
     for name in [*OODS, "digits-test", "act1", "act3", "grad_abs", "abc123", "ipm:", "on target %"]:
         assert name in page, name
     for section in ("Results", "ROC curves", "Score histograms", "Impressions", "Synthesis loss curves",
@@ -193,6 +197,26 @@ def test_impressions_grid_labels_classes_and_frames_misses_in_red():
     cell = 4 + 2 * 2
     assert red[:cell, :cell].any() and not red[:, cell:].any() and not red[cell:, :].any()
     plots.to_png(fig)
+
+
+def test_run_page_shows_what_the_logit_term_adds():
+    rng = np.random.default_rng(3)
+    result, _ = fake_result(["c2ir", "c2ir_paper", "energy", "knn", "mahalanobis"], rng)
+    crit = [{"ipm": i, "logit_weight": w, "criterion": 80.0 + w + (i == "mahalanobis")}
+            for i in ("mean_standardized", "mahalanobis") for w in (0.0, 4.0)]
+    result["c2ir_fit"] = {"c2ir": {"ipm": "mahalanobis", "logit_score": "energy", "logit_weight": 4.0, "selected": True,
+                                   "criterion": crit, "reference": 40},
+                          "c2ir_paper": {"ipm": "mean_standardized", "logit_score": "none", "logit_weight": 0.0,
+                                         "selected": False, "criterion": [], "reference": 40}}
+    html = report_html.run_page(RunInputs(result=result)).render()
+    m = result["metrics"]
+    diff = m["c2ir"]["noise_a"]["auroc"] - m["c2ir_paper"]["noise_a"]["auroc"]
+    assert f"<td>{diff:+.1f}</td>" in html and "AUROC: difference" in html
+    assert "C2IR (paper: feature deviations)" in html and "C2IR + Energy (this project&#x27;s default)" in html
+    assert "ipm=mahalanobis, energy weight x4" in html and "<td>*85.0</td>" in html   # the chosen cell is starred
+    assert "ipm=mean_standardized, none weight x0 (as configured" in html
+    bare = report_html.run_page(RunInputs(result=fake_result(["c2ir", "energy", "knn", "maha"], rng)[0])).render()
+    assert "Add both c2ir and c2ir_paper" in bare and "made before it was recorded" in bare
 
 
 def test_pareto_front_keeps_the_settings_worth_their_cost():

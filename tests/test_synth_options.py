@@ -260,6 +260,22 @@ def test_deepinversion_keeps_the_cache_key_of_the_former_default(tmp_path):
     assert synthesize.key(RunContext(make_cfg(tmp_path, []))) != synthesize.key(RunContext(cfg))
 
 
+def test_a_full_size_warm_up_does_not_share_the_key_of_a_half_resolution_one(tmp_path):
+    """Before issue 20 a warm-up always ran at half resolution; on the 8 px digits it now runs at full size
+    (same config values, another computation), so its key is not the key those values gave before."""
+    from c2ir.stages import synthesize
+    from c2ir.stages.common import RunContext
+
+    def keys(overrides: list[str]) -> tuple[str, str]:
+        ctx = RunContext(make_cfg(tmp_path, ["synth=deepinversion", *overrides]))
+        assert ctx.cfg.data.image_size == 8
+        return synthesize.key(ctx), ctx.key("synthesize", ctx.fields("synthesize"), {"model": ctx.model_key})
+
+    marked, former = keys(["synth.warmup_iterations=8"])
+    assert marked != former
+    assert len(set(keys([]))) == 1  # no warm-up: the key is the former one
+    assert len(set(keys(["synth.warmup_iterations=8", "synth.warmup_min_size=4"]))) == 1  # half size runs
+
 @pytest.mark.parametrize("override,named", [
     ("synth.lr_schedule=step", "synth.lr_schedule='step'"),
     ("synth.stop_patience=-1", "synth.stop_patience=-1"),

@@ -7,13 +7,19 @@ scale on the impressions themselves and combined with the MGI layer weights:
 
     S(x) = sum_l w_l * n_l(d_l(x))  [+ logit_weight * n_0(logit score)]
 
-Higher S means more likely OOD. The optional logit term (e.g. Energy, z-scored on the
-impressions) is a data-free variant: it uses nothing but the model and the impressions.
-Its weight is chosen at fit time by default (`select_logit_weight`): the impressions of each
-class are split into two folds; on each fold the detector is fitted on one half, and the other
-half (held back, ID) is separated from three proxy outliers made from it (`c2ir.proxies`: 4x4
-patch-permuted, blurred, two-class mixtures); the weight of `LOGIT_WEIGHT_GRID` with the best
-mean AUROC wins (ties go to the smaller weight). No real ID or OOD data is used.
+Higher S means more likely OOD. With `logit_score=none` this is the paper's method (the
+`c2ir_paper` config); the optional logit term (e.g. Energy, z-scored on the impressions) is this
+project's data-free addition: it uses nothing but the model and the impressions.
+
+Data-free choices at fit time (on by default): the IPM (`select_ipm`: the configured one or the
+tied-covariance `mahalanobis`) and the logit term's weight (`select_logit_weight`, from
+`LOGIT_WEIGHT_GRID`). The impressions of each class are split into two folds; on each fold the
+detector is fitted on one half, and the other half, softened (`c2ir.proxies.softened`: a mild blur
+that removes synthesis residue; the pseudo-real ID side), is separated from three proxy outliers
+made from it (`c2ir.proxies`: 4x4 patch-permuted, blurred, two-class mixtures); the candidate with the
+best mean AUROC wins (ties go to the paper's IPM and the smaller weight). No real ID or OOD data is
+used. The same cross-fitted scores of the softened held-back impressions are kept (`reference`):
+`c2ir.threshold` sets the data-free threshold on them.
 Normalisation `impression_z` maps d_l to (d_l - mean) / std over the impressions' own
 deviations; `impression_std` divides by that std; `none` leaves raw deviations.
 """
@@ -21,6 +27,8 @@ deviations; `impression_std` divides by that std; `none` leaves raw deviations.
 from __future__ import annotations
 
 import logging
+import math
+from collections.abc import Iterable
 
 import numpy as np
 import torch
@@ -32,22 +40,31 @@ from c2ir.errors import C2IRError
 from c2ir.extraction import FeatureBundle, batches, extract_features
 from c2ir.ipm import IPMS, get_ipm
 from c2ir.metrics import auroc
-from c2ir.proxies import folds, proxy_images
+from c2ir.proxies import folds, proxy_images, softened
 from c2ir.stats import ClassStats, compute_class_stats
 
 log = logging.getLogger(__name__)
 
 NORMALIZATIONS = ("impression_z", "impression_std", "none")
 CLASS_WEIGHTINGS = ("argmax", "posterior")
-LOGIT_WEIGHT_GRID = (0.0, 0.5, 1.0, 2.0, 4.0)   # candidates of select_logit_weight
+LOGIT_WEIGHT_GRID = (0.0, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0)   # candidates of select_logit_weight
+SELECTABLE_IPM = "mahalanobis"   # the deviation measure select_ipm may switch to from the configured one
+MIN_PER_CLASS = 4                # impressions per class the fold split needs (2 per fold)
 
-__all__ = ["C2IR", "CLASS_WEIGHTINGS", "LOGIT_SCORES", "LOGIT_WEIGHT_GRID", "NORMALIZATIONS", "combine",
-           "impression_scale", "posterior_weighted", "select_weight"]
+__all__ = ["C2IR", "CLASS_WEIGHTINGS", "LOGIT_SCORES", "LOGIT_WEIGHT_GRID", "NORMALIZATIONS", "SELECTABLE_IPM",
+           "combine", "impression_scale", "posterior_weighted", "select_variant", "select_weight"]
 
 
 def select_weight(criteria: dict[float, float]) -> float:
     """The weight with the highest criterion; ties go to the smaller weight (pure)."""
     return max(sorted(criteria), key=lambda w: criteria[w])
+
+
+def select_variant(criteria: dict[tuple[str, float], float], order: Iterable[str]) -> tuple[str, float]:
+    """The (ipm, weight) with the highest criterion; ties go to the IPM listed first in `order`, then to
+    the smaller weight (pure)."""
+    rank = {name: i for i, name in enumerate(order)}
+    return max(sorted(criteria, key=lambda v: (rank[v[0]], v[1])), key=lambda v: criteria[v])
 
 
 def posterior_weighted(dev_per_class: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
@@ -75,6 +92,14 @@ def combine(raw: torch.Tensor, loc: torch.Tensor, spread: torch.Tensor, weights:
     return score
 
 
+def _take(bundle: FeatureBundle, idx: torch.Tensor) -> FeatureBundle:
+    return {k: v[idx] for k, v in bundle.items()}
+
+
+def _name_tensor(name: str) -> torch.Tensor:
+    return torch.tensor(list(name.encode()), dtype=torch.uint8)
+
+
 class C2IR(Detector):
     """C2IR on cached features: class-conditional IPM deviations, scaled on the impressions, MGI-weighted.
 
@@ -84,15 +109,16 @@ class C2IR(Detector):
         ipm_seed: seed of the IPM's random constants (bandwidth subsample, projections).
         ipm_projections: random directions of `sliced_wasserstein`.
         normalize: `impression_z`, `impression_std` or `none` (see the module docstring).
-        logit_score: optional logit term, `energy`, `msp`, `maxlogit` or `none`.
+        logit_score: optional logit term, `energy`, `msp`, `maxlogit` or `none` (the paper's method).
         logit_weight: weight of the logit term after z-scoring it on the impressions.
         class_weighting: `argmax` (deviation from the predicted class) or `posterior`
             (softmax-weighted deviation over every class).
         select_logit_weight: choose the logit term's weight at fit time from `LOGIT_WEIGHT_GRID`
-            with proxy outliers made from the impressions (module docstring); `logit_weight` is
-            then unused. On by default (BENCHMARKS section 11: x1 on digits, x4 on the CIFAR
-            ResNet-20, chosen without test data); ignored for `logit_score=none` or a distribution
-            IPM. Needs the impression images and the model (the CLI and the API provide both).
+            (module docstring); `logit_weight` is then unused. Ignored for `logit_score=none`.
+        select_ipm: choose at fit time between `ipm` and `SELECTABLE_IPM` (the same criterion).
+            Both selections: on by default, only for pooled IPMs (a distribution IPM is used as given),
+            need the impression images and the model (the CLI and the API provide both; without
+            them the configured values are used, with a warning). docs/BENCHMARKS.md sections 11, 15.
     """
 
     limits = {"ipm_projections": ">= 1", "ipm_seed": ">= 0"}
@@ -101,7 +127,7 @@ class C2IR(Detector):
     def __init__(self, name: str = "c2ir", *, fit_on: str = "impressions", ipm: str = "mean_standardized",
                  ipm_seed: int = 0, ipm_projections: int = 64, normalize: str = "impression_z",
                  logit_score: str = "energy", logit_weight: float = 1.0, class_weighting: str = "argmax",
-                 select_logit_weight: bool = True) -> None:
+                 select_logit_weight: bool = True, select_ipm: bool = True) -> None:
         super().__init__(name, fit_on=fit_on)
         get_ipm(str(ipm))  # fail at construction, not at fit
         if normalize not in NORMALIZATIONS:
@@ -111,17 +137,20 @@ class C2IR(Detector):
         if class_weighting not in CLASS_WEIGHTINGS:
             raise C2IRError(f"{name}.class_weighting={class_weighting!r}; choose one of {', '.join(CLASS_WEIGHTINGS)}")
         self.class_weighting = str(class_weighting)
-        # the selection needs a logit term and a pooled IPM; elsewhere `logit_weight` is used as given
-        self.select_logit_weight = (bool(select_logit_weight) and logit_score != "none"
-                                    and not IPMS[str(ipm)].needs_spatial)
-        self.weight_used = float(logit_weight)
-        self.selection: dict[float, float] = {}
+        pooled = not IPMS[str(ipm)].needs_spatial
+        # the selections need a pooled IPM (and a logit term, for its weight); elsewhere the values are used as given
+        self.select_logit_weight = bool(select_logit_weight) and logit_score != "none" and pooled
+        self.select_ipm = bool(select_ipm) and pooled
         self.ipm, self.ipm_seed, self.ipm_projections = str(ipm), int(ipm_seed), int(ipm_projections)
         self.normalize, self.logit_score, self.logit_weight = str(normalize), str(logit_score), float(logit_weight)
+        self.ipm_used, self.weight_used = self.ipm, self.logit_weight
+        self.selection: dict[tuple[str, float], float] = {}
+        self.reference: np.ndarray | None = None   # cross-fitted scores of softened held-back impressions
 
     @property
     def needs(self) -> frozenset[str]:
-        base = {POOLED_LAYERS, CLASS_STATS, LAYER_WEIGHTS} | ({IMPRESSION_IMAGES} if self.select_logit_weight else set())
+        # the impression images: for the selections and the threshold's pseudo-real reference
+        base = {POOLED_LAYERS, CLASS_STATS, LAYER_WEIGHTS, IMPRESSION_IMAGES}
         return frozenset(base | {SPATIAL}) if IPMS[self.ipm].needs_spatial else frozenset(base)
 
     @property
@@ -129,71 +158,148 @@ class C2IR(Detector):
         """Spatial features too: an `ipm=` sweep may choose a distribution IPM."""
         return self.needs | {SPATIAL}
 
+    @property
+    def selecting(self) -> bool:
+        return self.select_logit_weight or self.select_ipm
+
+    def candidates(self) -> tuple[list[str], list[float]]:
+        """The IPMs and logit weights the fit chooses among (the configured ones when not selecting)."""
+        ipms = [self.ipm] + ([SELECTABLE_IPM] if self.select_ipm and self.ipm != SELECTABLE_IPM else [])
+        if self.logit_score == "none":
+            return ipms, [0.0]
+        return ipms, list(LOGIT_WEIGHT_GRID) if self.select_logit_weight else [self.logit_weight]
+
+    # ----- fit -------------------------------------------------------------------------------
     def _fit(self, data: FitData) -> None:
         if data.class_stats is None or data.impressions is None:
             raise C2IRError("c2ir needs impression statistics: run collect-stats (or `c2ir run`) first")
         weights = data.layer_weights if data.layer_weights is not None else torch.ones(len(data.class_stats.layers))
-        self._setup(data.class_stats, weights)
+        self.ipm_used, self.weight_used = self.ipm, self.logit_weight
+        self.selection, self.reference = {}, None
+        folds_ = self._fold_sets(data)
+        if folds_ is not None:
+            ipms, ws = self.candidates()
+            scored = {ipm: self._fold_scores(folds_, ipm, weights) for ipm in ipms}
+            if self.selecting:
+                self.selection = {(ipm, w): self._criterion(scored[ipm], w) for ipm in ipms for w in ws}
+                self.ipm_used, self.weight_used = select_variant(self.selection, ipms)
+                log.info("%s: ipm=%s, %s weight x%g chosen on proxy outliers (criterion %s)", self.name, self.ipm_used,
+                         self.logit_score, self.weight_used,
+                         ", ".join(f"{i}/x{w:g}: {c:.1f}" for (i, w), c in self.selection.items()))
+            self.reference = self._reference(scored[self.ipm_used], self.weight_used)
+        self._setup(data.class_stats, weights, self.ipm_used)
         self.loc, self.spread = impression_scale(self.layer_deviations(data.impressions), self.normalize)
         self.logit_imp = (None if self.logit_score == "none"
                           else LOGIT_SCORES[self.logit_score](data.impressions["logits"]))
-        self.weight_used = self.logit_weight
-        counts = torch.bincount(data.impressions["labels"].long()) if self.select_logit_weight else None
+
+    def _fold_sets(self, data: FitData) -> list[dict] | None:
+        """Per fold: the fit half's statistics and features, the held-back half softened (pseudo-real ID) and, when
+        selecting, the proxy outliers made from the held-back half; None (with a warning) when it cannot be made."""
         missing = data.impression_images is None or data.model is None or data.head is None or data.normalizer is None
-        if counts is not None and missing:
-            log.warning("%s: select_logit_weight needs the impression images and the model (fit through "
-                        "`c2ir evaluate`/`c2ir run` or c2ir.C2IR); using logit_weight=%g", self.name, self.logit_weight)
-        elif counts is not None and int(counts[counts > 0].min()) < 4:
-            log.warning("%s: select_logit_weight needs at least 4 impressions per class (2 per fold) (got %d); using "
-                        "logit_weight=%g", self.name, int(counts[counts > 0].min()), self.logit_weight)
-        elif self.select_logit_weight:
-            self.selection = self.proxy_criteria(data)
-            self.weight_used = select_weight(self.selection)
-            log.info("%s: Energy weight x%g chosen on proxy outliers (criterion %s)", self.name, self.weight_used,
-                     ", ".join(f"x{w:g}: {c:.1f}" for w, c in self.selection.items()))
+        targets = data.impressions["labels"].long()  # type: ignore[index]
+        counts = torch.bincount(targets)
+        what = "the choice of ipm / logit weight and the threshold's pseudo-real reference"
+        if missing:
+            log.log(logging.WARNING if self.selecting else logging.INFO,
+                    "%s: %s need the impression images and the model (fit through `c2ir evaluate`/`c2ir run` or "
+                    "c2ir.C2IR); using ipm=%s, logit_weight=%g and a threshold without held-back impressions",
+                    self.name, what, self.ipm, self.logit_weight)
+            return None
+        if int(counts[counts > 0].min()) < MIN_PER_CLASS:
+            log.warning("%s: %s need at least %d impressions per class (got %d); using ipm=%s, logit_weight=%g and a "
+                        "threshold without held-back impressions", self.name, what, MIN_PER_CLASS,
+                        int(counts[counts > 0].min()), self.ipm, self.logit_weight)
+            return None
+        imp, k = data.impressions, len(data.class_stats.per_layer[data.class_stats.layers[0]].mean)  # type: ignore[union-attr]
+        layers = list(data.class_stats.layers)  # type: ignore[union-attr]
+        device = next(data.model.parameters()).device  # type: ignore[union-attr]
+        # a distribution IPM compares spatial vectors: the folds sample them as collect-stats did
+        samples = data.class_stats[layers[0]].samples  # type: ignore[index]
+        spatial = imp.get(f"spatial/{layers[0]}")
+        max_spatial = 0 if samples is None else int(samples.shape[1])
+        grid = 0 if spatial is None or not IPMS[self.ipm].needs_spatial else math.isqrt(int(spatial.shape[1]))
 
-    def proxy_criteria(self, data: FitData) -> dict[float, float]:
-        """Criterion per candidate weight: mean AUROC (%) of held-back impressions vs proxy outliers
-        made from them, over the three proxies and both folds (module docstring)."""
-        if data.impression_images is None or data.model is None or data.head is None or data.normalizer is None:
-            raise C2IRError(f"{self.name}.select_logit_weight=true needs the impression images and the model; "
-                            "fit it through `c2ir evaluate`/`c2ir run`, or set select_logit_weight=false")
-        imp, targets = data.impressions, data.impressions["labels"]
-        k = len(self.stats[self.layers[0]].mean)
-        fn = LOGIT_SCORES[self.logit_score]
-        aucs: dict[float, list[float]] = {w: [] for w in LOGIT_WEIGHT_GRID}
+        def features(pixels: torch.Tensor, desc: str) -> FeatureBundle:
+            return extract_features(data.model, pixels, data.normalizer, layers, data.head, desc=desc,  # type: ignore[arg-type]
+                                    device=device, spatial_grid=grid, with_bn=False)
+
+        out = []
         for f, (a, b) in enumerate((folds(targets), folds(targets)[::-1])):
-            fold = C2IR(self.name, ipm=self.ipm, ipm_seed=self.ipm_seed, ipm_projections=self.ipm_projections,
-                        normalize=self.normalize, logit_score=self.logit_score, class_weighting=self.class_weighting)
-            fold._setup(compute_class_stats({n: v[a] for n, v in imp.items()}, targets[a], self.layers, k), self.weights)
-            fit_a = {n: v[a] for n, v in imp.items()}
-            loc, spread = impression_scale(fold.layer_deviations(fit_a), self.normalize)
-            logit_a = fn(fit_a["logits"])
-            sets = {"held_back": {n: v[b] for n, v in imp.items()}}
-            for pname, pix in proxy_images(data.impression_images[b], targets[b], seed=f).items():
-                sets[pname] = extract_features(data.model, pix, data.normalizer, self.layers, data.head, desc=pname,
-                                               device=next(data.model.parameters()).device, with_bn=False)
-            raw = {n: fold.layer_deviations(s) for n, s in sets.items()}
-            for w in LOGIT_WEIGHT_GRID:
-                sc = {n: combine(raw[n], loc, spread, self.weights, fn(s["logits"]), logit_a, w).numpy()
-                      for n, s in sets.items()}
-                aucs[w] += [100 * auroc(sc["held_back"], sc[p]) for p in sets if p != "held_back"]
-        return {w: float(np.mean(v)) for w, v in aucs.items()}
+            fit_a = _take(imp, a)
+            sets = {"reference": features(softened(data.impression_images[b]), "pseudo-real")}  # type: ignore[index]
+            if self.selecting:
+                for pname, pix in proxy_images(data.impression_images[b], targets[b], seed=f).items():  # type: ignore[index]
+                    sets[pname] = features(pix, pname)
+            out.append({"stats": compute_class_stats(fit_a, targets[a], layers, k, max_spatial), "fit": fit_a, "sets": sets})
+        return out
 
-    def _setup(self, stats: ClassStats, weights: torch.Tensor) -> None:
+    def _fold_scores(self, folds_: list[dict], ipm: str, weights: torch.Tensor) -> list[dict]:
+        """Per fold, for one IPM: the normalised, MGI-weighted deviation sum and the logit z-score of every set."""
+        fn = LOGIT_SCORES.get(self.logit_score)
+        out = []
+        for fold in folds_:
+            variant = C2IR(self.name, ipm=ipm, ipm_seed=self.ipm_seed, ipm_projections=self.ipm_projections,
+                           normalize=self.normalize, logit_score=self.logit_score, class_weighting=self.class_weighting)
+            variant._setup(fold["stats"], weights, ipm)
+            loc, spread = impression_scale(variant.layer_deviations(fold["fit"]), self.normalize)
+            logit_fit = None if fn is None else fn(fold["fit"]["logits"])
+            rec = {}
+            for name, s in fold["sets"].items():
+                feat = combine(variant.layer_deviations(s), loc, spread, variant.weights)
+                logit = (torch.zeros_like(feat) if fn is None else
+                         (fn(s["logits"]) - logit_fit.mean()) / logit_fit.std().clamp(min=1e-12))
+                rec[name] = (feat, logit)
+            out.append(rec)
+        return out
+
+    @staticmethod
+    def _criterion(fold_scores: list[dict], weight: float) -> float:
+        """Mean AUROC (%) of the pseudo-real held-back impressions vs each proxy set, over both folds."""
+        aucs = []
+        for rec in fold_scores:
+            score = {n: (f + weight * lg).numpy() for n, (f, lg) in rec.items()}
+            aucs += [100 * auroc(score["reference"], score[p]) for p in score if p != "reference"]
+        return float(np.mean(aucs))
+
+    @staticmethod
+    def _reference(fold_scores: list[dict], weight: float) -> np.ndarray:
+        f_lg = [rec["reference"] for rec in fold_scores]
+        return np.concatenate([(f + weight * lg).numpy() for f, lg in f_lg]).astype(np.float64)
+
+    def proxy_criteria(self, data: FitData) -> dict[tuple[str, float], float]:
+        """Criterion per candidate (ipm, weight) (module docstring); what `fit` chooses from."""
+        folds_ = self._fold_sets(data)
+        if folds_ is None:
+            raise C2IRError(f"{self.name}: the proxy criterion needs the impression images, the model and at least "
+                            f"{MIN_PER_CLASS} impressions per class")
+        weights = data.layer_weights if data.layer_weights is not None else torch.ones(len(data.class_stats.layers))  # type: ignore[union-attr]
+        ipms, ws = self.candidates()
+        scored = {ipm: self._fold_scores(folds_, ipm, weights) for ipm in ipms}
+        return {(ipm, w): self._criterion(scored[ipm], w) for ipm in ipms for w in ws}
+
+    def fit_summary(self) -> dict:
+        """What the fit chose and on what evidence (results.json `c2ir_fit`, report.html)."""
+        return {"ipm": self.ipm_used, "logit_score": self.logit_score,
+                "logit_weight": self.weight_used if self.logit_score != "none" else 0.0,
+                "selected": bool(self.selection),
+                "criterion": [{"ipm": i, "logit_weight": w, "criterion": c} for (i, w), c in self.selection.items()],
+                "reference": None if self.reference is None else len(self.reference)}
+
+    def _setup(self, stats: ClassStats, weights: torch.Tensor, ipm: str | None = None) -> None:
         self.stats = stats
         self.layers = list(stats.layers)
         if len(weights) != len(self.layers):
             raise C2IRError(f"c2ir: {len(weights)} MGI weights for {len(self.layers)} layers; rerun weight-layers")
         self.weights = weights.double()
-        fn = get_ipm(self.ipm)
+        self.ipm_used = ipm or self.ipm_used
+        fn = get_ipm(self.ipm_used)
         self.extra = {n: fn.prepare(stats[n], seed=self.ipm_seed, projections=self.ipm_projections)
                       for n in self.layers}
 
     def layer_deviations(self, feats: FeatureBundle, chunk: int = 1024) -> torch.Tensor:
         """(N, L) raw IPM deviations of each input from its predicted class (or, with
         `class_weighting=posterior`, the softmax-weighted deviation over classes), per layer."""
-        fn = IPMS[self.ipm]
+        fn = IPMS[self.ipm_used]
         logits = feats["logits"]
         pred = logits.argmax(1)
         classes = len(self.stats[self.layers[0]].mean) if self.class_weighting == "posterior" else 0
@@ -221,18 +327,23 @@ class C2IR(Detector):
     def state(self) -> dict[str, torch.Tensor]:
         out = {f"stats/{k}": v for k, v in self.stats.to_tensors().items()}
         out.update({"weights": self.weights, "loc": self.loc, "spread": self.spread,
-                    "weight_used": torch.tensor([self.weight_used], dtype=torch.float64)})
+                    "weight_used": torch.tensor([self.weight_used], dtype=torch.float64),
+                    "ipm_used": _name_tensor(self.ipm_used)})
         out.update({f"layer/{i:03d}/{n}": torch.zeros(0) for i, n in enumerate(self.layers)})  # names, in order
         if self.logit_imp is not None:
             out["logit_imp"] = self.logit_imp
+        if self.reference is not None:
+            out["reference"] = torch.from_numpy(self.reference)
         return out
 
     def load_state(self, tensors: dict[str, torch.Tensor]) -> None:
         layers = [k.split("/", 2)[2] for k in sorted(k for k in tensors if k.startswith("layer/"))]
         stats = ClassStats.from_tensors(layers, {k[len("stats/"):]: v for k, v in tensors.items() if k.startswith("stats/")})
-        self._setup(stats, tensors["weights"])
+        ipm = bytes(tensors["ipm_used"].tolist()).decode() if "ipm_used" in tensors else self.ipm
+        self._setup(stats, tensors["weights"], ipm)
         self.weights = tensors["weights"]
         self.loc, self.spread, self.logit_imp = tensors["loc"], tensors["spread"], tensors.get("logit_imp")
         if "weight_used" in tensors:   # detectors saved before select_logit_weight existed use logit_weight
             self.weight_used = float(tensors["weight_used"][0])
+        self.reference = tensors["reference"].numpy() if "reference" in tensors else None
         super().load_state(tensors)

@@ -30,6 +30,7 @@ import torch
 from c2ir.detectors.base import POOLED_LAYERS, Detector, FitData
 from c2ir.errors import C2IRError
 from c2ir.extraction import batches
+from c2ir.stats import shrunk_precision
 
 log = logging.getLogger(__name__)
 
@@ -41,9 +42,7 @@ def tied_precision(centered: torch.Tensor, covariance: str = "empirical") -> tor
     of the empirical covariance (1/N) X^T X, or the inverse of its Ledoit-Wolf shrinkage."""
     x = centered.double()
     if covariance == "ledoit_wolf":
-        from sklearn.covariance import LedoitWolf
-
-        return torch.from_numpy(LedoitWolf(assume_centered=True).fit(x.numpy()).precision_)
+        return shrunk_precision(x)
     if covariance != "empirical":
         raise C2IRError(f"covariance={covariance!r}; choose one of {', '.join(COVARIANCES)}")
     return torch.linalg.pinv(x.T @ x / len(x), hermitian=True)

@@ -113,7 +113,12 @@ class C2IRDetector(_Base):
             keep = y >= 0
             bundle = {k: v[keep] for k, v in bundle.items()}
             bundle["labels"] = y[keep]
-        det.fit(FitData(model=self.model, id_train=bundle, head=head))
+        try:
+            det.fit(FitData(model=self.model, id_train=bundle, head=head))
+        except KeyError as exc:  # a class-conditional detector reading the labels it was not given
+            if y is None and exc.args == ("labels",):
+                raise C2IRError(f"{self.name} fits per class: pass the labels, fit_features(x, y)") from None
+            raise
         self._features = (det, head)
         return self
 

@@ -36,8 +36,9 @@ log = logging.getLogger(__name__)
 DIGESTS_FOLDER = ".file-digests"  # under cache_root: the remembered SHA-256 of folder data files
 
 # Per stage: a code version; bump it when a stage's output format or algorithm changes.
-STAGE_VERSIONS = {"train": 2, "synthesize": 2, "collect_stats": 2, "weight_layers": 2, "features": 2,
-                  "image_scores": 2, "evaluate": 4, "model": 2}  # evaluate 3: per-layer AUROC; 4: not_computable
+STAGE_VERSIONS = {"train": 2, "synthesize": 2, "collect_stats": 3, "weight_layers": 2, "features": 2,
+                  "image_scores": 2, "evaluate": 5, "model": 2}  # evaluate 3: per-layer AUROC; 4: not_computable
+# (issue 24) or c2ir_fit (issue 21); 5: both. collect_stats 3: the tied within-class precision per layer (ipm=mahalanobis)
 
 
 @dataclass(frozen=True)

@@ -215,7 +215,8 @@ class Evaluation:
                   "metrics": metrics, "fpr_positive": positive, "access": access, "ipm": plain(self.ctx.cfg.ipm),
                   "mgi": plain(self.ctx.cfg.mgi), "layer_weights": self.weights_art.json("weights.json"),
                   "counts": {s: int(len(b["logits"])) for s, (_, b) in self.sets.items()},
-                  "layer_auroc": self.layer_auroc(skip=set(not_computable)), "not_computable": not_computable}
+                  "layer_auroc": self.layer_auroc(skip=set(not_computable)), "not_computable": not_computable,
+                  "c2ir_fit": {n: d.fit_summary() for n, d in self.detectors.items() if isinstance(d, C2IR)}}
         atomic_save_tensors(out / "scores.safetensors",
                             {f"{d}/{s}": torch.from_numpy(np.ascontiguousarray(v)) for d, ps in scores.items() for s, v in ps.items()})
         atomic_write_json(out / "results.json", result)

@@ -5,7 +5,9 @@
 The detector is fitted exactly as `evaluate` fits it (from the cached impressions,
 statistics, MGI weights, and ID training features for the full-access ones) and cached
 as its own artifact (`score/<key>`: its fitted tensors and threshold). The threshold
-is data-free: the score that a share `score.tpr` of the impressions stays below. Every
+is data-free, set by `c2ir.threshold.data_free_threshold` (the rule `predict()` uses): the
+score that a share `score.tpr` of softened impressions stays below (for C2IR, impressions held
+back from the statistics); the summary line names the rule and the ID TPR to expect. Every
 readable image under DIR gets a row of `scores.csv` in the run directory (relative path,
 predicted class, score, OOD decision); unreadable files are skipped, logged and listed
 in `skipped.txt`, and one summary line says how many images were flagged.
@@ -32,11 +34,13 @@ from c2ir.errors import C2IRError
 from c2ir.extraction import extract_features
 from c2ir.names import csv_cell, escape_name
 from c2ir.stages.common import RunContext, plain
+from c2ir.stages import synthesize
 from c2ir.stages.evaluate import FitInputs, ipm_overrides
+from c2ir.threshold import NotComputableError, Threshold, data_free_threshold
 from c2ir.validation import nonfinite_problem
 
 log = logging.getLogger(__name__)
-SCORE_VERSION = 1
+SCORE_VERSION = 2   # 2: the threshold rule of c2ir.threshold (issue 21)
 
 
 def score_settings(cfg) -> dict:
@@ -56,7 +60,7 @@ def detector_config(cfg, name: str) -> dict:
     return zoo_config(name)
 
 
-def ensure(ctx: RunContext, name: str, tpr: float) -> tuple[Detector, float, Artifact]:
+def ensure(ctx: RunContext, name: str, tpr: float) -> tuple[Detector, Threshold, Artifact]:
     """Detector `name` fitted as `evaluate` fits it, and its data-free threshold at `tpr`, via the cache
     (the `score` artifact: fitted tensors + threshold)."""
     det = build_detector(name, detector_config(ctx.cfg, name), **ipm_overrides(ctx))
@@ -67,20 +71,18 @@ def ensure(ctx: RunContext, name: str, tpr: float) -> tuple[Detector, float, Art
     def build(out: Path) -> dict:
         fit = inputs.fit_context()
         det.fit(fit)
-        if INPUT_GRADIENTS in det.needs:
-            imp_scores = det.score_images(ctx.model, ctx.normalizer, fit.impression_images, ctx.batch_size, ctx.device)  # type: ignore[attr-defined]
-        else:
-            imp_scores = det.score(fit.impressions)  # type: ignore[arg-type]
-        problem = nonfinite_problem(imp_scores)
-        if problem:
-            raise C2IRError(f"detector {name} is not computable on the impressions ({problem}), so it has no threshold; "
-                            "check its parameters (e.g. a temperature or weight) or score with another score.detector")
-        threshold = float(np.quantile(imp_scores, tpr))
+        images = fit.impression_images if fit.impression_images is not None else synthesize.load(synthesize.ensure(ctx))[0]
+        try:
+            threshold = data_free_threshold(det, tpr, lambda pixels: score_images(ctx, det, pixels)[0], images,
+                                            lambda: score_images(ctx, det, images)[0])
+        except NotComputableError as exc:
+            raise C2IRError(f"detector {name} is not computable on {exc}, so it has no threshold; check its "
+                            "parameters (e.g. a temperature or weight) or score with another score.detector") from None
         atomic_save_tensors(out / "state.safetensors", {k: v.contiguous() for k, v in det.state().items()})
         atomic_write_json(out / "detector.json", {"name": name, "type": type(det).__name__, "params": det.params,
-                                                  "threshold": threshold, "tpr": tpr,
-                                                  "threshold_source": "impressions (data-free)"})
-        return {"threshold": threshold}
+                                                  "threshold": threshold.value, "tpr": tpr,
+                                                  "threshold_info": threshold.to_json()})
+        return {"threshold": threshold.value, "rule": threshold.rule}
 
     art = ctx.store.get_or_create("score", art_key, build, config={"detector": name, "params": det.params, "tpr": tpr},
                                   upstream=inputs.upstream(), seed=ctx.seed)
@@ -89,12 +91,26 @@ def ensure(ctx: RunContext, name: str, tpr: float) -> tuple[Detector, float, Art
             det.fit(inputs.fit_context())
         else:
             det.load_state(art.tensors("state.safetensors"))
-    return det, float(art.json("detector.json")["threshold"]), art
+    return det, Threshold.from_json(art.json("detector.json")["threshold_info"]), art
 
 
 def input_files(root: Path) -> list[Path]:
     """Every (non-hidden) file under `root`: what is not an image is reported as unreadable, not ignored."""
     return sorted(p for p in root.rglob("*") if p.is_file() and not p.name.startswith("."))
+
+
+def score_images(ctx: RunContext, det: Detector, images: torch.Tensor) -> tuple[np.ndarray, torch.Tensor]:
+    """(scores, predicted classes) of pixel images (uint8 or [0, 1] floats) by a fitted detector."""
+    needs = det.needs
+    layers = ctx.layers if (POOLED_LAYERS in needs or SPATIAL in needs) else []
+    feats = extract_features(ctx.model, images, ctx.normalizer, layers, ctx.head, batch_size=ctx.batch_size,
+                             device=ctx.device, spatial_grid=int(ctx.cfg.features.spatial_grid) if SPATIAL in needs else 0,
+                             with_bn=BN_MEANS in needs, desc="features")
+    if INPUT_GRADIENTS in needs:
+        scores = det.score_images(ctx.model, ctx.normalizer, images, ctx.batch_size, ctx.device)  # type: ignore[attr-defined]
+    else:
+        scores = det.score(feats)
+    return scores, feats["logits"].argmax(1)
 
 
 def score_folder(ctx: RunContext, det: Detector, root: Path, paths: list[Path], resize: str
@@ -104,16 +120,8 @@ def score_folder(ctx: RunContext, det: Detector, root: Path, paths: list[Path], 
     images, keep = decode_many(paths, int(cfg.data.image_size), int(cfg.data.channels), resize, int(cfg.seed), str(root))
     rel = [str(p.relative_to(root)) for p in paths]
     skipped = [rel[i] for i in sorted(set(range(len(paths))) - set(keep))]
-    needs = det.needs
-    layers = ctx.layers if (POOLED_LAYERS in needs or SPATIAL in needs) else []
-    feats = extract_features(ctx.model, images, ctx.normalizer, layers, ctx.head, batch_size=ctx.batch_size,
-                             device=ctx.device, spatial_grid=int(cfg.features.spatial_grid) if SPATIAL in needs else 0,
-                             with_bn=BN_MEANS in needs, desc=f"features {root.name}")
-    if INPUT_GRADIENTS in needs:
-        scores = det.score_images(ctx.model, ctx.normalizer, images, ctx.batch_size, ctx.device)  # type: ignore[attr-defined]
-    else:
-        scores = det.score(feats)
-    return [rel[i] for i in keep], feats["logits"].argmax(1), scores, skipped
+    scores, pred = score_images(ctx, det, images)
+    return [rel[i] for i in keep], pred, scores, skipped
 
 
 def write_scores_csv(path: Path, paths: list[str], pred: list[int], scores: list[float], ood: list[bool]) -> None:
@@ -132,7 +140,8 @@ def run(cfg) -> None:
     ctx = RunContext(cfg)  # validates the config: score.input set, a folder, not empty (schema.check_inputs)
     settings = score_settings(ctx.cfg)
     files = input_files(settings["input"])
-    det, threshold, art = ensure(ctx, settings["detector"], settings["tpr"])
+    det, thr, art = ensure(ctx, settings["detector"], settings["tpr"])
+    threshold = thr.value
     paths, pred, scores, skipped = score_folder(ctx, det, settings["input"], files, settings["resize"])
     ood = ~(scores <= threshold)  # a NaN score is never called in-distribution
     if nonfinite_problem(scores):
@@ -145,9 +154,10 @@ def run(cfg) -> None:
             log.warning("score: skipped unreadable file %s", escape_name(p))
     atomic_write_bytes(run_dir / "score_summary.json", (json.dumps(
         {"input": str(settings["input"]), "detector": settings["detector"], "threshold": threshold,
-         "tpr": settings["tpr"], "scored": len(paths), "flagged_ood": int(ood.sum()), "skipped": skipped,
+         "tpr": settings["tpr"], "threshold_rule": thr.rule, "expected_id_tpr": list(thr.expected),
+         "scored": len(paths), "flagged_ood": int(ood.sum()), "skipped": skipped,
          "detector_artifact": str(art.path)}, indent=2) + "\n").encode())
     print(f"c2ir score: {int(ood.sum())} of {len(paths)} images flagged as OOD by {settings['detector']} "
-          f"(threshold {threshold:.4g}: {100 * settings['tpr']:.0f}% of impressions below it)"
+          f"({thr.describe()})"
           + (f"; {len(skipped)} unreadable file(s) skipped, listed in skipped.txt" if skipped else "")
           + f"; scores in {run_dir / 'scores.csv'}")

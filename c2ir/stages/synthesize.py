@@ -31,7 +31,15 @@ log = logging.getLogger(__name__)
 
 
 def key(ctx: RunContext) -> str:
-    return ctx.key("synthesize", ctx.fields("synthesize"), {"model": ctx.model_key})
+    spec = ctx.fields("synthesize")
+    sc, size = ctx.cfg.synth, int(ctx.cfg.data.image_size)
+    low, _ = phase_iterations(size, int(sc.iterations), int(sc.get("warmup_iterations") or 0),
+                              int(sc.get("warmup_min_size") or 16))
+    if int(sc.get("warmup_iterations") or 0) > 0 and low == 0:
+        # before issue 20 a warm-up always ran at half resolution; on images too small for that it now runs
+        # at full size, so such impressions must not share the key of the former half-resolution ones
+        spec["synth.warmup_at_full_size"] = True
+    return ctx.key("synthesize", spec, {"model": ctx.model_key})
 
 
 def _batch_path(work: Path, b: int) -> Path:

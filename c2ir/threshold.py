@@ -1,0 +1,116 @@
+"""Decision thresholds: the one rule behind `predict()` and `c2ir score` (issue 21).
+
+A detector says "OOD" above its threshold. Without ID data the threshold is the score that a
+share `tpr` of a *reference* set stays below. Which reference, by rule:
+
+- `pseudo_real_cross_fitted` (C2IR, `c2ir_paper`): impressions held back from the statistics they are
+  scored against (the fit's two folds) and softened (`c2ir.proxies.softened`: the synthesis residue
+  blurred away), scored by the chosen variant. Real images sit further from the class statistics
+  than the impressions those statistics were fitted on; the in-sample rule below kept 74% of real
+  CIFAR-10 at a nominal 95% (docs/BENCHMARKS.md sections 10, 16).
+- `pseudo_real`: the softened impressions scored by the detector fitted on all impressions (every
+  other detector: those that do not fit on impressions are scored out of sample anyway).
+- `impressions`: the impressions themselves (in-sample; the rule before issue 21, and the fallback
+  when the impression images are not available).
+- `calibration`: real ID data given to `calibrate(id_loader)`: the exact rule whenever such data exists.
+- `fit_data`: the ID training data a full-access detector was fitted on (in-sample).
+
+The expected range is the 95% binomial interval of the share of inputs kept, *if* inputs score
+like the reference (exact for calibration data; for the data-free rules the measured real TPRs
+are in docs/BENCHMARKS.md section 16, issue 21).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+from c2ir.errors import C2IRError
+from c2ir.validation import nonfinite_problem
+
+RULES = {
+    "pseudo_real_cross_fitted": "softened impressions held back from the statistics (cross-fitted on two folds)",
+    "pseudo_real": "softened impressions",
+    "impressions": "impressions (in-sample)",
+    "calibration": "calibration data",
+    "fit_data": "the fit data (in-sample)",
+}
+DATA_FREE = ("pseudo_real_cross_fitted", "pseudo_real", "impressions")
+
+__all__ = ["DATA_FREE", "RULES", "NotComputableError", "Threshold", "binomial_interval", "data_free_threshold", "quantile_threshold"]
+
+
+class NotComputableError(C2IRError):
+    """The detector's scores on a threshold's reference set hold NaN or infinite values (the message names
+    the set and how many); callers prefix the detector and the fix."""
+
+
+@dataclass(frozen=True)
+class Threshold:
+    """A threshold, the rule that set it and what it promises."""
+
+    value: float
+    rule: str
+    tpr: float
+    reference: int                       # size of the reference set
+    expected: tuple[float, float]        # 95% interval of the share kept by inputs that score like the reference
+
+    def describe(self) -> str:
+        lo, hi = self.expected
+        text = (f"threshold {self.value:.4g} set by rule {self.rule}: {100 * self.tpr:.0f}% of {self.reference} "
+                f"{RULES[self.rule]} below it; expected ID TPR {100 * lo:.0f}-{100 * hi:.0f}%")
+        if self.rule in DATA_FREE:
+            text += " if real ID inputs score like them (measured: docs/BENCHMARKS.md section 16; calibrate(id_loader) is exact)"
+        return text
+
+    def to_json(self) -> dict:
+        return {**asdict(self), "expected": list(self.expected)}
+
+    @classmethod
+    def from_json(cls, d: dict) -> "Threshold":
+        if d["rule"] not in RULES:
+            raise ValueError(f"unknown threshold rule {d['rule']!r}")
+        return cls(float(d["value"]), str(d["rule"]), float(d["tpr"]), int(d["reference"]),
+                   (float(d["expected"][0]), float(d["expected"][1])))
+
+
+def binomial_interval(p: float, n: int, z: float = 1.96) -> tuple[float, float]:
+    """Wilson score interval of a proportion p observed on n trials (pure)."""
+    if n <= 0:
+        return 0.0, 1.0
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def quantile_threshold(scores: np.ndarray, tpr: float, rule: str) -> Threshold:
+    """The score that a share `tpr` of `scores` (the rule's reference set) stays below (pure)."""
+    if rule not in RULES:
+        raise C2IRError(f"unknown threshold rule {rule!r}; choose one of {', '.join(RULES)}")
+    if not 0.0 < float(tpr) < 1.0:
+        raise C2IRError(f"tpr={tpr}; choose a share of ID inputs to keep, strictly between 0 and 1 (e.g. 0.95)")
+    s = np.asarray(scores, dtype=np.float64).ravel()
+    problem = nonfinite_problem(s)
+    if problem:   # a threshold over NaN/inf scores would call every input ID (or none)
+        raise NotComputableError(f"the {RULES[rule]} ({problem})")
+    if not len(s):
+        raise C2IRError(f"no reference scores for the threshold (rule {rule}); refit the detector")
+    return Threshold(float(np.quantile(s, tpr)), rule, float(tpr), int(len(s)), binomial_interval(float(tpr), len(s)))
+
+
+def data_free_threshold(detector, tpr: float, score_pixels, images, in_sample) -> Threshold:
+    """The data-free threshold of a fitted detector, by the best rule its fit allows (module docstring).
+
+    `score_pixels(pixels)` scores [0, 1] images with the detector (the caller's feature pass);
+    `images` are the impressions' pixels (None when unavailable); `in_sample()` scores the impressions.
+    """
+    from c2ir.proxies import softened
+
+    reference = getattr(detector, "reference", None)
+    if reference is not None:
+        return quantile_threshold(reference, tpr, "pseudo_real_cross_fitted")
+    if images is not None:
+        return quantile_threshold(score_pixels(softened(images)), tpr, "pseudo_real")
+    return quantile_threshold(in_sample(), tpr, "impressions")

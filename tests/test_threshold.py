@@ -1,0 +1,50 @@
+"""c2ir.threshold: the one data-free threshold rule of predict() and `c2ir score`, on known answers."""
+
+import numpy as np
+import pytest
+
+from c2ir.errors import C2IRError
+from c2ir.threshold import NotComputableError, Threshold, binomial_interval, data_free_threshold, quantile_threshold
+
+
+def test_wilson_interval_known_values():
+    lo, hi = binomial_interval(0.95, 400)           # (p + z^2/2n) / (1 + z^2/n) +- ...
+    assert (round(lo, 4), round(hi, 4)) == (0.9240, 0.9674)   # worked by hand: 0.94572 -+ 0.021684
+    assert binomial_interval(0.5, 0) == (0.0, 1.0)
+    lo, hi = binomial_interval(0.95, 10**6)
+    assert hi - lo < 0.001 and lo < 0.95 < hi
+
+
+def test_quantile_threshold_keeps_the_share_and_says_so():
+    t = quantile_threshold(np.arange(101, dtype=float), 0.95, "pseudo_real_cross_fitted")
+    assert t.value == 95.0 and t.reference == 101 and t.rule == "pseudo_real_cross_fitted"
+    assert "95% of 101 softened impressions held back from the statistics" in t.describe()
+    assert Threshold.from_json(t.to_json()) == t
+    assert "calibrate" not in quantile_threshold(np.arange(10.0), 0.9, "calibration").describe()
+    with pytest.raises(NotComputableError, match=r"impressions \(in-sample\) \(2 of 4 scores are NaN and infinite\)"):
+        quantile_threshold(np.array([1.0, np.nan, 2.0, np.inf]), 0.5, "impressions")
+    with pytest.raises(C2IRError, match="unknown threshold rule"):
+        quantile_threshold(np.arange(3.0), 0.9, "magic")
+    with pytest.raises(C2IRError, match="tpr=1.0"):
+        quantile_threshold(np.arange(3.0), 1.0, "impressions")
+    with pytest.raises(C2IRError, match="no reference scores"):
+        quantile_threshold(np.array([]), 0.9, "impressions")
+
+
+class _Det:
+    reference = None
+
+
+def test_data_free_threshold_prefers_the_cross_fitted_reference():
+    import torch
+
+    pixels = torch.zeros(4, 1, 8, 8)
+    seen = []
+    score = lambda x: (seen.append(x), np.arange(4.0))[1]  # noqa: E731
+    in_sample = lambda: np.arange(8.0)  # noqa: E731
+    det = _Det()
+    assert data_free_threshold(det, 0.5, score, None, in_sample).rule == "impressions"
+    t = data_free_threshold(det, 0.5, score, pixels, in_sample)
+    assert t.rule == "pseudo_real" and t.reference == 4 and seen[0].shape == pixels.shape
+    det.reference = np.arange(20.0)
+    assert data_free_threshold(det, 0.5, score, pixels, in_sample).reference == 20
