@@ -260,10 +260,20 @@ def _torchvision_version() -> str:
     return hit.group(1) if hit else "unknown"
 
 
+def _distribution_version(name: str) -> str:
+    """An installed distribution's version from its metadata, without importing it (importing scikit-learn
+    costs about a second per process, more than some artifacts take to build)."""
+    from importlib import metadata
+
+    try:
+        return metadata.version(name)
+    except metadata.PackageNotFoundError:
+        return "not installed"
+
+
 def package_versions() -> dict[str, str]:
     """Versions recorded in every manifest, so a result can be traced to its software."""
     import numpy
-    import sklearn
 
     from c2ir.version import __version__
 
@@ -273,7 +283,7 @@ def package_versions() -> dict[str, str]:
         "torch": torch.__version__,
         "torchvision": _torchvision_version(),
         "numpy": numpy.__version__,
-        "scikit-learn": sklearn.__version__,
+        "scikit-learn": _distribution_version("scikit-learn"),
     }
 
 

@@ -78,9 +78,10 @@ class _StatBatchNorm(torch.autograd.Function):
         return grad, None
 
 
-class FusedBNStatLoss:
-    """Same contract as `impressions.BNStatLoss` (a `with` block, `pop()` after each forward), with the
-    statistics computed inside each BatchNorm layer by `_StatBatchNorm` (see the module docstring)."""
+class BNTerms:
+    """The BatchNorm layers of a model with DeepInversion's per-layer multipliers (the first layer's is
+    `first_multiplier`), the terms one forward pass appends, and `pop()`: their sum or mean. Shared by both
+    ways of computing the statistics (`impressions.BNStatLoss`, `FusedBNStatLoss`)."""
 
     def __init__(self, model: nn.Module, first_multiplier: float, reduce: str = "sum"):
         if reduce not in ("sum", "mean"):
@@ -93,6 +94,17 @@ class FusedBNStatLoss:
                             "them to synthesise impressions (C2IR works only on BatchNorm models)")
         self.multipliers = [float(first_multiplier)] + [1.0] * (len(self.bns) - 1)
         self.terms: list[torch.Tensor] = []
+
+    def pop(self) -> torch.Tensor:
+        terms = torch.stack(self.terms)
+        total = terms.mean() if self.reduce == "mean" else terms.sum()
+        self.terms = []
+        return total
+
+
+class FusedBNStatLoss(BNTerms):
+    """Same contract as `impressions.BNStatLoss` (a `with` block, `pop()` after each forward), with the
+    statistics computed inside each BatchNorm layer by `_StatBatchNorm` (see the module docstring)."""
 
     def _forward(self, mult: float):
         def forward(bn: nn.Module, x: torch.Tensor) -> torch.Tensor:
@@ -116,9 +128,3 @@ class FusedBNStatLoss:
         for bn in self.bns:
             vars(bn).pop("forward", None)
         self.terms = []
-
-    def pop(self) -> torch.Tensor:
-        terms = torch.stack(self.terms)
-        total = terms.mean() if self.reduce == "mean" else terms.sum()
-        self.terms = []
-        return total

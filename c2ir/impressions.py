@@ -32,11 +32,12 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
+from c2ir.adam import TensorAdam
 from c2ir.cache import DamagedFile, discard_verified, load_verified
 from c2ir.data.imageset import Normalizer
 from c2ir.errors import C2IRError
-from c2ir.extraction import ForwardHook, ForwardHooks, bn_layers
-from c2ir.fused_bn import FusedBNStatLoss
+from c2ir.extraction import ForwardHook, ForwardHooks
+from c2ir.fused_bn import BNTerms, FusedBNStatLoss
 from c2ir.models.state import frozen_eval
 from c2ir.schema import SynthConfig  # the settings are declared with the other schemas
 from c2ir.synth_schedule import lr_values, phase_iterations, plateaued
@@ -130,24 +131,15 @@ class _ChannelMeanVar(torch.autograd.Function):
         return torch.addcmul(a.to(x.dtype).view(shape), b.to(x.dtype).view(shape), x)
 
 
-class BNStatLoss(ForwardHooks):
+class BNStatLoss(BNTerms, ForwardHooks):
     """Hooks on every BatchNorm layer that measure the distance of the batch's input statistics
     to the running statistics (DeepInversion's feature-distribution regulariser)."""
 
     def __init__(self, model: nn.Module, first_multiplier: float, reduce: str = "sum",
                  stats_fn: StatsFn | None = None):
         self.stats_fn = stats_fn or channel_mean_var
-        if reduce not in ("sum", "mean"):
-            raise C2IRError(f"synth.bn_reduce={reduce!r} is not a reduction; choose sum or mean")
-        self.reduce = reduce
-        modules = dict(model.named_modules())
-        self.bns = [modules[n] for n in bn_layers(model)]
-        if not self.bns:
-            raise C2IRError("the model has no BatchNorm layer with running statistics: DeepInversion needs "
-                            "them to synthesise impressions (C2IR works only on BatchNorm models)")
-        self.multipliers = [float(first_multiplier)] + [1.0] * (len(self.bns) - 1)
-        self.terms: list[torch.Tensor] = []
-        super().__init__()
+        BNTerms.__init__(self, model, first_multiplier, reduce)
+        ForwardHooks.__init__(self)
 
     def hooks(self) -> list[tuple[nn.Module, ForwardHook]]:
         return [(bn, self._hook(bn, mult)) for bn, mult in zip(self.bns, self.multipliers)]
@@ -158,12 +150,6 @@ class BNStatLoss(ForwardHooks):
             term = torch.linalg.vector_norm(mean - bn.running_mean) + torch.linalg.vector_norm(var - bn.running_var)
             self.terms.append(mult * term)
         return hook
-
-    def pop(self) -> torch.Tensor:
-        terms = torch.stack(self.terms)
-        total = terms.mean() if self.reduce == "mean" else terms.sum()
-        self.terms = []
-        return total
 
 
 def total_variation(x: torch.Tensor) -> torch.Tensor:
@@ -217,7 +203,7 @@ def _synthesize_batch(model: nn.Module, normalizer: Normalizer, targets: torch.T
     x.requires_grad_(True)
     lo, hi = (b.to(device) for b in normalizer.bounds())
     targets = targets.to(device)
-    opt = torch.optim.Adam([x], lr=cfg.lr, betas=cfg.betas, eps=1e-8)
+    opt = TensorAdam(x, cfg.betas, eps=1e-8)  # torch.optim.Adam's arithmetic, without importing torch._dynamo
     lrs = lr_values(cfg.lr_schedule, cfg.lr, cfg.iterations)
     rolls = torch.randint(-cfg.jitter, cfg.jitter + 1, (cfg.iterations, 2), generator=g) if cfg.jitter else None
     flips = torch.rand(cfg.iterations, generator=g) < 0.5
@@ -251,10 +237,9 @@ def _synthesize_batch(model: nn.Module, normalizer: Normalizer, targets: torch.T
                     f"synthesis diverged: loss is {loss.item()} at iteration {it} ({desc}); "
                     f"lower synth.lr (now {cfg.lr}) or synth.bn_weight (now {cfg.bn_weight})"
                 )
-            opt.param_groups[0]["lr"] = lrs[it]
-            opt.zero_grad(set_to_none=True)
+            opt.zero_grad()
             loss.backward()
-            opt.step()
+            opt.step(lrs[it])
             with torch.no_grad():
                 x.data = torch.maximum(torch.minimum(x.data, hi), lo)
             for k, v in zip(names, (loss, ce, bn, tv, l2)):

@@ -5,7 +5,7 @@ from these proxy outliers: a patch permutation (local statistics kept, layout de
 blur (fine texture removed) and the pixel average of two impressions of different target classes.
 The pseudo-real inputs are held-back impressions `softened` by a mild blur (sigma = image size / 32):
 synthesis leaves high-frequency residue that natural images lack, and a detector that rejects an
-impression once that residue is smoothed away also rejects real data (docs/BENCHMARKS.md section 16, issue 21).
+impression once that residue is smoothed away also rejects real data (docs/BENCHMARKS.md section 17, issue 21).
 The same softened held-back impressions set C2IR's data-free threshold (`c2ir.threshold`).
 Pure functions of image tensors (N, C, H, W) in [0, 1].
 """

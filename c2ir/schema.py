@@ -54,8 +54,9 @@ class SynthConfig:
     40 impressions per class in batches of 200, each batch 60 iterations at half resolution then 15 at
     full size, Adam lr 0.25 with a cosine decay, fused BN statistics: about a tenth of the cost of
     `synth=deepinversion` (the default before issue 20: 300 full-size iterations at lr 0.1, hooked
-    statistics), chosen by measurement on the digits model and the CIFAR ResNet-20 (docs/BENCHMARKS.md).
-    `synth=paper` is DeepInversion's CIFAR setting, for GPUs.
+    statistics), chosen by looking at C2IR's OOD test results on the digits model and the CIFAR ResNet-20
+    (docs/BENCHMARKS.md section 16): C2IR's quality is as good on the digits model, lower on the CIFAR
+    ResNets. `synth=paper` is DeepInversion's CIFAR setting, for GPUs.
 
     The options that cut the cost: `warmup_iterations` (DeepInversion's multi-resolution start: the model
     sees the images 2x average-pooled; `warmup_min_size` skips it for images too small to halve,

@@ -93,7 +93,7 @@ def main(argv: list[str]) -> None:
             times[name].append(t)
     det_t = {v: statistics.median(t) for v, t in times.items()}
     total = t_synth + t_stats + t_mgi + det_t["default"]
-    print(f"{len(images)} impressions, {synth.iterations} iterations; layers {layers}; threads {torch.get_num_threads()}")
+    print(f"{len(images)} impressions, {synth.warmup_iterations} warm-up + {synth.iterations} iterations; layers {layers}; threads {torch.get_num_threads()}")
     print("| part | seconds | share of the fit |")
     print("|---|---|---|")
     for name, t in (("synthesis", t_synth), ("statistics: impression features", t_feat),

@@ -74,9 +74,42 @@ def synthesis_of(run_dir: Path, result: dict, cache: Path) -> dict | None:
     return None
 
 
-def setting_label(overrides: list[str]) -> str:
-    keep = [o for o in overrides if o.split("=", 1)[0].lstrip("+~") not in NOT_A_SETTING]
-    return " ".join(keep) or "synth=default"
+# synth fields that do not make a setting: the seed, the data's jitter/flip, runtime-only options
+NOT_A_SYNTH_FIELD = ("seed", "jitter", "flip", "autocast", "channels_last", "compile")
+PRESETS = ("default", "deepinversion")
+
+
+def preset_values() -> dict[str, dict]:
+    import yaml
+
+    root = Path(__file__).resolve().parents[1] / "configs" / "synth"
+    return {p: yaml.safe_load((root / f"{p}.yaml").read_text()) for p in PRESETS}
+
+
+def setting_label(overrides: list[str], synth: dict | None = None, image_size: int = 32, classes: int = 10) -> str:
+    """A run's synthesis setting, named from its resolved `synth` config when it has one: the preset it
+    equals (`synth=default`, `synth=deepinversion`), else the nearer preset and the fields that differ.
+    So runs made before the default changed (their overrides were relative to the former default) get
+    the same name as today's runs of the same setting; fields a run predates had their
+    `synth=deepinversion` values, except that runs from before `warmup_min_size` halved every image
+    (`synth.warmup_min_size=0`, which differs from today's 16 where half the image is under 16 px).
+    A batch size above the number of impressions is the same setting as any other such size.
+    Without a saved config: the run's overrides."""
+    if synth is None:
+        keep = [o for o in overrides if o.split("=", 1)[0].lstrip("+~") not in NOT_A_SETTING]
+        return " ".join(keep) or "synth=default"
+    presets = preset_values()
+    values = {k: synth.get(k, v) for k, v in presets["deepinversion"].items() if k not in NOT_A_SYNTH_FIELD}
+    if "warmup_min_size" not in synth and values["warmup_iterations"] and image_size // 2 < values["warmup_min_size"]:
+        values["warmup_min_size"] = 0
+    count = int(values["per_class"]) * classes
+
+    def same(k: str, v, preset: dict) -> bool:
+        return min(v, count) == min(preset[k], count) if k == "batch_size" else v == preset[k]
+
+    name, diff = min(((p, [f"synth.{k}={v}" for k, v in values.items() if not same(k, v, presets[p])]) for p in PRESETS),
+                     key=lambda pd: len(pd[1]))
+    return " ".join([f"synth={name}", *diff])
 
 
 def collect(model: str, out: Path, cache: Path) -> dict[str, dict]:
@@ -90,6 +123,10 @@ def collect(model: str, out: Path, cache: Path) -> dict[str, dict]:
             continue
         ov = path.parent / ".hydra" / "overrides.yaml"
         overrides = [str(o) for o in (yaml.safe_load(ov.read_text()) or [])] if ov.is_file() else []
+        saved = path.parent / ".hydra" / "config.yaml"
+        conf = (yaml.safe_load(saved.read_text()) or {}) if saved.is_file() else {}
+        data = conf.get("data") or {}
+        synth, size, classes = conf.get("synth"), int(data.get("image_size") or 32), int(data.get("num_classes") or 10)
         syn = synthesis_of(path.parent, res, cache)
         if syn is None:
             print(f"bench_synthesis_pareto: no synthesis record for {path}; skipped", file=sys.stderr)
@@ -99,7 +136,7 @@ def collect(model: str, out: Path, cache: Path) -> dict[str, dict]:
         run = {"seed": seed, "impressions": syn["impressions"], "cost": float(syn["cost"]), "seconds": syn.get("seconds"),
                **{f"{d}_{m}": float(np.mean([res["metrics"][d][o][m] for o in oods]))
                   for d in ("c2ir", "energy") if d in res["metrics"] for m in ("auroc", "fpr95")}}
-        s = settings[setting_label(overrides)]
+        s = settings[setting_label(overrides, synth, size, classes)]
         if all(r["seed"] != seed for r in s["runs"]):  # the same setting in two grids: keep one run per seed
             s["runs"].append(run)
     return dict(settings)

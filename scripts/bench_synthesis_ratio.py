@@ -11,7 +11,7 @@ less than the wall time), the subprocess wall time, the forward+backward equival
 relative to the first setting (medians over rounds).
 
     python scripts/bench_synthesis_ratio.py --models digits,resnet20 --settings synth=deepinversion,synth=default
-    python scripts/bench_synthesis_ratio.py --models digits --repeats 3 --cache-root /tmp/ratio -- threads=2
+    python scripts/bench_synthesis_ratio.py --models digits --repeats 3 --cache-root outputs/ratio -- threads=1
 
 Use a cache root of its own (default outputs/bench_ratio/cache): synthesize artifacts in it are deleted.
 """
@@ -61,7 +61,7 @@ def main(argv: list[str] | None = None) -> int:
         base = [*MODELS[model], f"cache_root={args.cache_root}", *extra]
         if not MODELS[model]:  # the embedded digits model is trained first, untimed (the CIFAR models are checkpoints)
             c2ir("train", base)
-        times: dict[str, list[tuple[float, float, float]]] = {s: [] for s in settings}
+        times: dict[str, list[tuple[float, float, float, float]]] = {s: [] for s in settings}
         for r in range(args.repeats):
             order = settings[r % len(settings):] + settings[:r % len(settings)]
             for s in order:

@@ -4,7 +4,9 @@ For every detector of a configuration: the data-free threshold is set by the rul
 and `c2ir score` use (`c2ir.threshold.data_free_threshold`: for C2IR, softened impressions held back
 from the statistics, cross-fitted; for the others, softened impressions); the script reports the
 rule, the share of the real ID test set below the threshold (the real TPR), the share of each OOD
-set below it (FPR at that threshold), and, for comparison, the real TPR of the former in-sample rule
+set below it (FPR at that threshold), the quantile of the rule's reference set that a real TPR of
+`--tpr` would have needed (the share of the reference below the real ID set's `--tpr` quantile: 95 when
+the reference scores like real data), and, for comparison, the real TPR of the former in-sample rule
 (the score that a share `--tpr` of the impressions themselves stays below). With `--seeds` it repeats
 this per seed (each seed its own impressions, and for digits its own model) and prints mean +- std.
 Runs on the stages' cache (a missing artifact is computed).
@@ -25,9 +27,10 @@ from hydra import compose, initialize_config_dir
 
 from c2ir.config import config_dir, register_resolvers
 from c2ir.graph import Step, resolve
+from c2ir.proxies import softened
 from c2ir.stages.evaluate import build_detectors, passes
 from c2ir.stages.features import FEATURES
-from c2ir.stages.fit import FITTED, fit_for, fitted_threshold
+from c2ir.stages.fit import FITTED, fit_for, fitted_threshold, pixel_scorer
 from c2ir.stages.job import cli_job
 from c2ir.threshold import quantile_threshold
 
@@ -49,13 +52,25 @@ def measure(overrides: list[str], tpr: float) -> dict:
         det.fit(fit)
         scores = {s: det.score(b) for s, b in sets.items()}
         thr = fitted_threshold(step, det, fit, tpr)
-        old = quantile_threshold(det.score(fit.impressions), tpr, "impressions").value
+        in_sample = det.score(fit.impressions)
+        old = quantile_threshold(in_sample, tpr, "impressions").value
         below = {s: 100 * float(np.mean(v <= thr.value)) for s, v in scores.items()}
+        score_pixels, images = pixel_scorer(step, det, fit)
+        ref = reference_scores(det, thr.rule, score_pixels, images, in_sample)
+        real_q = float(np.quantile(scores[id_name], tpr))   # the threshold a real `tpr` would need
         out["detectors"][name] = {"rule": thr.rule, "real_tpr": below[id_name],
+                                  "reference_share_for_real_tpr": 100 * float(np.mean(ref <= real_q)),
                                   "expected": [100 * thr.expected[0], 100 * thr.expected[1]],
                                   "real_tpr_in_sample_rule": 100 * float(np.mean(scores[id_name] <= old)),
                                   "fpr": {o: below[o] for o in oods}}
     return out
+
+
+def reference_scores(det, rule: str, score_pixels, images, in_sample: np.ndarray) -> np.ndarray:
+    """The scores the rule took its quantile of (to say which quantile a real `tpr` would have needed)."""
+    if rule == "pseudo_real_cross_fitted":
+        return np.asarray(det.reference)
+    return score_pixels(softened(images)) if rule == "pseudo_real" else in_sample
 
 
 def _ms(values: list[float]) -> str:
@@ -66,12 +81,14 @@ def table(runs: list[dict]) -> str:
     oods = runs[0]["oods"]
     lines = [f"nominal TPR {runs[0]['tpr']:.2f}; ID set {runs[0]['id_set']}; {runs[0]['impressions']} impressions; "
              f"{len(runs)} run(s)" + (" (mean ± std over seeds)" if len(runs) > 1 else ""), "",
-             "| detector | rule | real ID TPR | expected | real ID TPR, former in-sample rule | "
-             + " | ".join(f"FPR {o}" for o in oods) + " |", "|---|---|---|---|---|" + "---|" * len(oods)]
+             "| detector | rule | real ID TPR | expected | reference quantile a real TPR of it needs | "
+             "real ID TPR, former in-sample rule | "
+             + " | ".join(f"FPR {o}" for o in oods) + " |", "|---|---|---|---|---|---|" + "---|" * len(oods)]
     for name, first in runs[0]["detectors"].items():
         per = [r["detectors"][name] for r in runs]
         lo, hi = first["expected"]
         lines.append(f"| {name} | {first['rule']} | {_ms([p['real_tpr'] for p in per])} | {lo:.0f}-{hi:.0f} | "
+                     f"{_ms([p['reference_share_for_real_tpr'] for p in per])} | "
                      f"{_ms([p['real_tpr_in_sample_rule'] for p in per])} | "
                      + " | ".join(_ms([p["fpr"][o] for p in per]) for o in oods) + " |")
     return "\n".join(lines)

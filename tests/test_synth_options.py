@@ -9,6 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from c2ir.adam import TensorAdam
 from c2ir.data.imageset import Normalizer
 from c2ir.errors import C2IRError
 from c2ir.impressions import (BNStatLoss, SynthConfig, batch_targets, channel_mean_var_reference, last_values,
@@ -52,6 +53,28 @@ def test_linear_and_constant_schedules():
                                                          (1 + math.cos(3 * math.pi / 4)) / 2])
     with pytest.raises(ValueError, match="step"):
         lr_values("step", 0.1, 3)
+
+
+def test_tensor_adam_is_torch_adam_bit_for_bit():
+    """Known answer: the first Adam step moves every element by lr (m / sqrt(v) = sign(g) after bias
+    correction, up to eps); later steps, with the lr changed every step, equal torch.optim.Adam exactly."""
+    g = torch.Generator().manual_seed(0)
+    x0 = torch.randn(3, 2, 4, 4, generator=g)
+    grads = [torch.randn(3, 2, 4, 4, generator=g) for _ in range(6)]
+    ours, ref = x0.clone().requires_grad_(True), x0.clone().requires_grad_(True)
+    adam, opt = TensorAdam(ours, (0.5, 0.9)), torch.optim.Adam([ref], lr=0.0, betas=(0.5, 0.9), eps=1e-8)
+    for i, grad in enumerate(grads):
+        lr = 0.3 / (i + 1)
+        ours.grad, ref.grad = grad.clone(), grad.clone()
+        adam.step(lr)
+        opt.param_groups[0]["lr"] = lr
+        opt.step()
+        if i == 0:
+            assert torch.allclose(ours.detach() - x0, -0.3 * grad.sign(), atol=1e-6)
+        assert torch.equal(ours, ref)
+    adam.zero_grad()
+    with pytest.raises(ValueError, match="no gradient"):
+        adam.step(0.1)
 
 
 def test_plateau_detection():

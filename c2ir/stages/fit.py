@@ -99,22 +99,28 @@ def fit_for(job: Job, dets: list[Detector]) -> FitData:
     return fit_data(step)
 
 
+def pixel_scorer(step: Step, det: Detector, data: FitData) -> tuple[Any, Any]:
+    """(score_pixels, impression images): what the data-free threshold rules score (images in [0, 1])."""
+    job = step.job
+    images = data.impression_images
+    if images is None and job.synthesis:
+        images = resolve(SYNTHESIZE, job).value.images
+
+    def score_pixels(pixels: Any) -> np.ndarray:
+        return det.score_images(data.model, data.normalizer, pixels, job.batch_size, job.device,
+                                layers=list(data.layers), head=data.head,
+                                spatial_grid=int(job.cfg.features.spatial_grid))
+
+    return score_pixels, images
+
+
 def fitted_threshold(step: Step, det: Detector, data: FitData, tpr: float) -> Threshold | None:
     """The threshold of a fitted detector by the rules of `c2ir.threshold`: data-free when the job has
     impressions (softened held-back impressions, softened impressions, or the impressions themselves),
     else in-sample on the ID data it was fitted on, else none (call `calibrate` in the API).
     NotComputableError when the reference scores hold NaN or infinite values."""
-    job = step.job
     if data.impressions is not None:
-        images = data.impression_images
-        if images is None and job.synthesis:
-            images = resolve(SYNTHESIZE, job).value.images
-
-        def score_pixels(pixels: Any) -> np.ndarray:
-            return det.score_images(data.model, data.normalizer, pixels, job.batch_size, job.device,
-                                    layers=list(data.layers), head=data.head,
-                                    spatial_grid=int(job.cfg.features.spatial_grid))
-
+        score_pixels, images = pixel_scorer(step, det, data)
         return data_free_threshold(det, tpr, score_pixels, images, lambda: det.score_impressions(data))
     if data.id_train is not None:
         return quantile_threshold(det.score(data.id_train), tpr, "fit_data")
