@@ -14,9 +14,9 @@ from __future__ import annotations
 
 from typing import Any
 
-__version__ = "0.1.0"
+from c2ir.version import __version__
 
-_API = {"C2IR", "OODDetector", "detector", "detector_names", "load_detector"}
+_API = {"C2IR", "Impressions", "OODDetector", "detector", "detector_names", "load_detector"}
 _ERRORS = {"C2IRError", "NotFittedError"}
 __all__ = sorted(_API | _ERRORS) + ["__version__"]
 

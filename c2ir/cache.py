@@ -16,6 +16,12 @@ used: it is reported, discarded and recomputed. A downstream artifact also recor
 the content digests of the upstream artifacts it was built from (`inputs`); when an
 upstream artifact is recomputed with different bytes, the downstream one no longer
 matches and is recomputed too, instead of staying cached on top of the repair.
+
+Two stores share one interface (`lookup`, `get_or_create`, `resumable`): `ArtifactStore`
+on disk (the CLI) and `MemoryStore` (the Python API: the same artifacts, held as tensors and
+JSON values in memory). A build function writes through an output (`FolderOutput`,
+`MemoryOutput`: `save_tensors`, `save_json`, `file`) and an artifact reads the same names back
+(`tensors`, `json`), so one build and one load function serve both.
 """
 
 from __future__ import annotations
@@ -269,16 +275,36 @@ def package_versions() -> dict[str, str]:
     """Versions recorded in every manifest, so a result can be traced to its software."""
     import numpy
 
-    import c2ir
+    from c2ir.version import __version__
 
     return {
-        "c2ir": c2ir.__version__,
+        "c2ir": __version__,
         "python": platform.python_version(),
         "torch": torch.__version__,
         "torchvision": _torchvision_version(),
         "numpy": numpy.__version__,
         "scikit-learn": _distribution_version("scikit-learn"),
     }
+
+
+class FolderOutput:
+    """Where a build writes an artifact on disk: its (temporary) folder. `out / name` is a path in it."""
+
+    def __init__(self, path: Path):
+        self.path = path
+
+    def __truediv__(self, name: str) -> Path:
+        return self.path / name
+
+    def save_tensors(self, name: str, tensors: Mapping[str, torch.Tensor]) -> None:
+        atomic_save_tensors(self.path / name, tensors)
+
+    def save_json(self, name: str, obj: Any) -> None:
+        atomic_write_json(self.path / name, obj)
+
+    def file(self, name: str) -> Path | None:
+        """A path for a file of another kind (a PNG); None where the store keeps no files."""
+        return self.path / name
 
 
 @dataclass(frozen=True)
@@ -362,7 +388,9 @@ class ArtifactStore:
             return None
         problem, manifest = self._check(path)
         if problem is None and inputs is not None and manifest.get("inputs", {}) != dict(inputs):
-            problem = "it was built from different upstream artifacts (an upstream artifact was recomputed)"
+            problem = ("it records no content digests of its inputs (written by an older c2ir)" if inputs and
+                       not manifest.get("inputs") else
+                       "it was built from different upstream artifacts (an upstream artifact was recomputed)")
         if problem is None:
             return Artifact(stage, key, path, manifest)
         log.warning("cache: %s/%s is damaged or stale (%s); discarding and recomputing it", stage, key, problem)
@@ -453,7 +481,7 @@ class ArtifactStore:
         self,
         stage: str,
         key: str,
-        build: Callable[[Path], Mapping[str, Any] | None],
+        build: Callable[[FolderOutput], Mapping[str, Any] | None],
         *,
         config: Mapping[str, Any],
         upstream: Mapping[str, str] | None = None,
@@ -469,7 +497,7 @@ class ArtifactStore:
             raise write_failure(tmp, exc) from None
         started = time.time()
         try:
-            extra = dict(build(tmp) or {})
+            extra = dict(build(FolderOutput(tmp)) or {})
             files = {
                 str(p.relative_to(tmp)): {"size": p.stat().st_size, "sha256": file_sha256(p)}
                 for p in sorted(tmp.rglob("*"))
@@ -500,7 +528,7 @@ class ArtifactStore:
         assert artifact is not None, f"published artifact {final} failed its own check"
         return artifact
 
-    def get_or_create(self, stage: str, key: str, build: Callable[[Path], Mapping[str, Any] | None],
+    def get_or_create(self, stage: str, key: str, build: Callable[[FolderOutput], Mapping[str, Any] | None],
                       **manifest: Any) -> Artifact:
         """Return the cached artifact, or build and publish it (once, under the key's lock).
 
@@ -547,3 +575,83 @@ class ArtifactStore:
         if partial.is_dir() and not any(partial.iterdir()):
             with contextlib.suppress(OSError):
                 partial.rmdir()
+
+
+class MemoryOutput:
+    """Where a build writes an artifact in memory: named tensor dicts and JSON values."""
+
+    def __init__(self) -> None:
+        self.tensor_files: dict[str, dict[str, torch.Tensor]] = {}
+        self.json_files: dict[str, Any] = {}
+
+    def save_tensors(self, name: str, tensors: Mapping[str, torch.Tensor]) -> None:
+        self.tensor_files[name] = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
+
+    def save_json(self, name: str, obj: Any) -> None:
+        self.json_files[name] = json.loads(json.dumps(obj, default=str))  # the values a file would give back
+
+    def file(self, name: str) -> Path | None:
+        return None
+
+
+@dataclass(frozen=True)
+class MemoryArtifact:
+    """An artifact of a `MemoryStore`: what its build saved, read back by the same names as from disk."""
+
+    stage: str
+    key: str
+    manifest: dict[str, Any]
+    out: MemoryOutput
+    path: None = None
+
+    @property
+    def digest(self) -> str:
+        return f"memory:{self.key}"  # nothing in memory is damaged or edited behind the store's back
+
+    def tensors(self, name: str = "tensors.safetensors", keys: list[str] | None = None) -> dict[str, torch.Tensor]:
+        stored = self.out.tensor_files[name]
+        return dict(stored) if keys is None else {k: stored[k] for k in keys}
+
+    def tensor_names(self, name: str = "tensors.safetensors") -> list[str]:
+        return list(self.out.tensor_files[name])
+
+    def json(self, name: str) -> Any:
+        return self.out.json_files[name]
+
+    def file(self, name: str) -> Path | None:
+        return None
+
+
+class MemoryStore:
+    """The store of the Python API: artifacts live as long as the store (one per detector, or shared
+    between detectors to reuse one synthesis); nothing is written to disk."""
+
+    def __init__(self) -> None:
+        self._items: dict[tuple[str, str], MemoryArtifact] = {}
+
+    def partial_dir(self, stage: str, key: str) -> Path | None:
+        return None  # no resumable work in memory
+
+    @contextlib.contextmanager
+    def resumable(self, stage: str, key: str) -> Iterator[None]:
+        yield None  # no partial folder: a build in memory keeps its parts itself
+
+    def lookup(self, stage: str, key: str, inputs: Mapping[str, str] | None = None) -> MemoryArtifact | None:
+        art = self._items.get((stage, key))
+        if art is not None and inputs is not None and art.manifest.get("inputs", {}) != dict(inputs):
+            return None
+        return art
+
+    def get_or_create(self, stage: str, key: str, build: Callable[[MemoryOutput], Mapping[str, Any] | None], *,
+                      config: Mapping[str, Any], upstream: Mapping[str, str] | None = None, seed: int | None = None,
+                      inputs: Mapping[str, str] | None = None) -> MemoryArtifact:
+        found = self.lookup(stage, key, inputs)
+        if found is not None:
+            return found
+        out = MemoryOutput()
+        extra = dict(build(out) or {})
+        manifest = {"stage": stage, "key": key, "config": config, "upstream": dict(upstream or {}),
+                    "inputs": dict(inputs or {}), "seed": seed, **extra}
+        art = MemoryArtifact(stage, key, manifest, out)
+        self._items[(stage, key)] = art
+        return art

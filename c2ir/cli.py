@@ -8,20 +8,21 @@ traceback.
 
 from __future__ import annotations
 
+import contextlib
 import errno
-import importlib
 import logging
 import os
 import re
 import sys
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from c2ir.config import config_dir, register_resolvers
 from c2ir.errors import C2IRError
 from c2ir.names import install_log_escaping, printable
-from c2ir.stages import STAGES
+from c2ir.stages import STAGES, stage_task
 
 log = logging.getLogger("c2ir")
 
@@ -43,18 +44,25 @@ def fail(message: str, code: int = 2) -> int:
     return code
 
 
+def group_options(group: str) -> list[str]:
+    """The options of config group `group` (YAML files and the schema's ConfigStore entries); [] if none.
+    Call inside Hydra's initialize_config_dir."""
+    from hydra.core.global_hydra import GlobalHydra
+
+    return sorted(GlobalHydra.instance().config_loader().get_group_options(group))
+
+
 def check_group_choices(overrides: list[str]) -> None:
     """Unknown config-group options get one line listing the valid ones (before Hydra composes)."""
-    root = config_dir()
     for arg in overrides:
         m = _GROUP_OVERRIDE.match(arg)
-        if not m or not (root / m["group"]).is_dir():
+        options = group_options(m["group"]) if m else []
+        if not options:
             continue
         raw = m["value"].strip()
         if raw in ("null", "[]") or "$" in raw or raw.startswith(("choice(", "range(", "glob(")):
             continue
         values = [v.strip() for v in raw.strip("[]").split(",") if v.strip()]
-        options = sorted(p.stem for p in (root / m["group"]).glob("*.yaml"))
         for v in values:
             if v not in options:
                 raise C2IRError(f"unknown {m['group']} {v!r}; choose from: {', '.join(options)}")
@@ -63,53 +71,43 @@ def check_group_choices(overrides: list[str]) -> None:
             raise C2IRError(f"{m['group']}={raw} lists {', '.join(twice)} more than once; give each once")
 
 
+# Hydra's command-line flags (hydra.cc/docs/advanced/hydra-command-line-flags): those that take a value,
+# and --info, whose topic is optional; the others take none.
+_FLAGS_WITH_VALUE = {"--cfg", "-c", "--package", "-p", "--config-path", "-cp", "--config-name", "-cn", "--config-dir",
+                     "-cd", "--experimental-rerun"}
+_FLAGS_WITHOUT_VALUE = {"--help", "-h", "--hydra-help", "--version", "--resolve", "--run", "-r", "--multirun", "-m",
+                        "--shell-completion", "-sc"}
+_FLAGS_OPTIONAL_VALUE = {"--info", "-i"}
+
+
 def split_flags(args: list[str]) -> tuple[list[str], list[str]]:
     """Hydra's flags (with their values) and the overrides, so flags work in any position.
 
-    Hydra's own parser wants flags before overrides; `c2ir run model=x --cfg job` would
-    otherwise fail with 'unrecognized arguments'.
+    Hydra's parser wants flags before overrides; `c2ir run model=x --cfg job` would otherwise
+    fail with 'unrecognized arguments'.
     """
-    from hydra._internal.utils import get_args_parser
-
-    takes_value: dict[str, object] = {}
-    for action in get_args_parser()._actions:
-        for opt in action.option_strings:
-            takes_value[opt] = action.nargs
     flags, overrides, i = [], [], 0
     while i < len(args):
         tok = args[i]
         name = tok.split("=", 1)[0]
-        if tok.startswith("-") and name in takes_value:
-            flags.append(tok)
-            nargs = takes_value[name]
-            if "=" not in tok and nargs is None and i + 1 < len(args):
-                flags.append(args[i + 1])
-                i += 1
-            elif "=" not in tok and nargs == "?" and i + 1 < len(args) and not args[i + 1].startswith("-") \
-                    and "=" not in args[i + 1]:
-                flags.append(args[i + 1])
-                i += 1
-        else:
+        known = tok.startswith("-") and name in (_FLAGS_WITH_VALUE | _FLAGS_WITHOUT_VALUE | _FLAGS_OPTIONAL_VALUE)
+        if not known:
             overrides.append(tok)
+        else:
+            flags.append(tok)
+            nxt = args[i + 1] if i + 1 < len(args) else None
+            takes = "=" not in tok and nxt is not None and (
+                name in _FLAGS_WITH_VALUE
+                or (name in _FLAGS_OPTIONAL_VALUE and not nxt.startswith("-") and "=" not in nxt))
+            if takes:
+                flags.append(nxt)
+                i += 1
         i += 1
     return flags, overrides
 
 
 _NO_VALIDATION_FLAGS = {"--help", "-h", "--hydra-help", "--version", "--cfg", "-c", "--info", "-i",
                         "--shell-completion", "-sc", "--experimental-rerun"}
-
-
-def _one_line(exc: BaseException) -> str:
-    """Hydra/OmegaConf composition errors, reduced to their first meaningful line."""
-    text = str(exc).strip()
-    m = re.search(r"Could not override '([^']+)'", text)
-    if m:
-        key = m.group(1)
-        parent, _, leaf = key.rpartition(".")
-        return (f"unknown config key {key}; check the spelling (c2ir <stage> --cfg job lists every key)"
-                f"{'' if not parent else f', or add a new key on purpose with +{key}=...'}")
-    first = text.splitlines()[0] if text else type(exc).__name__
-    return f"{first.rstrip('.')} (c2ir <stage> --cfg job shows the composed config)"
 
 
 def check_output_dir(key: str, value: Any) -> None:
@@ -128,7 +126,7 @@ def check_output_dir(key: str, value: Any) -> None:
                         f"set {key} to a writable folder") from None
 
 
-def validate_overrides(overrides: list[str], multirun: bool = False) -> None:
+def validate_overrides(overrides: list[str], compose_all: bool = True, multirun: bool = False) -> None:
     """Compose the config for every value of every sweep and validate it against the schemas.
 
     Runs before Hydra starts, so a bad value is one line (exit 2) rather than Hydra's
@@ -138,12 +136,12 @@ def validate_overrides(overrides: list[str], multirun: bool = False) -> None:
     from hydra.core.override_parser.overrides_parser import OverridesParser
     from omegaconf import OmegaConf
 
-    from c2ir.schema import validate
+    from c2ir.validation import explain, validate
 
     try:
         parsed = OverridesParser.create().parse_overrides(overrides)
     except Exception as exc:  # noqa: BLE001 - Hydra's parse errors
-        raise C2IRError(_one_line(exc)) from None
+        raise C2IRError(explain(exc)) from None
     plain_args = [o.input_line for o in parsed if not o.is_sweep_override() and not o.key_or_group.startswith("hydra")]
     sweeps = [o for o in parsed if o.is_sweep_override()]
     variants: list[list[str]] = [plain_args]
@@ -155,22 +153,24 @@ def validate_overrides(overrides: list[str], multirun: bool = False) -> None:
         others = [f"{o.get_key_element()}={next(iter(o.sweep_string_iterator()))}" for o in sweeps if o is not sw]
         variants += [[*plain_args, *others, f"{key}={v}"] for v in values]
     with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
-        hydra_args = [o.input_line for o in parsed if not o.is_sweep_override()]
-        try:
-            with_hydra = compose("config", overrides=hydra_args, return_hydra_config=True)
-            out_key = "hydra.sweep.dir" if multirun else "hydra.run.dir"
-            out_dir = OmegaConf.select(with_hydra, out_key)
-        except Exception as exc:  # noqa: BLE001 - reported by the composition below
-            out_dir = None
-        if out_dir:
-            check_output_dir(out_key, out_dir)
-        for variant in variants:
+        check_group_choices(overrides)
+        if compose_all:   # the run or sweep folder Hydra will create (hydra.* keys need the Hydra config)
+            try:
+                with_hydra = compose("config", overrides=[o.input_line for o in parsed if not o.is_sweep_override()],
+                                     return_hydra_config=True)
+                out_key = "hydra.sweep.dir" if multirun else "hydra.run.dir"
+                out_dir = OmegaConf.select(with_hydra, out_key)
+            except Exception:  # noqa: BLE001 - reported by the composition below
+                out_dir = None
+            if out_dir:
+                check_output_dir(out_key, out_dir)
+        for variant in variants if compose_all else ():
             try:
                 cfg = compose("config", overrides=variant)
             except C2IRError:
                 raise
             except Exception as exc:  # noqa: BLE001 - ConfigCompositionException, OmegaConf errors alike
-                raise C2IRError(_one_line(exc)) from None
+                raise C2IRError(explain(exc)) from None
             validate(cfg)
 
 
@@ -192,32 +192,44 @@ def os_error_line(exc: OSError) -> str:
             "has space (cache_root=..., hydra.run.dir=... choose other folders)")
 
 
-def _task(stage: str):
-    def task(cfg) -> None:
-        if cfg.get("threads"):  # process-wide torch state is set by the entry point, not by library objects
-            import torch
+def task(cfg: Any) -> dict:
+    """The one Hydra task: the stage `cfg.stage` on the job of `cfg`; returns the stage's result (its
+    metrics or paths, recorded by Hydra for sweepers). User errors end the process with one line."""
+    if cfg.get("threads"):  # process-wide torch state is set by the entry point, not by library objects
+        import torch
 
-            torch.set_num_threads(int(cfg.threads))
-        from c2ir import distributed
+        torch.set_num_threads(int(cfg.threads))
+    from c2ir import distributed
+    from c2ir.stages.job import cli_job
 
-        distributed.init_from_env()  # under torchrun: join the process group (sets this rank's CUDA device)
-        install_log_escaping()  # file names in log arguments cannot split or forge log lines
-        module = importlib.import_module(STAGES[stage][0])
+    distributed.init_from_env()  # under torchrun: join the process group (sets this rank's CUDA device)
+    install_log_escaping()  # file names in log arguments cannot split or forge log lines
+    try:
         try:
-            try:
-                module.run(cfg)
-            except OSError as exc:  # a disk or folder problem outside the cache's own writes (run folder, data)
-                if isinstance(exc, C2IRError) or exc.errno not in DISK_ERRNOS:
-                    raise
-                raise C2IRError(os_error_line(exc)) from None
-        except C2IRError as exc:
-            if os.environ.get("HYDRA_FULL_ERROR") == "1":
+            return stage_task(str(cfg.stage))(cli_job(cfg))
+        except OSError as exc:  # a disk or folder problem outside the cache's own writes (run folder, data)
+            if isinstance(exc, C2IRError) or exc.errno not in DISK_ERRNOS:
                 raise
-            _log_to_files(f"c2ir: error: {printable(exc)}")  # into the run's log file; the terminal gets the line below
-            sys.stderr.flush()
-            print(f"c2ir: error: {printable(exc)}", file=sys.stderr)
-            raise SystemExit(2) from None
-    return task
+            raise C2IRError(os_error_line(exc)) from None
+    except C2IRError as exc:
+        if os.environ.get("HYDRA_FULL_ERROR") == "1":
+            raise
+        _log_to_files(f"c2ir: error: {printable(exc)}")  # into the run's log file; the terminal gets the line below
+        sys.stderr.flush()
+        print(f"c2ir: error: {printable(exc)}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+@contextlib.contextmanager
+def _command_line(args: list[str]) -> Iterator[None]:
+    """Hydra's documented entry point (`hydra.main`) reads its command line from sys.argv: hand it
+    `args` for the duration of the call, and give the caller's sys.argv back afterwards."""
+    saved = sys.argv
+    sys.argv = ["c2ir", *args]
+    try:
+        yield
+    finally:
+        sys.argv = saved
 
 
 def report_main(args: list[str]) -> int:
@@ -258,17 +270,18 @@ def main(argv: list[str] | None = None) -> int:
     flags, overrides = split_flags(rest)
     register_resolvers()
     try:
-        check_group_choices(overrides)
-        if not _NO_VALIDATION_FLAGS.intersection(f.split("=", 1)[0] for f in flags):
-            validate_overrides([*overrides, f"stage={stage}"], multirun=bool({"-m", "--multirun"} & set(flags)))
+        validate_overrides([*overrides, f"stage={stage}"],
+                           compose_all=not _NO_VALIDATION_FLAGS.intersection(f.split("=", 1)[0] for f in flags),
+                           multirun=bool({"-m", "--multirun"} & set(flags)))
     except C2IRError as exc:
         if os.environ.get("HYDRA_FULL_ERROR") == "1":
             raise
         return fail(str(exc))
     import hydra
 
-    sys.argv = ["c2ir", *flags, f"stage={stage}", *overrides]
-    hydra.main(config_path=str(config_dir()), config_name="config", version_base="1.3")(_task(stage))()
+    app = hydra.main(config_path=str(config_dir()), config_name="config", version_base="1.3")(task)
+    with _command_line([*flags, f"stage={stage}", *overrides]):
+        app()
     return 0
 
 

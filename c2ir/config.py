@@ -43,6 +43,10 @@ def _run_id() -> str:
 
 
 def register_resolvers() -> None:
+    """The resolvers the configs use, and the structured configs (c2ir.schema) in Hydra's ConfigStore."""
+    from c2ir.schema import register
+
+    register()
     if not OmegaConf.has_resolver("c2ir.shared_model"):
         OmegaConf.register_new_resolver("c2ir.shared_model", _shared_model)
     if not OmegaConf.has_resolver("c2ir.run_id"):

@@ -10,17 +10,18 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Callable, Iterable, Sequence
+from typing import TypeVar
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
-from c2ir.data.imageset import ImageSet, Normalizer
+from c2ir.data.imageset import ImageSet, Normalizer, unit_pixels
 from c2ir.data.loader import BatchStream, batch_spans
 from c2ir.errors import C2IRError
 from c2ir.models.state import frozen_eval
-from c2ir.validation import check_layer_pattern
+from c2ir.inputs import check_layer_pattern
 
 FeatureBundle = dict[str, torch.Tensor]
 """Flat tensor dict: `logits`, `penultimate`, `labels` (if any), `layer/<name>` (N, C),
@@ -187,6 +188,21 @@ def batches(n: int, batch_size: int) -> Iterable[slice]:
     """Consecutive slices of at most `batch_size` (detectors that batch tensors themselves)."""
     for start in range(0, n, batch_size):
         yield slice(start, min(start + batch_size, n))
+
+
+T = TypeVar("T")
+
+
+def gradient_batches(model: nn.Module, images: torch.Tensor, step: Callable[[torch.Tensor, slice], T], *,
+                     batch_size: int = 256, device: torch.device | str = "cpu", desc: str = "gradients") -> list[T]:
+    """`step(x, span)` for each batch of `images`, x = that batch as float pixels in [0, 1] on `device`
+    requiring a gradient, with the model in eval mode and its parameters frozen (both restored after):
+    the one gradient pass of ODIN, GAIA and MGI (gradients flow to inputs and activations, never into
+    the caller's `.grad`)."""
+    with frozen_eval(model):
+        spans = list(batches(len(images), batch_size))
+        return [step(unit_pixels(images[span].to(device)).requires_grad_(True), span)
+                for span in tqdm(spans, desc=desc, leave=False, disable=not sys.stderr.isatty())]
 
 
 @torch.no_grad()

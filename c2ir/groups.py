@@ -18,7 +18,7 @@ GROUPS = ("near", "far")
 
 def groups_of(cfg: Any) -> dict[str, str]:
     """{result column: group} for the selected OOD sets that declare `group`."""
-    from c2ir.schema import ood_names
+    from c2ir.validation import ood_names
 
     names = ood_names(cfg)
     return {names[key]: str(cfg.ood[key].group) for key in cfg.ood if cfg.ood[key].get("group")}

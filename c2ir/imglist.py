@@ -6,7 +6,7 @@ file under `<data root>/benchmark_imglist/<benchmark>/`, e.g. `test_cifar10.txt`
 literal holding `label`; OOD lists carry -1), and paths relative to `<data root>/images_classic/` or
 `<data root>/images_largescale/` (`openood/datasets/imglist_dataset.py`, `openood/evaluation_api/datasets.py`).
 
-Torch-free on purpose: `schema.check_inputs` reads lists before torch is imported, so a missing list or image
+Torch-free on purpose: `validation.check_inputs` reads lists before torch is imported, so a missing list or image
 is reported in about a second.
 """
 

@@ -23,75 +23,28 @@ import logging
 import math
 import sys
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
 from c2ir.adam import TensorAdam
+from c2ir.cache import DamagedFile, discard_verified, load_verified
 from c2ir.data.imageset import Normalizer
 from c2ir.errors import C2IRError
 from c2ir.extraction import ForwardHook, ForwardHooks
 from c2ir.fused_bn import BNTerms, FusedBNStatLoss
 from c2ir.models.state import frozen_eval
+from c2ir.schema import SynthConfig  # the settings are declared with the other schemas
 from c2ir.synth_schedule import lr_values, phase_iterations, plateaued
 
 log = logging.getLogger(__name__)
 
 StatsFn = Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
-
-
-@dataclass
-class SynthConfig:
-    """DeepInversion settings; the defaults are the CLI's `synth=default` (configs/synth/default.yaml): 40
-    impressions per class in batches of 200, each batch 60 iterations at half resolution then 15 at full size,
-    Adam lr 0.25 with a cosine decay, fused BN statistics: about a tenth of the cost of `synth=deepinversion`
-    (the default before issue 20: 300 full-size iterations at lr 0.1, hooked statistics); C2IR's quality is
-    as good on the digits model, lower on the CIFAR ResNets (docs/BENCHMARKS.md section 16). `synth=paper` (per_class=100, batch_size=256,
-    iterations=2000, lr=0.05) is DeepInversion's CIFAR setting, for GPUs.
-
-    The options that cut the cost, each measured in docs/BENCHMARKS.md section 16:
-    - `warmup_iterations`: DeepInversion's multi-resolution start (Yin et al., CVPR 2020; their ImageNet code's
-      setting 0 runs 2k iterations at 112 px before 1k at 224 px): the model sees the images 2x average-pooled,
-      at a quarter of the cost per iteration; `warmup_min_size` skips it for images too small to halve
-      (`synth_schedule.phase_iterations`).
-    - `lr_schedule` (cosine | linear | constant, `synth_schedule.lr_values`): cosine annealing as in SGDR
-      (Loshchilov & Hutter, ICLR 2017), which lets a short run take large steps first.
-    - `stop_patience` / `stop_tol`: stop a batch when its loss stops improving (`synth_schedule.plateaued`).
-    - `bn_stats`: `hooks` (forward hooks, `torch.var_mean`: the former arithmetic) or `fused` (the statistics
-      inside the BatchNorm layer, `c2ir.fused_bn`: same values to ~1e-6, about 0.7x the cost per iteration).
-    """
-
-    per_class: int = 40
-    batch_size: int = 200
-    iterations: int = 15
-    lr: float = 0.25
-    betas: tuple[float, float] = (0.5, 0.9)
-    ce_weight: float = 1.0
-    bn_weight: float = 10.0
-    first_bn_multiplier: float = 10.0
-    bn_reduce: str = "mean"  # sum | mean over BatchNorm layers (mean: same weight at any depth)
-    tv_weight: float = 2.5e-5
-    l2_weight: float = 3e-8
-    jitter: int = 2
-    flip: bool = True
-    seed: int = 0
-    lr_schedule: str = "cosine"
-    warmup_iterations: int = 60
-    warmup_min_size: int = 16  # half-resolution warm-up only when half the image is at least this (px)
-    stop_patience: int = 0  # 0: every batch runs all its iterations
-    stop_tol: float = 0.01
-    bn_stats: str = "fused"
-
-    @classmethod
-    def from_cfg(cls, cfg: object) -> "SynthConfig":
-        fields = cls.__dataclass_fields__
-        kwargs = {k: getattr(cfg, k) for k in fields if k in cfg}  # type: ignore[operator]
-        if "betas" in kwargs:
-            kwargs["betas"] = tuple(float(b) for b in kwargs["betas"])
-        return cls(**kwargs)
 
 
 @dataclass
@@ -362,3 +315,42 @@ def impression_grid(images: torch.Tensor, targets: torch.Tensor, num_classes: in
         r, c = divmod(i, per_row)
         grid[:, 1 + r * (h + 1):1 + r * (h + 1) + h, 1 + c * (w + 1):1 + c * (w + 1) + w] = tile
     return grid
+
+
+# ----- batch files and the grid picture (the synthesize stage) ----------------------------------------
+def batch_problem(t: dict[str, torch.Tensor], targets: torch.Tensor, shape: tuple[int, int, int]) -> str | None:
+    """Why the tensors of a batch file are not batch `targets` of images of `shape` (None: they are)."""
+    if not {"images", "targets"} <= set(t) or not any(k.startswith("curve/") for k in t):
+        return "missing tensors"
+    if not torch.equal(t["targets"], targets):
+        return "its targets are not this batch's classes"
+    if tuple(t["images"].shape) != (len(targets), *shape) or not torch.isfinite(t["images"]).all():
+        return f"images of shape {tuple(t['images'].shape)} (expected {(len(targets), *shape)}, finite)"
+    return None
+
+
+def load_batch(path: Path, targets: torch.Tensor, shape: tuple[int, int, int]) -> dict[str, torch.Tensor] | None:
+    """A finished batch file, verified (content hash, then its targets and image shape); a damaged one is
+    deleted with a warning (None: recompute it), so it is never assembled into the impressions."""
+    try:
+        t, _ = load_verified(path)
+        problem = batch_problem(t, targets, shape)
+    except DamagedFile as exc:
+        problem = str(exc)
+    if problem is None:
+        return t
+    log.warning("synthesize: damaged batch file %s (%s); discarding and recomputing it", path, problem)
+    discard_verified(path)
+    return None
+
+
+def save_grid(grid: torch.Tensor, path: Path) -> None:
+    """The impression grid as a PNG, scaled up to about 256 px (nearest neighbour)."""
+    from PIL import Image
+
+    arr = (grid.clamp(0, 1) * 255).round().byte().permute(1, 2, 0).numpy()
+    if arr.shape[2] == 1:
+        arr = arr[:, :, 0]
+    scale = max(1, 256 // max(arr.shape[:2]))
+    img = Image.fromarray(np.ascontiguousarray(arr))
+    img.resize((img.width * scale, img.height * scale), Image.NEAREST).save(path)

@@ -10,18 +10,15 @@ Weights are non-negative and sum to one.
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
-from tqdm import tqdm
 
 from c2ir.data.imageset import Normalizer
 from c2ir.errors import C2IRError
-from c2ir.extraction import ForwardHooks, batches
-from c2ir.models.state import frozen_eval
+from c2ir.extraction import ForwardHooks, gradient_batches
 
 METHODS = ("grad_abs", "grad_x_act", "uniform")
 
@@ -53,15 +50,9 @@ def impression_importance(model: nn.Module, normalizer: Normalizer | None, image
                           device: torch.device | str = "cpu") -> dict[str, torch.Tensor]:
     """Importance of each layer under every method, averaged over impression batches (size-weighted).
 
-    Gradients flow to the activations only (parameters are frozen inside), so the caller's model,
-    its `requires_grad` flags and any `.grad` it holds come back untouched.
+    Gradients flow to the activations only (parameters are frozen by `gradient_batches`), so the
+    caller's model, its `requires_grad` flags and any `.grad` it holds come back untouched.
     """
-    with frozen_eval(model):
-        return _importance(model, normalizer, images, targets, layers, batch_size, device)
-
-
-def _importance(model: nn.Module, normalizer: Normalizer | None, images: torch.Tensor, targets: torch.Tensor,
-                layers: Sequence[str], batch_size: int, device: torch.device | str) -> dict[str, torch.Tensor]:
     modules = dict(model.named_modules())
     captured: dict[str, torch.Tensor] = {}
 
@@ -71,18 +62,15 @@ def _importance(model: nn.Module, normalizer: Normalizer | None, images: torch.T
             captured[name] = out
         return fn
 
-    totals: dict[str, torch.Tensor] = {}
+    def step(x: torch.Tensor, span: slice) -> dict[str, torch.Tensor]:
+        y = targets[span].to(x.device)
+        loss = F.cross_entropy(model(normalizer(x) if normalizer is not None else x), y, reduction="sum")
+        loss.backward()
+        acts = [captured[n].detach() for n in layers]
+        grads = [captured[n].grad.detach() for n in layers]
+        captured.clear()
+        return {k: v.cpu() * len(x) for k, v in layer_importance(acts, grads).items()}
+
     with ForwardHooks([(modules[n], hook(n)) for n in layers]):
-        for span in tqdm(list(batches(len(images), batch_size)), desc="mgi", leave=False,
-                         disable=not sys.stderr.isatty()):
-            x = images[span].to(device)
-            x = (normalizer(x) if normalizer is not None else x).requires_grad_(True)
-            y = targets[span].to(device)
-            loss = F.cross_entropy(model(x), y, reduction="sum")
-            loss.backward()
-            acts = [captured[n].detach() for n in layers]
-            grads = [captured[n].grad.detach() for n in layers]
-            for k, v in layer_importance(acts, grads).items():
-                totals[k] = totals.get(k, torch.zeros(len(layers))) + v.cpu() * len(x)
-            captured.clear()
-    return {k: v / len(images) for k, v in totals.items()}
+        parts = gradient_batches(model, images, step, batch_size=batch_size, device=device, desc="mgi")
+    return {k: sum(p[k] for p in parts) / len(images) for k in parts[0]}

@@ -252,3 +252,15 @@ def pareto_front(costs: list[float], values: list[float], higher_is_better: bool
                         for j, (cj, vj) in enumerate(zip(costs, values)) if j != i)
         out.append(not dominated)
     return out
+
+
+def write_scores_csv(path: Path, paths: list[str], pred: list[int], scores: list[float], ood: list[bool]) -> None:
+    """`scores.csv`: one row per image. The `path` cell is `names.csv_cell(relative path)`: control characters
+    escaped, and a leading `'` when it would start with = + - @ tab CR or ' (OWASP CSV injection), so no
+    spreadsheet evaluates it; `names.csv_uncell` gives the file name back exactly."""
+    buf = io.StringIO()
+    w = csv.writer(buf, quoting=csv.QUOTE_MINIMAL)
+    w.writerow(["path", "predicted_class", "score", "ood"])
+    for p, c, s, o in zip(paths, pred, scores, ood):
+        w.writerow([csv_cell(p), c, repr(float(s)), int(o)])
+    atomic_write_bytes(path, buf.getvalue().encode("utf-8"))

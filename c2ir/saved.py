@@ -3,7 +3,7 @@
 Why: a saved detector is a file the user moves around; a flipped byte, a hand edit of its threshold,
 a truncated state or a load onto another model used to give wrong scores silently. Now
 `detector.json` records the SHA-256 of `state.safetensors`, a fingerprint of the model the detector
-was fitted on (`validation.model_fingerprint`) and a hash of its own content; `read` checks all three,
+was fitted on (`inputs.model_fingerprint`) and a hash of its own content; `read` checks all three,
 every field's type and range, and that the state is finite, and says in one line what is wrong.
 """
 
@@ -20,7 +20,7 @@ from torch import nn
 
 from c2ir.cache import atomic_save_tensors, atomic_write_json, canonical_json, file_sha256
 from c2ir.errors import C2IRError
-from c2ir.validation import check_writable_folder, model_fingerprint
+from c2ir.inputs import check_writable_folder, model_fingerprint
 
 FORMAT_VERSION = 2  # 2: content hashes and the model's fingerprint
 CONFIG, STATE = "detector.json", "state.safetensors"
@@ -112,3 +112,23 @@ def read(folder: Path, model: nn.Module) -> tuple[dict[str, Any], dict[str, torc
     if bad:
         raise C2IRError(f"{state_path}: tensor {bad[0]} holds NaN or infinite values; save the detector again")
     return cfg, state
+
+
+def saved_config(fitted: Any, name: str, settings: dict[str, Any], tpr: float) -> dict[str, Any]:
+    """detector.json's fields (c2ir.saved adds the format and the content hashes)."""
+    det, info = fitted.detector, fitted.threshold_info
+    return {"name": name, "type": type(det).__name__, "params": det.params, **settings, "tpr": float(tpr),
+            "threshold": fitted.threshold, "threshold_source": fitted.threshold_source,
+            "threshold_info": None if info is None else info.to_json(), "layer_weights": fitted.layer_weights}
+
+
+def write_saved(out: Any, fitted: Any, name: str, settings: dict[str, Any], tpr: float, model: Any) -> None:
+    """The saved-detector format (`detector.json` + `state.safetensors`): on disk through `c2ir.saved` (content
+    hashes and the model's fingerprint, so `c2ir.load_detector` reads `c2ir score`'s artifact), in memory as is."""
+    config, state = saved_config(fitted, name, settings, tpr), fitted.detector.state()
+    folder = getattr(out, "path", None)
+    if folder is not None:
+        write(Path(folder), config, state, model)
+        return
+    out.save_tensors(STATE, {k: v.contiguous() for k, v in state.items()})
+    out.save_json(CONFIG, {**config, "format": FORMAT_VERSION})

@@ -1,420 +1,425 @@
-"""Typed schemas of the composed config: one place that says what each value may be.
+"""The configuration, declared once: dataclasses that are the schema and the defaults.
 
-Hydra composes the YAML files; these dataclasses then check the result, so every bad
-value gets one line naming the key, the value and what is valid (`c2ir: error: ...`)
-instead of a traceback deep inside a stage. The defaults stay in the YAML files; a
-schema field only declares the type and the valid range. Detector parameters are
-checked by the detector classes themselves (their keyword-only constructors).
+Each group of the composed config has a dataclass here. Its field types are the types,
+its defaults the defaults, and its fields the closed set of keys. The range and the
+choices of a field, beyond what its type says, are metadata on the field (`setting`),
+checked by the one validator (`c2ir.validation`). `register()` puts these dataclasses
+into Hydra's ConfigStore: `c2ir_schema` is the root config's schema (every single-shape
+group with its defaults), `synth/default`, `train/default`, the `mgi=` options, and one
+base per model architecture (`model/base/<arch>`, `model/small_cnn`, ...). YAML files
+under configs/ hold only presets that differ from these defaults. The Python API takes
+its keyword defaults from the same classes (`SynthConfig()`, `ScoreConfig.tpr`, ...).
 
-A schema also rejects keys it does not know (`+synth.iterationz=3`), so a typo is
-an error rather than a silently ignored setting.
+Data sets (`data=`, `ood.<set>`) are presets by nature: their values live in their YAML
+files, and `DataConfig` / `OODConfig` declare their keys, types and ranges.
+
+`neutral` marks a field declared after artifacts were cached: at that value the field stays
+out of cache keys (so declaring it did not invalidate every cache), at any other value it
+enters keys like any field (c2ir.graph).
+
+This module imports neither torch nor Hydra's runtime: a bad value is reported in about a
+second.
 """
 
 from __future__ import annotations
 
-import math
-import os
-import re
-from dataclasses import dataclass, field, fields
-from pathlib import Path
+from dataclasses import MISSING as NO_DEFAULT
+from dataclasses import dataclass, field
 from typing import Any
 
-from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict
+from omegaconf import II, MISSING
 
-from c2ir.errors import C2IRError
-from c2ir.imglist import open_imglist  # torch-free, like this module
-from c2ir.sizes import check_sizes
-
-OOD_GROUPS = ("near", "far")  # `ood.<set>.group`: OpenOOD's near-OOD / far-OOD means (c2ir.groups)
 RESIZE_MODES = ("resize", "center_crop", "random_crop", "resize_center_crop", "short_side_center_crop")  # = c2ir.data.transforms
+OOD_GROUPS = ("near", "far")  # `ood.<set>.group`: OpenOOD's near-OOD / far-OOD means (c2ir.groups)
+MGI_METHODS = ("grad_abs", "grad_x_act", "uniform")                          # = c2ir.mgi
+UNSET = object()
 
 
-def _spec(kind: str, *, lo: float | None = None, hi: float | None = None, lo_open: bool = False,
-          optional: bool = False, choices: tuple[str, ...] = (), length: int | None = None,
-          example: str = "") -> Any:
-    """A schema field: `kind` is int, float, bool, str or floats (a list of floats)."""
-    return field(default=None, metadata={"kind": kind, "lo": lo, "hi": hi, "lo_open": lo_open, "optional": optional,
-                                         "choices": choices, "length": length, "example": example})
+def setting(default: Any = NO_DEFAULT, *, factory: Any = NO_DEFAULT, lo: float | None = None,
+            hi: float | None = None, lo_open: bool = False, hi_open: bool = False, choices: tuple[str, ...] = (),
+            length: int | None = None, example: str = "", neutral: Any = UNSET) -> Any:
+    """A dataclass field with its valid range (`lo`/`hi`, open ends), `choices`, list `length`, an example
+    for error messages and its key-`neutral` value (module docstring)."""
+    meta = {"lo": lo, "hi": hi, "lo_open": lo_open, "hi_open": hi_open, "choices": choices, "length": length,
+            "example": example, "neutral": neutral}
+    if factory is not NO_DEFAULT:
+        return field(default_factory=factory, metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+# ----- synthesis and training ---------------------------------------------------------------------
+@dataclass
+class SynthConfig:
+    """DeepInversion settings (c2ir.impressions). The defaults are `synth=default` and the Python API's:
+    40 impressions per class in batches of 200, each batch 60 iterations at half resolution then 15 at
+    full size, Adam lr 0.25 with a cosine decay, fused BN statistics: about a tenth of the cost of
+    `synth=deepinversion` (the default before issue 20: 300 full-size iterations at lr 0.1, hooked
+    statistics), chosen by looking at C2IR's OOD test results on the digits model and the CIFAR ResNet-20
+    (docs/BENCHMARKS.md section 16): C2IR's quality is as good on the digits model, lower on the CIFAR
+    ResNets. `synth=paper` is DeepInversion's CIFAR setting, for GPUs.
+
+    The options that cut the cost: `warmup_iterations` (DeepInversion's multi-resolution start: the model
+    sees the images 2x average-pooled; `warmup_min_size` skips it for images too small to halve,
+    `synth_schedule.phase_iterations`), `lr_schedule` (cosine | linear | constant, `synth_schedule.lr_values`),
+    `stop_patience` / `stop_tol` (stop a batch when its loss stops improving, `synth_schedule.plateaued`),
+    `bn_stats` (`hooks`: forward hooks + `torch.var_mean`; `fused`: inside the BatchNorm layer, c2ir.fused_bn).
+    Their `neutral` values are the code before them (synth=deepinversion keeps the former default's key)."""
+
+    per_class: int = setting(40, lo=1, example="40")
+    batch_size: int = setting(200, lo=1, example="200")
+    iterations: int = setting(15, lo=1, example="300")   # full-size iterations per batch (after the warm-up)
+    lr: float = setting(0.25, lo=0, lo_open=True, example="0.1")
+    betas: tuple[float, float] = setting((0.5, 0.9), lo=0, hi=1, length=2, example="[0.5,0.9]")
+    ce_weight: float = setting(1.0, lo=0, example="1.0")
+    bn_weight: float = setting(10.0, lo=0, example="10.0")
+    first_bn_multiplier: float = setting(10.0, lo=0, example="10.0")
+    bn_reduce: str = setting("mean", choices=("sum", "mean"))  # mean: BN term averaged over layers (any depth)
+    tv_weight: float = setting(2.5e-5, lo=0, example="2.5e-5")
+    l2_weight: float = setting(3e-8, lo=0, example="3e-8")
+    jitter: int = setting(2, lo=0, example="2")
+    flip: bool = True
+    seed: int = setting(0, lo=0, example="0")
+    lr_schedule: str = setting("cosine", choices=("cosine", "linear", "constant"), neutral="cosine")  # = synth_schedule.SCHEDULES
+    # >0: DeepInversion's multi-resolution warm-up, this many iterations at half resolution first
+    warmup_iterations: int = setting(60, lo=0, neutral=0, example="2000")
+    warmup_min_size: int = setting(16, lo=1, neutral=16, example="16")   # px of the half-size image, at least
+    stop_patience: int = setting(0, lo=0, neutral=0, example="20")   # 0: every batch runs all its iterations
+    stop_tol: float = setting(0.01, lo=0, hi=1, neutral=0.01, example="0.01")
+    bn_stats: str = setting("fused", choices=("hooks", "fused"), neutral="hooks")
+
+    @classmethod
+    def from_cfg(cls, cfg: Any) -> "SynthConfig":
+        """The settings of a `synth` config node (or mapping); keys this class does not have are ignored."""
+        kwargs = {k: cfg[k] for k in cls.__dataclass_fields__ if k in cfg}
+        if "betas" in kwargs:
+            kwargs["betas"] = tuple(float(b) for b in kwargs["betas"])
+        return cls(**kwargs)
 
 
 @dataclass
-class SynthSchema:
-    per_class: int = _spec("int", lo=1, example="40")
-    batch_size: int = _spec("int", lo=1, example="200")
-    iterations: int = _spec("int", lo=1, example="300")
-    warmup_iterations: int = _spec("int", lo=0, example="2000")
-    warmup_min_size: int = _spec("int", lo=1, example="16")
-    lr: float = _spec("float", lo=0, lo_open=True, example="0.1")
-    betas: list = _spec("floats", lo=0, hi=1, length=2, example="[0.5,0.9]")
-    ce_weight: float = _spec("float", lo=0, example="1.0")
-    bn_weight: float = _spec("float", lo=0, example="10.0")
-    first_bn_multiplier: float = _spec("float", lo=0, example="10.0")
-    bn_reduce: str = _spec("str", choices=("sum", "mean"))
-    tv_weight: float = _spec("float", lo=0, example="2.5e-5")
-    l2_weight: float = _spec("float", lo=0, example="3e-8")
-    jitter: int = _spec("int", lo=0, example="2")
-    flip: bool = _spec("bool")
-    seed: int = _spec("int", lo=0, example="0")
-    lr_schedule: str = _spec("str", choices=("cosine", "linear", "constant"))  # = c2ir.synth_schedule.SCHEDULES
-    stop_patience: int = _spec("int", lo=0, example="20")
-    stop_tol: float = _spec("float", lo=0, hi=1, example="0.01")
-    bn_stats: str = _spec("str", choices=("hooks", "fused"))
-    autocast: str = _spec("str", choices=("none", "bf16", "fp16"))
-    channels_last: bool = _spec("bool")
-    compile: bool = _spec("bool")
+class SynthSettings(SynthConfig):
+    """`synth=`: SynthConfig with the run's data and seed, plus how (not what) the CLI computes."""
+
+    jitter: int = setting(II("data.jitter"), lo=0, example="2")
+    flip: bool = II("data.flip_invariant")
+    seed: int = setting(II("seed"), lo=0, example="0")   # default: the run's seed (c2ir run -m seed=0,1,2)
+    autocast: str = setting("none", choices=("none", "bf16", "fp16"))
+    channels_last: bool = False
+    compile: bool = False
 
 
 @dataclass
-class TrainSchema:
-    epochs: int = _spec("int", lo=1, example="20")
-    batch_size: int = _spec("int", lo=1, example="64")
-    lr: float = _spec("float", lo=0, lo_open=True, example="0.05")
-    warmup: float = _spec("float", lo=0, hi=1, example="0.15")
-    weight_decay: float = _spec("float", lo=0, example="5e-4")
-    finetune: bool = _spec("bool")
-    pad: int = _spec("int", lo=0, optional=True, example="4")
+class TrainConfig:
+    """`train=`: SGD (Nesterov) with a one-cycle learning rate, pad-crop and flip augmentation (c2ir.training)."""
+
+    epochs: int = setting(20, lo=1, example="20")
+    batch_size: int = setting(64, lo=1, example="64")
+    lr: float = setting(0.05, lo=0, lo_open=True, example="0.05")
+    warmup: float = setting(0.15, lo=0, hi=1, example="0.15")
+    weight_decay: float = setting(5e-4, lo=0, example="5e-4")
+    finetune: bool = False   # with model.checkpoint: fine-tune it and use the result downstream
+    pad: int | None = setting(None, lo=0, neutral=None, example="4")   # random-crop padding; null: crop_pad's rule
+
+    def crop_pad(self, image_size: int) -> int:
+        """Padding of the random-crop augmentation: `pad`, or max(1, image_size // 8) when it is null."""
+        return max(1, int(image_size) // 8) if self.pad is None else int(self.pad)
+
+
+# ----- detection ------------------------------------------------------------------------------------
+@dataclass
+class IPMConfig:
+    """`ipm=`: which IPM C2IR uses and its random constants (passed to C2IR's parameters)."""
+
+    name: str = setting("mean_standardized", example="mean_standardized")
+    seed: int = setting(0, lo=0, example="0")
+    projections: int | None = setting(None, lo=1, neutral=None, example="64")  # sliced_wasserstein; null: C2IR's
 
 
 @dataclass
-class IPMSchema:
-    """The `ipm=` group: which IPM C2IR uses and its parameters (C2IR's constructor holds the defaults)."""
+class MGIConfig:
+    """`mgi=`: how C2IR weights its layers from gradients on the impressions (c2ir.mgi)."""
 
-    name: str = _spec("str", example="mean_standardized")
-    seed: int = _spec("int", lo=0, example="0")
-    projections: int = _spec("int", lo=1, example="64")
+    method: str = setting("grad_abs", choices=MGI_METHODS)
 
 
 @dataclass
-class RootSchema:
-    seed: int = _spec("int", lo=0, example="0")
-    device: str = _spec("str", example="cpu")
-    threads: int = _spec("int", lo=1, optional=True, example="4")
-    batch_size: int = _spec("int", lo=1, example="256")
-    num_workers: int = _spec("int", lo=0, optional=True, example="2")
-    layer_set: str = _spec("str", example="default")
-    cache_root: str = _spec("str", example="outputs/cache")
-    output_dir: str = _spec("str", optional=True, example="outputs/runs/latest")
+class FeaturesConfig:
+    spatial_grid: int = setting(4, lo=0, example="4")   # spatial vectors per image (grid x grid), distribution IPMs
+    # union: one cached pass per dataset records every layer set of the model (+ spatial vectors when a detector may
+    # use them), so layer_set= / ipm= sweeps reuse it; configured: only this run's layers (large data sets)
+    capture: str = setting("union", choices=("union", "configured"))
 
 
 @dataclass
-class FeaturesSchema:
-    spatial_grid: int = _spec("int", lo=0, example="4")
-    capture: str = _spec("str", choices=("union", "configured"))
+class CollectStatsConfig:
+    compare_with_id: bool = False   # also measure the impressions' class means against real ID training data
+    max_spatial_per_class: int = setting(512, lo=0, example="512")
 
 
 @dataclass
-class CollectStatsSchema:
-    compare_with_id: bool = _spec("bool")
-    max_spatial_per_class: int = _spec("int", lo=0, example="512")
+class EvaluateConfig:
+    max_train_samples: int | None = setting(5000, lo=1, example="5000")  # ID training images full access fits on
 
 
 @dataclass
-class ReportSchema:
-    figures: bool = _spec("bool")
-    published: str = _spec("str", optional=True, example="openood_cifar10")  # a benchmark of c2ir/published/
+class ReportConfig:
+    # report.html and its plots in each run directory; false (large sweeps): only results.md/csv/json, the
+    # impressions grid and the terminal table (`c2ir report <sweep dir>` reads the tables)
+    figures: bool = True
+    # a benchmark of c2ir/published/openood_v15.csv (set by experiment=openood_*): its published rows beside
+    # the measured ones on report.html, labelled as another model's
+    published: str | None = setting(None, example="openood_cifar10")
 
 
 @dataclass
-class MetricsSchema:
-    """Which class FPR95 takes as positive: id (ODIN, Mahalanobis, C2IR; default) or ood (OpenOOD v1.5)."""
+class MetricsConfig:
+    """Which class FPR95 takes as positive: id (ODIN, Mahalanobis, C2IR: OOD false-positive rate at 95% ID
+    TPR; default) or ood (OpenOOD v1.5: ID false-positive rate at 95% OOD TPR); named in every header."""
 
-    fpr_positive: str = _spec("str", choices=("id", "ood"))
-
-
-@dataclass
-class EvaluateSchema:
-    max_train_samples: int = _spec("int", lo=1, optional=True, example="5000")
+    fpr_positive: str = setting("id", choices=("id", "ood"), neutral="id")
 
 
 @dataclass
-class ScoreSchema:
-    """`c2ir score`: the folder, the detector, the data-free threshold's share of impressions kept as ID."""
+class ScoreConfig:
+    """`c2ir score`: the folder, the detector, and the share of impressions its threshold keeps as ID."""
 
-    input: str = _spec("str", optional=True, example="path/to/images")
-    detector: str = _spec("str", example="c2ir")
-    tpr: float = _spec("float", lo=0, hi=1, example="0.95")
-    resize: str = _spec("str", choices=("resize", "center_crop"))
-
-
-@dataclass
-class DataSchema:
-    """Typed fields of every `data=` option; other keys (root, archive, ...) are source-specific."""
-
-    name: str = _spec("str")
-    source: str = _spec("str", choices=("sklearn_digits", "torchvision", "imagefolder", "shared", "imglist"))
-    num_classes: int = _spec("int", lo=1, example="10")
-    channels: int = _spec("int", lo=1, hi=3, example="3")
-    image_size: int = _spec("int", lo=1, example="32")
-    jitter: int = _spec("int", lo=0, example="2")
-    seed: int = _spec("int", lo=0, example="0")
-    max_train_samples: int = _spec("int", lo=1, optional=True, example="1000")
-    max_test_samples: int = _spec("int", lo=1, optional=True, example="1000")
-    resize: str = _spec("str", choices=RESIZE_MODES)
-    flip_invariant: bool = _spec("bool")
-    mean: list = _spec("floats", example="[0.5,0.5,0.5]")
-    std: list = _spec("floats", lo=0, lo_open=True, example="[0.25,0.25,0.25]")
+    input: str | None = setting(None, example="path/to/images")
+    detector: str = setting("c2ir", example="c2ir")
+    tpr: float = setting(0.95, lo=0, hi=1, lo_open=True, hi_open=True, example="0.95")
+    resize: str = setting("resize", choices=("resize", "center_crop"))
 
 
 @dataclass
-class ModelSchema:
-    """Typed fields shared by the `model=` options (each architecture reads its own; others are open)."""
+class PathsConfig:
+    data_root: str = "${oc.env:C2IR_DATA_ROOT,'~/.cache/c2ir/datasets'}"
 
-    width: int = _spec("int", lo=1, example="16")
-    depth: int = _spec("int", lo=1, example="20")
-    growth: int = _spec("int", lo=1, example="12")
-    widen_factor: int = _spec("int", lo=1, example="10")
-    reduction: float = _spec("float", lo=0, lo_open=True, hi=1, example="0.5")
-    num_classes: int = _spec("int", lo=1, example="10")
-    in_channels: int = _spec("int", lo=1, hi=3, example="3")
-    mean: list = _spec("floats", example="[0.5,0.5,0.5]")
-    std: list = _spec("floats", lo=0, lo_open=True, example="[0.25,0.25,0.25]")
-    trust_checkpoint: bool = _spec("bool")
-    require_checkpoint: str = _spec("str", optional=True, example="'an OpenOOD checkpoint'")  # why weights are needed
+
+# ----- models: one base per architecture ------------------------------------------------------------
+@dataclass
+class ModelConfig:
+    """What every model has: the architecture, its classes and input, normalisation, head and weights."""
+
+    arch: str = MISSING
+    name: str = MISSING
+    num_classes: int = setting(II("data.num_classes"), lo=1, example="10")
+    in_channels: int = setting(II("data.channels"), lo=1, example="3")
+    mean: list[float] = II("data.mean")
+    std: list[float] = setting(II("data.std"), lo=0, lo_open=True, example="[0.25]")
+    head: str | None = None           # the classifier module (None: the last Linear)
+    checkpoint: str | None = None
+    trust_checkpoint: bool = False    # allow checkpoints that need pickle (not weights_only)
+    # set by an experiment whose weights cannot be trained here: what checkpoint it needs (an error without one)
+    require_checkpoint: str | None = None
+    layer_sets: dict[str, list[str]] = MISSING   # name -> module-name regexes, or [auto]; `layer_set=` picks one
 
 
 @dataclass
-class OODSchema:
-    """Typed fields of one `ood.<name>` set; other keys are source-specific."""
+class SmallCNNConfig(ModelConfig):
+    """Small BatchNorm CNN (embedded default and tests); trained by the `train` stage."""
 
-    source: str = _spec("str", choices=("folder", "imglist", "torchvision", "noise", "photo_patches", "pixel_shuffled"))
-    max_samples: int = _spec("int", lo=1, optional=True, example="2000")
-    seed: int = _spec("int", lo=0, example="0")
-    resize: str = _spec("str", choices=RESIZE_MODES)
-    name: str = _spec("str", optional=True, example="textures")
-    group: str = _spec("str", optional=True, choices=OOD_GROUPS)  # near / far: the set's mean row in the reports
-
-
-# (config path, schema, closed: unknown keys are errors)
-SCHEMAS: list[tuple[str, type, bool]] = [
-    ("", RootSchema, False), ("synth", SynthSchema, True), ("train", TrainSchema, True),
-    ("features", FeaturesSchema, True), ("collect_stats", CollectStatsSchema, True),
-    ("evaluate", EvaluateSchema, True), ("score", ScoreSchema, True), ("report", ReportSchema, True), ("metrics", MetricsSchema, True),
-    ("data", DataSchema, False),
-    ("ipm", IPMSchema, True), ("model", ModelSchema, False),
-]
+    arch: str = "small_cnn"
+    name: str = "small_cnn"
+    width: int = setting(16, lo=1, example="16")
+    head: str | None = "fc"
+    layer_sets: dict[str, list[str]] = setting(factory=lambda: {"default": ["act1", "act2", "act3"],  # each BN-ReLU
+                                                                "last": ["act3"]})
 
 
-def _bad(path: str, value: Any, want: str, example: str) -> C2IRError:
-    hint = f" (e.g. {path}={example})" if example else ""
-    return C2IRError(f"{path}={value!r} is not valid: it must be {want}{hint}")
+_IMAGENET_MEAN, _IMAGENET_STD = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
 
 
-def check_value(path: str, value: Any, meta: dict[str, Any]) -> Any:
-    """The value converted to its declared type, or a C2IRError naming it and what is valid."""
-    kind, ex = meta["kind"], meta["example"]
-    if value is None:
-        if meta["optional"]:
-            return None
-        raise _bad(path, value, f"a {kind}" if kind != "floats" else "a list of numbers", ex)
-    if kind == "bool":
-        if not isinstance(value, bool):
-            raise _bad(path, value, "true or false", "true")
-        return value
-    if kind == "str":
-        if not isinstance(value, str):
-            raise _bad(path, value, "a string", ex)
-        if meta["choices"] and value not in meta["choices"]:
-            raise _bad(path, value, "one of " + ", ".join(meta["choices"]), meta["choices"][0])
-        return value
-    if kind == "floats":
-        if not isinstance(value, (list, tuple, ListConfig)) or (meta["length"] and len(value) != meta["length"]):
-            raise _bad(path, value, f"a list of {meta['length']} numbers", ex)
-        return [check_value(f"{path}[{i}]", v, {**meta, "kind": "float", "example": ""}) for i, v in enumerate(value)]
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise _bad(path, value, "an integer" if kind == "int" else "a number", ex)
-    if kind == "int":
-        if isinstance(value, float) and not value.is_integer():
-            raise _bad(path, value, "an integer", ex)
-        value = int(value)
-    else:
-        value = float(value)
-        if not math.isfinite(value):
-            raise _bad(path, value, "a finite number", ex)
-    lo, hi = meta["lo"], meta["hi"]
-    if lo is not None and (value < lo or (meta["lo_open"] and value == lo)):
-        rng = f"> {lo}" if meta["lo_open"] else f">= {lo}"
-        raise _bad(path, value, f"{'an integer' if kind == 'int' else 'a number'} {rng}"
-                   + (f" and <= {hi}" if hi is not None else ""), ex)
-    if hi is not None and value > hi:
-        raise _bad(path, value, f"at most {hi}", ex)
-    return value
+@dataclass
+class CifarResNetConfig(ModelConfig):
+    """CIFAR ResNet-(6n+2) (model/resnet{20,32,44,56,110}.yaml add name, depth, the last block of each stage)."""
+
+    arch: str = "cifar_resnet"
+    depth: int = setting(MISSING, lo=8, example="20")
+    mean: list[float] = setting(factory=lambda: list(_IMAGENET_MEAN))
+    std: list[float] = setting(factory=lambda: list(_IMAGENET_STD), lo=0, lo_open=True)
+    head: str | None = "linear"
+    # default chosen by measurement (docs/BENCHMARKS.md): the middle stage's blocks + the first block of the last
+    # stage; the last stage's output is inverted for OOD (OOD inputs sit closer to class means) and is left out
+    layer_sets: dict[str, list[str]] = setting(factory=lambda: {
+        "default": [r"layer2\.\d+", r"layer3\.0"], "all": ["stem_act", r"layer\d+\.\d+"],
+        "blocks": [r"layer\d+\.\d+"], "last_stage": [r"layer3\.\d+"],
+        "bn_relu": ["stem_act", r"layer\d+\.\d+\.act1", r"layer\d+\.\d+"]})
 
 
-def check_node(path: str, node: Any, schema: type, closed: bool) -> None:
-    """Check every schema field present in `node`; a closed schema also rejects unknown keys."""
-    if not isinstance(node, (DictConfig, dict)):
-        raise C2IRError(f"{path or 'the config'} must be a mapping, got {node!r}")
-    known = {f.name: f.metadata for f in fields(schema)}
-    prefix = f"{path}." if path else ""
-    for key in node:
-        if key not in known:
-            if closed:
-                raise C2IRError(f"unknown config key {prefix}{key}; valid keys of {path}: {', '.join(known)}")
-            continue
-        check_value(source_key(node, key) or f"{prefix}{key}", node[key], known[key])
+@dataclass
+class ResNetConfig(ModelConfig):
+    """ResNet-18/34, CIFAR layout (3x3 stem, layer1..4, linear); key-compatible with the Mahalanobis release
+    (model/openood_resnet18_32x32.yaml: OpenOOD v1.5's ResNet18_32x32, the same layout)."""
+
+    arch: str = setting(MISSING, choices=("resnet18", "resnet34", "openood_resnet18_32x32"))
+    mean: list[float] = setting(factory=lambda: [0.4914, 0.4824, 0.4467])   # the release's CIFAR statistics
+    std: list[float] = setting(factory=lambda: [0.2471, 0.2435, 0.2616], lo=0, lo_open=True)
+    head: str | None = "linear"
+    layer_sets: dict[str, list[str]] = setting(factory=lambda: {
+        "default": [r"layer3\.\d+", r"layer4\.0"],   # by analogy with the measured CIFAR ResNet-20 choice
+        "all": ["stem_act", r"layer\d+\.\d+"], "blocks": [r"layer\d+\.\d+"],
+        "stage_outputs": ["stem_act", r"layer1\.\d+", r"layer4\.\d+"], "last_stage": [r"layer4\.\d+"]})
 
 
-def source_key(node: Any, key: str) -> str | None:
-    """The key a value was typed under when `node.key` only refers to it (`synth.flip: ${data.flip_invariant}`),
-    so an error names what the user set (data.flip_invariant=maybe), not the key that copies it."""
-    if not isinstance(node, DictConfig) or not OmegaConf.is_interpolation(node, key):
-        return None
-    raw = str(node._get_node(key)._value())  # noqa: SLF001 - OmegaConf has no public accessor for the raw string
-    m = re.fullmatch(r"\$\{([A-Za-z_][\w.]*)\}", raw)
-    return m[1] if m else None
+@dataclass
+class WideResNetConfig(ModelConfig):
+    """WideResNet-depth-k (Outlier Exposure / Energy-OOD layout)."""
+
+    arch: str = "wide_resnet"
+    depth: int = setting(MISSING, lo=10, example="28")
+    widen_factor: int = setting(MISSING, lo=1, example="10")
+    drop_rate: float = setting(0.0, lo=0, hi=1, hi_open=True, neutral=0.0, example="0.3")
+    head: str | None = "fc"
+    layer_sets: dict[str, list[str]] = setting(factory=lambda: {
+        "default": ["conv1", r"block\d\.layer\.\d+", "relu"], "blocks": [r"block\d\.layer\.\d+"]})
 
 
-def check_normalization(cfg: DictConfig) -> None:
-    """`model.mean` / `model.std` (usually `${data.mean}` / `${data.std}`) hold one value per input channel."""
-    model, channels = cfg.get("model"), OmegaConf.select(cfg, "data.channels")
-    if not isinstance(model, DictConfig) or not isinstance(channels, int):
-        return
-    for what in ("mean", "std"):
-        values = model.get(what)
-        if values is not None and len(values) != channels:
-            shown = source_key(model, what) or f"model.{what}"
-            raise C2IRError(f"{shown}={list(values)} has {len(values)} value(s) but data.channels={channels}; "
-                            f"give one value per input channel")
+@dataclass
+class DenseNetConfig(ModelConfig):
+    """DenseNet-BC (ODIN / Energy-OOD `DenseNet3` layout); the defaults are DenseNet-BC-100, growth 12."""
+
+    arch: str = "densenet"
+    name: str = "densenet100"
+    depth: int = setting(100, lo=10, example="100")
+    growth: int = setting(12, lo=1, example="12")
+    reduction: float = setting(0.5, lo=0, hi=1, lo_open=True, example="0.5")
+    head: str | None = "fc"
+    layer_sets: dict[str, list[str]] = setting(factory=lambda: {
+        "default": ["conv1", "block1", "trans1", "block2", "trans2", "block3", "relu"],
+        "transitions": ["trans1", "trans2", "relu"]})
 
 
-def drop_unselected_ood(cfg: DictConfig) -> None:
-    """Remove `ood.<name>` entries that are tweaks without a set (an experiment's `max_samples` for a set
-    the user's `ood=[...]` no longer selects): a selected set always has a `source`."""
-    ood = cfg.get("ood")
-    if not isinstance(ood, DictConfig):
-        return
-    stale = [n for n in ood if not isinstance(ood[n], DictConfig) or "source" not in ood[n]]
-    if stale:
-        with open_dict(cfg):
-            for n in stale:
-                ood.pop(n)
+@dataclass
+class TorchvisionConfig(ModelConfig):
+    """Any torchvision classifier by name: model=torchvision model.name=resnet50. `weights`: a torchvision
+    weights name (DEFAULT downloads when online), or null with model.checkpoint."""
+
+    arch: str = "torchvision"
+    name: str = "resnet50"
+    weights: str | None = "DEFAULT"
+    mean: list[float] = setting(factory=lambda: list(_IMAGENET_MEAN))
+    std: list[float] = setting(factory=lambda: list(_IMAGENET_STD), lo=0, lo_open=True)
+    layer_sets: dict[str, list[str]] = setting(factory=lambda: {
+        "default": ["relu", r"layer\d\.\d+"], "blocks": [r"layer\d\.\d+"]})   # torchvision ResNets
 
 
-def ood_names(cfg: DictConfig) -> dict[str, str]:
-    """{config key: column name} of the selected OOD sets (`ood.<key>.name` renames a column)."""
-    out = {n: str(cfg.ood[n].get("name") or n) for n in cfg.ood}
-    seen: dict[str, str] = {}
-    for key, col in out.items():
-        if col in seen:
-            raise C2IRError(f"two OOD sets are both named {col!r} ({seen[col]} and {key}); give each a different ood.<set>.name")
-        seen[col] = key
-    return out
+@dataclass
+class TimmConfig(ModelConfig):
+    """Any timm classifier by name: model=timm model.name=<timm model> (`pip install 'c2ir[timm]'`). Weights
+    come from model.checkpoint (nothing is downloaded); mean/std: timm's ImageNet default, set the
+    normalisation the weights were trained with; layers chosen without data (`[auto]`)."""
+
+    arch: str = "timm"
+    name: str = "resnet18"
+    mean: list[float] = setting(factory=lambda: list(_IMAGENET_MEAN))
+    std: list[float] = setting(factory=lambda: list(_IMAGENET_STD), lo=0, lo_open=True)
+    layer_sets: dict[str, list[str]] = setting(factory=lambda: {"default": ["auto"]})
 
 
-def check_cache_root(value: Any) -> None:
-    """The artifact store's folder must exist (it is created) and accept a file: tried, not guessed."""
-    if value is None or not str(value).strip():
-        raise C2IRError(f"cache_root={value!r} is empty; set cache_root to a writable folder (e.g. cache_root=outputs/cache)")
-    problem = writable_problem(Path(str(value)).expanduser())
-    if problem:
-        raise C2IRError(f"cache_root={value} {problem}; set cache_root to a writable folder")
+MODEL_SCHEMAS: dict[str, type[ModelConfig]] = {
+    "small_cnn": SmallCNNConfig, "cifar_resnet": CifarResNetConfig, "resnet18": ResNetConfig, "resnet34": ResNetConfig,
+    "openood_resnet18_32x32": ResNetConfig, "wide_resnet": WideResNetConfig, "densenet": DenseNetConfig,
+    "torchvision": TorchvisionConfig, "timm": TimmConfig}
 
 
-def writable_problem(folder: Path) -> str | None:
-    """Why `folder` is not (and cannot be made) a folder this process writes into, or None: tried, not guessed
-    (a probe file is created and removed)."""
-    if folder.exists() and not folder.is_dir():
-        return "is a file, not a folder"
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        probe = folder / f".write-test-{os.getpid()}"
-        probe.write_bytes(b"")
-        probe.unlink()
-    except OSError as exc:
-        return f"is not a writable folder ({exc.strerror or exc})"
-    return None
+# ----- data sets (presets in YAML) ------------------------------------------------------------------
+@dataclass
+class DataConfig:
+    """Keys of a `data=` option (its values are its YAML preset); which are used depends on `source`."""
+
+    name: str = ""
+    source: str = setting("", choices=("sklearn_digits", "torchvision", "imagefolder", "shared", "imglist"))
+    dataset: str | None = None
+    root: str | None = None
+    data_dir: str | None = None        # imglist: the images' folder under root (OpenOOD's layout, c2ir.imglist)
+    download: bool = True
+    archive: str | None = None
+    subdir: str | None = None
+    layout: str | None = None
+    num_classes: int = setting(10, lo=1, example="10")
+    channels: int = setting(3, lo=1, hi=3, example="3")
+    image_size: int = setting(32, lo=1, example="32")
+    resize: str = setting("resize", choices=RESIZE_MODES)
+    mean: list[float] = setting(factory=list, example="[0.5,0.5,0.5]")
+    std: list[float] = setting(factory=list, lo=0, lo_open=True, example="[0.25,0.25,0.25]")
+    flip_invariant: bool = True
+    jitter: int = setting(2, lo=0, example="2")
+    seed: int = setting(0, lo=0, example="0")
+    train_split: str = "train"
+    test_split: str = "test"
+    max_train_samples: int | None = setting(None, lo=1, example="1000")
+    max_test_samples: int | None = setting(None, lo=1, example="1000")
 
 
-# stages that read the ID test set and the OOD sets, and the one that scores a user's folder
-DATA_STAGES = ("train", "evaluate", "run")
-OOD_STAGES = ("evaluate", "run")
+@dataclass
+class OODConfig:
+    """Keys of one `ood.<set>` (its values are its YAML preset); which are used depends on `source`."""
+
+    source: str = setting("", choices=("folder", "imglist", "torchvision", "noise", "photo_patches", "pixel_shuffled"))
+    name: str | None = setting(None, example="textures")   # the column in the results (default: the set's key)
+    group: str | None = setting(None, choices=OOD_GROUPS)  # near / far: the set's mean row in the reports
+    root: str | None = None
+    imglist: str | None = None         # imglist: the list file under root
+    data_dir: str | None = None
+    archive: str | None = None
+    subdir: str | None = None
+    dataset: str | None = None
+    split: str | None = None
+    download: bool = False
+    url: str | None = None
+    md5: str | None = None
+    layout: str | None = None
+    resize: str = setting("resize", choices=RESIZE_MODES)
+    kind: str = setting("gaussian", choices=("gaussian", "uniform"))
+    max_samples: int | None = setting(None, lo=1, example="2000")
+    seed: int = setting(0, lo=0, example="0")
 
 
-def _folder(path: Any) -> Path | None:
-    return Path(str(path)).expanduser() if path else None
+# ----- the root --------------------------------------------------------------------------------------
+@dataclass
+class C2IRConfig:
+    """The composed config. Groups chosen by the defaults list of configs/config.yaml fill model, data,
+    ood, detectors; the others have their defaults here."""
+
+    stage: str = "run"                  # set by `c2ir <stage>`
+    seed: int = setting(0, lo=0, example="0")
+    device: str = setting("auto", example="cpu")            # auto | cpu | cuda | cuda:N
+    threads: int | None = setting(None, lo=1, example="4")  # torch CPU threads (null: torch's default)
+    batch_size: int = setting(256, lo=1, example="256")     # forward-pass batch size (features, MGI, ODIN)
+    # image-decoding processes of file/array datasets (null: one per CPU, at most 8; 0: in-process)
+    num_workers: int | None = setting(None, lo=0, example="2")
+    layer_set: str = setting("default", example="default")  # a key of model.layer_sets
+    cache_root: str = setting("${oc.env:C2IR_CACHE_ROOT,outputs/cache}", example="outputs/cache")
+    output_dir: str | None = setting(None, example="outputs/runs/latest")  # report folder outside Hydra (tests)
+    paths: PathsConfig = setting(factory=PathsConfig)
+    model: Any = MISSING
+    data: Any = MISSING
+    ood: dict[str, Any] = setting(factory=dict)
+    synth: SynthSettings = setting(factory=SynthSettings)
+    ipm: IPMConfig = setting(factory=IPMConfig)
+    mgi: MGIConfig = setting(factory=MGIConfig)
+    detectors: dict[str, Any] = setting(factory=dict)
+    train: TrainConfig = setting(factory=TrainConfig)
+    features: FeaturesConfig = setting(factory=FeaturesConfig)
+    collect_stats: CollectStatsConfig = setting(factory=CollectStatsConfig)
+    evaluate: EvaluateConfig = setting(factory=EvaluateConfig)
+    report: ReportConfig = setting(factory=ReportConfig)
+    metrics: MetricsConfig = setting(factory=MetricsConfig)
+    score: ScoreConfig = setting(factory=ScoreConfig)
 
 
-def check_inputs(cfg: DictConfig) -> None:
-    """Files and folders named by the config exist, checked before any model is built or torch imported.
+def register() -> None:
+    """Put the schemas and the default options into Hydra's ConfigStore (idempotent)."""
+    from hydra.core.config_store import ConfigStore
 
-    A missing checkpoint or data folder is then reported in about a second, not after a minute of training
-    or synthesis. Checked where a stage will read them: the checkpoint always; an ImageFolder ID set's
-    `data.root` for train/evaluate/run; folder OOD sets for evaluate/run; image lists in OpenOOD's layout
-    (`source: imglist`, `c2ir.imglist`: the list and every image it names) likewise; `score.input` for score. Sets that
-    come from a shared archive, a download or torchvision are left to their source, and the stages check
-    again where they open the files (the API does not come through here). With a cluster launcher this runs
-    on the submitting host: paths must exist there too.
-    """
-    stage = str(cfg.get("stage") or "run")
-    ckpt = OmegaConf.select(cfg, "model.checkpoint")
-    needed = OmegaConf.select(cfg, "model.require_checkpoint")  # an experiment whose weights cannot be trained here
-    if needed and not ckpt:
-        raise C2IRError(f"this experiment needs model.checkpoint=<file>: {needed}")
-    if ckpt and not _folder(ckpt).is_file():
-        raise C2IRError(f"checkpoint not found: {_folder(ckpt)}; set model.checkpoint to an existing file")
-    data = cfg.get("data") or {}
-    root = data.get("root")
-    if stage in DATA_STAGES and data.get("source") == "imagefolder" and (root or not data.get("archive")) \
-            and not (root and _folder(root).is_dir()):
-        layout = data.get("layout") or "<root>/<split>/<class>/*.jpg"
-        raise C2IRError(f"{data.get('name', 'data')}: folder not found: {_folder(root)} (expected layout: {layout}); "
-                        "set data.root")
-    if stage in DATA_STAGES and data.get("source") == "imglist":  # OpenOOD's layout: the list and its images
-        open_imglist(data.get("root") or ".", str(data.get("test_split") or "test"), data.get("data_dir") or "",
-                     f"{data.get('name', 'data')}-test", "paths.data_root or data.root")
-    for key, ood in (cfg.get("ood") or {}).items() if stage in OOD_STAGES else ():
-        root = ood.get("root")
-        if ood.get("source") == "imglist":
-            open_imglist(root or ".", str(ood.get("imglist")), ood.get("data_dir") or "", str(ood.get("name") or key),
-                         f"paths.data_root or ood.{key}.root")
-            continue
-        if ood.get("source") != "folder" or (ood.get("url") and ood.get("download")) or (not root and ood.get("archive")):
-            continue  # generated, torchvision, downloadable or a shared archive: their source reports what is missing
-        if not root:  # the wording of c2ir.data.sources, which says the same to API users
-            raise C2IRError(f"{ood.get('name') or key}: no folder given; set ood.{key}.root=DIR "
-                            f"({ood.get('layout', 'a folder of images')})")
-        if not _folder(root).is_dir():
-            layout = f" (expected layout: {ood.layout})" if ood.get("layout") else ""
-            raise C2IRError(f"{ood.get('name') or key}: image folder not found: {_folder(root)}{layout}; "
-                            f"set ood.{key}.root to the folder")
-    if stage == "score":
-        score = cfg.get("score") or {}
-        if not score.get("input"):
-            raise C2IRError("score needs a folder of images: pass score.input=DIR")
-        root = _folder(score.input)
-        if not root.is_dir():
-            raise C2IRError(f"score.input={root} is not a folder; pass score.input=DIR with the images to score")
-        if not any(p.is_file() and not p.name.startswith(".") for p in root.rglob("*")):
-            raise C2IRError(f"no files found under {root}; point score.input at a folder of images")
-
-
-def check_spatial_grid(cfg: DictConfig) -> None:
-    """A grid of spatial vectors finer than the input's pixels samples nothing new and only multiplies memory
-    (features.spatial_grid=1000 asks for a million vectors per image and layer)."""
-    grid, size = OmegaConf.select(cfg, "features.spatial_grid"), OmegaConf.select(cfg, "data.image_size")
-    if isinstance(grid, int) and isinstance(size, int) and grid > size:
-        raise C2IRError(f"features.spatial_grid={grid} is finer than the {size}x{size} input (data.image_size); "
-                        f"choose at most {size} (e.g. features.spatial_grid=4)")
-
-
-def validate(cfg: DictConfig) -> DictConfig:
-    """Check the composed config in place (and drop stale OOD tweaks); raises C2IRError with one line."""
-    drop_unselected_ood(cfg)
-    check_cache_root(cfg.get("cache_root"))
-    for path, schema, closed in SCHEMAS:
-        node = OmegaConf.select(cfg, path) if path else cfg
-        if node is not None:
-            check_node(path, node, schema, closed)
-    if not cfg.get("ood"):
-        raise C2IRError("no OOD sets selected (ood=[]); pass at least one, e.g. ood=[gaussian_noise] "
-                        "or ood=[folder] ood.folder.root=DIR")
-    for name in cfg.ood:
-        check_node(f"ood.{name}", cfg.ood[name], OODSchema, False)
-    ood_names(cfg)
-    check_normalization(cfg)
-    check_spatial_grid(cfg)
-    check_sizes(cfg)
-    if not cfg.get("detectors"):
-        raise C2IRError("no detectors selected (detectors=[]); pass at least one, e.g. detectors=[c2ir,energy,msp]")
-    check_inputs(cfg)
-    return cfg
+    cs = ConfigStore.instance()
+    cs.store(name="c2ir_schema", node=C2IRConfig)
+    cs.store(group="synth", name="default", node=SynthSettings)
+    cs.store(group="train", name="default", node=TrainConfig)
+    for method in MGI_METHODS:
+        cs.store(group="mgi", name=method, node=MGIConfig(method=method))
+    cs.store(group="model", name="small_cnn", node=SmallCNNConfig)
+    cs.store(group="model", name="densenet100", node=DenseNetConfig)
+    cs.store(group="model", name="torchvision", node=TorchvisionConfig)
+    cs.store(group="model", name="timm", node=TimmConfig)
+    for name, base in {"cifar_resnet": CifarResNetConfig, "resnet": ResNetConfig, "wide_resnet": WideResNetConfig}.items():
+        cs.store(group="model/base", name=name, node=base)   # the YAML presets build on these (`base/<arch>@_here_`)

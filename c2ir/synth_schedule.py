@@ -18,6 +18,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 SCHEDULES = ("cosine", "linear", "constant")
 LOW_RES_FACTOR = 0.25  # cost of one half-resolution iteration relative to a full-resolution one
@@ -101,3 +102,19 @@ def progress_plan(batch_sizes: Sequence[int], done: Sequence[bool], iterations_p
                         done_iterations=n_done * iterations_per_batch,
                         total_impressions=int(sum(batch_sizes)),
                         done_impressions=int(sum(n for n, d in zip(batch_sizes, done) if d)))
+
+
+def cost_summary(art: Any) -> dict:
+    """What the synthesis cost: impressions, forward+backward equivalents (`synth_schedule.synthesis_cost`), the
+    wall seconds of the process that built it (resumed or sharded work not included) and, since issue 20, the
+    wall and CPU seconds of its batches summed (`batch_seconds`, `batch_cpu_seconds`: resumed batches and
+    other ranks' included)."""
+    s = art.json("summary.json")
+    cost = s.get("cost")
+    if cost is None:  # built before issue 20: every batch ran all its iterations
+        synth = art.manifest.get("config", {})
+        iterations = synth.get("synth.iterations", synth.get("synth", {}).get("iterations", 0))
+        warmup = synth.get("synth.warmup_iterations", synth.get("synth", {}).get("warmup_iterations")) or 0
+        cost = synthesis_cost([s["count"]], [int(iterations)], [int(warmup)])
+    return {"impressions": int(s["count"]), "cost": float(cost), "seconds": art.manifest.get("seconds"),
+            **art.manifest.get("timing", {})}

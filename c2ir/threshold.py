@@ -30,7 +30,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from c2ir.errors import C2IRError
-from c2ir.validation import nonfinite_problem
+from c2ir.inputs import nonfinite_problem
 
 RULES = {
     "pseudo_real_cross_fitted": "softened impressions held back from the statistics (cross-fitted on two folds)",

@@ -14,7 +14,6 @@ import json
 import logging
 import math
 import sys
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -25,23 +24,10 @@ from tqdm import tqdm
 from c2ir.cache import discard_verified, load_verified, save_verified
 from c2ir.data.imageset import ImageSet, Normalizer
 from c2ir.errors import C2IRError
+from c2ir.schema import TrainConfig
 from c2ir.extraction import batches
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class TrainConfig:
-    """The `train.*` settings the loop uses (configs/train/default.yaml)."""
-
-    epochs: int = 20
-    batch_size: int = 64
-    lr: float = 0.05
-    warmup: float = 0.15
-    weight_decay: float = 5e-4
-    pad: int = 1
-    flip: bool = True
-    seed: int = 0
 
 
 def lr_at(step: int, total: int, peak: float, warmup_frac: float) -> float:
@@ -100,10 +86,12 @@ def _optimizer(model: nn.Module, tc: TrainConfig) -> torch.optim.Optimizer:
 
 
 def train_classifier(model: nn.Module, train: ImageSet, test: ImageSet, normalizer: Normalizer, tc: TrainConfig,
-                     work: Path, device: torch.device | str = "cpu", eval_batch_size: int = 256
-                     ) -> tuple[nn.Module, list[dict]]:
-    """Train `model` in place with per-epoch resumable checkpoints in `work`; returns it (eval mode) and its history."""
+                     work: Path, device: torch.device | str = "cpu", eval_batch_size: int = 256, *, flip: bool = True,
+                     seed: int = 0) -> tuple[nn.Module, list[dict]]:
+    """Train `model` in place with per-epoch resumable checkpoints in `work`; returns it (eval mode) and its history.
+    `flip`: horizontal-flip augmentation (flip-invariant data); `seed` draws the batch order and augmentation."""
     model.to(device)
+    pad = tc.crop_pad(train.images.shape[-1])
     epochs, bs = int(tc.epochs), int(tc.batch_size)
     steps_per_epoch = math.ceil(len(train) / bs)
     total = epochs * steps_per_epoch
@@ -133,14 +121,14 @@ def train_classifier(model: nn.Module, train: ImageSet, test: ImageSet, normaliz
         log.warning("train: no usable resume state in %s; training from the start", work)
     for epoch in range(start_epoch, epochs):
         model.train()
-        g = torch.Generator().manual_seed(tc.seed * 10_007 + epoch)
+        g = torch.Generator().manual_seed(seed * 10_007 + epoch)
         order = torch.randperm(len(train), generator=g)
         seen, correct, loss_sum = 0, 0, 0.0
         bar = tqdm(range(steps_per_epoch), desc=f"train epoch {epoch + 1}/{epochs}", leave=False,
                    disable=not sys.stderr.isatty())
         for i in bar:
             idx = order[i * bs:(i + 1) * bs]
-            x = normalizer(augment(train.images[idx], tc.pad, tc.flip, g).to(device))
+            x = normalizer(augment(train.images[idx], pad, flip, g).to(device))
             y = train.labels[idx].to(device)
             for group in opt.param_groups:
                 group["lr"] = lr_at(epoch * steps_per_epoch + i, total, float(tc.lr), float(tc.warmup))

@@ -1,233 +1,370 @@
-"""Checks of what the Python API and the detectors are given: one `C2IRError` line naming the argument and the fix.
+"""The one validator: every value of a composed config against its dataclass in `c2ir.schema`.
 
-Why: the CLI checks every config value before any compute (`c2ir.schema`); the API and the detector
-classes take values from user code, where a bad shape, dtype or parameter otherwise surfaces as a raw
-torch error deep inside a forward pass, or, worse, as NaN scores that `predict` calls in-distribution.
-Every function here is pure (no I/O but `check_writable_folder`), so it is tested on tiny inputs;
-`c2ir/api.py` and `detectors/` call them in one line each.
+Types and closed key sets come from the dataclasses (OmegaConf enforces them while Hydra
+composes the structured groups; `check_node` enforces them for every node, including those
+added with `+key=` and the data-set presets); ranges and choices come from the fields'
+metadata (`schema.setting`). Every problem is one line naming the key, the value and what
+is valid (`c2ir: error: ...`), raised before Hydra starts a job or torch is imported.
+The Python API checks its arguments with the same functions (`check_setting`).
 """
 
 from __future__ import annotations
 
-import hashlib
 import math
-import operator
+import os
 import re
-from collections.abc import Sequence
+import types
+import typing
+from dataclasses import fields, is_dataclass
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-import torch
-from torch import nn
+from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict
 
 from c2ir.errors import C2IRError
-
-_OPS = {">": operator.gt, ">=": operator.ge, "<": operator.lt, "<=": operator.le}
-FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
-
-
-# ----- numbers and detector parameters ---------------------------------------------------------------
-def check_limit(what: str, value: Any, rule: str, fix: str = "") -> None:
-    """`value` must satisfy `rule`, e.g. "> 0" or ">= 1" (and be a finite number)."""
-    op, bound = rule.split()
-    ok = (isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-          and _OPS[op](value, float(bound)))
-    if not ok:
-        raise C2IRError(f"{what}={value!r} is not valid: it must be a number {rule}{f'; {fix}' if fix else ''}")
+from c2ir.imglist import open_imglist  # torch-free, like this module
+from c2ir.schema import MODEL_SCHEMAS, UNSET, C2IRConfig, DataConfig, OODConfig
+from c2ir.sizes import check_sizes
 
 
-def check_detector_params(det: Any) -> None:
-    """Every float parameter of a detector is finite, and each declared limit (`Detector.limits`, e.g.
-    `{"temperature": "> 0"}`) holds: a NaN weight or a zero temperature is refused before any compute,
-    instead of yielding NaN scores that metrics would turn into AUROC 0 / FPR95 100."""
-    defaults = type(det).defaults()
-    for name, value in det.params.items():
-        fix = (f"its default is {defaults.get(name)!r} (CLI: ++detectors.{det.name}.{name}=..., "
-               f"API: c2ir.detector({det.name!r}, model, {name}=...))")
-        if isinstance(value, float) and not math.isfinite(value):
-            raise C2IRError(f"detector {det.name}: {name}={value!r} is not valid: it must be a finite number; {fix}")
-        rule = getattr(det, "limits", {}).get(name)
-        if rule is not None and value is not None:
-            check_limit(f"detector {det.name}: {name}", value, rule, fix)
+@lru_cache(maxsize=None)
+def _hints(schema: type) -> dict[str, Any]:
+    return typing.get_type_hints(schema)
 
 
-# ----- API arguments ---------------------------------------------------------------------------------
-API_LIMITS = {"num_classes": ">= 1", "batch_size": ">= 1", "spatial_grid": ">= 0", "max_spatial_per_class": ">= 0",
-              "seed": ">= 0"}
+def _meta(schema: type) -> dict[str, dict[str, Any]]:
+    return {f.name: dict(f.metadata) for f in fields(schema)}
 
 
-def check_api_numbers(**values: Any) -> dict[str, int]:
-    """Integer arguments of the API (`batch_size=256`, ...) within `API_LIMITS`, as ints."""
-    out = {}
-    for name, value in values.items():
-        if (isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value)
-                or float(value) != int(value)):
-            raise C2IRError(f"{name}={value!r} is not valid: it must be an integer {API_LIMITS[name]}")
-        check_limit(name, value, API_LIMITS[name])
-        out[name] = int(value)
+def _kind(hint: Any) -> tuple[Any, bool]:
+    """(base type, optional) of a field's annotation: int, float, bool, str, 'floats', 'strings', a dataclass,
+    or None for what is not checked here (Any, mappings)."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        inner = [a for a in args if a is not type(None)]
+        base, _ = _kind(inner[0]) if len(inner) == 1 else (None, True)
+        return base, True
+    if origin in (list, tuple):
+        return ("floats" if args and args[0] is float else "strings"), False
+    if hint in (int, float, bool, str) or is_dataclass(hint):
+        return hint, False
+    return None, False
+
+
+def _bad(path: str, value: Any, want: str, example: str) -> C2IRError:
+    hint = f" (e.g. {path}={example})" if example else ""
+    return C2IRError(f"{path}={value!r} is not valid: it must be {want}{hint}")
+
+
+def _want(kind: Any) -> str:
+    return {int: "an integer", float: "a number", bool: "true or false", str: "a string", "floats": "a list of numbers",
+            "strings": "a list of strings"}.get(kind, "a mapping")
+
+
+def check_value(path: str, value: Any, kind: Any, optional: bool, meta: dict[str, Any]) -> Any:
+    """The value converted to its declared kind, or a C2IRError naming it and what is valid."""
+    ex = meta.get("example", "")
+    if value is None:
+        if optional:
+            return None
+        raise _bad(path, value, _want(kind), ex)
+    if kind is bool:
+        if not isinstance(value, bool):
+            raise _bad(path, value, "true or false", "true")
+        return value
+    if kind is str:
+        if not isinstance(value, str):
+            raise _bad(path, value, "a string", ex)
+        if meta.get("choices") and value not in meta["choices"]:
+            raise _bad(path, value, "one of " + ", ".join(meta["choices"]), meta["choices"][0])
+        return value
+    if kind in ("floats", "strings"):
+        if not isinstance(value, (list, tuple, ListConfig)) or (meta.get("length") and len(value) != meta["length"]):
+            raise _bad(path, value, f"a list of {meta['length']} numbers" if meta.get("length") else _want(kind), ex)
+        item = float if kind == "floats" else str
+        return [check_value(f"{path}[{i}]", v, item, False, {**meta, "example": "", "length": None})
+                for i, v in enumerate(value)]
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise _bad(path, value, _want(kind), ex)
+    if kind is int:
+        if isinstance(value, float) and not value.is_integer():
+            raise _bad(path, value, "an integer", ex)
+        value = int(value)
+    else:
+        value = float(value)
+        if not math.isfinite(value):
+            raise _bad(path, value, "a finite number", ex)
+    return _check_range(path, value, kind, meta, ex)
+
+
+def _check_range(path: str, value: float, kind: Any, meta: dict[str, Any], ex: str) -> Any:
+    lo, hi = meta.get("lo"), meta.get("hi")
+    below = lo is not None and (value < lo or (meta.get("lo_open") and value == lo))
+    above = hi is not None and (value > hi or (meta.get("hi_open") and value == hi))
+    if below or above:
+        parts = []
+        if lo is not None:
+            parts.append(f"> {lo}" if meta.get("lo_open") else f">= {lo}")
+        if hi is not None:
+            parts.append(f"< {hi}" if meta.get("hi_open") else f"<= {hi}")
+        raise _bad(path, value, f"{'an integer' if kind is int else 'a number'} {' and '.join(parts)}", ex)
+    return value
+
+
+def check_setting(path: str, value: Any, schema: type, name: str) -> Any:
+    """One value against field `name` of `schema` (the Python API's arguments)."""
+    kind, optional = _kind(_hints(schema)[name])
+    return check_value(path, value, kind, optional, _meta(schema)[name])
+
+
+def check_node(path: str, node: Any, schema: type, extra_keys: tuple[str, ...] = ()) -> None:
+    """Every key of `node` is a field of `schema` (or one of `extra_keys`) with a valid value;
+    dataclass-typed fields are checked recursively."""
+    if not isinstance(node, (DictConfig, dict)):
+        raise C2IRError(f"{path or 'the config'} must be a mapping, got {node!r}")
+    hints, meta = _hints(schema), _meta(schema)
+    prefix = f"{path}." if path else ""
+    for key in node:
+        if key in extra_keys:
+            continue
+        if key not in hints:
+            raise C2IRError(f"unknown config key {prefix}{key}; valid keys of {path or 'the config'}: "
+                            f"{', '.join(hints)}")
+        kind, optional = _kind(hints[key])
+        if is_dataclass(kind):
+            check_node(f"{prefix}{key}", node[key], kind)
+        elif kind is not None:
+            check_value(source_key(node, key) or f"{prefix}{key}", node[key], kind, optional, meta[key])
+
+
+def neutral_fields(cfg: Any) -> dict[str, Any]:
+    """{dotted path: key-neutral value} of the fields declared with one (c2ir.schema's docstring), for the
+    root schema and the config's model architecture."""
+    out: dict[str, Any] = {}
+
+    def walk(prefix: str, schema: type) -> None:
+        for f in fields(schema):
+            kind = _kind(_hints(schema)[f.name])[0]
+            if is_dataclass(kind):
+                walk(f"{prefix}{f.name}.", kind)
+            elif f.metadata.get("neutral", UNSET) is not UNSET:
+                out[prefix + f.name] = f.metadata["neutral"]
+
+    walk("", C2IRConfig)
+    arch = OmegaConf.select(cfg, "model.arch") if OmegaConf.is_config(cfg) else (cfg.get("model") or {}).get("arch")
+    if arch in MODEL_SCHEMAS:
+        walk("model.", MODEL_SCHEMAS[arch])
     return out
 
 
-def first_layer(model: nn.Module) -> nn.Module | None:
-    """The model's first convolution or Linear layer (None if it has neither)."""
-    for m in model.modules():
-        if isinstance(m, (nn.modules.conv._ConvNd, nn.Linear)):
-            return m
+# ----- composition errors, as one line -----------------------------------------------------------------
+def explain(exc: BaseException) -> str:
+    """A Hydra/OmegaConf composition error reduced to one line naming the key and what is valid."""
+    chain, e = [], exc
+    while e is not None and len(chain) < 8:
+        chain.append(e)
+        e = e.__cause__ or e.__context__
+    for e in chain:
+        key, schema = getattr(e, "full_key", None), getattr(e, "object_type", None)
+        if not key:
+            continue
+        leaf = str(key).rsplit(".", 1)[-1]
+        if "not in" in str(getattr(e, "msg", "")) or type(e).__name__ in ("ConfigKeyError", "ConfigAttributeError"):
+            parent = str(key).rpartition(".")[0]
+            valid = f"; valid keys of {parent or 'the config'}: {', '.join(_hints(schema))}" if is_dataclass(schema) else ""
+            return f"unknown config key {key}{valid}"
+        m = re.search(r"While dereferencing interpolation '\$\{([A-Za-z_][\w.]*)\}': Value '([^']*)'", str(e))
+        if m:   # a value that only copies another key (synth.flip: ${data.flip_invariant}): name the key typed
+            kind = _kind(_hints(schema).get(leaf, Any))[0] if is_dataclass(schema) else None
+            return str(_bad(m[1], m[2], _want(kind), ""))
+        if type(e).__name__ == "ValidationError":
+            kind = _kind(_hints(schema).get(leaf, Any))[0] if is_dataclass(schema) else None
+            example = _meta(schema).get(leaf, {}).get("example", "") if is_dataclass(schema) else ""
+            return str(_bad(str(key), getattr(e, "value", None), _want(kind), example))
+    text = str(exc).strip()
+    m = re.search(r"Could not override '([^']+)'", text)
+    if m:
+        key = m.group(1)
+        return (f"unknown config key {key}; check the spelling (c2ir <stage> --cfg job lists every key)"
+                f"{'' if '.' not in key else f', or add a new key on purpose with +{key}=...'}")
+    first = text.splitlines()[0] if text else type(exc).__name__
+    return f"{first.rstrip('.')} (c2ir <stage> --cfg job shows the composed config)"
+
+
+# ----- the composed config ------------------------------------------------------------------------------
+def drop_unselected_ood(cfg: DictConfig) -> None:
+    """Remove `ood.<name>` entries that are tweaks without a set (an experiment's `max_samples` for a set
+    the user's `ood=[...]` no longer selects): a selected set always has a `source`."""
+    ood = cfg.get("ood")
+    if not isinstance(ood, DictConfig):
+        return
+    stale = [n for n in ood if not isinstance(ood[n], DictConfig) or "source" not in ood[n]]
+    if stale:
+        with open_dict(cfg):
+            for n in stale:
+                ood.pop(n)
+
+
+def ood_names(cfg: DictConfig) -> dict[str, str]:
+    """{config key: column name} of the selected OOD sets (`ood.<key>.name` renames a column)."""
+    out = {n: str(cfg.ood[n].get("name") or n) for n in cfg.ood}
+    seen: dict[str, str] = {}
+    for key, col in out.items():
+        if col in seen:
+            raise C2IRError(f"two OOD sets are both named {col!r} ({seen[col]} and {key}); give each a different ood.<set>.name")
+        seen[col] = key
+    return out
+
+
+def check_cache_root(value: Any) -> None:
+    """The artifact store's folder must exist (it is created) and accept a file: tried, not guessed."""
+    if value is None or not str(value).strip():
+        raise C2IRError(f"cache_root={value!r} is empty; set cache_root to a writable folder (e.g. cache_root=outputs/cache)")
+    problem = writable_problem(Path(str(value)).expanduser())
+    if problem:
+        raise C2IRError(f"cache_root={value} {problem}; set cache_root to a writable folder")
+
+
+def writable_problem(folder: Path) -> str | None:
+    """Why `folder` is not (and cannot be made) a folder this process writes into, or None: tried, not guessed
+    (a probe file is created and removed)."""
+    if folder.exists() and not folder.is_dir():
+        return "is a file, not a folder"
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe = folder / f".write-test-{os.getpid()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as exc:
+        return f"is not a writable folder ({exc.strerror or exc})"
     return None
 
 
-def model_input_channels(model: nn.Module) -> int | None:
-    """Input channels of the model's first convolution (None if it starts with something else)."""
-    m = first_layer(model)
-    return int(m.in_channels) if isinstance(m, nn.modules.conv._ConvNd) else None
-
-
-def takes_vectors(model: nn.Module) -> bool:
-    """The model starts with a Linear layer: its inputs are feature vectors (N, ..., F), not (N, C, H, W) images
-    (a tabular or embedding classifier, as pytorch-ood and OpenOOD users also wrap)."""
-    return isinstance(first_layer(model), nn.Linear)
-
-
-def _positive_ints(values: Any) -> tuple[int, ...] | None:
-    try:
-        shape = tuple(int(v) for v in values)
-        return shape if all(v >= 1 and float(v) == float(w) for v, w in zip(shape, values)) else None
-    except (TypeError, ValueError):
+def source_key(node: Any, key: str) -> str | None:
+    """The key a value was typed under when `node.key` only refers to it (`synth.flip: ${data.flip_invariant}`),
+    so an error names what the user set (data.flip_invariant=maybe), not the key that copies it."""
+    if not isinstance(node, DictConfig) or not OmegaConf.is_interpolation(node, key):
         return None
+    raw = str(node._get_node(key)._value())  # noqa: SLF001 - OmegaConf has no public accessor for the raw string
+    m = re.fullmatch(r"\$\{([A-Za-z_][\w.]*)\}", raw)
+    return m[1] if m else None
 
 
-def check_input_shape(input_shape: Any, model: nn.Module) -> tuple[int, ...]:
-    """(C, H, W) of one input: three positive integers, C equal to the first convolution's input channels; for a
-    model that starts with a Linear layer (`takes_vectors`), positive integers ending in its input features or
-    holding that many values (a Flatten before the Linear layer)."""
-    shape = _positive_ints(input_shape)
-    if takes_vectors(model):
-        features = int(first_layer(model).in_features)  # type: ignore[union-attr]
-        if not shape or features not in (shape[-1], math.prod(shape)):
-            raise C2IRError(f"input_shape={input_shape!r} is not valid: the model starts with a Linear layer of "
-                            f"{features} input features; pass input_shape=({features},)")
-        return shape
-    valid = shape is not None and len(shape) == 3
-    if not valid:
-        raise C2IRError(f"input_shape={input_shape!r} is not valid: it must be (channels, height, width) of one "
-                        "input, three positive integers, e.g. input_shape=(3, 32, 32)")
-    assert shape is not None
-    channels = model_input_channels(model)
-    if channels is not None and shape[0] != channels:
-        raise C2IRError(f"input_shape={shape} has {shape[0]} channel(s) but the model's first convolution takes "
-                        f"{channels}; pass input_shape=({channels}, {shape[1]}, {shape[2]})")
-    return shape  # type: ignore[return-value]
+def check_normalization(cfg: DictConfig) -> None:
+    """`model.mean` / `model.std` (usually `${data.mean}` / `${data.std}`) hold one value per input channel."""
+    model, channels = cfg.get("model"), OmegaConf.select(cfg, "data.channels")
+    if not isinstance(model, DictConfig) or not isinstance(channels, int):
+        return
+    for what in ("mean", "std"):
+        values = model.get(what)
+        if values is not None and len(values) != channels:
+            shown = source_key(model, what) or f"model.{what}"
+            raise C2IRError(f"{shown}={list(values)} has {len(values)} value(s) but data.channels={channels}; "
+                            f"give one value per input channel")
 
 
-def check_normalization(mean: Any, std: Any, channels: int | None) -> tuple[list[float], list[float]]:
-    """Per-channel mean and std: one finite number per input channel, every std > 0."""
-    out = []
-    for what, values in (("mean", mean), ("std", std)):
-        try:
-            vals = [float(v) for v in values]
-        except (TypeError, ValueError):
-            raise C2IRError(f"{what}={values!r} is not valid: it must be a list of numbers, one per input "
-                            "channel, e.g. [0.5, 0.5, 0.5]") from None
-        if channels is not None and len(vals) != channels:
-            raise C2IRError(f"{what} has {len(vals)} value(s) but the input has {channels} channel(s) "
-                            f"(input_shape); pass {channels} value(s) for {what}")
-        if not vals or not all(math.isfinite(v) for v in vals):
-            raise C2IRError(f"{what}={values!r} is not valid: every value must be a finite number")
-        out.append(vals)
-    if not all(v > 0 for v in out[1]):
-        raise C2IRError(f"std={std!r} is not valid: every value must be > 0 (inputs are divided by it)")
-    return out[0], out[1]
+def check_spatial_grid(cfg: DictConfig) -> None:
+    """A grid of spatial vectors finer than the input's pixels samples nothing new and only multiplies memory
+    (features.spatial_grid=1000 asks for a million vectors per image and layer)."""
+    grid, size = OmegaConf.select(cfg, "features.spatial_grid"), OmegaConf.select(cfg, "data.image_size")
+    if isinstance(grid, int) and isinstance(size, int) and grid > size:
+        raise C2IRError(f"features.spatial_grid={grid} is finer than the {size}x{size} input (data.image_size); "
+                        f"choose at most {size} (e.g. features.spatial_grid=4)")
 
 
-def check_batch(x: Any, input_shape: Sequence[int] | None, what: str = "x", vectors: bool = False) -> torch.Tensor:
-    """A batch as the model takes it: a float32/16/bf16 tensor (N, C, H, W) with N >= 1 and, when the
-    input shape is known, (C, H, W) equal to it (a NumPy array is taken as the tensor it converts to).
-    `vectors` (a model that starts with a Linear layer, `takes_vectors`): (N, ..., F) instead of 4-D."""
-    if isinstance(x, np.ndarray):
-        x = torch.from_numpy(x)
-    if not isinstance(x, torch.Tensor):
-        raise C2IRError(f"{what} is a {type(x).__name__}, not a torch.Tensor; pass a (N, C, H, W) float tensor "
-                        "(e.g. torch.stack(images))")
-    if vectors and x.dim() < 2:
-        raise C2IRError(f"{what} has shape {tuple(x.shape)}; pass a batch (N, features) (for one input use "
-                        f"{what}.unsqueeze(0))")
-    if not vectors and x.dim() != 4:
-        hint = f"; for one input use {what}.unsqueeze(0)" if x.dim() == 3 else ""
-        raise C2IRError(f"{what} has shape {tuple(x.shape)}; pass a batch (N, C, H, W){hint}")
-    if x.shape[0] == 0:
-        raise C2IRError(f"{what} is an empty batch (shape {tuple(x.shape)}); pass at least one input")
-    if x.dtype not in FLOAT_DTYPES:
-        hint = ("uint8 pixels must be normalised first: ((x / 255) - mean) / std" if x.dtype == torch.uint8
-                else f"convert it with {what}.float()")
-        raise C2IRError(f"{what} has dtype {str(x.dtype).replace('torch.', '')}; pass float32 inputs normalised "
-                        f"as the model takes them ({hint})")
-    if input_shape is not None and tuple(x.shape[1:]) != tuple(input_shape):
-        raise C2IRError(f"{what} has inputs of shape {tuple(x.shape[1:])} but the detector was set up for "
-                        f"input_shape={tuple(input_shape)}; resize the inputs or fit with that input_shape")
-    return x
+# stages that read the ID test set and the OOD sets, and the one that scores a user's folder
+DATA_STAGES = ("train", "evaluate", "run")
+OOD_STAGES = ("evaluate", "run")
 
 
-def nonfinite_rows(x: torch.Tensor) -> torch.Tensor:
-    """(N,) bool: inputs holding a NaN or an infinity (scored +inf, i.e. OOD, never ID)."""
-    return ~torch.isfinite(x.reshape(len(x), -1)).all(dim=1)
+def _folder(path: Any) -> Path | None:
+    return Path(str(path)).expanduser() if path else None
 
 
-def nonfinite_problem(scores: Any) -> str | None:
-    """'3 of 100 scores are NaN' (or inf), or None when every score is finite."""
-    s = np.asarray(scores, dtype=np.float64)
-    bad = ~np.isfinite(s)
-    if not bad.any():
-        return None
-    nan, inf = int(np.isnan(s).sum()), int(np.isinf(s).sum())
-    kinds = " and ".join(k for k, n in (("NaN", nan), ("infinite", inf)) if n)
-    return f"{int(bad.sum())} of {s.size} scores are {kinds}"
+def check_inputs(cfg: DictConfig) -> None:
+    """Files and folders named by the config exist, checked before any model is built or torch imported.
+
+    A missing checkpoint or data folder is then reported in about a second, not after a minute of training
+    or synthesis. Checked where a stage will read them: the checkpoint always; an ImageFolder ID set's
+    `data.root` for train/evaluate/run; folder OOD sets for evaluate/run; image lists in OpenOOD's layout
+    (`source: imglist`, `c2ir.imglist`: the list and every image it names) likewise; `score.input` for score. Sets that
+    come from a shared archive, a download or torchvision are left to their source, and the stages check
+    again where they open the files (the API does not come through here). With a cluster launcher this runs
+    on the submitting host: paths must exist there too.
+    """
+    stage = str(cfg.get("stage") or "run")
+    ckpt = OmegaConf.select(cfg, "model.checkpoint")
+    needed = OmegaConf.select(cfg, "model.require_checkpoint")  # an experiment whose weights cannot be trained here
+    if needed and not ckpt:
+        raise C2IRError(f"this experiment needs model.checkpoint=<file>: {needed}")
+    if ckpt and not _folder(ckpt).is_file():
+        raise C2IRError(f"checkpoint not found: {_folder(ckpt)}; set model.checkpoint to an existing file")
+    data = cfg.get("data") or {}
+    root = data.get("root")
+    if stage in DATA_STAGES and data.get("source") == "imagefolder" and (root or not data.get("archive")) \
+            and not (root and _folder(root).is_dir()):
+        layout = data.get("layout") or "<root>/<split>/<class>/*.jpg"
+        raise C2IRError(f"{data.get('name', 'data')}: folder not found: {_folder(root)} (expected layout: {layout}); "
+                        "set data.root")
+    if stage in DATA_STAGES and data.get("source") == "imglist":  # OpenOOD's layout: the list and its images
+        open_imglist(data.get("root") or ".", str(data.get("test_split") or "test"), data.get("data_dir") or "",
+                     f"{data.get('name', 'data')}-test", "paths.data_root or data.root")
+    for key, ood in (cfg.get("ood") or {}).items() if stage in OOD_STAGES else ():
+        root = ood.get("root")
+        if ood.get("source") == "imglist":
+            open_imglist(root or ".", str(ood.get("imglist")), ood.get("data_dir") or "", str(ood.get("name") or key),
+                         f"paths.data_root or ood.{key}.root")
+            continue
+        if ood.get("source") != "folder" or (ood.get("url") and ood.get("download")) or (not root and ood.get("archive")):
+            continue  # generated, torchvision, downloadable or a shared archive: their source reports what is missing
+        if not root:  # the wording of c2ir.data.sources, which says the same to API users
+            raise C2IRError(f"{ood.get('name') or key}: no folder given; set ood.{key}.root=DIR "
+                            f"({ood.get('layout') or 'a folder of images'})")
+        if not _folder(root).is_dir():
+            layout = f" (expected layout: {ood.layout})" if ood.get("layout") else ""
+            raise C2IRError(f"{ood.get('name') or key}: image folder not found: {_folder(root)}{layout}; "
+                            f"set ood.{key}.root to the folder")
+    if stage == "score":
+        score = cfg.get("score") or {}
+        if not score.get("input"):
+            raise C2IRError("score needs a folder of images: pass score.input=DIR")
+        root = _folder(score.input)
+        if not root.is_dir():
+            raise C2IRError(f"score.input={root} is not a folder; pass score.input=DIR with the images to score")
+        if not any(p.is_file() and not p.name.startswith(".") for p in root.rglob("*")):
+            raise C2IRError(f"no files found under {root}; point score.input at a folder of images")
 
 
-def check_labels(labels: torch.Tensor, num_classes: int, what: str = "the DataLoader's labels") -> torch.Tensor:
-    """Integer class labels in [0, num_classes)."""
-    if labels.dtype.is_floating_point or labels.dtype == torch.bool or labels.dim() != 1:
-        raise C2IRError(f"{what} have dtype {str(labels.dtype).replace('torch.', '')} and shape "
-                        f"{tuple(labels.shape)}; yield (x, y) batches with y a 1-D tensor of integer class indices")
-    if len(labels) and (int(labels.min()) < 0 or int(labels.max()) >= num_classes):
-        raise C2IRError(f"{what} go from {int(labels.min())} to {int(labels.max())} but the model predicts "
-                        f"{num_classes} classes; labels must be class indices 0..{num_classes - 1}")
-    return labels.long()
+def validate(cfg: DictConfig) -> DictConfig:
+    """Check the composed config in place (and drop stale OOD tweaks); raises C2IRError with one line."""
+    from omegaconf.errors import OmegaConfBaseException
 
-
-def check_every_class(labels: torch.Tensor, num_classes: int, what: str) -> None:
-    """A training set holds every class (a class without examples is never learned)."""
-    missing = sorted(set(range(num_classes)) - set(torch.as_tensor(labels).unique().tolist()))
-    if missing:
-        raise C2IRError(f"{what}: class(es) {missing[:10]} have no training images (of {num_classes} classes); "
-                        "add images of every class, or raise data.max_train_samples if a subset dropped them")
-
-
-def check_layer_pattern(pattern: str) -> re.Pattern[str]:
-    """A compiled module-name regex, or one line naming the bad pattern."""
     try:
-        return re.compile(pattern)
-    except re.error as exc:
-        raise C2IRError(f"layer pattern {pattern!r} is not a valid regular expression ({exc}); "
-                        r"escape special characters, e.g. layers=['layer1\.0']") from None
+        return _validate(cfg)
+    except OmegaConfBaseException as exc:   # a value read through an interpolation of the wrong type
+        raise C2IRError(explain(exc)) from None
 
 
-def check_writable_folder(path: Path, what: str) -> Path:
-    """`path` is (or can be made) a folder this process can write into: tried, not guessed."""
-    from c2ir.schema import writable_problem
-
-    problem = writable_problem(Path(path))
-    if problem:
-        raise C2IRError(f"{what}: {path} {problem}; pass a writable folder")
-    return Path(path)
-
-
-def model_fingerprint(model: nn.Module) -> str:
-    """SHA-256 of a model's state (names, dtypes, shapes and bytes of every parameter and buffer): what a
-    saved detector records, so it is never loaded onto other weights."""
-    h = hashlib.sha256()
-    for name, t in model.state_dict().items():
-        t = t.detach().cpu().contiguous()
-        h.update(f"{name}\0{t.dtype}\0{tuple(t.shape)}\n".encode())
-        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
-    return h.hexdigest()
+def _validate(cfg: DictConfig) -> DictConfig:
+    drop_unselected_ood(cfg)
+    check_cache_root(cfg.get("cache_root"))
+    check_node("", cfg, C2IRConfig, extra_keys=("hydra",))
+    arch = OmegaConf.select(cfg, "model.arch")
+    if arch not in MODEL_SCHEMAS:
+        raise C2IRError(f"model.arch={arch!r} is not valid: it must be one of {', '.join(MODEL_SCHEMAS)}")
+    check_node("model", cfg.model, MODEL_SCHEMAS[arch])
+    check_node("data", cfg.data, DataConfig)
+    if not cfg.get("ood"):
+        raise C2IRError("no OOD sets selected (ood=[]); pass at least one, e.g. ood=[gaussian_noise] "
+                        "or ood=[folder] ood.folder.root=DIR")
+    for name in cfg.ood:
+        check_node(f"ood.{name}", cfg.ood[name], OODConfig)
+    ood_names(cfg)
+    check_normalization(cfg)
+    check_spatial_grid(cfg)
+    check_sizes(cfg)
+    if not cfg.get("detectors"):
+        raise C2IRError("no detectors selected (detectors=[]); pass at least one, e.g. detectors=[c2ir,energy,msp]")
+    check_inputs(cfg)
+    return cfg

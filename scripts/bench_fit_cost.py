@@ -31,7 +31,8 @@ from c2ir.detectors import FitData, build_detector
 from c2ir.extraction import extract_features
 from c2ir.impressions import SynthConfig, synthesize_impressions
 from c2ir.mgi import impression_importance, normalize_weights
-from c2ir.stages.common import RunContext
+from c2ir.stages.job import cli_job, normalizer
+from c2ir.stages.train import classifier, head as head_of
 from c2ir.stats import compute_class_stats
 
 VARIANTS = {
@@ -59,26 +60,26 @@ def main(argv: list[str]) -> None:
         cfg = compose("config", overrides=["detectors=[c2ir]", *args.overrides])
     if cfg.get("threads"):
         torch.set_num_threads(int(cfg.threads))
-    ctx = RunContext(cfg)
+    job = cli_job(cfg)
     import sklearn.covariance  # noqa: F401  imported before timing: the first import costs seconds, once per process
     import torchvision.transforms.functional  # noqa: F401
-    model, norm, layers, head, dev = ctx.model, ctx.normalizer, ctx.layers, ctx.head, ctx.device
+    model, norm, layers, head, dev = classifier(job), normalizer(job), job.layers, head_of(job), job.device
     k = int(cfg.data.num_classes)
     shape = (int(cfg.data.channels), int(cfg.data.image_size), int(cfg.data.image_size))
     synth = SynthConfig.from_cfg(cfg.synth)
     (images, targets), t_synth = timed(lambda: synthesize_impressions(model, norm, k, shape, synth, dev))
 
     def features():
-        bundle = extract_features(model, images, norm, layers, head, batch_size=ctx.batch_size, device=dev,
+        bundle = extract_features(model, images, norm, layers, head, batch_size=job.batch_size, device=dev,
                                   spatial_grid=int(cfg.features.spatial_grid), desc="features impressions")
         bundle["labels"] = targets
         return bundle
     bundle, t_feat = timed(features)
     class_stats, t_cs = timed(lambda: compute_class_stats(bundle, targets, layers, k,
-                                                          int(cfg.collect_stats.max_spatial_per_class), ctx.seed))
+                                                          int(cfg.collect_stats.max_spatial_per_class), job.seed))
     t_stats = t_feat + t_cs
     weights, t_mgi = timed(lambda: normalize_weights(impression_importance(
-        model, norm, images, targets, layers, ctx.batch_size, dev)[str(cfg.mgi.method)]))
+        model, norm, images, targets, layers, job.batch_size, dev)[str(cfg.mgi.method)]))
     fit = FitData(model=model, layers=layers, impressions=bundle, class_stats=class_stats, layer_weights=weights,
                   head=head, impression_images=images, normalizer=norm)
     no_images = FitData(model=model, layers=layers, impressions=bundle, class_stats=class_stats,

@@ -38,9 +38,14 @@ from c2ir.detectors.logits import LOGIT_SCORES
 from c2ir.extraction import extract_features
 from c2ir.metrics import auroc
 from c2ir.proxies import blurred, folds, mixed, patch_permuted
-from c2ir.stages import synthesize
-from c2ir.stages.common import RunContext
-from c2ir.stages.evaluate import Evaluation
+from c2ir.graph import resolve
+from c2ir.stages.evaluate import build_detectors, passes
+from c2ir.stages.features import FEATURES
+from c2ir.stages.fit import fit_for
+from c2ir.stages.job import cli_job, normalizer
+from c2ir.stages.synthesize import SYNTHESIZE
+from c2ir.stages.train import classifier, head
+from c2ir.stages.weight_layers import WEIGHT_LAYERS
 from c2ir.stats import compute_class_stats
 
 sys.path.insert(0, str(__import__("pathlib").Path(__file__).parent))
@@ -64,16 +69,17 @@ def main(argv: list[str]) -> None:
     t0 = time.time()
     with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
         cfg = compose("config", overrides=[*args.overrides, "detectors=[c2ir,energy]"])
-    ctx = RunContext(cfg)
-    ev = Evaluation(ctx)
-    fit = ev.fit_context()
+    job = cli_job(cfg)
+    dets = build_detectors(job)
+    fit = fit_for(job, list(dets.values()))
     k = int(cfg.data.num_classes)
-    images, targets = synthesize.load(synthesize.ensure(ctx))
+    impressions = resolve(SYNTHESIZE, job).value
+    images, targets = impressions.images, impressions.targets
     imp = fit.impressions
-    oods = list(ev.ood_keys)
-    bundles = {name: b for name, (_, b) in ev.sets.items()}
+    bundles = {name: resolve(FEATURES, job, p).value for name, p in passes(job, dets).items()}
+    id_name, oods = next(iter(bundles)), list(bundles)[1:]
     weights = {m: torch.tensor(w, dtype=torch.float64)
-               for m, w in ev.weights_art.json("weights.json")["weights_by_method"].items()}
+               for m, w in resolve(WEIGHT_LAYERS, job).artifact.json("weights.json")["weights_by_method"].items()}
 
     def detector(stats, cw: str):
         det = build_detector("c2ir", {"type": "c2ir", "logit_score": "none", "normalize": "none", "class_weighting": cw})
@@ -88,20 +94,20 @@ def main(argv: list[str]) -> None:
         pb = {"held_back": take(imp, b)}
         for pname, pimg in (("patch_permuted", patch_permuted(images[b], seed=f)), ("blurred", blurred(images[b])),
                             ("mixed", mixed(images[b], targets[b], seed=f))):
-            pb[pname] = extract_features(ctx.model, pimg, ctx.normalizer, ctx.layers, ctx.head,
-                                         batch_size=ctx.batch_size, device=ctx.device, desc=pname)
+            pb[pname] = extract_features(classifier(job), pimg, normalizer(job), job.layers, head(job),
+                                         batch_size=job.batch_size, device=job.device, desc=pname)
         proxies_per_fold.append((a, pb))
     for cw in ("argmax", "posterior"):
         det = detector(fit.class_stats, cw)
         test_raw[cw] = {n: det.layer_deviations(bd) for n, bd in bundles.items()}
         test_raw[cw]["_imp"] = det.layer_deviations(imp)
         for f, (a, pb) in enumerate(proxies_per_fold):
-            stats_a = compute_class_stats(take(imp, a), targets[a], ctx.layers, k, 0, ctx.seed)
+            stats_a = compute_class_stats(take(imp, a), targets[a], job.layers, k, 0, job.seed)
             det_a = detector(stats_a, cw)
             fold_raw[cw, f] = {n: det_a.layer_deviations(bd) for n, bd in pb.items()}
             fold_raw[cw, f]["_imp"] = det_a.layer_deviations(take(imp, a))
     logit = LOGIT_SCORES["energy"]
-    subsets = layer_subsets(ctx.layers)
+    subsets = layer_subsets(job.layers)
     rows = []
     grid = itertools.product(subsets.items(), weights.items(), ("impression_z",),  # impression_std ranks identically (a constant shift)
                              LOGIT_WEIGHT_GRID, ("argmax", "posterior"))
@@ -120,14 +126,14 @@ def main(argv: list[str]) -> None:
             s = scores(fold_raw[cw, f], take(imp, a), pb)
             crit.append([100 * auroc(s["held_back"], s[p]) for p in ("patch_permuted", "blurred", "mixed")])
         s = scores(test_raw[cw], imp, bundles)
-        test = [100 * auroc(s[ev.id_name], s[o]) for o in oods]
+        test = [100 * auroc(s[id_name], s[o]) for o in oods]
         c = np.mean(crit, axis=0)
         rows.append({"layers": sname, "mgi": mname, "normalize": norm, "logit_weight": lw, "class_weighting": cw,
                      "proxy": c.tolist(), "criterion": float(c.mean()), "test": test, "test_mean": float(np.mean(test))})
     crit_v = np.array([r["criterion"] for r in rows])
     test_v = np.array([r["test_mean"] for r in rows])
     rho = float(np.corrcoef(np.argsort(np.argsort(crit_v)), np.argsort(np.argsort(test_v)))[0, 1])
-    print(f"\n{len(rows)} variants in {time.time() - t0:.0f} s; layers {ctx.layers}; Spearman(criterion, test mean) = {rho:.2f}\n")
+    print(f"\n{len(rows)} variants in {time.time() - t0:.0f} s; layers {job.layers}; Spearman(criterion, test mean) = {rho:.2f}\n")
     print("| layers | mgi | normalize | energy weight | classes | patch-perm | blurred | mixed | criterion | "
           + " | ".join(oods) + " | test mean |")
     print("|" + "---|" * (9 + len(oods) + 1))
@@ -142,7 +148,7 @@ def main(argv: list[str]) -> None:
     print(line(best_test, "(test-best) "))
     if args.json:
         with open(args.json, "w") as fh:
-            json.dump({"layers": ctx.layers, "oods": oods, "spearman": rho, "rows": rows}, fh)
+            json.dump({"layers": job.layers, "oods": oods, "spearman": rho, "rows": rows}, fh)
 
 
 if __name__ == "__main__":

@@ -26,8 +26,12 @@ from c2ir.detectors import build_detector
 from c2ir.detectors.c2ir import combine, impression_scale
 from c2ir.detectors.logits import LOGIT_SCORES
 from c2ir.metrics import auroc
-from c2ir.stages.common import RunContext
-from c2ir.stages.evaluate import Evaluation
+from c2ir.graph import resolve
+from c2ir.stages.evaluate import build_detectors, passes
+from c2ir.stages.features import FEATURES
+from c2ir.stages.fit import fit_for
+from c2ir.stages.job import cli_job
+from c2ir.stages.weight_layers import WEIGHT_LAYERS
 
 log = logging.getLogger("c2ir_variants")
 
@@ -63,27 +67,26 @@ def main(argv: list[str]) -> None:
         with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
             cfg = compose("config", overrides=[*args.overrides, f"ipm={ipm_name}",
                                                "detectors=[c2ir,energy,msp,maxlogit,odin,knn]"])
-        ctx = RunContext(cfg)
-        ev = Evaluation(ctx)
-        fit = ev.fit_context()
-        det = build_detector("c2ir", {**cfg.detectors.c2ir, "logit_score": "none", "normalize": "none", "select_ipm": False},
-                             ipm=ipm_name)
+        job = cli_job(cfg)
+        dets = build_detectors(job)
+        fit = fit_for(job, list(dets.values()))
+        det = build_detector("c2ir", {**cfg.detectors.c2ir, "logit_score": "none", "normalize": "none", "select_ipm": False}, ipm=ipm_name)
         det.fit(fit)
-        oods = list(cfg.ood)
-        bundles = {name: b for name, (_, b) in ev.sets.items()}
+        bundles = {name: resolve(FEATURES, job, p).value for name, p in passes(job, dets).items()}
+        id_name, oods = next(iter(bundles)), list(bundles)[1:]
         raw = {name: det.layer_deviations(b) for name, b in bundles.items()}
         raw_imp = det.layer_deviations(fit.impressions)
         layers = det.layers
-        wrec = ev.weights_art.json("weights.json")
+        wrec = resolve(WEIGHT_LAYERS, job).artifact.json("weights.json")
         weights = {m: torch.tensor(w, dtype=torch.float64) for m, w in wrec["weights_by_method"].items()}
         logit_cache = {k: {n: fn(b["logits"]) for n, b in bundles.items()} for k, fn in LOGIT_SCORES.items()}
         logit_imp = {k: fn(fit.impressions["logits"]) for k, fn in LOGIT_SCORES.items()}
         if not baselines:
             for name in ("energy", "msp", "maxlogit", "knn"):
                 d = build_detector(name, cfg.detectors[name]).fit(fit)
-                baselines[name] = [100 * auroc(d.score(bundles[ev.id_name]), d.score(bundles[o])) for o in oods]
+                baselines[name] = [100 * auroc(d.score(bundles[id_name]), d.score(bundles[o])) for o in oods]
         for li, lname in enumerate(layers):
-            per_layer_rows.append((ipm_name, lname, [100 * auroc(raw[ev.id_name][:, li].numpy(), raw[o][:, li].numpy())
+            per_layer_rows.append((ipm_name, lname, [100 * auroc(raw[id_name][:, li].numpy(), raw[o][:, li].numpy())
                                                      for o in oods]))
         subsets = layer_subsets(layers)
         grid = itertools.product(subsets.items(), weights.items(), ("impression_z", "impression_std", "none"),
@@ -99,14 +102,14 @@ def main(argv: list[str]) -> None:
                                logit_cache[logit][name] if use_logit else None,
                                logit_imp[logit] if use_logit else None, lw).numpy()
 
-            id_s = score(ev.id_name)
+            id_s = score(id_name)
             aucs = [100 * auroc(id_s, score(o)) for o in oods]
             rows.append({"ipm": ipm_name, "layers": sname, "mgi": mname, "normalize": norm,
                          "logit": f"{logit}x{lw:g}" if logit != "none" else "none", "aurocs": aucs,
                          "mean": float(np.mean(aucs))})
     rows.sort(key=lambda r: -r["mean"])
     oods_h = " | ".join(oods)
-    print(f"\n{len(rows)} C2IR variants in {time.time() - t0:.0f} s; ID={ev.id_name}, AUROC (%) per OOD set\n")
+    print(f"\n{len(rows)} C2IR variants in {time.time() - t0:.0f} s; ID={id_name}, AUROC (%) per OOD set\n")
     print(f"| ipm | layers | mgi | normalize | logit term | {oods_h} | mean |")
     print("|" + "---|" * (6 + len(oods)))
     for name, aucs in baselines.items():

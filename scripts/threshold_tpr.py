@@ -26,12 +26,13 @@ import numpy as np
 from hydra import compose, initialize_config_dir
 
 from c2ir.config import config_dir, register_resolvers
+from c2ir.graph import Step, resolve
 from c2ir.proxies import softened
-from c2ir.stages import synthesize
-from c2ir.stages.common import RunContext
-from c2ir.stages.evaluate import Evaluation
-from c2ir.stages.score import score_images
-from c2ir.threshold import data_free_threshold, quantile_threshold
+from c2ir.stages.evaluate import build_detectors, passes
+from c2ir.stages.features import FEATURES
+from c2ir.stages.fit import FITTED, fit_for, fitted_threshold, pixel_scorer
+from c2ir.stages.job import cli_job
+from c2ir.threshold import quantile_threshold
 
 DETECTORS = "c2ir,c2ir_paper,msp,maxlogit,energy,nmd,mahalanobis_imp,mahalanobis_multi_imp,knn_imp,vim_imp"
 
@@ -40,26 +41,27 @@ def measure(overrides: list[str], tpr: float) -> dict:
     """Per detector: rule, real ID TPR, expected interval, the former rule's real TPR, FPR per OOD set (%)."""
     with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
         cfg = compose("config", overrides=overrides)
-    ctx = RunContext(cfg)
-    ev = Evaluation(ctx)
-    fit = ev.fit_context()
-    images = fit.impression_images if fit.impression_images is not None else synthesize.load(synthesize.ensure(ctx))[0]
-    oods = [s for s in ev.sets if s != ev.id_name]
-    out = {"id_set": ev.id_name, "oods": oods, "impressions": int(len(fit.impressions["logits"])), "detectors": {}}
-    for name, det in ev.detectors.items():
+    job = cli_job(cfg)
+    dets = build_detectors(job)
+    fit = fit_for(job, list(dets.values()))
+    sets = {name: resolve(FEATURES, job, p).value for name, p in passes(job, dets).items()}
+    id_name, oods = next(iter(sets)), list(sets)[1:]
+    step = Step(job, FITTED, None, "", {}, {})   # the threshold rule of `c2ir score` and the API (stages/fit.py)
+    out = {"id_set": id_name, "oods": oods, "impressions": int(len(fit.impressions["logits"])), "detectors": {}}
+    for name, det in dets.items():
         det.fit(fit)
-        scores = {s: det.score(b) for s, (_, b) in ev.sets.items()}
-        thr = data_free_threshold(det, tpr, lambda pixels: score_images(ctx, det, pixels)[0], images,
-                                  lambda: det.score(fit.impressions))
+        scores = {s: det.score(b) for s, b in sets.items()}
+        thr = fitted_threshold(step, det, fit, tpr)
         in_sample = det.score(fit.impressions)
         old = quantile_threshold(in_sample, tpr, "impressions").value
         below = {s: 100 * float(np.mean(v <= thr.value)) for s, v in scores.items()}
-        ref = reference_scores(det, thr.rule, lambda pixels: score_images(ctx, det, pixels)[0], images, in_sample)
-        real_q = float(np.quantile(scores[ev.id_name], tpr))   # the threshold a real `tpr` would need
-        out["detectors"][name] = {"rule": thr.rule, "real_tpr": below[ev.id_name],
+        score_pixels, images = pixel_scorer(step, det, fit)
+        ref = reference_scores(det, thr.rule, score_pixels, images, in_sample)
+        real_q = float(np.quantile(scores[id_name], tpr))   # the threshold a real `tpr` would need
+        out["detectors"][name] = {"rule": thr.rule, "real_tpr": below[id_name],
                                   "reference_share_for_real_tpr": 100 * float(np.mean(ref <= real_q)),
                                   "expected": [100 * thr.expected[0], 100 * thr.expected[1]],
-                                  "real_tpr_in_sample_rule": 100 * float(np.mean(scores[ev.id_name] <= old)),
+                                  "real_tpr_in_sample_rule": 100 * float(np.mean(scores[id_name] <= old)),
                                   "fpr": {o: below[o] for o in oods}}
     return out
 

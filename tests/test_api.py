@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 import c2ir
-from c2ir.detectors import DETECTOR_TYPES, build_detector
+from c2ir.detectors import build_detector, detector_config, detector_types
 from c2ir.errors import C2IRError, NotFittedError
 from c2ir.extraction import auto_layers
 from c2ir.impressions import SynthConfig
@@ -35,33 +35,60 @@ def _loader(n: int = 60, seed: int = 1):
     return [(x[i:i + 20], torch.arange(i, i + 20) % 10) for i in range(0, n, 20)]
 
 
-def test_c2ir_api_gives_the_scores_of_c2ir_evaluate(cfg_factory):
-    """Same configuration (the CLI defaults; fast synthesis, short training), same scores on the ID test set."""
+PARITY = ["c2ir", "energy", "mahalanobis_imp", "odin"]
+
+
+def test_the_api_and_the_cli_fit_the_same_detectors(cfg_factory, tmp_path):
+    """The CLI's config (fast synthesis, short training) and the API with its defaults on the same model: the
+    same scores on the ID test set, the same thresholds, and the same saved files (`c2ir score`'s artifact is
+    what `save` writes, and it loads with c2ir.load_detector)."""
     from c2ir.data import load_id, materialize
-    from c2ir.stages import evaluate
-    from c2ir.stages.common import RunContext
+    from c2ir.graph import resolve
+    from c2ir.stages.evaluate import EVALUATE
+    from c2ir.stages.fit import FITTED, FitRequest, ipm_overrides
+    from c2ir.stages.job import cli_job, normalizer
+    from c2ir.stages.train import classifier
 
-    cfg = cfg_factory(["synth=fast", "train.epochs=2", "data.max_test_samples=300", "detectors=[c2ir]",
+    cfg = cfg_factory(["synth=fast", "train.epochs=2", "data.max_test_samples=300", f"detectors=[{','.join(PARITY)}]",
                        "ood=[gaussian_noise]"])
-    ctx = RunContext(cfg)
-    cli = evaluate.ensure(ctx).tensors("scores.safetensors")["c2ir/digits-test"]
-    det = c2ir.C2IR(ctx.model, 10, (1, 8, 8), list(cfg.data.mean), list(cfg.data.std), layers=ctx.layer_patterns,
-                    synth=SynthConfig.from_cfg(cfg.synth), batch_size=int(cfg.batch_size)).fit()
-    api = det.score(ctx.normalizer(materialize(load_id(cfg.data, "test")).images))
-    assert api.shape == cli.shape
-    torch.testing.assert_close(api, cli.double(), rtol=1e-9, atol=1e-9)
+    job = cli_job(cfg)
+    cli_scores = resolve(EVALUATE, job, tuple(PARITY)).artifact.tensors("scores.safetensors")
+    model = classifier(job)
+    test = materialize(load_id(cfg.data, "test")).images
+    for name in PARITY:
+        cli_fit = resolve(FITTED, job, FitRequest.of(name, dict(cfg.detectors[name]), ipm_overrides(cfg), 0.95))
+        api = c2ir.detector(name, model, num_classes=10, input_shape=(1, 8, 8), mean=[0.3], std=[0.4], head="fc",
+                            layers=job.layer_patterns, synth=SynthConfig.from_cfg(cfg.synth)).fit()
+        assert api.threshold == cli_fit.value.threshold and api.threshold_source == cli_fit.value.threshold_source, name
+        api.save(tmp_path / name)
+        for f in ("detector.json", "state.safetensors"):
+            assert (tmp_path / name / f).read_bytes() == cli_fit.artifact.file(f).read_bytes(), (name, f)
+        loaded = c2ir.load_detector(cli_fit.artifact.path, model)
+        if name == "odin":  # scores pixels, not model inputs: compared on the uint8 images the CLI scored
+            got = api.detector.score_images(model, normalizer(job), test)
+        else:
+            x = normalizer(job)(test)
+            got = api.score(x).numpy()
+            assert torch.equal(loaded.score(x), api.score(x)), name
+        np.testing.assert_allclose(got, cli_scores[f"{name}/digits-test"].numpy(), rtol=1e-9, atol=1e-9, err_msg=name)
 
 
-def test_api_synthesis_defaults_are_the_cli_defaults(cfg_factory):
-    """Every SynthConfig default equals configs/synth/default.yaml (jitter and flip come from `data=`)."""
-    from dataclasses import fields
+def test_another_detector_fits_on_the_same_impressions_without_a_second_synthesis(monkeypatch):
+    from c2ir.stages import synthesize
 
-    cli = SynthConfig.from_cfg(cfg_factory().synth)
-    api = SynthConfig()
-    names = [f.name for f in fields(SynthConfig) if f.name not in ("jitter", "flip")]
-    assert set(names) <= set(cfg_factory().synth), "a SynthConfig field missing from configs/synth/default.yaml"
-    for f in names:
-        assert getattr(api, f) == getattr(cli, f), f
+    model = _model()
+    det = c2ir.C2IR(model, **DIGITS, synth=TINY_SYNTH).fit()
+    assert det.impressions.images.shape == (30, 1, 8, 8) and det.class_stats.layers == det.layers
+    assert len(det.layer_weights) == len(det.layers) and set(det.impression_features) >= {"logits", "layer/act1"}
+
+    def no_synthesis(*args, **kwargs):
+        raise AssertionError("synthesised again")
+
+    monkeypatch.setattr(synthesize, "synthesize_batch", no_synthesis)
+    vim = c2ir.detector("vim_imp", model, **DIGITS, synth=TINY_SYNTH).fit(impressions=det.impressions)
+    assert torch.equal(vim.impressions.images, det.impressions.images) and vim.threshold is not None
+    shared = c2ir.detector("knn_imp", model, **DIGITS, synth=TINY_SYNTH, store=det.store).fit()   # one store: a hit
+    assert torch.equal(shared.impressions.images, det.impressions.images)
 
 
 def test_fit_score_predict_save_load_exact(tmp_path):
@@ -116,7 +143,7 @@ def test_every_zoo_detector_through_the_api(tmp_path):
     model = _model()
     x = torch.randn(6, 1, 8, 8, generator=torch.Generator().manual_seed(4))
     names = c2ir.detector_names()
-    assert {build_detector(n, c2ir.api.zoo_config(n)).__class__ for n in names} == set(DETECTOR_TYPES.values())
+    assert {build_detector(n, detector_config(n)).__class__ for n in names} == set(detector_types().values())
     tiny = {**TINY_SYNTH, "per_class": 1, "batch_size": 10, "iterations": 3}
     for name in names:
         det = c2ir.detector(name, model, **DIGITS, synth=tiny).fit(_loader())
@@ -140,6 +167,10 @@ def test_detectors_without_synthesis_inputs():
         c2ir.detector("knn", model).fit()
     with pytest.raises(C2IRError, match="num_classes, input_shape, mean, std"):
         c2ir.detector("knn_imp", model).fit()
+    with pytest.raises(C2IRError, match=r"tpr=1.5 is not valid: it must be a number > 0 and < 1"):
+        c2ir.detector("energy", model, tpr=1.5)
+    with pytest.raises(C2IRError, match=r"mgi='foo' is not valid: it must be one of grad_abs"):
+        c2ir.detector("c2ir", model, mgi="foo")
 
 
 def test_bad_arguments_are_one_clear_error():
@@ -148,7 +179,7 @@ def test_bad_arguments_are_one_clear_error():
         c2ir.detector("energy", model, temperatur=2.0)
     with pytest.raises(C2IRError, match="unknown detector 'energi'.*energy"):
         c2ir.detector("energi", model)
-    with pytest.raises(C2IRError, match="synth: unknown setting.*iteration"):
+    with pytest.raises(C2IRError, match="unknown config key synth.iteration; valid keys of synth: per_class"):
         c2ir.C2IR(model, **DIGITS, synth={"iteration": 3})
     with pytest.raises(C2IRError, match="predicts 10 classes"):
         c2ir.C2IR(model, 7, (1, 8, 8), [0.3], [0.4])
@@ -165,8 +196,8 @@ def test_unknown_detector_parameter_in_config_is_an_error():
 
 def test_detector_yaml_only_overrides_the_typed_defaults():
     for name in c2ir.detector_names():
-        cfg = c2ir.api.zoo_config(name)
-        defaults = DETECTOR_TYPES[cfg.pop("type")].defaults()
+        cfg = detector_config(name)
+        defaults = detector_types()[cfg.pop("type")].defaults()
         for key, value in cfg.items():
             assert key in defaults and value != defaults[key], (name, key)
 

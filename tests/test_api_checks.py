@@ -169,11 +169,14 @@ def test_non_finite_inputs_are_never_in_distribution(fitted):
     assert det.predict(x)[[1, 2]].all()
 
 
-def test_nan_threshold_from_zero_std_is_refused():
+def test_nan_threshold_from_zero_std_is_refused(monkeypatch):
     """Issue: std=(0,) fitted with a NaN threshold and every input was then ID (now refused at construction;
     a detector that still scores its impressions NaN has no threshold)."""
+    from c2ir.detectors.energy import Energy
+
     det = c2ir.detector("energy", _model(), **DIGITS, synth=TINY_SYNTH)
-    det.detector.temperature = float("nan")  # scores NaN, as a zero spread once did
+    # scores NaN, as a zero spread once did (fit() builds the detector from its config: patch the class)
+    monkeypatch.setattr(Energy, "_score", lambda self, feats: torch.full((len(feats["logits"]),), float("nan")))
     with pytest.raises(C2IRError) as err:
         det.fit()
     _one_line(err, "not computable", "NaN")

@@ -7,30 +7,26 @@ import time
 import pytest
 import torch
 
-from c2ir.cache import ArtifactStore, atomic_save_tensors
-from c2ir.stages.common import RunContext
-from c2ir.cache import make_key
-from c2ir.stages import collect_stats, synthesize
-from conftest import make_cfg
+from c2ir.cache import ArtifactStore, make_key
+from c2ir.graph import key_of
+from c2ir.stages.collect_stats import COLLECT_STATS
+from c2ir.stages.features import FEATURES, Pass
+from c2ir.stages.job import cli_job
+from c2ir.stages.synthesize import SYNTHESIZE
+from c2ir.stages.train import MODEL
+from c2ir.stages.weight_layers import WEIGHT_LAYERS
+from conftest import REPO, make_cfg
 
 
 def _keys(tmp_path, overrides):
-    """Every stage's key for a composed config (pure: nothing is trained or computed)."""
-    from c2ir.stages.evaluate import ood_spec
-    from c2ir.stages import features, weight_layers
-
-    ctx = RunContext(make_cfg(tmp_path, overrides))
-    sk = synthesize.key(ctx)
-    keys = {
-        "model": ctx.model_key,
-        "synthesize": sk,
-        "collect_stats": collect_stats.key(ctx, sk),
-        "weight_layers": weight_layers.key(ctx, sk),
-        "features:id_test": features.key(ctx, ctx.data_spec("test"), 0),
-        "ipm": make_key("x", dict(ctx.cfg.ipm)),
-    }
-    for name in ctx.cfg.ood:
-        keys[f"features:{name}"] = features.key(ctx, ood_spec(ctx, name), 0)
+    """Every node's key for a composed config (derived from the declarations: nothing is trained or computed)."""
+    job = cli_job(make_cfg(tmp_path, overrides))
+    keys = {name: key_of(node, job) for name, node in (("model", MODEL), ("synthesize", SYNTHESIZE),
+                                                       ("collect_stats", COLLECT_STATS), ("weight_layers", WEIGHT_LAYERS))}
+    keys["features:id_test"] = key_of(FEATURES, job, Pass("id_test"))
+    keys["ipm"] = make_key("x", dict(job.cfg.ipm))
+    for name in job.cfg.ood:
+        keys[f"features:{name}"] = key_of(FEATURES, job, Pass(f"ood:{name}"))
     return keys
 
 
@@ -81,10 +77,12 @@ def test_ood_help_text_and_url_are_not_in_keys(tmp_path):
 
 
 def test_every_config_field_is_in_a_key_or_runtime_only(tmp_path):
-    """A config field that no KEY_RULES entry covers and RUNTIME_ONLY does not list fails here."""
+    """A config field that no node's KeyRule covers and RUNTIME_ONLY does not list fails here."""
     from c2ir.config import config_dir
-    from c2ir.stages.common import uncovered_fields
+    from c2ir.graph import uncovered_fields
+    from c2ir.stages import load_all
 
+    load_all()
     oods = ",".join(sorted(p.stem for p in (config_dir() / "ood").glob("*.yaml")))
     dets = ",".join(sorted(p.stem for p in (config_dir() / "detectors").glob("*.yaml")))
     combos = [[f"ood=[{oods}]", f"detectors=[{dets}]"], ["data=imagefolder"], ["data=cifar10", "model=torchvision"]]
@@ -97,14 +95,28 @@ def test_every_config_field_is_in_a_key_or_runtime_only(tmp_path):
     assert sorted(uncovered_fields(make_cfg(tmp_path, ["+new_knob=1", "+data.new_knob=2"]))) == ["data.new_knob", "new_knob"]
 
 
+KEYS_PRINT = ("import json, sys; sys.path.insert(0, 'tests'); from pathlib import Path; from test_cache import _keys; "
+              "print(json.dumps(_keys(Path(sys.argv[1]), sys.argv[2:])))")
+
+
 def test_keys_are_stable_across_processes(tmp_path):
-    assert _keys(tmp_path, []) == _keys(tmp_path, [])
+    """Keys computed in two fresh interpreters (own hash seeds, own import order) equal this process's."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    for overrides in ([], ["ood=[gaussian_noise,photo_patches]", "ipm=mean_l2"]):
+        outs = [subprocess.run([sys.executable, "-c", KEYS_PRINT, str(tmp_path), *overrides], cwd=REPO, check=True,
+                               capture_output=True, text=True, env={**os.environ, "PYTHONHASHSEED": seed}).stdout
+                for seed in ("1", "2")]
+        assert json.loads(outs[0]) == json.loads(outs[1]) == _keys(tmp_path, overrides)
 
 
 def _build(tag):
     def build(out):
-        atomic_save_tensors(out / "t.safetensors", {"x": torch.arange(10)})
-        (out / "tag.txt").write_text(tag)
+        out.save_tensors("t.safetensors", {"x": torch.arange(10)})
+        out.file("tag.txt").write_text(tag)
         return {"tag": tag}
     return build
 
@@ -122,7 +134,7 @@ def test_failed_build_leaves_nothing(tmp_path):
     store = ArtifactStore(tmp_path)
 
     def boom(out):
-        (out / "half.bin").write_bytes(b"123")
+        out.file("half.bin").write_bytes(b"123")
         raise RuntimeError("killed")
 
     with pytest.raises(RuntimeError):
@@ -162,7 +174,7 @@ def test_downstream_is_recomputed_when_upstream_content_changes(tmp_path, caplog
     # the upstream is recomputed with other bytes (damage detected, or a nondeterministic rebuild)
     import shutil
     shutil.rmtree(up.path)
-    up2 = store.get_or_create("up", "u", lambda out: (out / "x.txt").write_text("other") and {}, config={})
+    up2 = store.get_or_create("up", "u", lambda out: out.file("x.txt").write_text("other") and {}, config={})
     assert up2.digest != up.digest
     again = store.get_or_create("down", "d", _build("from-two"), config={}, inputs={"up": up2.digest})
     assert again.manifest["tag"] == "from-two" and "different upstream" in caplog.text
@@ -187,7 +199,7 @@ def _slow_worker(root, q):
 
     def build(out):
         time.sleep(1.0)
-        (out / "pid.txt").write_text(str(mp.current_process().pid))
+        out.file("pid.txt").write_text(str(mp.current_process().pid))
         return {}
 
     art = store.get_or_create("s", "same", build, config={})

@@ -111,8 +111,8 @@ def test_a_failing_plot_keeps_the_tables(first_run, workdir, tmp_path, monkeypat
     import logging
 
     from c2ir import plots, report_html
-    from c2ir.stages.common import RunContext
-    from c2ir.stages.evaluate import report_evaluation
+    from c2ir.stages import evaluate
+    from c2ir.stages.job import cli_job
 
     def broken(*args, **kwargs):
         raise RuntimeError("plot exploded")
@@ -121,8 +121,9 @@ def test_a_failing_plot_keeps_the_tables(first_run, workdir, tmp_path, monkeypat
     monkeypatch.setattr(report_html.FigureCache, "get", lambda self, name: None)  # first_run cached the figures
     cfg = make_cfg(tmp_path, [*TINY, f"cache_root={workdir / 'cache'}"])
     with caplog.at_level(logging.INFO):
-        report_evaluation(RunContext(cfg))
+        result = evaluate.run(cli_job(cfg))
     assert "cache miss" not in caplog.text
+    assert set(result["metrics"]) == {"msp", "energy", "c2ir", "c2ir_paper", "mahalanobis_imp", "nmd"}  # the stage returns its result
     out = tmp_path / "out"
     for name in ("results.md", "results.csv", "results.json", "roc_gaussian_noise.png"):
         assert (out / name).stat().st_size > 0, name
@@ -136,12 +137,13 @@ def test_report_figures_false_keeps_the_tables_and_the_cache_key(first_run, work
     and the same evaluate artifact as with figures (runtime-only: all cache hits)."""
     import logging
 
-    from c2ir.stages.common import RunContext
-    from c2ir.stages.evaluate import report_evaluation
+    from c2ir.stages import evaluate
+    from c2ir.stages.job import cli_job
 
     cfg = make_cfg(tmp_path, [*TINY, f"cache_root={workdir / 'cache'}", "report.figures=false"])
     with caplog.at_level(logging.INFO):
-        report_evaluation(RunContext(cfg))
+        result = evaluate.run(cli_job(cfg))
+    assert set(result["metrics"]) == {"msp", "energy", "c2ir", "c2ir_paper", "mahalanobis_imp", "nmd"}  # the stage returns its result
     assert "cache miss" not in caplog.text and "cache hit: evaluate/" in caplog.text
     out = tmp_path / "out"
     for name in ("results.md", "results.csv", "results.json", "impressions_grid.png"):
@@ -292,7 +294,7 @@ def test_bad_paths_fail_before_hydra_and_detector_parameters_before_any_stage(tm
 
 def test_config_check_leaves_archive_download_and_unread_sets_to_their_source(tmp_path):
     from c2ir.errors import C2IRError
-    from c2ir.schema import check_inputs
+    from c2ir.validation import check_inputs
 
     none = str(tmp_path / "none")
     for overrides in (["stage=evaluate", "ood=[tin_crop,mnist,isun]"],          # shared archive, download URL

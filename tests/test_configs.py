@@ -1,38 +1,196 @@
-"""Every option of every config group composes; shared values are interpolated."""
+"""Every option of every config group composes, validates and instantiates; the schema is the defaults."""
+
+from dataclasses import asdict
 
 import pytest
+import torch
 import yaml
 from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
 from omegaconf import OmegaConf
 
-from c2ir.config import config_dir
-from conftest import HAS_JOBLIB_LAUNCHER, make_cfg
+from c2ir.config import config_dir, register_resolvers
+from c2ir.errors import C2IRError
+from c2ir.validation import validate
+from conftest import HAS_JOBLIB_LAUNCHER, labelled_folder, make_cfg, needs_shared
 
 GROUPS = ["model", "data", "ood", "synth", "ipm", "mgi", "detectors", "train", "experiment", "launcher"]
-HAS_LAUNCHERS = HAS_JOBLIB_LAUNCHER
 
 
 def _options(group):
-    return sorted(p.stem for p in (config_dir() / group).glob("*.yaml"))
+    """The group's options as Hydra lists them: YAML presets and the schema's ConfigStore entries."""
+    register_resolvers()
+    with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
+        return sorted(GlobalHydra.instance().config_loader().get_group_options(group))
 
 
-@pytest.mark.parametrize("group,option", [(g, o) for g in GROUPS for o in _options(g)])
-def test_every_option_composes(tmp_path, group, option):
-    if group == "launcher" and not HAS_LAUNCHERS:
+def _validated(tmp_path, overrides):
+    return validate(make_cfg(tmp_path, ["stage=synthesize", *overrides]))
+
+
+def _instantiate_model(cfg):
+    """The architecture of `cfg.model` (published torchvision weights not downloaded), and every one of its
+    layer sets resolved to modules of it."""
+    from c2ir.extraction import resolve_layers
+    from c2ir.models.loading import build_classifier
+
+    if cfg.model.arch == "timm":
+        pytest.importorskip("timm")
+    if cfg.model.arch == "torchvision":
+        cfg.model.weights = None
+    model = build_classifier(cfg.model, int(cfg.data.num_classes))
+    for name, patterns in cfg.model.layer_sets.items():
+        assert resolve_layers(model, list(patterns)), name
+    return model
+
+
+# what each group's option must have to instantiate offline: CIFAR-sized data, no downloaded weights
+MODEL_EXTRA = {"small_cnn": []}
+DATA_OFFLINE = {"digits"}                      # the other ID sets need a download, the shared archive or a folder
+OOD_OFFLINE = {"gaussian_noise", "uniform_noise", "photo_patches", "pixel_shuffled"}
+OOD_SHARED = {"tin_crop", "tin_resize", "mnist"}
+
+
+@pytest.mark.parametrize("option", _options("model"))
+def test_every_model_builds_with_every_layer_set(tmp_path, option):
+    cfg = _validated(tmp_path, [f"model={option}", *MODEL_EXTRA.get(option, ["data=cifar10"])])
+    assert cfg.model.num_classes == cfg.data.num_classes and cfg.model.in_channels == cfg.data.channels
+    model = _instantiate_model(cfg)
+    logits = model.eval()(torch.zeros(2, cfg.data.channels, cfg.data.image_size, cfg.data.image_size))
+    assert logits.shape == (2, cfg.data.num_classes)
+
+
+@pytest.mark.parametrize("option", _options("data"))
+def test_every_data_option_validates_and_the_offline_ones_load(tmp_path, option):
+    from c2ir.data import load_id
+
+    extra = [f"data.root={labelled_folder(tmp_path / 'ds', 3, 2)}", "data.num_classes=3", "data.test_split=test",
+             "model=resnet20"] if option in ("imagefolder", "imagenet") else []
+    cfg = _validated(tmp_path, [f"data={option}", "synth.per_class=1", *extra])  # any size fits (c2ir.sizes)
+    assert cfg.data.name and len(cfg.data.mean) == len(cfg.data.std) == cfg.data.channels
+    if option in DATA_OFFLINE or extra:
+        test = load_id(cfg.data, "test")
+        assert len(test) > 0 and test[0][0].shape == (cfg.data.channels, cfg.data.image_size, cfg.data.image_size)
+
+
+@needs_shared
+def test_the_shared_cifar10_jpeg_loads(tmp_path):
+    from c2ir.data import load_id
+
+    cfg = _validated(tmp_path, ["data=cifar10_jpeg", "model=resnet20"])
+    assert len(load_id(cfg.data, "test")) == 10000
+
+
+@pytest.mark.parametrize("option", _options("ood"))
+def test_every_ood_option_validates_and_the_offline_ones_load(tmp_path, option):
+    from c2ir.data import load_id, load_ood
+    from c2ir.data.shared import shared_dir
+
+    cfg = _validated(tmp_path, [f"ood=[{option}]", *([f"ood.{option}.root={tmp_path}"] if option == "folder" else [])])
+    # an OOD option defines the sets of its top-level keys: one set named like the file, an alias (ood/lsun.yaml
+    # selects ood.lsun_crop, named lsun) or a benchmark's sets (ood/openood_*.yaml)
+    expected = [k for k in yaml.safe_load((config_dir() / "ood" / f"{option}.yaml").read_text()) if k != "defaults"]
+    assert list(cfg.ood) == (expected or ["lsun_crop"])
+    key = expected[0] if expected else "lsun_crop"
+    if option in OOD_OFFLINE or (option in OOD_SHARED and shared_dir() is not None):
+        ds = load_ood(key, cfg.ood[key], cfg.data, load_id(cfg.data, "test"))
+        assert len(ds) > 0 and ds[0][0].shape == (1, 8, 8), option
+
+
+@pytest.mark.parametrize("option", _options("synth"))
+def test_every_synth_option_is_a_synth_config(tmp_path, option):
+    from c2ir.schema import SynthConfig, SynthSettings
+
+    cfg = _validated(tmp_path, [f"synth={option}"])
+    settings = SynthSettings(**OmegaConf.to_container(cfg.synth, resolve=True))   # every key is a field
+    api, cli = asdict(SynthConfig.from_cfg(cfg.synth)), asdict(settings)
+    assert api == {k: tuple(v) if k == "betas" else v for k, v in cli.items() if k in api}   # the API's settings are the CLI's, less how it computes
+
+
+@pytest.mark.parametrize("option", _options("ipm"))
+def test_every_ipm_option_builds_c2ir(tmp_path, option):
+    from c2ir.detectors import build_detector
+    from c2ir.stages.fit import ipm_overrides
+
+    cfg = _validated(tmp_path, [f"ipm={option}"])
+    det = build_detector("c2ir", dict(cfg.detectors.c2ir), **ipm_overrides(cfg))
+    assert det.ipm == option
+
+
+@pytest.mark.parametrize("option", _options("mgi"))
+def test_every_mgi_option_weights_layers(tmp_path, option):
+    from c2ir.mgi import mgi_weights
+
+    cfg = _validated(tmp_path, [f"mgi={option}"])
+    acts = [torch.ones(2, 3, 4, 4), torch.ones(2, 5, 2, 2)]
+    w = mgi_weights(acts, [a * (i + 1) for i, a in enumerate(acts)], str(cfg.mgi.method))
+    assert w.shape == (2,) and float(w.sum()) == pytest.approx(1.0)
+
+
+@pytest.mark.parametrize("option", _options("detectors"))
+def test_every_detector_option_builds(tmp_path, option):
+    from c2ir.detectors import build_detector, detector_types
+    from c2ir.stages.fit import ipm_overrides
+
+    cfg = _validated(tmp_path, [f"detectors=[{option}]"])
+    assert list(cfg.detectors) == [option]
+    det = build_detector(option, dict(cfg.detectors[option]), **ipm_overrides(cfg))
+    assert type(det) is detector_types()[cfg.detectors[option].type]
+
+
+@pytest.mark.parametrize("option", _options("train"))
+def test_every_train_option_is_a_train_config(tmp_path, option):
+    from c2ir.schema import TrainConfig
+
+    cfg = _validated(tmp_path, [f"train={option}"])
+    tc = TrainConfig(**OmegaConf.to_container(cfg.train, resolve=True))
+    assert tc.crop_pad(32) == (4 if tc.pad is None else tc.pad)
+
+
+@pytest.mark.parametrize("option", _options("experiment"))
+def test_every_experiment_validates_and_builds_its_model(tmp_path, option):
+    cfg = _validated(tmp_path, [f"experiment={option}", "model.checkpoint=null", "model.require_checkpoint=null"])
+    assert cfg.ood and cfg.detectors
+    _instantiate_model(cfg)
+
+
+@pytest.mark.parametrize("option", _options("launcher"))
+def test_every_launcher_composes(tmp_path, option):
+    if not HAS_JOBLIB_LAUNCHER:
         pytest.skip("launcher plugins not installed (pip install 'c2ir[cluster]')")
-    value = f"[{option}]" if group in ("ood", "detectors") else option
-    extra = []
-    if group == "model" and option in ("resnet20", "resnet32", "resnet44", "resnet56", "resnet110", "resnet18",
-                                       "resnet34", "wrn28_10", "wrn40_2", "densenet100", "torchvision"):
-        extra = ["data=cifar10"]
-    cfg = make_cfg(tmp_path, [f"{group}={value}", *extra])
-    resolved = OmegaConf.to_container(cfg, resolve=True)  # every interpolation resolves
-    assert resolved["stage"] == "run"
-    if group in ("ood", "detectors"):
-        # an OOD option defines the sets of its top-level keys: one set named like the file, an alias
-        # (ood/lsun.yaml selects ood.lsun_crop, see the alias test below) or a benchmark's sets (ood/openood_*.yaml)
-        expected = [k for k in yaml.safe_load((config_dir() / group / f"{option}.yaml").read_text()) if k != "defaults"]
-        assert list(cfg[group]) == (expected if group == "ood" else [option])
+    register_resolvers()
+    with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
+        cfg = compose("config", overrides=[f"launcher={option}", f"cache_root={tmp_path}"], return_hydra_config=True)
+    assert "launcher" in cfg.hydra
+
+
+def test_the_schema_is_the_defaults(tmp_path):
+    """The composed defaults are the dataclasses' (no YAML restates them), and every preset YAML of a group
+    with a schema default changes at least one value, and only values that differ from the default."""
+    from c2ir.schema import C2IRConfig, TrainConfig
+
+    cfg = make_cfg(tmp_path)
+    root = OmegaConf.to_container(OmegaConf.structured(C2IRConfig), resolve=False)
+    for group in ("synth", "train", "ipm", "mgi", "features", "collect_stats", "evaluate", "report", "score"):
+        assert OmegaConf.to_container(cfg[group]) == root[group], group
+    assert OmegaConf.to_container(cfg.train) == asdict(TrainConfig())
+    for group in ("synth", "train"):
+        default = OmegaConf.to_container(make_cfg(tmp_path, [f"{group}=default"])[group], resolve=True)
+        for option in _options(group):
+            preset = OmegaConf.to_container(make_cfg(tmp_path, [f"{group}={option}"])[group], resolve=True)
+            changed = {k for k in preset if preset[k] != default[k]}
+            text = (config_dir() / group / f"{option}.yaml")
+            assert (option == "default") == (not changed) and (option == "default") == (not text.is_file()), option
+
+
+def test_done_when_values_fail_in_one_line_before_compute(tmp_path):
+    for override, needle in (("mgi.method=foo", "mgi.method='foo' is not valid: it must be one of grad_abs"),
+                             ("model.width=-3", "model.width=-3 is not valid: it must be an integer >= 1"),
+                             ("+model.widht=3", "unknown config key model.widht; valid keys of model:"),
+                             ("score.tpr=1", "score.tpr=1.0 is not valid: it must be a number > 0 and < 1"),
+                             ("train.pad=-1", "train.pad=-1 is not valid")):
+        with pytest.raises(C2IRError, match=needle.replace("(", r"\(").replace("+", r"\+")):
+            validate(make_cfg(tmp_path, [override]))
 
 
 def test_shared_values_are_interpolated(tmp_path):
@@ -41,6 +199,7 @@ def test_shared_values_are_interpolated(tmp_path):
     assert cfg.model.in_channels == cfg.data.channels == 3
     assert list(cfg.model.mean) == list(cfg.data.mean)
     assert cfg.synth.flip is True and make_cfg(tmp_path).synth.flip is False  # digits are not flip-invariant
+    assert make_cfg(tmp_path, ["seed=7"]).synth.seed == 7 and make_cfg(tmp_path).synth.jitter == 1
 
 
 def test_ood_is_multi_select(tmp_path):
@@ -60,6 +219,7 @@ def test_experiments_set_their_setting(tmp_path):
 
 def test_configs_compose_from_the_installed_package():
     """The config tree is found via the package, not the working directory."""
+    register_resolvers()
     with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
         cfg = compose("config")
     assert cfg.model.arch == "small_cnn"
@@ -68,7 +228,7 @@ def test_configs_compose_from_the_installed_package():
 RESNET32_BEFORE_THE_SHARED_BASE = {  # configs/model/resnet32.yaml as it was written out in full
     "arch": "cifar_resnet", "name": "resnet32", "depth": 32, "num_classes": 10, "in_channels": 3,
     "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225], "head": "linear", "checkpoint": None,
-    "trust_checkpoint": False,
+    "trust_checkpoint": False, "require_checkpoint": None,   # declared since by every model (runtime-only)
     "layer_sets": {"default": [r"layer2\.\d+", r"layer3\.0"], "all": ["stem_act", r"layer\d+\.\d+"],
                    "blocks": [r"layer\d+\.\d+"], "stage_outputs": ["stem_act", r"layer\d+\.4"],
                    "last_stage": [r"layer3\.\d+"], "bn_relu": ["stem_act", r"layer\d+\.\d+\.act1", r"layer\d+\.\d+"]},
@@ -88,7 +248,7 @@ def test_cifar_resnets_are_the_shared_base_at_their_depth(tmp_path):
                     "layer_sets": {**RESNET32_BEFORE_THE_SHARED_BASE["layer_sets"],
                                    "stage_outputs": ["stem_act", rf"layer\d+\.{last}"]}}
         assert model == expected, depth
-    assert "base" not in _options("model")  # the base is not a selectable model
+    assert "base" not in _options("model")  # the bases are not selectable models
 
 
 def test_synth_and_train_options_change_only_their_values(tmp_path):
@@ -110,30 +270,39 @@ def test_synth_and_train_options_change_only_their_values(tmp_path):
 
 
 def test_lsun_is_an_alias_of_lsun_crop_with_the_same_cache_entry(tmp_path):
-    from c2ir.schema import ood_names
-    from c2ir.stages import features
-    from c2ir.stages.common import RunContext
-    from c2ir.stages.evaluate import ood_spec
+    from c2ir.graph import key_of
+    from c2ir.stages.features import FEATURES, Pass
+    from c2ir.stages.job import cli_job
+    from c2ir.validation import ood_names
 
     alias, crop = make_cfg(tmp_path, ["ood=[lsun]"]), make_cfg(tmp_path, ["ood=[lsun_crop]"])
     assert list(alias.ood) == ["lsun_crop"] and ood_names(alias) == {"lsun_crop": "lsun"}
-    a, c = RunContext(alias), RunContext(crop)
-    assert features.key(a, ood_spec(a, "lsun_crop"), 0) == features.key(c, ood_spec(c, "lsun_crop"), 0)
+    p = Pass("ood:lsun_crop")
+    assert key_of(FEATURES, cli_job(alias), p) == key_of(FEATURES, cli_job(crop), p)
 
 
-def test_declared_null_train_pad_stays_out_of_the_keys(tmp_path):
-    from c2ir.stages.common import RunContext, key_fields
+def test_key_neutral_fields_stay_out_of_keys_at_their_neutral_value(tmp_path):
+    """Fields declared after caches existed (train.pad, synth.warmup_iterations, ipm.projections,
+    model.drop_rate) enter keys only away from their declared neutral value."""
+    from c2ir.graph import key_fields, key_of
+    from c2ir.stages.evaluate import EVAL_RULE
+    from c2ir.stages.job import cli_job
+    from c2ir.stages.synthesize import SYNTH_RULE
+    from c2ir.stages.train import TRAIN, TRAIN_RULE
 
     cfg = make_cfg(tmp_path)
-    assert cfg.train.pad is None and "train.pad" not in key_fields(cfg, "train")
-    assert "train.pad" in key_fields(make_cfg(tmp_path, ["train.pad=3"]), "train")
-    assert RunContext(make_cfg(tmp_path, ["train.pad=3"])).train_key != RunContext(cfg).train_key
+    assert cfg.train.pad is None and "train.pad" not in key_fields(cfg, TRAIN_RULE)
+    assert "train.pad" in key_fields(make_cfg(tmp_path, ["train.pad=3"]), TRAIN_RULE)
+    assert key_of(TRAIN, cli_job(make_cfg(tmp_path, ["train.pad=3"]))) != key_of(TRAIN, cli_job(cfg))
+    assert cfg.synth.warmup_iterations == 60 and key_fields(cfg, SYNTH_RULE)["synth.warmup_iterations"] == 60
+    assert "synth.warmup_iterations" not in key_fields(make_cfg(tmp_path, ["synth=imagenet"]), SYNTH_RULE)  # 0: neutral
+    assert "ipm.projections" not in key_fields(cfg, EVAL_RULE)
+    assert key_fields(make_cfg(tmp_path, ["ipm=sliced_wasserstein"]), EVAL_RULE)["ipm.projections"] == 64
+    wrn = make_cfg(tmp_path, ["data=cifar10", "model=wrn40_2"])
+    assert wrn.model.drop_rate == 0.0 and "model.drop_rate" not in key_fields(wrn, TRAIN_RULE)
 
 
 def test_ipm_keys_are_declared(tmp_path):
-    from c2ir.errors import C2IRError
-    from c2ir.schema import validate
-
     assert _composed(tmp_path, ["ipm=sliced_wasserstein"], "ipm") == {"name": "sliced_wasserstein", "seed": 0,
                                                                      "projections": 64}
     with pytest.raises(C2IRError, match="unknown config key ipm.projection"):

@@ -65,15 +65,16 @@ def test_a_detector_with_nan_scores_is_not_computable_never_a_number(tmp_path, m
     from c2ir import report
     from c2ir.detectors.energy import Energy
     from c2ir.models import build_model
-    from c2ir.stages import evaluate
-    from c2ir.stages.common import RunContext
+    from c2ir.graph import resolve
+    from c2ir.stages.evaluate import EVALUATE, available
+    from c2ir.stages.job import cli_job
 
     torch.manual_seed(0)
     torch.save(build_model(make_cfg(tmp_path).model).state_dict(), tmp_path / "ck.pt")
-    ctx = RunContext(make_cfg(tmp_path, ["ood=[gaussian_noise]", f"model.checkpoint={tmp_path / 'ck.pt'}",
-                                         "detectors=[msp,energy]", "synth.per_class=1", "synth.iterations=2"]))
+    job = cli_job(make_cfg(tmp_path, ["ood=[gaussian_noise]", f"model.checkpoint={tmp_path / 'ck.pt'}",
+                                      "detectors=[msp,energy]", "synth.per_class=1", "synth.iterations=2"]))
     monkeypatch.setattr(Energy, "_score", lambda self, feats: torch.full((len(feats["logits"]),), float("nan")))
-    result = evaluate.ensure(ctx).json("results.json")
+    result = resolve(EVALUATE, job, available(job)).value
     assert set(result["metrics"]) == {"msp"} and "NaN" in result["not_computable"]["energy"]
     text = report.terminal_table(result) + report.markdown(result)
     assert "Not computable" in text and "| energy |" not in text
@@ -91,8 +92,9 @@ def test_a_not_computable_detector_gets_no_near_far_row_and_no_openood_csv(tmp_p
     from c2ir.models import build_model
     from c2ir.openood_export import write_openood_csvs
     from c2ir.report_html import RunInputs, run_page, split_scores
-    from c2ir.stages import evaluate
-    from c2ir.stages.common import RunContext
+    from c2ir.graph import resolve
+    from c2ir.stages.evaluate import EVALUATE, available
+    from c2ir.stages.job import cli_job
 
     torch.manual_seed(0)
     torch.save(build_model(make_cfg(tmp_path).model).state_dict(), tmp_path / "ck.pt")
@@ -102,7 +104,8 @@ def test_a_not_computable_detector_gets_no_near_far_row_and_no_openood_csv(tmp_p
                               "++ood.gaussian_noise.group=near", "++ood.uniform_noise.group=far",
                               "metrics.fpr_positive=ood"])
     monkeypatch.setattr(Energy, "_score", lambda self, feats: torch.full((len(feats["logits"]),), float("inf")))
-    art = evaluate.ensure(RunContext(cfg))
+    job = cli_job(cfg)
+    art = resolve(EVALUATE, job, available(job)).artifact
     result = {**art.json("results.json"), "groups": groups_of(cfg)}
     assert set(result["metrics"]) == {"msp"} and "infinite" in result["not_computable"]["energy"]
     report.write_reports(tmp_path / "run", result)
@@ -134,7 +137,7 @@ def test_imagefolder_train_split_with_an_empty_class_is_an_error(tmp_path):
 
 
 def test_a_training_subset_without_a_class_is_an_error():
-    from c2ir.validation import check_every_class
+    from c2ir.inputs import check_every_class
 
     with pytest.raises(C2IRError, match=r"class\(es\) \[2\] have no training images"):
         check_every_class(torch.tensor([0, 1, 1, 3]), 4, "x-train")

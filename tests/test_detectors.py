@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import torch
 
-from c2ir.detectors import DETECTOR_TYPES, FitData, build_detector
+from c2ir.detectors import FitData, build_detector, detector_types
 from c2ir.errors import C2IRError, NotFittedError
 from c2ir.metrics import auroc
 from c2ir.stats import compute_class_stats
@@ -96,7 +96,7 @@ def test_every_detector_has_a_config():
         import yaml
         (cfg,) = yaml.safe_load(f.read_text()).values()
         types.add(cfg["type"])
-    assert types == set(DETECTOR_TYPES)
+    assert types == set(detector_types())
 
 
 def _odin_model():
@@ -134,9 +134,27 @@ def test_odin_perturbation_raises_the_top_softmax_and_leaves_the_model_as_given(
                                det.score_images(model, norm, u8.float() / 255, batch_size=5), rtol=1e-6)
 
 
-def test_odin_scores_no_cached_features():
-    det = _odin()
-    assert det.needs_input_gradients and "input_gradients" in det.needs
+def test_every_detector_scores_images_and_only_feature_detectors_score_features():
+    """`score_images` is on every detector: for one that scores features it is the forward pass its `needs`
+    name, then `score` (equal to scoring a full pass); one that scores images refuses cached features."""
+    from c2ir.data.imageset import Normalizer
+    from c2ir.extraction import extract_features
+    from c2ir.models.small_cnn import SmallCNN
+
+    torch.manual_seed(0)
+    model, norm, layers = SmallCNN(1, 3, 4).eval(), Normalizer([0.5], [0.25]), ["act1", "act2", "act3"]
+    images = torch.randint(0, 256, (9, 1, 8, 8), dtype=torch.uint8)
+    full = extract_features(model, images, norm, layers, model.fc, spatial_grid=2)
+    for kind, params in (("mahalanobis", {"fit_on": "impressions", "multi_layer": True}), ("nmd", {}), ("energy", {})):
+        fit = {**full, "labels": torch.arange(9) % 3}
+        det = build_detector(kind, {"type": kind, **params}).fit(
+            FitData(model=model, layers=layers, impressions=fit, head=model.fc))
+        got = det.score_images(model, norm, images, layers=layers, head=model.fc)
+        np.testing.assert_array_equal(got, det.score(full), err_msg=kind)
+    odin = _odin()
+    assert odin.score_images(_odin_model(), lambda x: x, torch.rand(4, 3, 2, 2)).shape == (4,)
+    with pytest.raises(C2IRError, match="needs input gradients: it scores images"):
+        odin.score({"logits": torch.zeros(4, 3)})
 
 
 def test_posterior_weighted_deviation_is_the_softmax_average():

@@ -99,12 +99,13 @@ def test_timm_errors_are_one_line(tmp_path):
 
 def test_c2ir_run_on_a_timm_model_without_batchnorm_says_why_before_training(tmp_path):
     from c2ir.stages import run
+    from c2ir.stages.job import cli_job
 
     pytest.importorskip("timm")
     cfg = make_cfg(tmp_path, ["model=timm", "model.name=vit_tiny_patch16_224", "data=cifar10", "data.image_size=224",
                               "ood=[gaussian_noise]", "detectors=[energy]"])
     with pytest.raises(C2IRError, match="model vit_tiny_patch16_224 has no BatchNorm layers"):
-        run.run(cfg)
+        run.run(cli_job(cfg))
     assert not (tmp_path / "cache" / "train").exists()
 
 

@@ -8,8 +8,8 @@ from c2ir.models import build_model
 from conftest import make_cfg
 
 
-def _ctx(tmp_path, overrides):
-    from c2ir.stages.common import RunContext
+def _job(tmp_path, overrides):
+    from c2ir.stages.job import cli_job
 
     cfg = make_cfg(tmp_path, ["ood=[gaussian_noise]"])
     ck = tmp_path / "ck.pt"
@@ -21,39 +21,46 @@ def _ctx(tmp_path, overrides):
                 m.running_mean.uniform_(-0.5, 0.5)
                 m.running_var.uniform_(0.5, 2.0)
         torch.save(model.state_dict(), ck)
-    return RunContext(make_cfg(tmp_path, ["ood=[gaussian_noise]", f"model.checkpoint={ck}", *overrides]))
+    return cli_job(make_cfg(tmp_path, ["ood=[gaussian_noise]", f"model.checkpoint={ck}", *overrides]))
 
 
 def test_sliced_features_equal_a_direct_pass_over_the_subset(tmp_path):
     """layer_set=last with spatial vectors, read from a pass that captured every layer: the same tensors
     as a pass over `act3` alone, on the miss path and on the cache-hit path."""
+    from c2ir.graph import resolve
     from c2ir.stages import features
+    from c2ir.stages.job import normalizer
+    from c2ir.stages.train import classifier, head
 
-    ctx = _ctx(tmp_path, ["layer_set=last"])
-    assert ctx.layers == ["act3"] and ctx.capture_layers == ["act1", "act2", "act3"]
-    data = load_id(ctx.cfg.data, "test")
-    direct = extract_features(ctx.model, data, ctx.normalizer, ["act3"], ctx.head, batch_size=ctx.batch_size,
+    job = _job(tmp_path, ["layer_set=last"])
+    assert job.layers == ["act3"] and job.capture_layers == ["act1", "act2", "act3"]
+    data = load_id(job.cfg.data, "test")
+    direct = extract_features(classifier(job), data, normalizer(job), ["act3"], head(job), batch_size=job.batch_size,
                               spatial_grid=4)
-    art, miss = features.ensure(ctx, "test", ctx.data_spec("test"), lambda: data, spatial_grid=4)
-    _, hit = features.ensure(ctx, "test", ctx.data_spec("test"), lambda: data, spatial_grid=4)
-    stored = art.tensors("features.safetensors")
+    miss = resolve(features.FEATURES, job, features.Pass("id_test", 4))
+    fresh = _job(tmp_path, ["layer_set=last"])       # a new job: the cache, not this process's memory
+    fresh.memo[("dataset", "id_test")] = None        # reading the data set again would fail
+    hit = resolve(features.FEATURES, fresh, features.Pass("id_test", 4))
+    stored = miss.artifact.tensors("features.safetensors")
     assert {"layer/act1", "layer/act2", "spatial/act1"} <= set(stored)  # the capture holds every layer set
-    for got in (miss, hit):
+    assert hit.key == miss.key
+    for got in (miss.value, hit.value):
         assert set(got) == set(direct)
         for k in direct:
             assert torch.equal(got[k], direct[k]), k
     # a run that does not need spatial vectors (but whose detectors may, in a sweep) reads the same artifact
-    art2, pooled = features.ensure(ctx, "test", ctx.data_spec("test"), lambda: 1 / 0, reuse_spatial=True)
-    assert art2.key == art.key
-    assert not any(k.startswith("spatial/") for k in pooled) and torch.equal(pooled["layer/act3"], direct["layer/act3"])
+    pooled = resolve(features.FEATURES, fresh, features.Pass("id_test", 0, True))
+    assert pooled.key == miss.key
+    assert not any(k.startswith("spatial/") for k in pooled.value) and torch.equal(pooled.value["layer/act3"],
+                                                                                   direct["layer/act3"])
 
 
 def test_layer_set_and_ipm_share_the_features_key_unless_capture_is_configured(tmp_path):
+    from c2ir.graph import key_of
     from c2ir.stages import features
 
     def key(overrides, reuse=True):
-        ctx = _ctx(tmp_path, overrides)
-        return features.key(ctx, ctx.data_spec("test"), 0, reuse)
+        return key_of(features.FEATURES, _job(tmp_path, overrides), features.Pass("id_test", 0, reuse))
 
     base = key([])
     assert key(["layer_set=last"]) == base
@@ -67,13 +74,14 @@ def test_layer_set_and_ipm_sweep_reuses_one_pass_and_scores_match_a_configured_p
     equal those of a run whose pass captures only what it needs (`features.capture=configured`)."""
     from safetensors.torch import load_file
 
-    from c2ir.stages import evaluate
+    from c2ir.graph import resolve
+    from c2ir.stages.evaluate import EVALUATE
 
     tiny = ["synth.per_class=4", "synth.batch_size=40", "synth.iterations=3", "batch_size=200",
             "detectors=[energy,c2ir,nmd]", "data.max_test_samples=200", "ood.gaussian_noise.max_samples=200"]
 
     def run(overrides):
-        art = evaluate.ensure(_ctx(tmp_path, [*tiny, *overrides]))
+        art = resolve(EVALUATE, _job(tmp_path, [*tiny, *overrides]), ("energy", "c2ir", "nmd")).artifact
         return load_file(str(art.path / "scores.safetensors"))
 
     def passes():

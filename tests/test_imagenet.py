@@ -12,7 +12,7 @@ import torch
 from PIL import Image
 
 from c2ir.errors import C2IRError
-from c2ir.stages.common import RunContext
+from c2ir.stages.job import cli_job
 from conftest import make_cfg
 
 OOD_DIRS = {"inaturalist": "iNaturalist/images", "sun": "SUN/images", "places": "Places/images",
@@ -49,26 +49,32 @@ def _cfg(tmp_path, root, ckpt, *extra):
 
 
 def test_imagenet_experiment_end_to_end_toy(tmp_path):
-    """synthesize -> collect-stats -> weight-layers -> evaluate (the report pages are the generic ones)."""
-    from c2ir.stages import collect_stats, evaluate, synthesize, weight_layers
+    """synthesize -> collect-stats -> weight-layers -> evaluate (the report pages are the generic ones): every
+    toy image decoded through the ImageNet transform, the multi-resolution schedule run, every score finite."""
+    from c2ir.graph import resolve
+    from c2ir.stages.evaluate import EVALUATE
+    from c2ir.stages.synthesize import SYNTHESIZE
+    from c2ir.stages.train import uses_training
 
     start, cpu = time.perf_counter(), _cpu_seconds()
     root, ckpt = _toy_imagenet(tmp_path)
     cfg = _cfg(tmp_path, root, ckpt)
     assert cfg.synth.lr == 0.25 and cfg.synth.bn_weight == 0.01 and cfg.synth.jitter == 30
     assert cfg.data.resize == "resize_center_crop" and cfg.model.weights == "IMAGENET1K_V1"
-    ctx = RunContext(cfg)
-    assert not ctx.uses_training  # a checkpoint (or the published weights) is used as it is
-    for stage in (synthesize, collect_stats, weight_layers):
-        stage.ensure(ctx)
-    results = evaluate.ensure(ctx).json("results.json")
+    job = cli_job(cfg)
+    assert not uses_training(job.cfg)  # a checkpoint (or the published weights) is used as it is
+    evaluation = resolve(EVALUATE, job, ("msp", "energy", "c2ir"))
+    results = evaluation.value
     assert results["ood_sets"] == ["inaturalist", "sun", "places", "textures"]
     assert results["id_set"] == "imagenet-test"
-    for det in ("msp", "energy", "c2ir"):
-        for ood in results["ood_sets"]:
-            assert 0.0 <= results["metrics"][det][ood]["auroc"] <= 100.0  # percent
-    synth = ctx.store.lookup("synthesize", synthesize.key(ctx), {"model": ctx.model_digest})
-    assert synth is not None and synth.tensors("curves.safetensors")["total"].shape == (1, 4)  # 2 warm-up + 2
+    assert results["counts"] == {"imagenet-test": 12, "inaturalist": 4, "sun": 4, "places": 4, "textures": 4}
+    scores = evaluation.artifact.tensors("scores.safetensors")
+    assert len(scores) == 3 * 5 and all(torch.isfinite(v).all() and len(v) == results["counts"][k.split("/")[1]]
+                                        for k, v in scores.items())
+    assert set(results["layer_auroc"]["c2ir"]["auroc"]) == set(results["ood_sets"])
+    synth = resolve(SYNTHESIZE, job)
+    assert synth.value.images.shape == (4, 3, 64, 64)   # one impression per class at the configured size
+    assert synth.artifact.tensors("curves.safetensors")["total"].shape == (1, 4)  # 2 warm-up + 2 full-size iterations
     print(f"toy ImageNet pipeline: {time.perf_counter() - start:.1f} s wall, {_cpu_seconds() - cpu:.1f} s CPU")
 
 
@@ -96,6 +102,6 @@ def test_imagenet_missing_folders_name_layout_and_key(tmp_path):
     from c2ir.stages.run import check_folders
 
     with pytest.raises(C2IRError, match="no-imagenet"):  # the config check says so before any stage starts
-        RunContext(cfg)
+        cli_job(cfg)
     with pytest.raises(C2IRError, match=r"folder not found: .*/val "):  # root there, split not: `c2ir run` lists it first
-        check_folders(RunContext(_cfg(tmp_path, root, ckpt, f"data.root={tmp_path}")))
+        check_folders(cli_job(_cfg(tmp_path, root, ckpt, f"data.root={tmp_path}")))

@@ -1,6 +1,5 @@
 """DeepInversion on a small trained model: BN loss falls, impressions hit their class, seeds repeat."""
 
-import copy
 
 import pytest
 import torch
@@ -12,31 +11,15 @@ from c2ir.models.small_cnn import SmallCNN
 
 
 @pytest.fixture(scope="module")
-def trained():
-    """A SmallCNN trained on the embedded digits with the train stage's recipe (about 5 s)."""
-    from c2ir.training import augment, lr_at
+def trained(tmp_path_factory):
+    """A SmallCNN trained on the embedded digits by the train stage's loop (c2ir.training, train=default: about 5 s)."""
+    from c2ir.schema import TrainConfig
+    from c2ir.training import train_classifier
 
     torch.manual_seed(0)
-    data = digits("train", 0)
     norm = Normalizer([0.3], [0.4])
-    model = SmallCNN(1, 10, 16)
-    opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, nesterov=True, weight_decay=5e-4)
-    g = torch.Generator().manual_seed(0)
-    epochs, bs = 20, 64
-    steps = (len(data) + bs - 1) // bs
-    for epoch in range(epochs):
-        model.train()
-        perm = torch.randperm(len(data), generator=g)
-        for i in range(steps):
-            idx = perm[i * bs:(i + 1) * bs]
-            for group in opt.param_groups:
-                group["lr"] = lr_at(epoch * steps + i, epochs * steps, 0.05, 0.15)
-            x = norm(augment(data.images[idx], 1, False, g))
-            loss = torch.nn.functional.cross_entropy(model(x), data.labels[idx])
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-    model.eval()
+    model, _ = train_classifier(SmallCNN(1, 10, 16), digits("train", 0), digits("test", 0), norm, TrainConfig(),
+                                tmp_path_factory.mktemp("train"), flip=False, seed=0)
     test = digits("test", 0)
     acc = (model(norm(test.images)).argmax(1) == test.labels).float().mean()
     assert acc > 0.9
@@ -135,9 +118,10 @@ def test_bn_reduce_mean_is_the_per_layer_average():
 
 
 def test_bn_reduce_is_in_the_synth_key(tmp_path):
-    from c2ir.stages.common import RunContext
-    from c2ir.stages import synthesize
+    from c2ir.graph import key_of
+    from c2ir.stages.job import cli_job
+    from c2ir.stages.synthesize import SYNTHESIZE
     from conftest import make_cfg
 
-    keys = {v: synthesize.key(RunContext(make_cfg(tmp_path, [f"synth.bn_reduce={v}"]))) for v in ("sum", "mean")}
+    keys = {v: key_of(SYNTHESIZE, cli_job(make_cfg(tmp_path, [f"synth.bn_reduce={v}"]))) for v in ("sum", "mean")}
     assert keys["sum"] != keys["mean"]

@@ -68,16 +68,23 @@ def test_manifest_must_list_every_file_inside_the_folder(tmp_path, damage, caplo
 
 
 # ----- resumable work: partial synthesis batches and training epochs ------------------------------
-def _checkpoint_ctx(tmp_path, overrides=()):
+def _checkpoint_cfg(tmp_path, overrides=()):
     from c2ir.models import build_model
-    from c2ir.stages.common import RunContext
 
     cfg = make_cfg(tmp_path)
     torch.manual_seed(0)
     torch.save(build_model(cfg.model).state_dict(), tmp_path / "ck.pt")
-    return RunContext(make_cfg(tmp_path, ["ood=[gaussian_noise]", f"model.checkpoint={tmp_path / 'ck.pt'}",
-                                          "synth.iterations=2", "synth.per_class=2", "synth.batch_size=10",
-                                          *overrides]))
+    return make_cfg(tmp_path, ["ood=[gaussian_noise]", f"model.checkpoint={tmp_path / 'ck.pt'}",
+                               "synth.iterations=2", "synth.per_class=2", "synth.batch_size=10", *overrides])
+
+
+def _synthesis_step(job):
+    """The synthesize node's build step of `job`, with its partial folder (the batches outside a build)."""
+    from c2ir.graph import Step, key_of
+    from c2ir.stages.synthesize import SYNTHESIZE
+
+    key = key_of(SYNTHESIZE, job)
+    return Step(job, SYNTHESIZE, None, key, {}, {}, work=job.store.partial_dir("synthesize", key))
 
 
 def _rewrite_batch(path: Path, change) -> None:
@@ -92,14 +99,14 @@ def _rewrite_batch(path: Path, change) -> None:
 def test_damaged_partial_batch_is_discarded_and_recomputed(tmp_path, damage, caplog):
     """Issue: a batch with flipped bytes was assembled into the impressions (75.5% on target instead of
     100%) and cached as good; one with damaged labels made every later run fail."""
-    from c2ir.stages import synthesize
-    from c2ir.stages.synthesize import _batch_path, compute_batches
+    from c2ir.graph import resolve
+    from c2ir.stages.job import cli_job
+    from c2ir.stages.synthesize import SYNTHESIZE, _batch_path, compute_batches
 
-    ctx = _checkpoint_ctx(tmp_path)
-    art_key = synthesize.key(ctx)
-    work = ctx.store.partial_dir("synthesize", art_key)
-    compute_batches(ctx, work)
-    first = _batch_path(work, 0)
+    cfg = _checkpoint_cfg(tmp_path)
+    step = _synthesis_step(cli_job(cfg))
+    compute_batches(step)
+    first = _batch_path(step.work, 0)
     fresh = first.read_bytes()
     if damage == "flipped_image_bytes":
         _flip_last_bytes(first)
@@ -111,9 +118,9 @@ def test_damaged_partial_batch_is_discarded_and_recomputed(tmp_path, damage, cap
         first.with_name(first.name + ".sha256").unlink(missing_ok=True)
         _rewrite_batch(first, lambda t: t.update(images=t["images"] * 0.5))
     caplog.clear()
-    art = synthesize.ensure(ctx)
+    imp = resolve(SYNTHESIZE, cli_job(cfg)).value
     assert "damaged batch file" in caplog.text
-    images, targets = synthesize.load(art)
+    images, targets = imp.images, imp.targets
     # the recomputed batch equals the one first computed (per-batch seeds): nothing damaged was assembled
     from safetensors.torch import load as load_bytes
 
@@ -153,25 +160,28 @@ def _png(path: Path, value: int) -> None:
 def test_folder_images_replaced_with_same_size_and_mtime_change_the_key(tmp_path):
     """Issue: images replaced by others of the same size with their mtime kept (cp -p, rsync -t) were served
     from the features cache as the old images."""
-    from c2ir.stages.common import RunContext
-    from c2ir.stages.evaluate import ood_spec
+    from c2ir.stages.features import dataset_spec
+    from c2ir.stages.job import cli_job
+
+    def ood_spec(job, name):
+        return dataset_spec(job, f"ood:{name}")
 
     root = tmp_path / "ood"
     root.mkdir()
     for i in range(3):
         _png(root / f"{i}.png", 10 * i)
-    ctx = RunContext(make_cfg(tmp_path, ["ood=[folder]", f"ood.folder.root={root}"]))
+    ctx = cli_job(make_cfg(tmp_path, ["ood=[folder]", f"ood.folder.root={root}"]))
     before = ood_spec(ctx, "folder")
     st = (root / "1.png").stat()
     size = st.st_size
     _png(root / "1.png", 200)  # other pixels: constant images of the same size compress to the same length
     assert (root / "1.png").stat().st_size == size
     os.utime(root / "1.png", ns=(st.st_atime_ns, st.st_mtime_ns))  # the mtime kept, as cp -p leaves it
-    ctx2 = RunContext(make_cfg(tmp_path, ["ood=[folder]", f"ood.folder.root={root}"]))
+    ctx2 = cli_job(make_cfg(tmp_path, ["ood=[folder]", f"ood.folder.root={root}"]))
     assert ood_spec(ctx2, "folder") != before
     # and an unchanged folder keeps its key (touching a file does not change its content)
     os.utime(root / "0.png")
-    assert ood_spec(RunContext(make_cfg(tmp_path, ["ood=[folder]", f"ood.folder.root={root}"])), "folder") == ood_spec(ctx2, "folder")
+    assert ood_spec(cli_job(make_cfg(tmp_path, ["ood=[folder]", f"ood.folder.root={root}"])), "folder") == ood_spec(ctx2, "folder")
 
 
 def test_file_digests_are_reused_only_while_a_file_is_unchanged(tmp_path, monkeypatch):
@@ -297,10 +307,11 @@ def test_trash_of_any_key_is_removed_by_a_later_run(tmp_path):
 
 def test_failed_training_leaves_no_empty_partial_folder(tmp_path):
     """Issue: a bad-input failure during training left an empty train/<key>.partial/."""
-    from c2ir.stages import train
-    from c2ir.stages.common import RunContext
+    from c2ir.graph import resolve
+    from c2ir.stages.job import cli_job
+    from c2ir.stages.train import TRAIN
 
-    ctx = RunContext(make_cfg(tmp_path, ["train.epochs=1", "data.max_train_samples=64"]))
+    job = cli_job(make_cfg(tmp_path, ["train.epochs=1", "data.max_train_samples=64"]))
 
     def boom(*args, **kwargs):
         (args[1] if len(args) > 1 else kwargs["work"]).mkdir(parents=True, exist_ok=True)
@@ -312,7 +323,7 @@ def test_failed_training_leaves_no_empty_partial_folder(tmp_path):
     train_mod.train_model = boom
     try:
         with pytest.raises(C2IRError):
-            train.ensure(ctx)
+            resolve(TRAIN, job)
     finally:
         train_mod.train_model = real
     assert not list((tmp_path / "cache" / "train").glob("*.partial"))
@@ -328,7 +339,10 @@ def test_full_disk_during_a_stage_is_one_line_and_leaves_nothing(tmp_path, stage
     """The cache disk fills while an epoch or batch file is written: one line naming the folder, no temp file,
     no half-written epoch file or artifact."""
     import c2ir.cache as cache
-    from c2ir.stages import synthesize, train
+    from c2ir.graph import resolve
+    from c2ir.stages.job import cli_job
+    from c2ir.stages.synthesize import SYNTHESIZE
+    from c2ir.stages.train import TRAIN
 
     real = cache.save_file
 
@@ -338,16 +352,13 @@ def test_full_disk_during_a_stage_is_one_line_and_leaves_nothing(tmp_path, stage
             "Error while serializing: I/O error: No space left on device (os error 28)")
 
     if stage == "train":
-        ctx = make_cfg(tmp_path, ["train.epochs=2", "data.max_train_samples=64"])
-        from c2ir.stages.common import RunContext
-
-        ctx = RunContext(ctx)
+        job = cli_job(make_cfg(tmp_path, ["train.epochs=2", "data.max_train_samples=64"]))
         monkeypatch.setattr(cache, "save_file", fill_up)
-        run = lambda: train.ensure(ctx)
+        run = lambda: resolve(TRAIN, job)
     else:
-        ctx = _checkpoint_ctx(tmp_path)
+        job = cli_job(_checkpoint_cfg(tmp_path))
         monkeypatch.setattr(cache, "save_file", fill_up)
-        run = lambda: synthesize.ensure(ctx)
+        run = lambda: resolve(SYNTHESIZE, job)
     with pytest.raises(C2IRError) as err:
         run()
     msg = str(err.value)

@@ -7,8 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from c2ir.api import zoo_config
-from c2ir.detectors import FitData, build_detector
+from c2ir.detectors import FitData, build_detector, detector_config
 from c2ir.detectors.nac import balanced_subset, coverage, interval_edges, kl_gradient, nac_score
 from c2ir.detectors.weiper import mean_msp, perturbed_head, row_histograms, smooth, symmetric_kl
 from c2ir.errors import C2IRError
@@ -28,7 +27,7 @@ def _head(weight, bias=None):
 def _fit(name, head, fit_rows, **params):
     fit = {"penultimate": torch.tensor(fit_rows, dtype=torch.float32), "logits": torch.zeros(len(fit_rows), 2),
            "labels": torch.zeros(len(fit_rows), dtype=torch.long)}
-    det = build_detector(name, {**zoo_config(name), **params})
+    det = build_detector(name, {**detector_config(name), **params})
     return det.fit(FitData(head=head, impressions=fit, id_train=fit))
 
 
@@ -38,8 +37,8 @@ def _score(det, rows):
 
 def test_twins_are_full_access_and_data_free():
     for name in TWINS:
-        assert build_detector(name, zoo_config(name)).data_access == "full access", name
-        assert build_detector(f"{name}_imp", zoo_config(f"{name}_imp")).data_access == "data-free", name
+        assert build_detector(name, detector_config(name)).data_access == "full access", name
+        assert build_detector(f"{name}_imp", detector_config(f"{name}_imp")).data_access == "data-free", name
 
 
 # ----- fDBD -------------------------------------------------------------------------------------
@@ -152,7 +151,7 @@ def test_new_detectors_save_and_load_their_state():
     fit = {"penultimate": torch.rand(60, 6), "logits": torch.zeros(60, 3), "labels": torch.arange(60) % 3}
     test = {"penultimate": torch.rand(7, 6)}
     for name in ("nac", "fdbd", "nci", "weiper"):
-        det = build_detector(name, zoo_config(name)).fit(FitData(head=head, id_train=fit))
-        twin = build_detector(name, zoo_config(name))
+        det = build_detector(name, detector_config(name)).fit(FitData(head=head, id_train=fit))
+        twin = build_detector(name, detector_config(name))
         twin.load_state(det.state())
         np.testing.assert_allclose(twin.score(test), det.score(test))

@@ -17,8 +17,8 @@ from c2ir.data.folders import MAX_PIXELS, to_8bit
 from c2ir.data.sources import _fit_array
 from c2ir.extraction import extract_features
 from c2ir.models.small_cnn import SmallCNN
-from c2ir.stages.common import RunContext as Context
-from c2ir.stages.evaluate import ood_spec
+from c2ir.stages.features import dataset_spec
+from c2ir.stages.job import cli_job
 from conftest import labelled_folder, make_cfg
 
 
@@ -156,18 +156,18 @@ def test_dataset_specs_of_unchanged_sets_are_unchanged(tmp_path):
     folder.mkdir()
     Image.fromarray(np.zeros((20, 20, 3), np.uint8)).save(folder / "a.png")
     cfg = make_cfg(tmp_path, ["ood=[pixel_shuffled,gaussian_noise,folder]", f"ood.folder.root={folder}"])
-    ctx = Context(cfg)
-    got = {"id_test": ctx.data_spec("test"), "id_train": ctx.data_spec("train"),
-           **{n: ood_spec(ctx, n) for n in ("pixel_shuffled", "gaussian_noise")}}
+    job = cli_job(cfg)
+    got = {"id_test": dataset_spec(job, "id_test"), "id_train": dataset_spec(job, "id_train"),
+           **{n: dataset_spec(job, f"ood:{n}") for n in ("pixel_shuffled", "gaussian_noise")}}
     assert {k: make_key("spec", v) for k, v in got.items()} == {
         "id_test": "2de5d740075e323c", "id_train": "2163b87c92b1c495",
         "pixel_shuffled": "2e32b7dccc479c50", "gaussian_noise": "bc4d7fe80404976d"}
     # a folder set's spec: its config fields and content fingerprint, nothing new (num_workers is runtime-only)
-    spec = ood_spec(ctx, "folder")
+    spec = dataset_spec(job, "ood:folder")
     own = {k for k in spec if not k.startswith(("data.", "layer_set", "model."))}
     assert own == {"content", "max_samples", "ood", "resize", "root", "seed", "source"}
     cfg2 = make_cfg(tmp_path, ["ood=[pixel_shuffled,gaussian_noise,folder]", f"ood.folder.root={folder}", "num_workers=0"])
-    assert ood_spec(Context(cfg2), "folder") == spec
+    assert dataset_spec(cli_job(cfg2), "ood:folder") == spec
 
 
 def test_worker_count_does_not_change_a_stream(tmp_path):

@@ -244,32 +244,38 @@ def test_deepinversion_preset_reproduces_the_former_default_bit_for_bit(tmp_path
 
 
 def test_deepinversion_keeps_the_cache_key_of_the_former_default(tmp_path):
-    """The former synth=default had none of issue 20's fields: at their deepinversion values they stay out
-    of the key, so impressions cached before issue 20 are found again."""
-    from omegaconf import open_dict
+    """The former synth=default had none of issue 20's fields: at their deepinversion values (their key-neutral
+    values in c2ir.schema) they stay out of the key, so impressions cached before issue 20 are found again;
+    changed, each enters it."""
+    from c2ir.graph import key_fields, key_of
+    from c2ir.stages.job import cli_job
+    from c2ir.stages.synthesize import SYNTH_RULE, SYNTHESIZE
 
-    from c2ir.stages import synthesize
-    from c2ir.stages.common import RunContext
-
+    new = ("lr_schedule", "warmup_iterations", "warmup_min_size", "stop_patience", "stop_tol", "bn_stats")
     cfg = make_cfg(tmp_path, ["synth=deepinversion"])
-    former = make_cfg(tmp_path, ["synth=deepinversion"])
-    with open_dict(former):
-        for name in ("lr_schedule", "warmup_iterations", "warmup_min_size", "stop_patience", "stop_tol", "bn_stats"):
-            former.synth.pop(name)
-    assert synthesize.key(RunContext(cfg)) == synthesize.key(RunContext(former))
-    assert synthesize.key(RunContext(make_cfg(tmp_path, []))) != synthesize.key(RunContext(cfg))
+    assert not {f"synth.{n}" for n in new} & set(key_fields(cfg, SYNTH_RULE))
+    changed = ["synth.lr_schedule=linear", "synth.warmup_iterations=4", "synth.warmup_min_size=4",
+               "synth.stop_patience=3", "synth.stop_tol=0.1", "synth.bn_stats=fused"]
+    for name, override in zip(new, changed):
+        assert f"synth.{name}" in key_fields(make_cfg(tmp_path, ["synth=deepinversion", override]), SYNTH_RULE)
+    assert key_of(SYNTHESIZE, cli_job(make_cfg(tmp_path, []))) != key_of(SYNTHESIZE, cli_job(cfg))
 
 
 def test_a_full_size_warm_up_does_not_share_the_key_of_a_half_resolution_one(tmp_path):
     """Before issue 20 a warm-up always ran at half resolution; on the 8 px digits it now runs at full size
     (same config values, another computation), so its key is not the key those values gave before."""
-    from c2ir.stages import synthesize
-    from c2ir.stages.common import RunContext
+    from c2ir.cache import make_key
+    from c2ir.graph import key_fields, key_of
+    from c2ir.stages.job import cli_job
+    from c2ir.stages.synthesize import SYNTH_RULE, SYNTHESIZE
+    from c2ir.stages.train import MODEL
 
     def keys(overrides: list[str]) -> tuple[str, str]:
-        ctx = RunContext(make_cfg(tmp_path, ["synth=deepinversion", *overrides]))
-        assert ctx.cfg.data.image_size == 8
-        return synthesize.key(ctx), ctx.key("synthesize", ctx.fields("synthesize"), {"model": ctx.model_key})
+        job = cli_job(make_cfg(tmp_path, ["synth=deepinversion", *overrides]))
+        assert job.cfg.data.image_size == 8
+        former = make_key("synthesize", {"v": SYNTHESIZE.version, **key_fields(job.cfg, SYNTH_RULE)},
+                          {"model": key_of(MODEL, job)})
+        return key_of(SYNTHESIZE, job), former
 
     marked, former = keys(["synth.warmup_iterations=8"])
     assert marked != former
@@ -285,11 +291,16 @@ def test_a_full_size_warm_up_does_not_share_the_key_of_a_half_resolution_one(tmp
     ("synth.warmup_min_size=0", "synth.warmup_min_size=0"),
 ])
 def test_bad_synthesis_options_are_one_line_errors(tmp_path, override, named):
-    from c2ir.schema import validate
+    from c2ir.validation import explain, validate
 
-    with pytest.raises(C2IRError) as err:
+    try:   # a wrong type fails while Hydra composes the structured config, a bad range in validate
         validate(make_cfg(tmp_path, [override]))
-    assert named in str(err.value) and "\n" not in str(err.value)
+        message = None
+    except C2IRError as exc:
+        message = str(exc)
+    except Exception as exc:  # noqa: BLE001 - OmegaConf's ValidationError, reported by the CLI through explain
+        message = explain(exc)
+    assert message is not None and named in message and "\n" not in message
 
 
 def test_impression_grid_is_torchvisions_make_grid_layout():
@@ -307,13 +318,15 @@ def test_impression_grid_is_torchvisions_make_grid_layout():
 def test_progress_bar_covers_the_whole_synthesis_and_counts_resumed_batches(tmp_path, monkeypatch):
     """One bar for all batches: total = batches x iterations, a resumed batch starts it further on, and the
     description counts impressions done of the total."""
+    from c2ir.graph import Step
     from c2ir.stages import synthesize
-    from c2ir.stages.common import RunContext
+    from c2ir.stages.job import cli_job
 
-    ctx = RunContext(make_cfg(tmp_path, ["synth=fast", "train.epochs=1", "synth.per_class=3", "synth.batch_size=10",
-                                         "synth.iterations=4", "synth.warmup_iterations=0"]))
+    job = cli_job(make_cfg(tmp_path, ["synth=fast", "train.epochs=1", "synth.per_class=3", "synth.batch_size=10",
+                                      "synth.iterations=4", "synth.warmup_iterations=0"]))
     work = tmp_path / "work"
-    synthesize.compute_batches(ctx, work)  # 3 batches of 10
+    step = Step(job, synthesize.SYNTHESIZE, None, "k", {}, {}, work=work)
+    synthesize.compute_batches(step)  # 3 batches of 10
     (work / "batch_00001.safetensors").unlink()
     bars = []
 
@@ -335,7 +348,7 @@ def test_progress_bar_covers_the_whole_synthesis_and_counts_resumed_batches(tmp_
             self.descs.append(s)
 
     monkeypatch.setattr(synthesize, "tqdm", Bar)
-    synthesize.compute_batches(ctx, work)
+    synthesize.compute_batches(step)
     (bar,) = bars
     assert (bar.kw["total"], bar.kw["initial"]) == (12, 8) and bar.n == 12
     assert bar.kw["desc"] == "synthesize 20/30 impressions" and bar.descs == ["synthesize 30/30 impressions"]

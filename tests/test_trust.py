@@ -78,11 +78,11 @@ def test_cache_root_that_is_a_file_or_read_only(tmp_path, capsys, monkeypatch):
 
 
 def test_empty_cache_root_does_not_write_into_the_cwd(tmp_path, monkeypatch):
-    from c2ir.stages.common import RunContext
+    from c2ir.stages.job import cli_job
 
     monkeypatch.chdir(tmp_path)
     with pytest.raises(C2IRError, match="cache_root"):
-        RunContext(make_cfg(tmp_path, ["cache_root="]))
+        cli_job(make_cfg(tmp_path, ["cache_root="]))
     assert not any(tmp_path.iterdir())
 
 
@@ -117,27 +117,26 @@ def test_run_directories_are_unique_per_process(tmp_path):
 
 # ----- configuration combinations -----------------------------------------------------------------
 def test_any_ood_list_works_on_top_of_an_experiment(tmp_path):
-    from c2ir.stages.common import RunContext
+    from c2ir.validation import validate
 
-    cfg = make_cfg(tmp_path, ["experiment=cifar10_resnet20_cpu", "ood=[folder]", f"ood.folder.root={tmp_path}"])
-    ctx = RunContext(cfg)
-    assert list(ctx.cfg.ood) == ["folder"]  # the experiment's max_samples for unselected sets are dropped
-    cfg = make_cfg(tmp_path, ["experiment=cifar10_resnet20_cpu", "ood=[tin_resize,gaussian_noise]"])
-    assert RunContext(cfg).cfg.ood.tin_resize.max_samples == 3000  # kept for a selected set
+    cfg = make_cfg(tmp_path, ["experiment=cifar10_resnet20_cpu", "ood=[folder]", f"ood.folder.root={tmp_path}",
+                              "model.checkpoint=null", "stage=synthesize"])
+    assert list(validate(cfg).ood) == ["folder"]  # the experiment's max_samples for unselected sets are dropped
+    cfg = make_cfg(tmp_path, ["experiment=cifar10_resnet20_cpu", "ood=[tin_resize,gaussian_noise]", "model.checkpoint=null"])
+    assert validate(cfg).ood.tin_resize.max_samples == 3000  # kept for a selected set
 
 
 def test_several_named_folder_sets_in_one_run(tmp_path):
-    from c2ir.schema import ood_names
-    from c2ir.stages.common import RunContext
+    from c2ir.validation import ood_names, validate
 
     cfg = make_cfg(tmp_path, ["ood=[folder]", f"ood.folder.root={tmp_path}", "ood.folder.name=textures"])
-    assert ood_names(RunContext(cfg).cfg) == {"folder": "textures"}
+    assert ood_names(validate(cfg)) == {"folder": "textures"}
     cfg = make_cfg(tmp_path, ["ood=[]", f"+ood.textures={{source:folder,root:{tmp_path}}}",
                               f"+ood.faces={{source:folder,root:{tmp_path}}}"])
-    assert ood_names(RunContext(cfg).cfg) == {"textures": "textures", "faces": "faces"}
+    assert ood_names(validate(cfg)) == {"textures": "textures", "faces": "faces"}
     cfg = make_cfg(tmp_path, ["ood=[folder,gaussian_noise]", f"ood.folder.root={tmp_path}", "ood.folder.name=gaussian_noise"])
     with pytest.raises(C2IRError, match="both named 'gaussian_noise'"):
-        RunContext(cfg)
+        validate(cfg)
 
 
 # ----- data -----------------------------------------------------------------------------------------
@@ -150,30 +149,30 @@ def _images(folder: Path, n: int, size: int = 8) -> None:
 
 def test_folder_sets_are_keyed_by_content(tmp_path):
     """Deleting images from a folder OOD set changes its features key (was: keyed by path, stale count)."""
-    from c2ir.stages.common import RunContext
-    from c2ir.stages.evaluate import ood_spec
-    from c2ir.stages import features
+    from c2ir.graph import key_of
+    from c2ir.stages.features import FEATURES, Pass
+    from c2ir.stages.job import cli_job
 
     _images(tmp_path / "ood", 12)
     over = ["ood=[folder]", f"ood.folder.root={tmp_path / 'ood'}"]
-    before = features.key(RunContext(make_cfg(tmp_path, over)), ood_spec(RunContext(make_cfg(tmp_path, over)), "folder"), 0)
+    before = key_of(FEATURES, cli_job(make_cfg(tmp_path, over)), Pass("ood:folder"))
     for p in sorted((tmp_path / "ood").iterdir())[:9]:
         p.unlink()
-    ctx = RunContext(make_cfg(tmp_path, over))
-    assert features.key(ctx, ood_spec(ctx, "folder"), 0) != before
+    assert key_of(FEATURES, cli_job(make_cfg(tmp_path, over)), Pass("ood:folder")) != before
 
 
 def test_imagefolder_id_data_is_keyed_by_content(tmp_path):
-    from c2ir.stages.common import RunContext
+    from c2ir.stages.features import dataset_spec
+    from c2ir.stages.job import cli_job
 
     for split in ("train", "test"):
         for c in range(2):
             _images(tmp_path / "ds" / split / f"c{c}", 3)
     over = ["data=imagefolder", f"data.root={tmp_path / 'ds'}", "data.num_classes=2", "data.channels=1", "data.mean=[0.5]", "data.std=[0.25]",
             "model.num_classes=2"]
-    before = RunContext(make_cfg(tmp_path, over)).data_spec("test")
+    before = dataset_spec(cli_job(make_cfg(tmp_path, over)), "id_test")
     (tmp_path / "ds" / "test" / "c0" / "000.png").unlink()
-    assert RunContext(make_cfg(tmp_path, over)).data_spec("test") != before
+    assert dataset_spec(cli_job(make_cfg(tmp_path, over)), "id_test") != before
 
 
 def test_16bit_png_decodes_to_its_grey_level(tmp_path):
@@ -244,9 +243,9 @@ def test_bad_shared_archives_are_one_line(tmp_path, monkeypatch, damage):
 
 
 # ----- damaged cache states and checkpoints --------------------------------------------------------
-def _checkpoint_ctx(tmp_path, overrides=(), damage=None):
+def _checkpoint_job(tmp_path, overrides=(), damage=None):
     from c2ir.models import build_model
-    from c2ir.stages.common import RunContext
+    from c2ir.stages.job import cli_job
 
     cfg = make_cfg(tmp_path, ["ood=[gaussian_noise]"])
     torch.manual_seed(0)
@@ -255,50 +254,52 @@ def _checkpoint_ctx(tmp_path, overrides=(), damage=None):
     if damage == "nan":
         state["conv1.weight"][0, 0, 0, 0] = float("nan")
     torch.save(state, tmp_path / "ck.pt")
-    return RunContext(make_cfg(tmp_path, ["ood=[gaussian_noise]", f"model.checkpoint={tmp_path / 'ck.pt'}", *overrides]))
+    return cli_job(make_cfg(tmp_path, ["ood=[gaussian_noise]", f"model.checkpoint={tmp_path / 'ck.pt'}", *overrides]))
 
 
 def test_non_finite_checkpoint_names_the_checkpoint(tmp_path):
-    ctx = _checkpoint_ctx(tmp_path, damage="nan")
+    from c2ir.stages.train import classifier
+
+    job = _checkpoint_job(tmp_path, damage="nan")
     with pytest.raises(C2IRError) as err:
-        ctx.model
+        classifier(job)
     assert "non-finite" in str(err.value) and "ck.pt" in str(err.value) and "synth.lr" not in str(err.value)
 
 
 def test_zero_byte_partial_batch_is_recomputed(tmp_path, caplog):
     from safetensors.torch import load_file
 
-    from c2ir.stages import synthesize
-    from c2ir.stages.synthesize import _batch_path, compute_batches
+    from c2ir.graph import key_of, resolve
+    from c2ir.stages.synthesize import SYNTHESIZE, _batch_path
 
-    ctx = _checkpoint_ctx(tmp_path, ["synth.iterations=2", "synth.per_class=1", "synth.batch_size=10"])
-    work = ctx.store.partial_dir("synthesize", synthesize.key(ctx))
+    job = _checkpoint_job(tmp_path, ["synth.iterations=2", "synth.per_class=2", "synth.batch_size=10"])
+    work = job.store.partial_dir("synthesize", key_of(SYNTHESIZE, job))
     work.mkdir(parents=True)
-    _batch_path(work, 0).write_bytes(b"")
-    compute_batches(ctx, work)
-    assert len(load_file(str(_batch_path(work, 0)))["images"]) == 10
-    assert "damaged batch file" in caplog.text
+    _batch_path(work, 0).write_bytes(b"")   # a batch file a crash left empty: recomputed, not read
+    impressions = resolve(SYNTHESIZE, job).value
+    assert len(impressions.images) == 20 and "damaged batch file" in caplog.text
+    assert not work.exists()  # the partial folder is removed once the artifact is published
 
 
 def test_train_prints_no_requires_grad_warning(tmp_path):
-    from c2ir.stages.common import RunContext
+    from c2ir.stages.job import cli_job
     from c2ir.stages.train import train_model
 
-    ctx = RunContext(make_cfg(tmp_path, ["train.epochs=1", "data.max_train_samples=64"]))
+    job = cli_job(make_cfg(tmp_path, ["train.epochs=1", "data.max_train_samples=64"]))
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        train_model(ctx, tmp_path / "work")
+        train_model(job, tmp_path / "work")
     assert not [w for w in caught if "requires_grad" in str(w.message)]
 
 
 def test_damaged_train_resume_state_restarts(tmp_path, caplog):
-    from c2ir.stages.common import RunContext
+    from c2ir.stages.job import cli_job
     from c2ir.stages.train import train_model
 
-    ctx = RunContext(make_cfg(tmp_path, ["train.epochs=1", "data.max_train_samples=64"]))
+    job = cli_job(make_cfg(tmp_path, ["train.epochs=1", "data.max_train_samples=64"]))
     (tmp_path / "work").mkdir()
     (tmp_path / "work" / "epoch_0000.safetensors").write_bytes(b"")
-    _, history = train_model(ctx, tmp_path / "work")
+    _, history = train_model(job, tmp_path / "work")
     assert len(history) == 1 and "damaged resume state" in caplog.text
 
 

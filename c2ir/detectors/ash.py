@@ -27,6 +27,7 @@ import logging
 import torch
 
 from c2ir.detectors.base import AttributeState, Detector, FitData
+from c2ir.detectors.registry import register_detector
 from c2ir.detectors.energy import energy
 from c2ir.detectors.head import head_params
 from c2ir.errors import C2IRError
@@ -70,6 +71,7 @@ def ash_b(a: torch.Tensor, percentile: float = 65.0) -> torch.Tensor:
     return torch.zeros_like(a).scatter_(1, idx, fill)
 
 
+@register_detector("ash")
 class ASH(AttributeState, Detector):
     requires_fit = True  # reads the head's weights; fits on no data
 

@@ -1,15 +1,19 @@
-"""The detector contract: `fit(data)` once, then `score(features) -> np.ndarray`, higher = more OOD.
+"""The detector contract: `fit(data)` once, then scores, higher = more OOD.
 
-Scores are computed from cached forward outputs (a FeatureBundle), so one forward pass
-over a dataset serves every detector; the exception is a detector that needs input
-gradients (ODIN), which sets `needs_input_gradients` and implements `score_images`
-(evaluate fits it first and caches its scores per set, keyed by its config).
+Two ways to score, both on every detector:
+- `score(features)`: from a cached forward pass (a FeatureBundle), so one pass over a dataset
+  serves every detector that scores features;
+- `score_images(model, normalizer, images, ...)`: from pixels. The base class runs the forward
+  pass this detector needs and scores the features; a detector that needs input gradients
+  (ODIN, GAIA: `needs_input_gradients`) overrides it with its own gradient pass and cannot
+  score cached features.
 
 Every detector declares its parameters once, as typed keyword-only constructor
 arguments with defaults, each stored on an attribute of the same name. That signature
 is the single source of defaults: the YAML in `configs/detectors/` only overrides it,
 `build_detector` rejects a parameter the signature does not name, and `params` reads
-the values back (cache keys, reports, saved detectors).
+the values back (cache keys, reports, saved detectors). A class registers itself with
+`@register_detector(type_name)` (c2ir.detectors.registry).
 """
 
 from __future__ import annotations
@@ -24,7 +28,8 @@ import torch
 from torch import nn
 
 from c2ir.errors import C2IRError, NotFittedError
-from c2ir.extraction import FeatureBundle
+from c2ir.extraction import FeatureBundle, extract_features
+from c2ir.models import head_module
 from c2ir.stats import ClassStats
 
 FIT_SOURCES = ("none", "impressions", "id_train")
@@ -50,12 +55,15 @@ class FitData:
     head: nn.Linear | None = None
     impression_images: torch.Tensor | None = None   # pixels of the impressions (C2IR's weight selection)
     normalizer: Any = None                          # pixels -> model input, for those images
+    batch_size: int = 256                           # forward passes over those images
+    device: Any = "cpu"
 
 
 class Detector(ABC):
     """Base class. Subclasses set `requires_fit`, declare typed keyword-only parameters, and
     implement `_fit` (optional) and `_score`."""
 
+    type_name: ClassVar[str] = ""            # set by @register_detector: the `type:` configs select
     requires_fit: ClassVar[bool] = False
     needs_input_gradients: ClassVar[bool] = False
     # ranges of numeric parameters, e.g. {"temperature": "> 0"}; checked with finiteness by build_detector
@@ -110,8 +118,8 @@ class Detector(ABC):
         pass
 
     def score(self, feats: FeatureBundle) -> np.ndarray:
-        if not self._fitted:
-            raise NotFittedError(f"detector {self.name} is used before fit(); call fit(data) first")
+        """(N,) float64 scores of cached features (higher = more OOD)."""
+        self._check_fitted()
         if self.needs_input_gradients:
             raise C2IRError(f"detector {self.name} needs input gradients: it scores images (score_images), "
                             "not cached features")
@@ -119,6 +127,42 @@ class Detector(ABC):
 
     def _score(self, feats: FeatureBundle) -> np.ndarray | torch.Tensor:
         raise NotImplementedError(f"{type(self).__name__} scores images, not features")
+
+    def score_images(self, model: nn.Module, normalizer: Any, images: torch.Tensor, batch_size: int = 256,
+                     device: torch.device | str = "cpu", *, layers: list[str] | tuple[str, ...] = (),
+                     head: nn.Linear | None = None, spatial_grid: int = 0) -> np.ndarray:
+        """(N,) float64 scores of images: pixels (uint8, or float in [0, 1]) with `normalizer`, or model
+        inputs with `normalizer=None`. Here: the forward pass this detector `needs` (its `layers`, spatial
+        vectors on a `spatial_grid`, BN-input means), then `score`. Gradient detectors override it."""
+        self._check_fitted()
+        needs = self.needs
+        feats = extract_features(model, images, normalizer, list(layers) if {POOLED_LAYERS, SPATIAL} & needs else [],
+                                 head if head is not None else head_module(model, None), batch_size=batch_size,
+                                 device=device, spatial_grid=spatial_grid if SPATIAL in needs else 0,
+                                 with_bn=BN_MEANS in needs, desc=f"features {self.name}")
+        return self.score(feats)
+
+    def score_impressions(self, data: FitData) -> np.ndarray:
+        """Scores of the impressions this detector was fitted with (its data-free threshold): their cached
+        features, or their pixels for a detector that scores images only."""
+        if self.needs_input_gradients:
+            return self.score_images(data.model, data.normalizer, data.impression_images, data.batch_size,
+                                     data.device, layers=data.layers, head=data.head)
+        return self.score(data.impressions)
+
+    def layer_scores(self, feats: FeatureBundle) -> torch.Tensor | None:
+        """(N, L) per-layer scores behind the combined score, for the report's per-layer AUROC (columns in
+        the order of `self.layers`); None for a detector that does not combine layers."""
+        return None
+
+    def fit_summary(self) -> dict | None:
+        """What the fit chose and on what evidence (results.json `c2ir_fit`, report.html); None for a detector
+        that chooses nothing at fit time."""
+        return None
+
+    def _check_fitted(self) -> None:
+        if not self._fitted:
+            raise NotFittedError(f"detector {self.name} is used before fit(); call fit(data) first")
 
     # ----- fitted state (save/load) ------------------------------------------------------
     def state(self) -> dict[str, torch.Tensor]:

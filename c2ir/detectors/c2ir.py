@@ -35,6 +35,7 @@ import torch
 
 from c2ir.detectors.base import (CLASS_STATS, IMPRESSION_IMAGES, LAYER_WEIGHTS, POOLED_LAYERS, SPATIAL, Detector,
                                  FitData)
+from c2ir.detectors.registry import register_detector
 from c2ir.detectors.logits import LOGIT_SCORES
 from c2ir.errors import C2IRError
 from c2ir.extraction import FeatureBundle, batches, extract_features
@@ -100,6 +101,7 @@ def _name_tensor(name: str) -> torch.Tensor:
     return torch.tensor(list(name.encode()), dtype=torch.uint8)
 
 
+@register_detector("c2ir")
 class C2IR(Detector):
     """C2IR on cached features: class-conditional IPM deviations, scaled on the impressions, MGI-weighted.
 
@@ -318,6 +320,9 @@ class C2IR(Detector):
                     parts.append(fn(pooled[s], sp, self.stats[name], pred[s], self.extra[name]))
             cols.append(torch.cat(parts).double())
         return torch.stack(cols, dim=1)
+
+    def layer_scores(self, feats: FeatureBundle) -> torch.Tensor:
+        return self.layer_deviations(feats)
 
     def _score(self, feats):
         logit = None if self.logit_imp is None else LOGIT_SCORES[self.logit_score](feats["logits"])

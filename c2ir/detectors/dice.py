@@ -14,6 +14,7 @@ from __future__ import annotations
 import torch
 
 from c2ir.detectors.base import AttributeState, Detector, FitData
+from c2ir.detectors.registry import register_detector
 from c2ir.detectors.energy import energy
 from c2ir.detectors.head import head_params
 from c2ir.errors import C2IRError
@@ -26,6 +27,7 @@ def dice_mask(weight: torch.Tensor, mean_activation: torch.Tensor, sparsity: flo
     return contrib > threshold
 
 
+@register_detector("dice")
 class DICE(AttributeState, Detector):
     state_attrs = ('weight', 'bias')
     requires_fit = True

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 from c2ir.detectors.base import Detector
+from c2ir.detectors.registry import register_detector
 from c2ir.detectors.logits import energy
 
 __all__ = ["Energy", "energy"]
 
 
+@register_detector("energy")
 class Energy(Detector):
     """E(x) = -T logsumexp(f(x)/T) of the logits. Data-free, no fit.
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import torch
 
 from c2ir.detectors.base import Detector
+from c2ir.detectors.registry import register_detector
 
 
 def entropy(logits: torch.Tensor) -> torch.Tensor:
@@ -19,6 +20,7 @@ def entropy(logits: torch.Tensor) -> torch.Tensor:
     return -(logp.exp() * logp).sum(dim=1)
 
 
+@register_detector("entropy")
 class Entropy(Detector):
     def __init__(self, name: str = "entropy", *, fit_on: str = "none") -> None:
         super().__init__(name, fit_on=fit_on)

@@ -25,6 +25,7 @@ from __future__ import annotations
 import torch
 
 from c2ir.detectors.base import AttributeState, Detector, FitData
+from c2ir.detectors.registry import register_detector
 from c2ir.detectors.head import head_params
 from c2ir.errors import C2IRError
 from c2ir.extraction import batches
@@ -50,6 +51,7 @@ def fdbd_score(z: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, mean: 
     return -boundary_distance(z, weight, bias) / spread
 
 
+@register_detector("fdbd")
 class FDBD(AttributeState, Detector):
     """Average distance to the decision boundaries of the predicted class over ||z - mu||, negated.
 

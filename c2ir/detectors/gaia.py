@@ -23,19 +23,17 @@ The paper negates both values so that higher means in-distribution; here higher 
 from __future__ import annotations
 
 import re
-import sys
 
 import numpy as np
 import torch
 from torch import nn
-from tqdm import tqdm
 
-from c2ir.data.imageset import Normalizer, unit_pixels
+from c2ir.data.imageset import Normalizer
 from c2ir.detectors.base import Detector, FitData
+from c2ir.detectors.registry import register_detector
 from c2ir.errors import C2IRError
-from c2ir.extraction import batches
+from c2ir.extraction import ForwardHooks, bn_layers, gradient_batches
 from c2ir.models import head_module
-from c2ir.models.state import frozen_eval
 
 __all__ = ["GAIAA", "GAIAZ", "gaia_a_score", "gaia_z_score", "gaia_bn_layers"]
 
@@ -57,11 +55,12 @@ def gaia_a_score(inner: list[torch.Tensor], head_grad: torch.Tensor) -> torch.Te
 
 
 def gaia_bn_layers(model: nn.Module, last_stages: int) -> list[str]:
-    """Names of the BatchNorm2d modules GAIA reads: all of them (last_stages=0 or a model without
-    `layer<i>` stages), else those inside the last `last_stages` stages."""
-    bns = [n for n, m in model.named_modules() if isinstance(m, nn.BatchNorm2d)]
+    """Names of the BatchNorm layers GAIA reads (`bn_layers`, the one place BN layers are found): all
+    of them (last_stages=0 or a model without `layer<i>` stages), else those inside the last
+    `last_stages` stages."""
+    bns = bn_layers(model)
     if not bns:
-        raise C2IRError("GAIA reads BatchNorm2d outputs, and this model has none; choose another detector")
+        raise C2IRError("GAIA reads BatchNorm outputs, and this model has none; choose another detector")
     stages = sorted({int(m.group(1)) for n in bns if (m := re.match(r"layer(\d+)\.", n))})
     if last_stages <= 0 or not stages:
         return bns
@@ -79,44 +78,41 @@ class _GAIA(Detector):
     def _fit(self, data: FitData) -> None:
         self.head = data.head
 
-    def score_images(self, model: nn.Module, normalizer: Normalizer, images: torch.Tensor,
-                     batch_size: int = 256, device: torch.device | str = "cpu") -> np.ndarray:
+    def score_images(self, model: nn.Module, normalizer: Normalizer, images: torch.Tensor, batch_size: int = 256,
+                     device: torch.device | str = "cpu", *, head: nn.Linear | None = None, **_: object) -> np.ndarray:
         """Scores of pixel images: uint8 in [0, 255] or float in [0, 1], (N, C, H, W).
         The model's training flags and `requires_grad` are restored afterwards."""
-        with frozen_eval(model):
-            names = gaia_bn_layers(model, self.last_stages)
-            modules = dict(model.named_modules())
-            head = self.head if self.head is not None else head_module(model, None)
-            captured: dict[str, torch.Tensor] = {}
+        self._check_fitted()
+        names = gaia_bn_layers(model, self.last_stages)
+        modules = dict(model.named_modules())
+        head = head or self.head or head_module(model, None)
+        captured: dict[str, torch.Tensor] = {}
 
-            def keep(name: str):
-                # differentiate w.r.t. the BN output itself: an in-place op after it (ReLU(inplace=True),
-                # `out += identity`) would otherwise change the captured tensor and its zeros
-                def hook(_m: nn.Module, _i: tuple, o: torch.Tensor) -> torch.Tensor:
-                    captured[name] = o
-                    return o.clone()
-                return hook
+        def keep(name: str):
+            # differentiate w.r.t. the BN output itself: an in-place op after it (ReLU(inplace=True),
+            # `out += identity`) would otherwise change the captured tensor and its zeros
+            def hook(_m: nn.Module, _i: tuple, o: torch.Tensor) -> torch.Tensor:
+                captured[name] = o
+                return o.clone()
+            return hook
 
-            handles = [modules[n].register_forward_hook(keep(n)) for n in names]
-            handles.append(head.register_forward_pre_hook(lambda _m, i: captured.__setitem__("_head", i[0])))
-            try:
-                out = []
-                for span in tqdm(list(batches(len(images), batch_size)), desc=self.name, leave=False,
-                                 disable=not sys.stderr.isatty()):
-                    x = images[span].to(device)
-                    x = unit_pixels(x).requires_grad_(True)
-                    captured.clear()
-                    logits = model(normalizer(x))
-                    out.append(self._batch_score(logits, [captured[n] for n in names], captured["_head"]).cpu())
-            finally:
-                for h in handles:
-                    h.remove()
-        return torch.cat(out).numpy()
+        def head_input(_m: nn.Module, inp: tuple, _o: torch.Tensor) -> None:
+            captured["_head"] = inp[0]
+
+        def step(x: torch.Tensor, _span: slice) -> torch.Tensor:
+            captured.clear()
+            logits = model(normalizer(x))
+            return self._batch_score(logits, [captured[n] for n in names], captured["_head"]).cpu()
+
+        with ForwardHooks([*((modules[n], keep(n)) for n in names), (head, head_input)]):
+            parts = gradient_batches(model, images, step, batch_size=batch_size, device=device, desc=self.name)
+        return torch.cat(parts).numpy()
 
     def _batch_score(self, logits: torch.Tensor, acts: list[torch.Tensor], h: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
 
+@register_detector("gaia_z")
 class GAIAZ(_GAIA):
     """GAIA-Z: zero-deflation abnormality of d(max logit)/d(BatchNorm outputs), every BN layer
     (the paper's CIFAR setting, `-hook bn`). No parameters."""
@@ -129,6 +125,7 @@ class GAIAZ(_GAIA):
         return gaia_z_score(list(grads))
 
 
+@register_detector("gaia_a")
 class GAIAA(_GAIA):
     """GAIA-A: channel-wise average abnormality at the BN outputs of the last `last_stages` stages.
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import torch
 
 from c2ir.detectors.base import Detector
+from c2ir.detectors.registry import register_detector
 
 
 def generalized_entropy(logits: torch.Tensor, gamma: float = 0.1, top_m: int = 100) -> torch.Tensor:
@@ -23,6 +24,7 @@ def generalized_entropy(logits: torch.Tensor, gamma: float = 0.1, top_m: int = 1
     return (top.pow(gamma) * (1.0 - top).pow(gamma)).sum(dim=1)
 
 
+@register_detector("gen")
 class GEN(Detector):
     limits = {"gamma": "> 0", "top_m": ">= 1"}
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 import torch
 
 from c2ir.detectors.base import Detector
+from c2ir.detectors.registry import register_detector
 
 
 def gradnorm(penultimate: torch.Tensor, logits: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
@@ -28,6 +29,7 @@ def gradnorm(penultimate: torch.Tensor, logits: torch.Tensor, temperature: float
     return (p - u).abs().sum(dim=1) / temperature * penultimate.double().abs().sum(dim=1)
 
 
+@register_detector("gradnorm")
 class GradNorm(Detector):
     limits = {"temperature": "> 0"}
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 import torch
 
 from c2ir.detectors.base import AttributeState, Detector, FitData
+from c2ir.detectors.registry import register_detector
 from c2ir.errors import C2IRError
 
 
@@ -32,6 +33,7 @@ def kl_to_templates(logits: torch.Tensor, templates: torch.Tensor, eps: float = 
     return kl.min(dim=1).values
 
 
+@register_detector("kl_matching")
 class KLMatching(AttributeState, Detector):
     state_attrs = ('templates',)
     requires_fit = True

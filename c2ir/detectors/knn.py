@@ -7,6 +7,7 @@ from __future__ import annotations
 import torch
 
 from c2ir.detectors.base import Detector, FitData
+from c2ir.detectors.registry import register_detector
 from c2ir.errors import C2IRError
 from c2ir.extraction import batches
 
@@ -15,6 +16,7 @@ def _normalize(x: torch.Tensor) -> torch.Tensor:
     return torch.nn.functional.normalize(x.float(), dim=1)
 
 
+@register_detector("knn")
 class KNN(Detector):
     """k-th nearest-neighbour distance in the fit set's L2-normalised penultimate features.
 

@@ -28,6 +28,7 @@ import logging
 import torch
 
 from c2ir.detectors.base import POOLED_LAYERS, Detector, FitData
+from c2ir.detectors.registry import register_detector
 from c2ir.errors import C2IRError
 from c2ir.extraction import batches
 from c2ir.stats import shrunk_precision
@@ -73,6 +74,7 @@ def min_distance(x: torch.Tensor, means: torch.Tensor, precision: torch.Tensor) 
     return torch.cat(out)
 
 
+@register_detector("mahalanobis")
 class Mahalanobis(Detector):
     """Distance to the closest class mean under a tied covariance.
 

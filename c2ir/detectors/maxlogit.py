@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 from c2ir.detectors.base import Detector
+from c2ir.detectors.registry import register_detector
 from c2ir.detectors.logits import maxlogit
 
 
+@register_detector("maxlogit")
 class MaxLogit(Detector):
     """Negative maximum logit. Data-free, no parameters."""
 

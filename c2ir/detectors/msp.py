@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 from c2ir.detectors.base import Detector
+from c2ir.detectors.registry import register_detector
 from c2ir.detectors.logits import msp
 
 
+@register_detector("msp")
 class MSP(Detector):
     """Negative maximum softmax probability. Data-free, no parameters."""
 

@@ -46,6 +46,7 @@ import math
 import torch
 
 from c2ir.detectors.base import AttributeState, Detector, FitData
+from c2ir.detectors.registry import register_detector
 from c2ir.detectors.head import head_params
 from c2ir.errors import C2IRError
 from c2ir.extraction import batches
@@ -112,6 +113,7 @@ def balanced_subset(labels: torch.Tensor | None, n: int, total: int, seed: int =
     return torch.cat(picks).sort().values
 
 
+@register_detector("nac")
 class NAC(AttributeState, Detector):
     """Negative mean neuron-activation coverage of the penultimate states.
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 import torch
 
 from c2ir.detectors.base import AttributeState, Detector, FitData
+from c2ir.detectors.registry import register_detector
 from c2ir.detectors.head import head_params
 
 
@@ -34,6 +35,7 @@ def nci_score(z: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, mean: t
     return -(proximity + alpha * z.abs().sum(dim=1))
 
 
+@register_detector("nci")
 class NCI(AttributeState, Detector):
     """Negative (predicted-class proximity + alpha * L1 norm) of the penultimate feature.
 

@@ -11,10 +11,12 @@ from __future__ import annotations
 import torch
 
 from c2ir.detectors.base import BN_MEANS, Detector, FitData
+from c2ir.detectors.registry import register_detector
 from c2ir.errors import C2IRError
 from c2ir.extraction import bn_layers
 
 
+@register_detector("nmd")
 class NMD(Detector):
     """RMS of BN-input channel means standardised by the running statistics, averaged over BN layers.
     Data-free; fits on the model alone (its BatchNorm running statistics)."""

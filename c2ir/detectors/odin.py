@@ -7,26 +7,24 @@ Neural Networks", ICLR 2018, arXiv 1706.02690): temperature scaling plus a small
 with S(x; T) = softmax(f(x) / T). The step is taken in pixel units ([0, 1] scale), which is the
 paper code's step in normalised space divided by the per-channel std. Neither the paper nor its
 code clamps x~ to the valid pixel range; `clamp: true` does (an option, default off).
-Needs one backward pass per input, so it does not score from cached features. Temperature and
+Needs one backward pass per input, so it scores images (`score_images`), not cached features. Temperature and
 perturbation size are config values (the paper's T = 1000, eps = 0.0014), not tuned on OOD data.
 """
 
 from __future__ import annotations
 
-import sys
-
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
-from tqdm import tqdm
 
-from c2ir.data.imageset import Normalizer, unit_pixels
+from c2ir.data.imageset import Normalizer
 from c2ir.detectors.base import Detector
-from c2ir.extraction import batches
-from c2ir.models.state import frozen_eval
+from c2ir.detectors.registry import register_detector
+from c2ir.extraction import gradient_batches
 
 
+@register_detector("odin")
 class ODIN(Detector):
     """Negative max softmax at temperature T after a step of size epsilon that raises it.
 
@@ -45,20 +43,13 @@ class ODIN(Detector):
         super().__init__(name, fit_on=fit_on)
         self.temperature, self.epsilon, self.clamp = float(temperature), float(epsilon), bool(clamp)
 
-    def score_images(self, model: nn.Module, normalizer: Normalizer, images: torch.Tensor,
-                     batch_size: int = 256, device: torch.device | str = "cpu") -> np.ndarray:
+    def score_images(self, model: nn.Module, normalizer: Normalizer, images: torch.Tensor, batch_size: int = 256,
+                     device: torch.device | str = "cpu", **_: object) -> np.ndarray:
         """Scores of pixel images: uint8 in [0, 255] or float in [0, 1], (N, C, H, W).
         The model's training flags and `requires_grad` are restored afterwards."""
-        with frozen_eval(model):
-            return self._score_images(model, normalizer, images, batch_size, device)
+        self._check_fitted()
 
-    def _score_images(self, model: nn.Module, normalizer: Normalizer, images: torch.Tensor,
-                      batch_size: int, device: torch.device | str) -> np.ndarray:
-        out = []
-        for span in tqdm(list(batches(len(images), batch_size)), desc="odin", leave=False,
-                         disable=not sys.stderr.isatty()):
-            x = images[span].to(device)
-            x = unit_pixels(x).requires_grad_(True)
+        def step(x: torch.Tensor, _span: slice) -> torch.Tensor:
             logits = model(normalizer(x)) / self.temperature
             loss = F.cross_entropy(logits, logits.argmax(1))  # -log S_yhat(x; T)
             (grad,) = torch.autograd.grad(loss, x)
@@ -67,5 +58,7 @@ class ODIN(Detector):
                 x_tilde = x_tilde.clamp(0, 1)
             with torch.no_grad():
                 probs = torch.softmax(model(normalizer(x_tilde)).double() / self.temperature, dim=1)
-            out.append(-probs.max(1).values.cpu())
-        return torch.cat(out).numpy()
+            return -probs.max(1).values.cpu()
+
+        return torch.cat(gradient_batches(model, images, step, batch_size=batch_size, device=device,
+                                          desc=self.name)).numpy()

@@ -6,10 +6,12 @@ from __future__ import annotations
 import torch
 
 from c2ir.detectors.base import Detector, FitData
+from c2ir.detectors.registry import register_detector
 from c2ir.detectors.logits import energy
 from c2ir.errors import C2IRError
 
 
+@register_detector("react")
 class ReAct(Detector):
     """Energy of the head applied to penultimate features clipped at a fit-set percentile.
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 import torch
 
 from c2ir.detectors.base import AttributeState, Detector, FitData
+from c2ir.detectors.registry import register_detector
 from c2ir.detectors.energy import energy
 from c2ir.detectors.head import head_params
 from c2ir.errors import C2IRError
@@ -30,6 +31,7 @@ def scale_shape(a: torch.Tensor, percentile: float = 85.0) -> torch.Tensor:
     return a * torch.exp(r)
 
 
+@register_detector("scale")
 class SCALE(AttributeState, Detector):
     state_attrs = ('weight', 'bias')
     requires_fit = True  # reads the head's weights; fits on no data

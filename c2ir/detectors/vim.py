@@ -16,6 +16,7 @@ from __future__ import annotations
 import torch
 
 from c2ir.detectors.base import AttributeState, Detector, FitData
+from c2ir.detectors.registry import register_detector
 from c2ir.detectors.head import head_params
 from c2ir.errors import C2IRError
 
@@ -41,6 +42,7 @@ def residual_norm(h: torch.Tensor, origin: torch.Tensor, basis: torch.Tensor) ->
     return ((h.double() - origin) @ basis).norm(dim=1)
 
 
+@register_detector("vim")
 class ViM(AttributeState, Detector):
     state_attrs = ('origin', 'basis', 'alpha')
     scalar_attrs = ('alpha',)

@@ -39,6 +39,7 @@ from __future__ import annotations
 import torch
 
 from c2ir.detectors.base import AttributeState, Detector, FitData
+from c2ir.detectors.registry import register_detector
 from c2ir.detectors.head import head_params
 from c2ir.extraction import batches
 
@@ -93,6 +94,7 @@ def mean_msp(logits: torch.Tensor, classes: int) -> torch.Tensor:
     return torch.softmax(logits.reshape(len(logits), -1, classes), dim=2).max(dim=2).values.mean(dim=1)
 
 
+@register_detector("weiper")
 class WeiPer(AttributeState, Detector):
     """WeiPer+KLD: KL divergences of the activation and perturbed-logit histograms to the fit set's, minus
     the perturbed heads' mean MSP.

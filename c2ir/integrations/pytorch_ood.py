@@ -94,12 +94,11 @@ class C2IRDetector(_Base):
     # ----- penultimate features -----------------------------------------------------------
     def fit_features(self, x: torch.Tensor, y: torch.Tensor | None = None, *args: Any, **kwargs: Any) -> "C2IRDetector":
         """Fit on penultimate features `x` (N, D) with labels `y` (rows with y < 0 are dropped)."""
-        from c2ir.api import zoo_config
-        from c2ir.detectors import FitData, build_detector
+        from c2ir.detectors import FitData, build_detector, detector_config
         from c2ir.models import head_module
 
         params = {k: v for k, v in self._kwargs.items() if k not in _api_arguments()}
-        det = build_detector(self.name, {**zoo_config(self.name), **params})
+        det = build_detector(self.name, {**detector_config(self.name), **params})
         unsupported = set(det.needs) - _FEATURE_PATH_NEEDS
         if unsupported or det.fit_on == "impressions" or self.name == "c2ir":
             raise C2IRError(f"{self.name} reads more than the penultimate features and logits "

@@ -1,17 +1,16 @@
 """Stage `evaluate`: score the ID test set and every OOD set with every configured detector.
 
-One cached forward pass per dataset serves all detectors; a detector that needs input
-gradients (ODIN) has its own cached pass per set (`image_scores`). Detectors fit on the
-impressions (data-free) or, for the full-access comparators, on real ID training features. The scores and metrics
-are cached under a key of everything they depend on, then written as reports into the
-Hydra run directory.
+One cached forward pass per dataset serves all detectors that score features; a detector that
+scores images (ODIN, GAIA) has its own cached pass per set (IMAGE_SCORES). Detectors fit on the
+impressions (data-free) or, for the full-access comparators, on real ID training features
+(stages/fit.py). The scores and metrics are cached under a key of everything they depend on,
+then written as reports into the Hydra run directory.
 """
 
 from __future__ import annotations
 
 import logging
 import shutil
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -19,271 +18,203 @@ import torch
 from omegaconf import OmegaConf
 
 from c2ir import report
-from c2ir.cache import Artifact, atomic_save_tensors, atomic_write_json
-from c2ir.data import BatchStream, load_id, load_ood
-from c2ir.data.sources import ood_fingerprint
-from c2ir.detectors import Detector, FitData, build_detector
-from c2ir.detectors.base import IMPRESSION_IMAGES, INPUT_GRADIENTS, SPATIAL
-from c2ir.detectors.c2ir import C2IR
+from c2ir.data import BatchStream
+from c2ir.detectors import Detector, build_detector
+from c2ir.detectors.base import SPATIAL
 from c2ir.errors import C2IRError
+from c2ir.extraction import FeatureBundle
+from c2ir.graph import Job, KeyRule, Node, Step, Use, key_of, plain, resolve
 from c2ir.groups import groups_of
+from c2ir.inputs import not_computable_detectors
 from c2ir.metrics import accuracy, columnwise_auroc, ood_metrics
 from c2ir.openood_export import write_openood_csvs
 from c2ir.report_html import split_scores
-from c2ir.schema import ood_names
-from c2ir.stages import collect_stats, features, synthesize, weight_layers
-from c2ir.stages.collect_stats import id_train_features
-from c2ir.stages.common import RunContext, plain
+from c2ir.stages.collect_stats import COLLECT_STATS
+from c2ir.stages.features import FEATURES, ID_TRAIN, Pass, dataset, set_name
+from c2ir.stages.fit import fit_data, fit_uses, ipm_overrides
+from c2ir.stages.job import normalizer, num_workers
 from c2ir.stages.report_page import write_run_page
-from c2ir.validation import nonfinite_problem
+from c2ir.stages.synthesize import SYNTHESIZE
+from c2ir.synth_schedule import cost_summary
+from c2ir.stages.train import MODEL, classifier, head
+from c2ir.stages.weight_layers import WEIGHT_LAYERS
+from c2ir.validation import ood_names
 
 log = logging.getLogger(__name__)
 
-
-def ood_spec(ctx: RunContext, name: str) -> dict[str, Any]:
-    """Key fields of one OOD set (KEY_RULES["features:ood"]), with its folder's content fingerprint."""
-    spec = {k.removeprefix(f"ood.{name}."): v for k, v in ctx.fields("features:ood", name).items()}
-    if spec.get("source") == "pixel_shuffled":
-        spec["base"] = ctx.data_spec("test")
-    content = ood_fingerprint(ctx.cfg.ood[name], name, ctx.digests)
-    if content:
-        spec["content"] = content
-    return {"ood": name, **spec}
+# plus the evaluated sets' feature keys as upstream; `ood.<set>.name` is only the column's name
+EVAL_RULE = KeyRule(("detectors", "ipm", "ood.*.name", "metrics"))
 
 
-IPM_PARAMETERS = {"name": "ipm", "seed": "ipm_seed", "projections": "ipm_projections"}
-
-
-def ipm_overrides(ctx: RunContext) -> dict[str, Any]:
-    """The `ipm=` group as detector parameters, for the detector types that declare them (C2IR).
-    Only what the group sets is passed: C2IR's typed constructor holds the defaults."""
-    return {IPM_PARAMETERS[k]: v for k, v in plain(ctx.cfg.ipm).items() if k in IPM_PARAMETERS}
-
-
-def build_detectors(ctx: RunContext) -> dict[str, Detector]:
-    if not ctx.cfg.get("detectors"):
+def build_detectors(job: Job, names: tuple[str, ...] | None = None) -> dict[str, Detector]:
+    """The configured detectors (fresh, unfitted); a misspelled parameter fails here, before any compute."""
+    cfg = job.cfg
+    if not cfg.get("detectors"):
         raise C2IRError("no detectors selected (detectors=[]); pass at least one, e.g. detectors=[c2ir,energy,msp]")
-    return {name: build_detector(name, plain(ctx.cfg.detectors[name]), **ipm_overrides(ctx)) for name in ctx.cfg.detectors}
+    return {n: build_detector(n, plain(cfg.detectors[n]), **ipm_overrides(cfg)) for n in (names or cfg.detectors)}
 
 
-class FitInputs:
-    """What detectors fit on, from the cache: the impressions' statistics and features, the MGI
-    weights, and (only when a full-access detector is selected) real ID training features."""
-
-    def __init__(self, ctx: RunContext, detectors: dict[str, Detector]):
-        self.ctx = ctx
-        self.stats_art = collect_stats.ensure(ctx)
-        self.weights_art = weight_layers.ensure(ctx)
-        self.id_train = None
-        # pixels of the impressions: for detectors that fit on them or score them by a gradient pass
-        self.wants_images = any({IMPRESSION_IMAGES, INPUT_GRADIENTS} & d.needs for d in detectors.values())
-        if any(d.fit_on == "id_train" for d in detectors.values()):
-            self.id_train = id_train_features(ctx)
-
-    def upstream(self) -> dict[str, str]:
-        up = {"collect_stats": self.stats_art.key, "weight_layers": self.weights_art.key, "model": self.ctx.model_key}
-        if self.id_train is not None:
-            up["features:id_train"] = self.id_train[0].key
-        return up
-
-    def fit_context(self) -> FitData:
-        stats, imp = collect_stats.load(self.stats_art)
-        layers, weights = weight_layers.load(self.weights_art)
-        if layers != stats.layers:
-            raise C2IRError("MGI weights and class statistics were computed for different layer sets; rerun `c2ir run`")
-        images = synthesize.load(synthesize.ensure(self.ctx))[0] if self.wants_images else None
-        return FitData(model=self.ctx.model, layers=layers, impressions=imp,
-                       id_train=None if self.id_train is None else self.id_train[1],
-                       class_stats=stats, layer_weights=weights, head=self.ctx.head,
-                       impression_images=images, normalizer=self.ctx.normalizer)
+def datasets(job: Job) -> list[str]:
+    """The evaluated data sets: the ID test set first, then the OOD sets in config order."""
+    return ["id_test", *(f"ood:{key}" for key in ood_names(job.cfg))]
 
 
-class Evaluation:
-    """Collects the inputs of one evaluation, lazily, so a cache hit loads nothing else."""
-
-    def __init__(self, ctx: RunContext):
-        self.ctx = ctx
-        cfg = ctx.cfg
-        self.detectors = build_detectors(ctx)
-        needs_spatial = any(SPATIAL in d.needs for d in self.detectors.values())
-        self.spatial = int(cfg.features.spatial_grid) if needs_spatial else 0
-        # capture spatial vectors once when an `ipm=` sweep may need them (stages/features.py)
-        self.reuse_spatial = any(SPATIAL in d.may_need for d in self.detectors.values())
-        try:
-            self.fit_inputs = FitInputs(ctx, self.detectors)
-        except C2IRError as exc:
-            dropped = [n for n, d in self.detectors.items() if d.fit_on == "id_train"]
-            if not dropped:
-                raise
-            log.warning("full-access detectors %s skipped: ID training data unavailable (%s)", dropped, exc)
-            self.detectors = {n: d for n, d in self.detectors.items() if d.fit_on != "id_train"}
-            self.fit_inputs = FitInputs(ctx, self.detectors)
-        fi = self.fit_inputs
-        self.stats_art, self.weights_art, self.id_train = fi.stats_art, fi.weights_art, fi.id_train
-        self._decoded: dict[str, Any] = {}  # listed image sets (decoded per pass), shared by feature and gradient passes
-        self.sets: dict[str, tuple[Artifact, dict[str, torch.Tensor]]] = {}
-        self.id_name = f"{cfg.data.name}-test"
-        self.sets[self.id_name] = features.ensure(ctx, self.id_name, ctx.data_spec("test"), self.load_id_test, self.spatial,
-                                                     self.reuse_spatial)
-        self.ood_keys = {col: key for key, col in ood_names(cfg).items()}  # column name -> ood.<key>
-        if self.id_name in self.ood_keys:
-            raise C2IRError(f"an OOD set is named {self.id_name!r} like the ID test set; rename it with ood.<set>.name")
-        for col, key in self.ood_keys.items():
-            self.sets[col] = features.ensure(ctx, col, ood_spec(ctx, key), lambda k=key: self.load_ood(k), self.spatial,
-                                              self.reuse_spatial)
-
-    def fit_context(self) -> FitData:
-        return self.fit_inputs.fit_context()
-
-    def load_id_test(self):
-        if self.id_name not in self._decoded:
-            self._decoded[self.id_name] = load_id(self.ctx.cfg.data, "test")
-        return self._decoded[self.id_name]
-
-    def load_ood(self, name: str):
-        if name not in self._decoded:
-            self._decoded[name] = load_ood(name, self.ctx.cfg.ood[name], self.ctx.cfg.data, self.load_id_test(),
-                                           self.ctx.num_workers)
-            self._decoded[name].name = str(self.ctx.cfg.ood[name].get("name") or name)
-        return self._decoded[name]
-
-    def key(self) -> str:
-        spec = {**self.ctx.fields("evaluate"), "used": sorted(self.detectors), "sets": list(self.sets),
-                "params": {n: {"type": type(d).__name__, **d.params} for n, d in self.detectors.items()}}
-        upstream = {f"features:{n}": a.key for n, (a, _) in self.sets.items()}
-        upstream.update(self.fit_inputs.upstream())
-        return self.ctx.key("evaluate", spec, upstream)
-
-    def inputs(self) -> dict[str, str]:
-        """Content digests of every upstream artifact the evaluation reads."""
-        out = {f"features:{n}": a.digest for n, (a, _) in self.sets.items()}
-        out.update(collect_stats=self.stats_art.digest, weight_layers=self.weights_art.digest, model=self.ctx.model_digest)
-        if self.id_train is not None:
-            out["features:id_train"] = self.id_train[0].digest
-        return out
-
-    def image_scores(self, name: str, det: Detector, set_name: str) -> np.ndarray:
-        """Scores of a detector that needs its own gradient pass over the images (ODIN, ...).
-
-        Cached per set under a key of the detector's whole config (type + parameters, not its display
-        name), the set's features key and the model key; a detector fitted on impressions also
-        depends on their statistics.
-        """
-        ctx = self.ctx
-        feat_art = self.sets[set_name][0]
-        spec = {"detector": {"type": type(det).__name__, **det.params}}  # resolved parameters, not the YAML overrides
-        upstream = {"features": feat_art.key, "model": ctx.model_key}
-        if det.requires_fit and det.fit_on != "none":
-            upstream["collect_stats"] = self.stats_art.key
-        key = ctx.key("image_scores", spec, upstream)
-
-        def build(out: Path) -> dict:
-            data = self.load_id_test() if set_name == self.id_name else self.load_ood(self.ood_keys[set_name])
-            stream = BatchStream(data, ctx.batch_size, ctx.num_workers, desc=set_name)  # per-image scores: batch by batch
-            s = np.concatenate([det.score_images(ctx.model, ctx.normalizer, b.images, ctx.batch_size, ctx.device)
-                                for b in stream if len(b.images)])
-            atomic_save_tensors(out / "scores.safetensors", {"scores": torch.from_numpy(np.asarray(s, dtype=np.float64))})
-            return {}
-
-        inputs = {"features": feat_art.digest, "model": ctx.model_digest}
-        if "collect_stats" in upstream:
-            inputs["collect_stats"] = self.stats_art.digest
-        art = ctx.store.get_or_create("image_scores", key, build, config={**spec, "set": set_name}, upstream=upstream,
-                                      inputs=inputs)
-        return art.tensors("scores.safetensors")["scores"].numpy()
-
-    def compute(self, out: Path) -> dict:
-        fit = self.fit_context()
-        scores: dict[str, dict[str, np.ndarray]] = {}
-        for name, det in self.detectors.items():
-            det.fit(fit)
-            if det.needs_input_gradients:
-                scores[name] = {s: self.image_scores(name, det, s) for s in self.sets}
-                continue
-            scores[name] = {s: det.score(bundle) for s, (_, bundle) in self.sets.items()}
-        id_bundle = self.sets[self.id_name][1]
-        id_acc = accuracy(id_bundle["logits"].numpy(), id_bundle["labels"].numpy())
-        not_computable = not_computable_detectors(scores)
-        scores = {d: v for d, v in scores.items() if d not in not_computable}  # no number is reported for them
-        positive = str(OmegaConf.select(self.ctx.cfg, "metrics.fpr_positive", default="id"))
-        metrics = {
-            det: {ood: ood_metrics(per_set[self.id_name], per_set[ood], positive) for ood in self.ood_keys}
-            for det, per_set in scores.items()
-        }
-        access = {n: d.data_access for n, d in self.detectors.items()}
-        result = {"id_set": self.id_name, "id_accuracy": id_acc, "ood_sets": list(self.ood_keys),
-                  "metrics": metrics, "fpr_positive": positive, "access": access, "ipm": plain(self.ctx.cfg.ipm),
-                  "mgi": plain(self.ctx.cfg.mgi), "layer_weights": self.weights_art.json("weights.json"),
-                  "counts": {s: int(len(b["logits"])) for s, (_, b) in self.sets.items()},
-                  "layer_auroc": self.layer_auroc(skip=set(not_computable)), "not_computable": not_computable,
-                  "c2ir_fit": {n: d.fit_summary() for n, d in self.detectors.items() if isinstance(d, C2IR)}}
-        atomic_save_tensors(out / "scores.safetensors",
-                            {f"{d}/{s}": torch.from_numpy(np.ascontiguousarray(v)) for d, ps in scores.items() for s, v in ps.items()})
-        atomic_write_json(out / "results.json", result)
-        return {"id_accuracy": id_acc}
-
-    def layer_auroc(self, skip: set[str]) -> dict[str, dict]:
-        """Per C2IR detector: AUROC (%) of each layer's raw deviation alone, per OOD set (the report's
-        evidence for the layer choice; AUROC is invariant to the per-layer normalisation)."""
-        out = {}
-        for name, det in self.detectors.items():
-            if not isinstance(det, C2IR) or name in skip:
-                continue
-            dev = {s: det.layer_deviations(bundle).numpy() for s, (_, bundle) in self.sets.items()}
-            if not all(np.isfinite(v).all() for v in dev.values()):
-                continue
-            out[name] = {"layers": list(det.layers),
-                         "auroc": {o: columnwise_auroc(dev[self.id_name], dev[o]) for o in self.ood_keys}}
-        return out
+def passes(job: Job, dets: dict[str, Detector]) -> dict[str, Pass]:
+    """{set name: the pass it is read from}: spatial vectors when a detector needs them, captured once
+    when an `ipm=` sweep may need them (stages/features.py)."""
+    spatial = int(job.cfg.features.spatial_grid) if any(SPATIAL in d.needs for d in dets.values()) else 0
+    reuse = any(SPATIAL in d.may_need for d in dets.values())
+    names = {d: set_name(job, d) for d in datasets(job)}
+    if names["id_test"] in list(names.values())[1:]:
+        raise C2IRError(f"an OOD set is named {names['id_test']!r} like the ID test set; rename it with ood.<set>.name")
+    return {name: Pass(d, spatial, reuse) for d, name in names.items()}
 
 
-def not_computable_detectors(scores: dict[str, dict[str, np.ndarray]]) -> dict[str, str]:
-    """{detector: why} for detectors with a NaN or infinite score on some set: reported as "not computable",
-    never as a metric (a NaN ranks as the lowest score: AUROC 0 / FPR95 100 would look measured)."""
+# ----- image scores of the detectors that score images ----------------------------------------------
+def _score_uses(job: Job, param: tuple[str, Pass]) -> dict[str, Use]:
+    name, p = param
+    det = build_detectors(job, (name,))[name]
+    uses = {"features": Use(FEATURES, p), "model": Use(MODEL)}
+    if det.requires_fit and det.fit_on != "none":  # fitted on impressions: their statistics decide the scores
+        uses.update(collect_stats=Use(COLLECT_STATS), weight_layers=Use(WEIGHT_LAYERS, keyed=False),
+                    synthesize=Use(SYNTHESIZE, keyed=False))
+    if det.fit_on == "id_train":
+        uses["features:id_train"] = Use(FEATURES, ID_TRAIN, keyed=False)
+    return uses
+
+
+def _score_images(step: Step, out: Any) -> dict:
+    job, (name, p) = step.job, step.param
+    det = build_detectors(job, (name,))[name].fit(fit_data(step))
+    model, norm, hd = classifier(job), normalizer(job), head(job)
+    stream = BatchStream(dataset(job, p.dataset), job.batch_size, num_workers(job), desc=set_name(job, p.dataset))
+    s = np.concatenate([det.score_images(model, norm, b.images, job.batch_size, job.device, layers=job.layers, head=hd)
+                        for b in stream if len(b.images)])   # per-image scores: batch by batch
+    out.save_tensors("scores.safetensors", {"scores": torch.from_numpy(np.asarray(s, dtype=np.float64))})
+    return {}
+
+
+def _detector_spec(det: Detector) -> dict[str, Any]:
+    return {"type": type(det).__name__, **det.params}   # resolved parameters, not the YAML overrides
+
+
+# Cached per set under a key of the detector's whole config (type + parameters, not its display name),
+# the set's features key and the model key; a detector fitted on impressions also on their statistics.
+IMAGE_SCORES = Node("image_scores", version=2,
+                    spec=lambda job, param: {"detector": _detector_spec(build_detectors(job, (param[0],))[param[0]])},
+                    uses=_score_uses, build=_score_images,
+                    load=lambda art, job, _: art.tensors("scores.safetensors")["scores"].numpy())
+
+
+# ----- the evaluation ------------------------------------------------------------------------------------
+def _uses(job: Job, names: tuple[str, ...]) -> dict[str, Use]:
+    dets = build_detectors(job, names)
+    read = passes(job, dets)
+    uses = fit_uses(job, list(dets.values()))
+    uses.update({f"features:{s}": Use(FEATURES, p) for s, p in read.items()})
+    uses.update({f"image_scores:{n}:{s}": Use(IMAGE_SCORES, (n, p), keyed=False)
+                 for n, d in dets.items() if d.needs_input_gradients for s, p in read.items()})
+    return uses
+
+
+def _spec(job: Job, names: tuple[str, ...]) -> dict[str, Any]:
+    dets = build_detectors(job, names)
+    return {"used": sorted(names), "sets": list(passes(job, dets)),
+            "params": {n: _detector_spec(d) for n, d in dets.items()}}
+
+
+def score_sets(step: Step, dets: dict[str, Detector], sets: dict[str, FeatureBundle]) -> dict[str, dict[str, np.ndarray]]:
+    """{detector: {set: scores}}: each detector fitted once, then scoring every set."""
+    fit = fit_data(step)
+    scores: dict[str, dict[str, np.ndarray]] = {}
+    for name, det in dets.items():
+        det.fit(fit)
+        scores[name] = {s: (step.value(f"image_scores:{name}:{s}") if det.needs_input_gradients else det.score(bundle))
+                        for s, bundle in sets.items()}
+    return scores
+
+
+def layer_auroc(dets: dict[str, Detector], sets: dict[str, FeatureBundle], id_set: str) -> dict[str, dict]:
+    """Per detector that combines layers (C2IR): AUROC (%) of each layer's score alone, per OOD set (the report's
+    evidence for the layer choice; AUROC is invariant to the per-layer normalisation)."""
     out = {}
-    for det, per_set in scores.items():
-        problems = [f"{p} on {s}" for s, v in per_set.items() if (p := nonfinite_problem(v))]
-        if problems:
-            out[det] = "; ".join(problems) + " (check its parameters, e.g. a temperature or weight)"
-            log.warning("detector %s is not computable: %s; no metric is reported for it", det, out[det])
+    for name, det in dets.items():
+        per_set = {s: det.layer_scores(bundle) for s, bundle in sets.items()}
+        if per_set[id_set] is None or not all(torch.isfinite(v).all() for v in per_set.values()):
+            continue
+        out[name] = {"layers": list(det.layers),
+                     "auroc": {o: columnwise_auroc(per_set[id_set].numpy(), v.numpy())
+                               for o, v in per_set.items() if o != id_set}}
     return out
 
 
-def ensure(ctx: RunContext) -> Artifact:
-    ev = Evaluation(ctx)
-    return ctx.store.get_or_create("evaluate", ev.key(), ev.compute, config={"ipm": plain(ctx.cfg.ipm)},
-                                   upstream={"collect_stats": ev.stats_art.key, "weight_layers": ev.weights_art.key,
-                                             **{f"features:{n}": a.key for n, (a, _) in ev.sets.items()}},
-                                   seed=ctx.seed, inputs=ev.inputs())
+def _build(step: Step, out: Any) -> dict:
+    job, names = step.job, step.param
+    dets = build_detectors(job, names)
+    sets = {s: step.value(f"features:{s}") for s in passes(job, dets)}
+    id_set, oods = next(iter(sets)), list(sets)[1:]
+    scores = score_sets(step, dets, sets)
+    not_computable = not_computable_detectors(scores)
+    scores = {d: v for d, v in scores.items() if d not in not_computable}  # no number is reported for them
+    id_bundle = sets[id_set]
+    id_acc = accuracy(id_bundle["logits"].numpy(), id_bundle["labels"].numpy())
+    positive = str(job.cfg.metrics.fpr_positive)
+    result = {"id_set": id_set, "id_accuracy": id_acc, "ood_sets": oods,
+              "metrics": {d: {o: ood_metrics(per[id_set], per[o], positive) for o in oods} for d, per in scores.items()},
+              "fpr_positive": positive, "access": {n: d.data_access for n, d in dets.items()}, "ipm": plain(job.cfg.ipm),
+              "mgi": plain(job.cfg.mgi), "layer_weights": step.input("weight_layers").artifact.json("weights.json"),
+              "counts": {s: int(len(b["logits"])) for s, b in sets.items()}, "layer_auroc": layer_auroc({n: d for n, d in dets.items() if n not in not_computable}, sets, id_set),
+              "not_computable": not_computable,
+              "c2ir_fit": {n: f for n, d in dets.items() if (f := d.fit_summary()) is not None}}
+    out.save_tensors("scores.safetensors", {f"{d}/{s}": torch.from_numpy(np.ascontiguousarray(v))
+                                            for d, per in scores.items() for s, v in per.items()})
+    out.save_json("results.json", result)
+    return {"id_accuracy": id_acc}
 
 
-def run(cfg) -> None:
-    report_evaluation(RunContext(cfg))  # Evaluation builds the detectors before any upstream stage runs
+EVALUATE = Node("evaluate", version=5, rule=EVAL_RULE, spec=_spec, uses=_uses, build=_build,
+                load=lambda art, job, _: art.json("results.json"), seed=lambda job: job.seed)
 
 
-def report_evaluation(ctx: RunContext) -> None:
+def available(job: Job) -> tuple[str, ...]:
+    """The configured detectors that can run: full-access ones are skipped (with a warning) when the ID
+    training split is unavailable."""
+    dets = build_detectors(job)
+    full = [n for n, d in dets.items() if d.fit_on == "id_train"]
+    if full:
+        resolve(MODEL, job)  # a model that cannot be had is an error of its own, not a reason to skip
+        try:
+            resolve(FEATURES, job, ID_TRAIN)
+        except C2IRError as exc:
+            log.warning("full-access detectors %s skipped: ID training data unavailable (%s)", full, exc)
+            return tuple(n for n in dets if n not in full)
+    return tuple(dets)
+
+
+def run(job: Job) -> dict:
     """Evaluate (or load the cached evaluation) and write the reports into the run directory.
 
     Tables (md/csv/json) first, then the pictures and report.html, so a failing plot costs no result.
     `report.figures=false` skips the pictures and the page: in a sweep they are most of each job's own
     cost (docs/BENCHMARKS.md section 6), while `c2ir report <sweep dir>` needs only the tables.
     """
-    cfg = ctx.cfg
-    art = ensure(ctx)
-    if not ctx.dist.is_main:
-        return
+    cfg = job.cfg
+    evaluation = resolve(EVALUATE, job, available(job))
+    result = {**evaluation.value, "groups": groups_of(cfg)}  # near/far: presentation, from the config
+    if not job.dist.is_main:
+        return result
     run_dir = report.run_dir(cfg)
-    result = {**art.json("results.json"), "groups": groups_of(cfg)}  # near/far: presentation, from the config
-    synth_art = ctx.store.lookup("synthesize", synthesize.key(ctx))
-    if synth_art is not None:  # the run directory's copy only (c2ir report plots quality against this cost)
-        result["synthesis"] = synthesize.cost_summary(synth_art)
-    grid = ctx.store.dir("synthesize", synthesize.key(ctx)) / "impressions_grid.png"
-    if grid.is_file():
+    synth = job.store.lookup("synthesize", key_of(SYNTHESIZE, job))   # read, never built, for the report
+    if synth is not None:  # the run directory's copy only (c2ir report plots quality against this cost)
+        result["synthesis"] = cost_summary(synth)
+    grid = None if synth is None else synth.file("impressions_grid.png")
+    if grid is not None and grid.is_file():
         shutil.copy2(grid, run_dir / "impressions_grid.png")
     report.write_reports(run_dir, result)
     if result["groups"]:
-        write_openood_csvs(run_dir / "openood", result, split_scores(art.tensors("scores.safetensors")))
+        write_openood_csvs(run_dir / "openood", result, split_scores(evaluation.artifact.tensors("scores.safetensors")))
     print(report.terminal_table(result))
     if OmegaConf.select(cfg, "report.figures", default=True):
-        write_run_page(ctx, art, run_dir)
+        write_run_page(job, evaluation.artifact, run_dir)
     log.info("reports written to %s", run_dir)
+    return result

@@ -1,60 +1,119 @@
 """Cached forward passes: one pass per (model, dataset, transform) serves every detector, IPM,
 MGI setting and layer set of a sweep.
 
-A pass records the union of what the configured run may need (`Capture`): the pooled features of
-every layer of every layer set of the model (`ctx.capture_layers`), and spatial vectors when a
-configured detector may use them under some `ipm=` (`Detector.may_need`). The cache key holds that
+A pass records the union of what the configured run may need: the pooled features of every
+layer of every layer set of the model (`job.capture_layers`), and spatial vectors when a
+configured detector may use them under some `ipm=` (`Detector.may_need`). The key holds that
 capture, not the run's own layer set, so a `layer_set=` or `ipm=` sweep finds the same artifact;
 each run then reads only its slice (its layers, spatial vectors only when its IPM needs them),
 which equals the output of a direct pass over that subset (tests/test_feature_cache.py).
-Under torchrun the batches are split across ranks and gathered, so every rank ends with the whole
-bundle.
+Under torchrun the batches are split across ranks and gathered, so every rank ends with the
+whole bundle.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
-from c2ir.cache import Artifact, atomic_save_tensors
+from c2ir.data import load_id, load_ood
 from c2ir.data.imageset import AnyImageSet
 from c2ir.data.loader import BatchStream, batch_spans
+from c2ir.data.sources import id_fingerprint, ood_fingerprint
 from c2ir.distributed import merge_strided_batches
 from c2ir.extraction import FeatureBundle, extract_features
-from c2ir.stages.common import RunContext
+from c2ir.graph import Job, KeyRule, Node, Step, Use, key_fields
+from c2ir.stages.job import digests, normalizer, num_workers
+from c2ir.stages.train import DATA_FIELDS, MODEL, classifier, head
+from c2ir.validation import ood_names
 
 log = logging.getLogger(__name__)
 
 FEATURES_FILE = "features.safetensors"
+# the captured layers enter the key as a list, not through the layer set: one pass per dataset
+# serves every `layer_set=`
+ID_RULES = {"test": KeyRule((*DATA_FIELDS, "data.test_split", "data.max_test_samples", "model.head")),
+            "train": KeyRule((*DATA_FIELDS, "data.train_split", "evaluate.max_train_samples", "model.head"))}
+# an OOD set's own seed chooses its fixed subset / random crops / noise; help text and download
+# location do not change the images
+OOD_RULE = KeyRule(("ood.{name}", "data.image_size", "data.channels", "model.head"),
+                   exclude=("ood.{name}.layout", "ood.{name}.url", "ood.{name}.md5", "ood.{name}.download",
+                            "ood.{name}.name"))
 
 
 @dataclass(frozen=True)
-class Capture:
-    """What one cached pass over a dataset records: pooled features of `layers` and, with
-    `spatial_grid > 0`, their spatial vectors (plus logits, penultimate, BN-input means, labels)."""
+class Pass:
+    """One cached pass: the data set (`id_test`, `id_train` or `ood:<key>`) and what the reading run
+    needs from it: spatial vectors on a `spatial_grid` (0: none), and whether a sweep around it may
+    (`reuse_spatial`, ignored with `features.capture=configured`)."""
 
-    layers: tuple[str, ...]
-    spatial_grid: int
-
-
-def capture_for(ctx: RunContext, spatial_grid: int = 0, reuse_spatial: bool = False) -> Capture:
-    """The capture serving a run that needs spatial vectors on a `spatial_grid` (0: none), and may
-    need them in a sweep (`reuse_spatial`, ignored with `features.capture=configured`)."""
-    union = str(ctx.cfg.features.get("capture", "union")) == "union"
-    grid = int(spatial_grid) or (int(ctx.cfg.features.spatial_grid) if union and reuse_spatial else 0)
-    return Capture(tuple(ctx.capture_layers), grid)
+    dataset: str
+    spatial_grid: int = 0
+    reuse_spatial: bool = False
 
 
-def key(ctx: RunContext, dataset_spec: dict[str, Any], spatial_grid: int = 0, reuse_spatial: bool = False) -> str:
-    """`dataset_spec` holds the set's key fields (KEY_RULES["features:*"]) and content fingerprint;
-    the key names the captured layers and grid (with `features.capture=configured`: exactly this
-    run's layers, so a pass that serves one layer set only)."""
-    cap = capture_for(ctx, spatial_grid, reuse_spatial)
-    spec = {"dataset": dataset_spec, "layers": list(cap.layers), "spatial_grid": cap.spatial_grid}
-    return ctx.key("features", spec, {"model": ctx.model_key})
+ID_TRAIN = Pass("id_train")   # the real ID training features full-access detectors fit on
+
+
+def set_name(job: Job, dataset: str) -> str:
+    """The data set's name in results and logs: `<data.name>-test`, `<data.name>-train`, the OOD column."""
+    if dataset.startswith("ood:"):
+        return ood_names(job.cfg)[dataset[4:]]
+    return f"{job.cfg.data.name}-{dataset.removeprefix('id_')}"
+
+
+def dataset_spec(job: Job, dataset: str) -> dict[str, Any]:
+    """The key fields of a data set, with its files' content fingerprint when it comes from a folder
+    (listed once per job: a large ImageFolder costs one stat per file)."""
+    memo = ("dataset_spec", dataset)
+    if memo not in job.memo:
+        cfg = job.cfg
+        if dataset.startswith("ood:"):
+            name = dataset[4:]
+            spec = {k.removeprefix(f"ood.{name}."): v for k, v in key_fields(cfg, OOD_RULE, name).items()}
+            if spec.get("source") == "pixel_shuffled":
+                spec["base"] = dataset_spec(job, "id_test")
+            content = ood_fingerprint(cfg.ood[name], name, digests(job))
+            spec = {"ood": name, **spec, **({"content": content} if content else {})}
+        else:
+            split = dataset.removeprefix("id_")
+            spec = {**key_fields(cfg, ID_RULES[split]), "split": split}
+            content = id_fingerprint(cfg.data, split, digests(job))
+            if content:
+                spec["content"] = content
+        job.memo[memo] = spec
+    return dict(job.memo[memo])
+
+
+def dataset(job: Job, name: str) -> AnyImageSet:
+    """The data set's images, listed once per job (decoded per pass), shared by feature and gradient passes."""
+    memo = ("dataset", name)
+    if memo not in job.memo:
+        cfg = job.cfg
+        if name == "id_test":
+            data = load_id(cfg.data, "test")
+        elif name == "id_train":
+            data_cfg = cfg.data.copy()
+            data_cfg.max_train_samples = cfg.evaluate.max_train_samples
+            data = load_id(data_cfg, "train")
+        else:
+            key = name[4:]
+            data = load_ood(key, cfg.ood[key], cfg.data, dataset(job, "id_test"), num_workers(job))
+            data.name = set_name(job, name)
+        job.memo[memo] = data
+    return job.memo[memo]
+
+
+def _capture(job: Job, p: Pass) -> tuple[list[str], int]:
+    union = str(job.cfg.features.capture) == "union"
+    grid = int(p.spatial_grid) or (int(job.cfg.features.spatial_grid) if union and p.reuse_spatial else 0)
+    return list(job.capture_layers), grid
+
+
+def _spec(job: Job, p: Pass) -> dict[str, Any]:
+    layers, grid = _capture(job, p)
+    return {"dataset": dataset_spec(job, p.dataset), "layers": layers, "spatial_grid": grid}
 
 
 def slice_keys(names: list[str], layers: list[str], spatial: bool) -> list[str]:
@@ -64,47 +123,38 @@ def slice_keys(names: list[str], layers: list[str], spatial: bool) -> list[str]:
     return [k for k in names if k in want or not k.startswith(("layer/", "spatial/"))]
 
 
-def ensure(ctx: RunContext, name: str, dataset_spec: dict[str, Any], load: Callable[[], AnyImageSet],
-           spatial_grid: int = 0, reuse_spatial: bool = False) -> tuple[Artifact, FeatureBundle]:
-    """Features of one dataset for this run's layers (spatial vectors when `spatial_grid > 0`), sliced
-    from the cached capture or from one (possibly sharded) forward pass that records the capture."""
-    cap = capture_for(ctx, spatial_grid, reuse_spatial)
-    art_key = key(ctx, dataset_spec, spatial_grid, reuse_spatial)
-    inputs = {"model": ctx.model_digest}
-    found = ctx.store.lookup("features", art_key, inputs)
-    if found is None:
-        data = load()
-        bundle, skipped = _extract(ctx, data, cap, name)
-
-        def build(out: Path) -> dict:
-            atomic_save_tensors(out / FEATURES_FILE, bundle)
-            return {"dataset": name, "count": len(data) - skipped, "skipped": skipped}
-
-        if ctx.dist.is_main:
-            ctx.store.get_or_create("features", art_key, build, config={"dataset": dataset_spec},
-                                    upstream={"model": ctx.model_key}, inputs=inputs)
-        ctx.dist.barrier()
-        found = ctx.store.lookup("features", art_key, inputs)
-        assert found is not None
-        return found, {k: bundle[k] for k in slice_keys(list(bundle), ctx.layers, spatial_grid > 0)}
-    log.info("cache hit: features/%s (%s)", art_key, name)
-    names = found.tensor_names(FEATURES_FILE)
-    return found, found.tensors(FEATURES_FILE, slice_keys(names, ctx.layers, spatial_grid > 0))
-
-
-def _extract(ctx: RunContext, data: AnyImageSet, cap: Capture, name: str) -> tuple[FeatureBundle, int]:
-    """(bundle, unreadable files skipped): the set is read in batches by `ctx.num_workers` processes."""
-    n_batches = len(batch_spans(len(data), ctx.batch_size))
-    world = ctx.dist.world if ctx.dist.enabled else 1
-    mine = list(range(ctx.dist.rank, n_batches, world)) if world > 1 else None
-    stream = BatchStream(data, ctx.batch_size, ctx.num_workers, pin_memory=ctx.device.type == "cuda",
+def extract(step: Step) -> tuple[FeatureBundle, int]:
+    """(bundle, unreadable files skipped) of one (possibly sharded) pass over the data set."""
+    job, p = step.job, step.param
+    layers, grid = _capture(job, p)
+    data, name = dataset(job, p.dataset), set_name(job, p.dataset)
+    n_batches = len(batch_spans(len(data), job.batch_size))
+    world = job.dist.world if job.dist.enabled else 1
+    mine = list(range(job.dist.rank, n_batches, world)) if world > 1 else None
+    stream = BatchStream(data, job.batch_size, num_workers(job), pin_memory=job.device.type == "cuda",
                          batches=mine, desc=name)
-    part = extract_features(ctx.model, stream, ctx.normalizer, list(cap.layers), ctx.head, batch_size=ctx.batch_size,
-                            device=ctx.device, spatial_grid=cap.spatial_grid, desc=f"features {name}")
+    part = extract_features(classifier(job), stream, normalizer(job), layers, head(job), batch_size=job.batch_size,
+                            device=job.device, spatial_grid=grid, desc=f"features {name}")
     if world == 1:
         return part, stream.skipped
     # rank r holds batches r, r+W, ...: gather and restore the dataset order; a batch may be short
     # (its unreadable files dropped), so each rank's per-batch counts locate its rows
-    parts = ctx.dist.all_gather_object((part, stream.counts, stream.skipped))
-    bundle = merge_strided_batches([p for p, _, _ in parts], len(data), ctx.batch_size, [c for _, c, _ in parts])
+    parts = job.dist.all_gather_object((part, stream.counts, stream.skipped))
+    bundle = merge_strided_batches([q for q, _, _ in parts], len(data), job.batch_size, [c for _, c, _ in parts])
     return bundle, sum(s for _, _, s in parts)
+
+
+def _build(step: Step, out: Any) -> dict:
+    bundle, skipped = step.prepared if step.prepared is not None else extract(step)
+    out.save_tensors(FEATURES_FILE, bundle)
+    step.keep({k: bundle[k] for k in slice_keys(list(bundle), step.job.layers, step.param.spatial_grid > 0)})
+    data = dataset(step.job, step.param.dataset)
+    return {"dataset": set_name(step.job, step.param.dataset), "count": len(data) - skipped, "skipped": skipped}
+
+
+def _load(art: Any, job: Job, p: Pass) -> FeatureBundle:
+    return art.tensors(FEATURES_FILE, slice_keys(art.tensor_names(FEATURES_FILE), job.layers, p.spatial_grid > 0))
+
+
+FEATURES = Node("features", version=2, spec=_spec, uses=lambda job, p: {"model": Use(MODEL)}, build=_build,
+                load=_load, prepare=extract)

@@ -15,10 +15,11 @@ from omegaconf import OmegaConf
 
 from c2ir import plots
 from c2ir.cache import Artifact, make_key
+from c2ir.graph import Job, resolve
 from c2ir.groups import groups_of
 from c2ir.report_html import RunInputs, split_scores, write_run_report
-from c2ir.stages import synthesize
-from c2ir.stages.common import RunContext
+from c2ir.stages.synthesize import SYNTHESIZE
+from c2ir.stages.train import MODEL
 
 log = logging.getLogger(__name__)
 
@@ -30,19 +31,18 @@ def config_yaml(cfg) -> str:
         return OmegaConf.to_yaml(cfg)
 
 
-def run_inputs(ctx: RunContext, art: Artifact) -> RunInputs:
+def run_inputs(job: Job, art: Artifact) -> RunInputs:
     """The page's inputs; missing pieces are left None with a note saying why."""
-    inp = RunInputs(result={**art.json("results.json"), "groups": groups_of(ctx.cfg)}, config_yaml=config_yaml(ctx.cfg),
-                    published=OmegaConf.select(ctx.cfg, "report.published", default=None))
+    inp = RunInputs(result={**art.json("results.json"), "groups": groups_of(job.cfg)}, config_yaml=config_yaml(job.cfg),
+                    published=OmegaConf.select(job.cfg, "report.published", default=None))
     inp.keys = {"evaluate": art.key, **{k: str(v) for k, v in art.manifest.get("upstream", {}).items()}}
     try:
         inp.scores = split_scores(art.tensors("scores.safetensors"))
     except Exception as exc:
         inp.notes.append(f"Scores could not be loaded from the evaluate artifact ({exc}).")
     try:
-        inp.keys["model"] = ctx.model_key
-        skey = synthesize.key(ctx)
-        synth = ctx.store.lookup("synthesize", skey)
+        inp.keys["model"] = resolve(MODEL, job).key
+        synth = resolve(SYNTHESIZE, job).artifact
     except Exception as exc:
         synth = None
         inp.notes.append(f"The synthesis artifact could not be located ({exc}).")
@@ -62,14 +62,14 @@ def run_inputs(ctx: RunContext, art: Artifact) -> RunInputs:
     # columns) and the plotting code
     fig_key = make_key("report_figures", {"v": plots.VERSION, "groups": inp.result["groups"]},
                        {"evaluate": art.key, "synthesize": inp.keys.get("synthesize", "")})
-    inp.figure_cache = ctx.store.dir("report_figures", fig_key)
+    inp.figure_cache = job.store.dir("report_figures", fig_key)
     return inp
 
 
-def write_run_page(ctx: RunContext, art: Artifact, run_dir: Path) -> Path | None:
+def write_run_page(job: Job, art: Artifact, run_dir: Path) -> Path | None:
     """report.html (+ roc_*.png, hist_*.png) in the run directory; never raises (a warning instead)."""
     try:
-        inp = run_inputs(ctx, art)
+        inp = run_inputs(job, art)
     except Exception as exc:
         log.warning("report: report.html not written: its inputs could not be loaded (%s)", exc)
         return None

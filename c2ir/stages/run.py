@@ -1,18 +1,19 @@
-"""Stage `run`: every stage in order; each is a cache hit when its artifact exists."""
+"""Stage `run`: every stage in order (evaluate resolves them all); each is a cache hit when its artifact exists."""
 
 from __future__ import annotations
 
 from c2ir.data import load_id, load_ood
 from c2ir.extraction import require_batchnorm
-from c2ir.stages import collect_stats, evaluate, synthesize, train, weight_layers
-from c2ir.stages.common import RunContext
+from c2ir.graph import Job
+from c2ir.models.loading import build_classifier
+from c2ir.stages import evaluate
 
 
-def check_folders(ctx: RunContext) -> None:
+def check_folders(job: Job) -> None:
     """List the ID test split and the OOD folder sets before any synthesis: a missing or empty folder
     is reported (with its expected layout) in seconds, not after hours of synthesis. Listing only:
     nothing is decoded."""
-    cfg = ctx.cfg
+    cfg = job.cfg
     if cfg.data.source in ("imagefolder", "shared", "imglist"):
         load_id(cfg.data, "test")
     for name in cfg.ood:
@@ -20,14 +21,10 @@ def check_folders(ctx: RunContext) -> None:
             load_ood(name, cfg.ood[name], cfg.data)
 
 
-def run(cfg) -> None:
-    ctx = RunContext(cfg)
-    check_folders(ctx)
-    evaluate.build_detectors(ctx)  # a misspelled detector parameter fails here, not after training and synthesis
-    require_batchnorm(ctx.fresh_model(), str(cfg.model.get("name") or cfg.model.arch))  # before any training
-    if ctx.uses_training:
-        train.ensure(ctx)
-    synthesize.ensure(ctx)
-    collect_stats.ensure(ctx)
-    weight_layers.ensure(ctx)
-    evaluate.report_evaluation(ctx)
+def run(job: Job) -> dict:
+    check_folders(job)
+    evaluate.build_detectors(job)  # a misspelled detector parameter fails here, not after training and synthesis
+    cfg = job.cfg
+    require_batchnorm(build_classifier(cfg.model, int(cfg.data.num_classes)),   # before any training
+                      str(cfg.model.get("name") or cfg.model.arch))
+    return evaluate.run(job)
