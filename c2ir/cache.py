@@ -133,6 +133,17 @@ def _is_io_error(exc: BaseException) -> bool:
     return isinstance(exc, OSError) or "os error" in str(exc) or "I/O error" in str(exc)
 
 
+def _current_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+# Published files get the mode a plain open() would give (some writers, safetensors among them, create 0600
+# files: a cache_root shared by a group or by cluster jobs of other users must stay readable).
+FILE_MODE = 0o666 & ~_current_umask()
+
+
 def _temp_name(path: Path) -> Path:
     return path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
 
@@ -150,6 +161,7 @@ def _atomic(path: Path) -> Iterator[Path]:
         yield tmp
         with open(tmp, "rb+") as fh:
             os.fsync(fh.fileno())
+        os.chmod(tmp, FILE_MODE)
         os.replace(tmp, path)
     except BaseException as exc:
         with contextlib.suppress(OSError):
@@ -511,6 +523,7 @@ class ArtifactStore:
                 "inputs": dict(inputs or {}),
                 "seed": seed,
                 "versions": package_versions(),
+                "threads": torch.get_num_threads(),  # results can differ in the last bits across thread counts
                 "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
                 "seconds": round(time.time() - started, 3),
                 "files": files,

@@ -282,6 +282,19 @@ def _folder(path: Any) -> Path | None:
     return Path(str(path)).expanduser() if path else None
 
 
+def checkpoint_format_problem(path: Path) -> None:
+    """A checkpoint that is neither a torch.save file (zip archive, or the legacy pickle format) nor a
+    safetensors file is one line before any stage runs (reading its first bytes only)."""
+    with open(path, "rb") as fh:
+        head = fh.read(9)
+    if head.startswith(b"PK\x03\x04") or head.startswith(b"\x80"):  # torch.save: zip, or legacy pickle
+        return
+    if path.suffix == ".safetensors" and len(head) == 9 and head[8:9] == b"{":  # u64 header length, then JSON
+        return
+    raise C2IRError(f"{path} is not a PyTorch checkpoint (torch.save zip or pickle) or .safetensors file; "
+                    "set model.checkpoint to the model's weights file")
+
+
 def check_inputs(cfg: DictConfig) -> None:
     """Files and folders named by the config exist, checked before any model is built or torch imported.
 
@@ -300,11 +313,16 @@ def check_inputs(cfg: DictConfig) -> None:
         raise C2IRError(f"this experiment needs model.checkpoint=<file>: {needed}")
     if ckpt and not _folder(ckpt).is_file():
         raise C2IRError(f"checkpoint not found: {_folder(ckpt)}; set model.checkpoint to an existing file")
+    if ckpt:
+        checkpoint_format_problem(_folder(ckpt))
     data = cfg.get("data") or {}
     root = data.get("root")
     if stage in DATA_STAGES and data.get("source") == "imagefolder" and (root or not data.get("archive")) \
             and not (root and _folder(root).is_dir()):
         layout = data.get("layout") or "<root>/<split>/<class>/*.jpg"
+        if not root:
+            raise C2IRError(f"{data.get('name', 'data')}: data.root is not set; set data.root=<folder> "
+                            f"(expected layout: {layout})")
         raise C2IRError(f"{data.get('name', 'data')}: folder not found: {_folder(root)} (expected layout: {layout}); "
                         "set data.root")
     if stage in DATA_STAGES and data.get("source") == "imglist":  # OpenOOD's layout: the list and its images

@@ -217,3 +217,14 @@ def test_concurrent_processes_compute_a_key_once(tmp_path):
     results = [q.get(timeout=5) for _ in procs]
     assert results[0] == results[1]  # both read the single artifact one of them built
     assert len([p for p in (tmp_path / "s").iterdir() if not p.name.startswith(".")]) == 1
+
+
+def test_published_files_are_readable_as_a_plain_open_would_make_them(tmp_path):
+    """safetensors creates 0600 files; a cache_root shared by a group must get the umask's mode."""
+    import torch
+
+    from c2ir.cache import FILE_MODE, atomic_save_tensors, atomic_write_json
+
+    atomic_save_tensors(tmp_path / "t.safetensors", {"x": torch.zeros(2)})
+    atomic_write_json(tmp_path / "j.json", {"a": 1})
+    assert {(p.stat().st_mode & 0o777) for p in tmp_path.iterdir()} == {FILE_MODE}

@@ -119,6 +119,23 @@ def test_not_a_checkpoint(tmp_path):
         read_checkpoint(path)
 
 
+def test_a_file_that_is_no_checkpoint_is_refused_from_its_first_bytes(tmp_path):
+    """check_inputs reads a checkpoint's first bytes before any stage: torch.save (zip or legacy pickle) and
+    safetensors files pass, a text file is one line."""
+    from safetensors.torch import save_file
+
+    from c2ir.validation import checkpoint_format_problem
+
+    torch.save({"w": torch.zeros(1)}, tmp_path / "zip.pt")
+    torch.save({"w": torch.zeros(1)}, tmp_path / "legacy.pt", _use_new_zipfile_serialization=False)
+    save_file({"w": torch.zeros(1)}, str(tmp_path / "w.safetensors"))
+    for name in ("zip.pt", "legacy.pt", "w.safetensors"):
+        checkpoint_format_problem(tmp_path / name)
+    (tmp_path / "hostname").write_text("myhost\n")
+    with pytest.raises(C2IRError, match=r"hostname is not a PyTorch checkpoint .* set model.checkpoint"):
+        checkpoint_format_problem(tmp_path / "hostname")
+
+
 def test_torchvision_classifier_by_name_offline():
     cfg = _cfg(arch="torchvision", name="resnet18", weights=None, in_channels=3)
     model = build_model(cfg).eval()

@@ -102,7 +102,9 @@ def test_run_directories_are_unique_per_process(tmp_path):
     env = {**os.environ}
     env.pop("HYDRA_FULL_ERROR", None)
     # `train` with a checkpoint and no finetune stops right after Hydra made the run folder: fast
-    (tmp_path / "x.pt").write_bytes(b"not read")  # exists: a missing one is refused before Hydra starts
+    import torch
+
+    torch.save({}, tmp_path / "x.pt")  # exists and is a torch.save file: anything else is refused before Hydra starts
     procs = [subprocess.Popen([sys.executable, "-m", "c2ir", "train", f"seed={s}", f"model.checkpoint={tmp_path}/x.pt",
                                f"cache_root={tmp_path / 'c'}"], cwd=tmp_path, env=env,
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) for s in (1, 2)]
