@@ -13,16 +13,12 @@ is reported in about a second.
 from __future__ import annotations
 
 import ast
-import hashlib
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from c2ir.errors import C2IRError
 
-if TYPE_CHECKING:
-    from c2ir.data.digests import DigestCache
 
 LAYOUT = ("OpenOOD v1.5's data folder: <root>/benchmark_imglist/<benchmark>/<split>_<set>.txt, one "
           "'relative/path label' line per image (OOD sets: label -1), the images under <root>/images_classic/ or "
@@ -116,20 +112,3 @@ def open_imglist(root: str | Path, imglist: str | Path, data_dir: str | Path, na
             check_images(lst, name, key)
             _CHECKED.add(version)
     return lst
-
-
-def fingerprint(lst: ImageList, digests: DigestCache | None = None) -> str:
-    """Content fingerprint for cache keys: the list's bytes plus the SHA-256 content of every listed image, the
-    rule of folder data (`c2ir.data.digests`): editing the list, or replacing or deleting an image (even by one
-    of the same size with its mtime kept) gives a new key; touching one does not. Unchanged images are not read
-    again when `digests` remembers them. Imports torch (via c2ir.cache): only the stages make keys."""
-    from c2ir.data.digests import tree_digest
-
-    digest = hashlib.sha256(lst.list_path.read_bytes())
-    present = [p for p in dict.fromkeys(lst.paths) if os.path.isfile(p)]
-    missing = sorted(str(p.relative_to(lst.image_root).as_posix()) for p in set(lst.paths) - set(present))
-    if present:  # the images' own folder (one table of remembered digests per data set, shared by its lists)
-        base = Path(os.path.commonpath([str(p.parent) for p in present]))
-        digest.update(f"images:{tree_digest(base, present, digests, complete=False)}\n".encode())
-    digest.update("".join(f"missing:{m}\n" for m in missing).encode("utf-8", "surrogatepass"))
-    return digest.hexdigest()[:32]

@@ -10,7 +10,8 @@ from PIL import Image
 
 from c2ir.data.transforms import resize_or_crop
 from c2ir.errors import C2IRError
-from c2ir.imglist import fingerprint, open_imglist, parse_label, read_imglist
+from c2ir.data.folders import imglist_fingerprint as fingerprint
+from c2ir.imglist import open_imglist, parse_label, read_imglist
 
 
 def _tree(root, lines, images=("a/0.png", "a/1.png")):

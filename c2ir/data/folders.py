@@ -6,7 +6,9 @@ Listing, fixed-seed subsetting and label assignment happen here, once; decoding 
 
 from __future__ import annotations
 
+import hashlib
 import logging
+import os
 import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -19,6 +21,7 @@ from c2ir.data.digests import DigestCache, tree_digest
 from c2ir.data.imageset import StreamedSet, subsample
 from c2ir.data.transforms import check_mode, file_rng, resize_or_crop
 from c2ir.errors import C2IRError
+from c2ir.imglist import ImageList
 from c2ir.names import escape_name
 
 log = logging.getLogger(__name__)
@@ -41,6 +44,21 @@ def folder_fingerprint(root: Path, digests: DigestCache | None = None) -> str:
     if not root.is_dir():
         return "missing"
     return "sha256:" + tree_digest(root, list_images(root), digests)
+
+
+def imglist_fingerprint(lst: ImageList, digests: DigestCache | None = None) -> str:
+    """Content fingerprint for cache keys: the list's bytes plus the SHA-256 content of every listed image, the
+    rule of folder data (`c2ir.data.digests`): editing the list, or replacing or deleting an image (even by one
+    of the same size with its mtime kept) gives a new key; touching one does not. Unchanged images are not read
+    again when `digests` remembers them (here, not in the torch-free c2ir.imglist: only the stages make keys)."""
+    digest = hashlib.sha256(lst.list_path.read_bytes())
+    present = [p for p in dict.fromkeys(lst.paths) if os.path.isfile(p)]
+    missing = sorted(str(p.relative_to(lst.image_root).as_posix()) for p in set(lst.paths) - set(present))
+    if present:  # the images' own folder (one table of remembered digests per data set, shared by its lists)
+        base = Path(os.path.commonpath([str(p.parent) for p in present]))
+        digest.update(f"images:{tree_digest(base, present, digests, complete=False)}\n".encode())
+    digest.update("".join(f"missing:{m}\n" for m in missing).encode("utf-8", "surrogatepass"))
+    return digest.hexdigest()[:32]
 
 
 MAX_PIXELS = 8192 * 8192  # larger images are skipped (decompression-bomb guard), far above any benchmark image

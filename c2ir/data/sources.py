@@ -15,14 +15,13 @@ import numpy as np
 import torch
 
 from c2ir.data import embedded
-from c2ir.data.folders import FileSet, folder_fingerprint, load_flat_folder, load_labelled_folder
+from c2ir.data.folders import FileSet, folder_fingerprint, imglist_fingerprint, load_flat_folder, load_labelled_folder
 from c2ir.data.loader import materialize
 from c2ir.data.imageset import AnyImageSet, ImageSet, StreamedSet, subsample
 from c2ir.data.transforms import check_mode, fit_chw, index_rng
 from c2ir.data.digests import DigestCache
 from c2ir.data.shared import archive_digest, ensure_extracted
 from c2ir.errors import C2IRError
-from c2ir.imglist import fingerprint as imglist_fingerprint
 from c2ir.imglist import open_imglist
 
 log = logging.getLogger(__name__)
