@@ -132,15 +132,23 @@ class Detector(ABC):
                      device: torch.device | str = "cpu", *, layers: list[str] | tuple[str, ...] = (),
                      head: nn.Linear | None = None, spatial_grid: int = 0) -> np.ndarray:
         """(N,) float64 scores of images: pixels (uint8, or float in [0, 1]) with `normalizer`, or model
-        inputs with `normalizer=None`. Here: the forward pass this detector `needs` (its `layers`, spatial
-        vectors on a `spatial_grid`, BN-input means), then `score`. Gradient detectors override it."""
+        inputs with `normalizer=None`. Here: the forward pass this detector `needs` (`image_features`), then
+        `score`. Gradient detectors override it."""
         self._check_fitted()
+        return self.score(self.image_features(model, normalizer, images, batch_size, device, layers=layers,
+                                              head=head, spatial_grid=spatial_grid))
+
+    def image_features(self, model: nn.Module, normalizer: Any, images: torch.Tensor, batch_size: int = 256,
+                       device: torch.device | str = "cpu", *, layers: list[str] | tuple[str, ...] = (),
+                       head: nn.Linear | None = None, spatial_grid: int = 0) -> dict[str, Any]:
+        """The one forward pass over images that a feature-based detector's `score` needs (its `layers`,
+        spatial vectors on a `spatial_grid`, BN-input means; the logits always), for callers that also want
+        the logits without a second pass."""
         needs = self.needs
-        feats = extract_features(model, images, normalizer, list(layers) if {POOLED_LAYERS, SPATIAL} & needs else [],
-                                 head if head is not None else head_module(model, None), batch_size=batch_size,
-                                 device=device, spatial_grid=spatial_grid if SPATIAL in needs else 0,
-                                 with_bn=BN_MEANS in needs, desc=f"features {self.name}")
-        return self.score(feats)
+        return extract_features(model, images, normalizer, list(layers) if {POOLED_LAYERS, SPATIAL} & needs else [],
+                                head if head is not None else head_module(model, None), batch_size=batch_size,
+                                device=device, spatial_grid=spatial_grid if SPATIAL in needs else 0,
+                                with_bn=BN_MEANS in needs, desc=f"features {self.name}")
 
     def score_impressions(self, data: FitData) -> np.ndarray:
         """Scores of the impressions this detector was fitted with (its data-free threshold): their cached

@@ -61,10 +61,16 @@ def score_folder(job: Job, det: Detector, root: Path, paths: list[Path]
     rel = [str(p.relative_to(root)) for p in paths]
     skipped = [rel[i] for i in sorted(set(range(len(paths))) - set(keep))]
     model, norm, hd = classifier(job), normalizer(job), head(job)
-    logits = extract_features(model, images, norm, [], hd, batch_size=job.batch_size, device=job.device,
-                              with_bn=False, desc=f"classes {root.name}")["logits"]
-    scores = det.score_images(model, norm, images, job.batch_size, job.device, layers=job.layers, head=hd,
-                              spatial_grid=int(cfg.features.spatial_grid))
+    grid = int(cfg.features.spatial_grid)
+    if det.needs_input_gradients:  # its own gradient pass; the classes from a plain forward pass
+        logits = extract_features(model, images, norm, [], hd, batch_size=job.batch_size, device=job.device,
+                                  with_bn=False, desc=f"classes {root.name}")["logits"]
+        scores = det.score_images(model, norm, images, job.batch_size, job.device, layers=job.layers, head=hd,
+                                  spatial_grid=grid)
+    else:  # one forward pass gives both the classes and the detector's features
+        feats = det.image_features(model, norm, images, job.batch_size, job.device, layers=job.layers, head=hd,
+                                   spatial_grid=grid)
+        logits, scores = feats["logits"], det.score(feats)
     return [rel[i] for i in keep], logits.argmax(1), scores, skipped
 
 
@@ -82,8 +88,8 @@ def run(job: Job) -> dict:
     threshold = float(fitted.value.threshold)
     paths, pred, scores, skipped = score_folder(job, fitted.value.detector, root, files)
     ood = ~(scores <= threshold)  # a NaN score is never called in-distribution
-    if nonfinite_problem(scores):
-        log.warning("score: %s; those images are flagged as OOD", nonfinite_problem(scores))
+    if problem := nonfinite_problem(scores):
+        log.warning("score: %s; those images are flagged as OOD", problem)
     run_dir = report.run_dir(cfg)
     report.write_scores_csv(run_dir / "scores.csv", paths, pred.tolist(), scores.tolist(), ood.tolist())
     if skipped:  # one escaped name per line: a name with a newline cannot split an entry

@@ -135,7 +135,7 @@ def _build(step: Step, out: Any) -> dict:
     """Every batch (computed now or found finished), assembled into impressions, loss curves, target share,
     cost, grid; the batches' wall and CPU seconds go into the manifest (the content does not depend on speed)."""
     job = step.job
-    kept = compute_batches(step)
+    kept = step.prepared if step.prepared is not None else compute_batches(step)  # torchrun: done in prepare
     sc = SynthConfig.from_cfg(job.cfg.synth)
     k = int(job.cfg.data.num_classes)
     parts = _parts(step, kept)
