@@ -17,7 +17,6 @@ score`'s artifact. The caller's model is borrowed, never changed (training flags
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -40,7 +39,7 @@ from c2ir.errors import C2IRError, NotFittedError
 from c2ir.extraction import FeatureBundle, auto_layers, bn_layers, extract_features, select_layers
 from c2ir.graph import Job, Resolved, resolve
 from c2ir.inputs import (check_api_numbers, check_batch, check_input_shape, check_labels, check_normalization,
-                         model_input_channels, nonfinite_rows, takes_vectors)
+                         model_input_channels, nonfinite_rows, takes_vectors, tensors_fingerprint)
 from c2ir.models import head_module
 from c2ir.schema import C2IRConfig, CollectStatsConfig, FeaturesConfig, MGIConfig, ScoreConfig, SynthConfig
 from c2ir.stages.collect_stats import COLLECT_STATS
@@ -71,11 +70,7 @@ def _model_device(model: nn.Module) -> torch.device:
 
 def _digest(tensors: Mapping[str, torch.Tensor]) -> str:
     """Content digest of named tensors (the caller's model, given impressions or features): their memory-store key."""
-    h = hashlib.sha256()
-    for name, t in tensors.items():
-        h.update(name.encode())
-        h.update(t.detach().cpu().contiguous().numpy().tobytes())
-    return h.hexdigest()[:16]
+    return tensors_fingerprint(tensors)[:16]
 
 
 def _given(node_name: str, tensors: Mapping[str, torch.Tensor], value: Any) -> Resolved:

@@ -216,8 +216,7 @@ def task(cfg: Any) -> dict:
             raise
         _log_to_files(f"c2ir: error: {printable(exc)}")  # into the run's log file; the terminal gets the line below
         sys.stderr.flush()
-        print(f"c2ir: error: {printable(exc)}", file=sys.stderr)
-        raise SystemExit(2) from None
+        raise SystemExit(fail(str(exc))) from None
 
 
 @contextlib.contextmanager

@@ -14,7 +14,7 @@ import logging
 import math
 import operator
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -228,8 +228,13 @@ def check_writable_folder(path: Path, what: str) -> Path:
 def model_fingerprint(model: nn.Module) -> str:
     """SHA-256 of a model's state (names, dtypes, shapes and bytes of every parameter and buffer): what a
     saved detector records, so it is never loaded onto other weights."""
+    return tensors_fingerprint(model.state_dict())
+
+
+def tensors_fingerprint(tensors: Mapping[str, torch.Tensor]) -> str:
+    """SHA-256 of named tensors: names, dtypes, shapes and raw bytes (any dtype, bfloat16 included)."""
     h = hashlib.sha256()
-    for name, t in model.state_dict().items():
+    for name, t in tensors.items():
         t = t.detach().cpu().contiguous()
         h.update(f"{name}\0{t.dtype}\0{tuple(t.shape)}\n".encode())
         h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")

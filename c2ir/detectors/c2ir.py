@@ -226,7 +226,8 @@ class C2IR(Detector):
                                     device=device, spatial_grid=grid, with_bn=False)
 
         out = []
-        for f, (a, b) in enumerate((folds(targets), folds(targets)[::-1])):
+        split = folds(targets)
+        for f, (a, b) in enumerate((split, split[::-1])):
             fit_a = _take(imp, a)
             sets = {"reference": features(softened(data.impression_images[b]), "pseudo-real")}  # type: ignore[index]
             if self.selecting:

@@ -130,8 +130,8 @@ class WeiPer(AttributeState, Detector):
         self.perturbed_bias = bias.double().repeat(self.repeats)
         h = self.source(data)["penultimate"].double()
         spans = list(batches(len(h), 512))   # the perturbed logits are r*K per row: never all at once
-        z_lo = min(float(self._perturbed_logits(h[s]).min()) for s in spans)
-        z_hi = max(float(self._perturbed_logits(h[s]).max()) for s in spans)
+        extremes = [(float(z.min()), float(z.max())) for z in (self._perturbed_logits(h[s]) for s in spans)]
+        z_lo, z_hi = min(lo for lo, _ in extremes), max(hi for _, hi in extremes)
         self.h_range = torch.tensor(padded_range(float(h.min()), float(h.max()), len(h)), dtype=torch.float64)
         self.z_range = torch.tensor(padded_range(z_lo, z_hi, len(h)), dtype=torch.float64)
         self.h_mean = row_histograms(h, *self.h_range.tolist(), self.bins).mean(dim=0)

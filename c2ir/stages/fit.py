@@ -38,7 +38,6 @@ from c2ir.threshold import Threshold, data_free_threshold, quantile_threshold
 log = logging.getLogger(__name__)
 
 FORMAT_VERSION = saved.FORMAT_VERSION
-SAVED_CONFIG, SAVED_STATE = saved.CONFIG, saved.STATE
 # the fitted detector's key holds its resolved type and parameters and the threshold's share
 # (spec below), not the config names: a renamed config with the same parameters is the same artifact
 FITTED_RULE = KeyRule(("score.detector", "score.tpr"))
@@ -194,8 +193,8 @@ def _build(step: Step, out: Any) -> dict:
 
 
 def _load(art: Any, job: Job, req: FitRequest) -> Fitted:
-    saved_cfg = art.json(SAVED_CONFIG)
-    det = restore(req.detector(), art.tensors(SAVED_STATE),
+    saved_cfg = art.json(saved.CONFIG)
+    det = restore(req.detector(), art.tensors(saved.STATE),
                   FitData(model=classifier(job), layers=list(job.layers), head=head(job)))
     info = saved_cfg.get("threshold_info")
     return Fitted(det, saved_cfg["threshold"], saved_cfg["threshold_source"], saved_cfg.get("layer_weights"),
