@@ -345,18 +345,22 @@ def _logit_term_section(page: Page, res: dict) -> None:
     if not fits:
         page.note("What the C2IR fits chose is not available (results.json made before it was recorded).")
     for det, fit in fits.items():
-        chosen = f"ipm={fit['ipm']}, {fit['logit_score']} weight x{fit['logit_weight']:g}"
+        combo = f", {fit['combination']}" if fit.get("combination", "sum") != "sum" else ""
+        chosen = f"ipm={fit['ipm']}{combo}, {fit['logit_score']} weight x{fit['logit_weight']:g}"
         if not fit.get("criterion"):
             page.text(f"{label(det)}: {chosen} (as configured: nothing to choose).")
             continue
         page.text(f"{label(det)}: {chosen}, chosen without data: the candidate whose softened held-back impressions are "
                   "best separated from proxy outliers made from them (mean AUROC %, both folds).")
-        ipms = list(dict.fromkeys(c["ipm"] for c in fit["criterion"]))
+        def row(c: dict) -> str:   # results.json written before `combination` existed: sum
+            return c["ipm"] + ("" if c.get("combination", "sum") == "sum" else f" ({c['combination']})")
+        rows = list(dict.fromkeys(row(c) for c in fit["criterion"]))
         weights = list(dict.fromkeys(c["logit_weight"] for c in fit["criterion"]))
-        crit = {(c["ipm"], c["logit_weight"]): c["criterion"] for c in fit["criterion"]}
+        crit = {(row(c), c["logit_weight"]): c["criterion"] for c in fit["criterion"]}
+        chosen_row = row({"ipm": fit["ipm"], "combination": fit.get("combination", "sum")})
         page.add(small_table(["ipm \\ weight", *[f"x{w:g}" for w in weights]],
-                             [[i, *[("*" if (i, w) == (fit["ipm"], fit["logit_weight"]) else "") + f"{crit[i, w]:.1f}"
-                                    for w in weights]] for i in ipms]))
+                             [[r, *[("*" if (r, w) == (chosen_row, fit["logit_weight"]) else "")
+                                    + (f"{crit[r, w]:.1f}" if (r, w) in crit else "") for w in weights]] for r in rows]))
 
 
 def summary_values(result: dict) -> dict[str, dict[str, dict[str, float]]]:

@@ -193,6 +193,20 @@ def test_select_weight_prefers_the_best_then_the_smaller():
     assert select_variant(crit, ["mean_standardized", "mahalanobis"]) == ("mean_standardized", 1.0)  # ties: IPM order
     assert select_variant(crit, ["mahalanobis", "mean_standardized"]) == ("mahalanobis", 0.5)
     assert select_variant({**crit, ("mahalanobis", 4.0): 91.0}, ["mean_standardized", "mahalanobis"]) == ("mahalanobis", 4.0)
+    tri = {("mahalanobis", "max", 1.0): 90.0, ("mahalanobis", "sum", 2.0): 90.0, ("mean_standardized", "max", 0.5): 80.0}
+    assert select_variant(tri, ["mean_standardized", "mahalanobis"]) == ("mahalanobis", "sum", 2.0)  # ties: sum first
+    assert select_variant({**tri, ("mean_standardized", "max", 0.5): 95.0},
+                          ["mean_standardized", "mahalanobis"]) == ("mean_standardized", "max", 0.5)
+
+
+def test_combine_max_known_answer():
+    from c2ir.detectors.c2ir import combine_max
+    dev_imp = torch.tensor([1.0, 3.0], dtype=torch.float64)          # mean 2, std sqrt(2)
+    dev, logit_z = torch.tensor([2.0, 2.0 + 10 * 2 ** 0.5, 0.0], dtype=torch.float64), torch.tensor([1.0, -5.0, 0.25])
+    assert torch.allclose(combine_max(dev, dev_imp, logit_z, 2.0), torch.tensor([2.0, 10.0, 0.5], dtype=torch.float64))
+    # a confidently wrong logit term (-5) does not pull down the input whose deviations are extreme (z = 10)
+    assert torch.allclose(combine_max(dev, dev_imp, None, 2.0), (dev - 2.0) / 2 ** 0.5)
+    assert torch.allclose(combine_max(dev, dev_imp, logit_z, 0.0), (dev - 2.0) / 2 ** 0.5)
 
 
 def _tiny_fit_data(with_images: bool = True):
@@ -216,10 +230,10 @@ def test_c2ir_selects_its_ipm_and_energy_weight_on_proxies():
     ctx = _tiny_fit_data()
     imp = ctx.impressions
     det = build_detector("c2ir", {"type": "c2ir"}).fit(ctx)   # both selections are on by default
-    assert set(det.selection) == {(i, w) for i in ("mean_standardized", SELECTABLE_IPM) for w in LOGIT_WEIGHT_GRID}
+    assert set(det.selection) == {(i, "sum", w) for i in ("mean_standardized", SELECTABLE_IPM) for w in LOGIT_WEIGHT_GRID}
     assert all(0 <= c <= 100 for c in det.selection.values())
     best = max(det.selection.values())
-    assert det.selection[(det.ipm_used, det.weight_used)] == best and det.logit_weight == 1.0
+    assert det.selection[(det.ipm_used, "sum", det.weight_used)] == best and det.logit_weight == 1.0
     assert det.proxy_criteria(ctx) == det.selection   # the criterion is deterministic
     fixed = build_detector("c2ir", {"type": "c2ir", "ipm": det.ipm_used, "logit_weight": det.weight_used,
                                     "select_logit_weight": False, "select_ipm": False}).fit(ctx)
@@ -232,6 +246,28 @@ def test_c2ir_selects_its_ipm_and_energy_weight_on_proxies():
     assert np.allclose(again.score(imp), det.score(imp)) and np.allclose(again.reference, det.reference)
     summary = det.fit_summary()
     assert summary["ipm"] == det.ipm_used and summary["selected"] and len(summary["criterion"]) == 14
+    assert summary["combination"] == "sum"
+
+
+def test_c2ir_selects_the_combination_rule_and_max_round_trips():
+    from c2ir.detectors.c2ir import LOGIT_WEIGHT_GRID
+
+    ctx = _tiny_fit_data()
+    imp = ctx.impressions
+    det = build_detector("c2ir", {"type": "c2ir", "select_combination": True, "select_ipm": False}).fit(ctx)
+    assert set(det.selection) == ({("mean_standardized", "sum", w) for w in LOGIT_WEIGHT_GRID}
+                                  | {("mean_standardized", "max", w) for w in LOGIT_WEIGHT_GRID if w})
+    assert det.selection[(det.ipm_used, det.combination_used, det.weight_used)] == max(det.selection.values())
+    fixed = build_detector("c2ir", {"type": "c2ir", "combination": "max", "logit_weight": 2.0,
+                                    "select_logit_weight": False, "select_ipm": False}).fit(ctx)
+    assert fixed.selection == {} and fixed.fit_summary()["combination"] == "max"
+    assert np.allclose(fixed.reference, fixed._reference(fixed._fold_scores(fixed._fold_sets(ctx), fixed.ipm,
+                                                                             fixed.weights), "max", 2.0))
+    again = build_detector("c2ir", {"type": "c2ir"})
+    again.load_state(fixed.state())
+    assert again.combination_used == "max" and np.allclose(again.score(imp), fixed.score(imp))
+    with pytest.raises(C2IRError, match="combination"):
+        build_detector("c2ir", {"type": "c2ir", "combination": "mean"})
 
 
 def test_c2ir_paper_and_fallbacks_use_the_configured_values():
@@ -239,7 +275,7 @@ def test_c2ir_paper_and_fallbacks_use_the_configured_values():
     paper = build_detector("c2ir", {"type": "c2ir", "logit_score": "none", "select_ipm": False}).fit(ctx)
     assert not paper.selection and paper.ipm_used == "mean_standardized" and paper.reference is not None
     only_ipm = build_detector("c2ir", {"type": "c2ir", "logit_score": "none"}).fit(ctx)
-    assert {w for _, w in only_ipm.selection} == {0.0}
+    assert {w for _, _, w in only_ipm.selection} == {0.0}
     fallback = build_detector("c2ir", {"type": "c2ir", "logit_weight": 2.0}).fit(_tiny_fit_data(with_images=False))
     assert fallback.weight_used == 2.0 and not fallback.selection and fallback.reference is None
     assert not build_detector("c2ir", {"type": "c2ir", "logit_score": "none"}).select_logit_weight

@@ -5,19 +5,23 @@ For each selected layer l, the deviation d_l(x) is an IPM between the input's fe
 and the impression statistics of its predicted class; deviations are brought to a common
 scale on the impressions themselves and combined with the MGI layer weights:
 
-    S(x) = sum_l w_l * n_l(d_l(x))  [+ logit_weight * n_0(logit score)]
+    D(x) = sum_l w_l * n_l(d_l(x))
+    S(x) = D(x)  [+ logit_weight * n_0(logit score)]                      (combination=sum)
+    S(x) = max(z(D(x)), logit_weight * n_0(logit score))                   (combination=max)
 
-Higher S means more likely OOD. With `logit_score=none` this is the paper's method (the
+Higher S means more likely OOD. `max` ("either part says OOD"; `combine_max`) z-scores D on the
+impressions too, so a logit term that is confidently wrong on an input (Energy on noise) cannot pull
+down an input whose deviations are extreme, which the weighted sum lets it do. With `logit_score=none` this is the paper's method (the
 `c2ir_paper` config); the optional logit term (e.g. Energy, z-scored on the impressions) is this
 project's data-free addition: it uses nothing but the model and the impressions.
 
 Data-free choices at fit time (on by default): the IPM (`select_ipm`: the configured one or the
-tied-covariance `mahalanobis`) and the logit term's weight (`select_logit_weight`, from
-`LOGIT_WEIGHT_GRID`). The impressions of each class are split into two folds; on each fold the
+tied-covariance `mahalanobis`), the logit term's weight (`select_logit_weight`, from
+`LOGIT_WEIGHT_GRID`) and, with `select_combination`, the combination rule (`COMBINATIONS`). The impressions of each class are split into two folds; on each fold the
 detector is fitted on one half, and the other half, softened (`c2ir.proxies.softened`: a mild blur
 that removes synthesis residue; the pseudo-real ID side), is separated from three proxy outliers
 made from it (`c2ir.proxies`: 4x4 patch-permuted, blurred, two-class mixtures); the candidate with the
-best mean AUROC wins (ties go to the paper's IPM and the smaller weight). No real ID or OOD data is
+best mean AUROC wins (ties go to the paper's IPM, then `sum`, then the smaller weight). No real ID or OOD data is
 used. The same cross-fitted scores of the softened held-back impressions are kept (`reference`):
 `c2ir.threshold` sets the data-free threshold on them.
 Normalisation `impression_z` maps d_l to (d_l - mean) / std over the impressions' own
@@ -48,12 +52,14 @@ log = logging.getLogger(__name__)
 
 NORMALIZATIONS = ("impression_z", "impression_std", "none")
 CLASS_WEIGHTINGS = ("argmax", "posterior")
+COMBINATIONS = ("sum", "max")    # how the deviations and the logit term are combined (module docstring)
 LOGIT_WEIGHT_GRID = (0.0, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0)   # candidates of select_logit_weight
 SELECTABLE_IPM = "mahalanobis"   # the deviation measure select_ipm may switch to from the configured one
 MIN_PER_CLASS = 4                # impressions per class the fold split needs (2 per fold)
 
-__all__ = ["C2IR", "CLASS_WEIGHTINGS", "LOGIT_SCORES", "LOGIT_WEIGHT_GRID", "NORMALIZATIONS", "SELECTABLE_IPM",
-           "combine", "impression_scale", "posterior_weighted", "select_variant", "select_weight"]
+__all__ = ["C2IR", "CLASS_WEIGHTINGS", "COMBINATIONS", "LOGIT_SCORES", "LOGIT_WEIGHT_GRID", "NORMALIZATIONS",
+           "SELECTABLE_IPM", "combine", "combine_max", "impression_scale", "posterior_weighted", "select_variant",
+           "select_weight"]
 
 
 def select_weight(criteria: dict[float, float]) -> float:
@@ -61,11 +67,14 @@ def select_weight(criteria: dict[float, float]) -> float:
     return max(sorted(criteria), key=lambda w: criteria[w])
 
 
-def select_variant(criteria: dict[tuple[str, float], float], order: Iterable[str]) -> tuple[str, float]:
-    """The (ipm, weight) with the highest criterion; ties go to the IPM listed first in `order`, then to
-    the smaller weight (pure)."""
+def select_variant(criteria: dict[tuple, float], order: Iterable[str]) -> tuple:
+    """The (ipm, weight) or (ipm, combination, weight) with the highest criterion; ties go to the IPM listed
+    first in `order`, then to the combination listed first in `COMBINATIONS` (`sum`), then to the smaller
+    weight (pure)."""
     rank = {name: i for i, name in enumerate(order)}
-    return max(sorted(criteria, key=lambda v: (rank[v[0]], v[1])), key=lambda v: criteria[v])
+    combo = {name: i for i, name in enumerate(COMBINATIONS)}
+    return max(sorted(criteria, key=lambda v: (rank[v[0]], *(combo[c] for c in v[1:-1]), v[-1])),
+               key=lambda v: criteria[v])
 
 
 def posterior_weighted(dev_per_class: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
@@ -93,6 +102,16 @@ def combine(raw: torch.Tensor, loc: torch.Tensor, spread: torch.Tensor, weights:
     return score
 
 
+def combine_max(dev: torch.Tensor, dev_imp: torch.Tensor, logit_z: torch.Tensor | None,
+                logit_weight: float) -> torch.Tensor:
+    """max((dev - mean) / std of `dev_imp`, logit_weight * logit_z): either part alone can call an input OOD
+    (pure; `logit_z` None or weight 0: the z-scored deviations alone, ordered as `dev`)."""
+    dev_z = (dev - dev_imp.mean()) / dev_imp.std().clamp(min=1e-12)
+    if logit_z is None or logit_weight == 0:
+        return dev_z
+    return torch.maximum(dev_z, logit_weight * logit_z.to(dev_z.dtype))
+
+
 def _take(bundle: FeatureBundle, idx: torch.Tensor) -> FeatureBundle:
     return {k: v[idx] for k, v in bundle.items()}
 
@@ -118,7 +137,10 @@ class C2IR(Detector):
         select_logit_weight: choose the logit term's weight at fit time from `LOGIT_WEIGHT_GRID`
             (module docstring); `logit_weight` is then unused. Ignored for `logit_score=none`.
         select_ipm: choose at fit time between `ipm` and `SELECTABLE_IPM` (the same criterion).
-            Both selections: on by default, only for pooled IPMs (a distribution IPM is used as given),
+        combination: `sum` (deviations + weighted logit term) or `max` (either part alone; module docstring).
+        select_combination: choose the combination rule at fit time among `COMBINATIONS` (the same criterion;
+            `combination` is then unused). Ignored for `logit_score=none`.
+            The selections: on by default, only for pooled IPMs (a distribution IPM is used as given),
             need the impression images and the model (the CLI and the API provide both; without
             them the configured values are used, with a warning). docs/BENCHMARKS.md sections 11, 15.
     """
@@ -129,7 +151,8 @@ class C2IR(Detector):
     def __init__(self, name: str = "c2ir", *, fit_on: str = "impressions", ipm: str = "mean_standardized",
                  ipm_seed: int = 0, ipm_projections: int = 64, normalize: str = "impression_z",
                  logit_score: str = "energy", logit_weight: float = 1.0, class_weighting: str = "argmax",
-                 select_logit_weight: bool = True, select_ipm: bool = True) -> None:
+                 select_logit_weight: bool = True, select_ipm: bool = True, combination: str = "sum",
+                 select_combination: bool = False) -> None:
         super().__init__(name, fit_on=fit_on)
         get_ipm(str(ipm))  # fail at construction, not at fit
         if normalize not in NORMALIZATIONS:
@@ -138,15 +161,20 @@ class C2IR(Detector):
             raise C2IRError(f"{name}.logit_score={logit_score!r}; choose none, {', '.join(LOGIT_SCORES)}")
         if class_weighting not in CLASS_WEIGHTINGS:
             raise C2IRError(f"{name}.class_weighting={class_weighting!r}; choose one of {', '.join(CLASS_WEIGHTINGS)}")
+        if combination not in COMBINATIONS:
+            raise C2IRError(f"{name}.combination={combination!r}; choose one of {', '.join(COMBINATIONS)}")
         self.class_weighting = str(class_weighting)
         pooled = not IPMS[str(ipm)].needs_spatial
         # the selections need a pooled IPM (and a logit term, for its weight); elsewhere the values are used as given
         self.select_logit_weight = bool(select_logit_weight) and logit_score != "none" and pooled
         self.select_ipm = bool(select_ipm) and pooled
+        self.select_combination = bool(select_combination) and logit_score != "none" and pooled
+        self.combination = str(combination)
         self.ipm, self.ipm_seed, self.ipm_projections = str(ipm), int(ipm_seed), int(ipm_projections)
         self.normalize, self.logit_score, self.logit_weight = str(normalize), str(logit_score), float(logit_weight)
-        self.ipm_used, self.weight_used = self.ipm, self.logit_weight
-        self.selection: dict[tuple[str, float], float] = {}
+        self.ipm_used, self.weight_used, self.combination_used = self.ipm, self.logit_weight, self.combination
+        self.selection: dict[tuple[str, str, float], float] = {}
+        self.dev_imp: torch.Tensor | None = None   # the impressions' D(x), the scale of `max`
         self.reference: np.ndarray | None = None   # cross-fitted scores of softened held-back impressions
 
     @property
@@ -162,7 +190,7 @@ class C2IR(Detector):
 
     @property
     def selecting(self) -> bool:
-        return self.select_logit_weight or self.select_ipm
+        return self.select_logit_weight or self.select_ipm or self.select_combination
 
     def candidates(self) -> tuple[list[str], list[float]]:
         """The IPMs and logit weights the fit chooses among (the configured ones when not selecting)."""
@@ -171,26 +199,36 @@ class C2IR(Detector):
             return ipms, [0.0]
         return ipms, list(LOGIT_WEIGHT_GRID) if self.select_logit_weight else [self.logit_weight]
 
+    def variants(self) -> list[tuple[str, str, float]]:
+        """Every (ipm, combination, weight) the fit chooses among. `max` with weight 0 is the deviations alone,
+        ordered as `sum` with weight 0, so it is not a candidate of its own."""
+        ipms, ws = self.candidates()
+        combos = list(COMBINATIONS) if self.select_combination else [self.combination]
+        out = [(i, c, w) for i in ipms for c in combos for w in ws if not (c == "max" and w == 0 and len(combos) > 1)]
+        return out
+
     # ----- fit -------------------------------------------------------------------------------
     def _fit(self, data: FitData) -> None:
         if data.class_stats is None or data.impressions is None:
             raise C2IRError("c2ir needs impression statistics: run collect-stats (or `c2ir run`) first")
         weights = data.layer_weights if data.layer_weights is not None else torch.ones(len(data.class_stats.layers))
-        self.ipm_used, self.weight_used = self.ipm, self.logit_weight
+        self.ipm_used, self.weight_used, self.combination_used = self.ipm, self.logit_weight, self.combination
         self.selection, self.reference = {}, None
         folds_ = self._fold_sets(data)
         if folds_ is not None:
-            ipms, ws = self.candidates()
+            ipms, _ = self.candidates()
             scored = {ipm: self._fold_scores(folds_, ipm, weights) for ipm in ipms}
             if self.selecting:
-                self.selection = {(ipm, w): self._criterion(scored[ipm], w) for ipm in ipms for w in ws}
-                self.ipm_used, self.weight_used = select_variant(self.selection, ipms)
-                log.info("%s: ipm=%s, %s weight x%g chosen on proxy outliers (criterion %s)", self.name, self.ipm_used,
-                         self.logit_score, self.weight_used,
-                         ", ".join(f"{i}/x{w:g}: {c:.1f}" for (i, w), c in self.selection.items()))
-            self.reference = self._reference(scored[self.ipm_used], self.weight_used)
+                self.selection = {v: self._criterion(scored[v[0]], v[1], v[2]) for v in self.variants()}
+                self.ipm_used, self.combination_used, self.weight_used = select_variant(self.selection, ipms)
+                log.info("%s: ipm=%s, %s, %s weight x%g chosen on proxy outliers (criterion %s)", self.name,
+                         self.ipm_used, self.combination_used, self.logit_score, self.weight_used,
+                         ", ".join(f"{i}/{c}/x{w:g}: {v:.1f}" for (i, c, w), v in self.selection.items()))
+            self.reference = self._reference(scored[self.ipm_used], self.combination_used, self.weight_used)
         self._setup(data.class_stats, weights, self.ipm_used)
-        self.loc, self.spread = impression_scale(self.layer_deviations(data.impressions), self.normalize)
+        raw_imp = self.layer_deviations(data.impressions)
+        self.loc, self.spread = impression_scale(raw_imp, self.normalize)
+        self.dev_imp = combine(raw_imp, self.loc, self.spread, self.weights)
         self.logit_imp = (None if self.logit_score == "none"
                           else LOGIT_SCORES[self.logit_score](data.impressions["logits"]))
 
@@ -246,7 +284,7 @@ class C2IR(Detector):
             variant._setup(fold["stats"], weights, ipm)
             loc, spread = impression_scale(variant.layer_deviations(fold["fit"]), self.normalize)
             logit_fit = None if fn is None else fn(fold["fit"]["logits"])
-            rec = {}
+            rec = {"dev_imp": combine(variant.layer_deviations(fold["fit"]), loc, spread, variant.weights)}
             for name, s in fold["sets"].items():
                 feat = combine(variant.layer_deviations(s), loc, spread, variant.weights)
                 logit = (torch.zeros_like(feat) if fn is None else
@@ -256,36 +294,42 @@ class C2IR(Detector):
         return out
 
     @staticmethod
-    def _criterion(fold_scores: list[dict], weight: float) -> float:
+    def _combined(rec: dict, name: str, combination: str, weight: float) -> torch.Tensor:
+        feat, logit = rec[name]
+        return feat + weight * logit if combination == "sum" else combine_max(feat, rec["dev_imp"], logit, weight)
+
+    @staticmethod
+    def _criterion(fold_scores: list[dict], combination: str, weight: float) -> float:
         """Mean AUROC (%) of the pseudo-real held-back impressions vs each proxy set, over both folds."""
         aucs = []
         for rec in fold_scores:
-            score = {n: (f + weight * lg).numpy() for n, (f, lg) in rec.items()}
+            score = {n: C2IR._combined(rec, n, combination, weight).numpy() for n in rec if n != "dev_imp"}
             aucs += [100 * auroc(score["reference"], score[p]) for p in score if p != "reference"]
         return float(np.mean(aucs))
 
     @staticmethod
-    def _reference(fold_scores: list[dict], weight: float) -> np.ndarray:
-        f_lg = [rec["reference"] for rec in fold_scores]
-        return np.concatenate([(f + weight * lg).numpy() for f, lg in f_lg]).astype(np.float64)
+    def _reference(fold_scores: list[dict], combination: str, weight: float) -> np.ndarray:
+        return np.concatenate([C2IR._combined(rec, "reference", combination, weight).numpy()
+                               for rec in fold_scores]).astype(np.float64)
 
-    def proxy_criteria(self, data: FitData) -> dict[tuple[str, float], float]:
-        """Criterion per candidate (ipm, weight) (module docstring); what `fit` chooses from."""
+    def proxy_criteria(self, data: FitData) -> dict[tuple[str, str, float], float]:
+        """Criterion per candidate (ipm, combination, weight) (module docstring); what `fit` chooses from."""
         folds_ = self._fold_sets(data)
         if folds_ is None:
             raise C2IRError(f"{self.name}: the proxy criterion needs the impression images, the model and at least "
                             f"{MIN_PER_CLASS} impressions per class")
         weights = data.layer_weights if data.layer_weights is not None else torch.ones(len(data.class_stats.layers))  # type: ignore[union-attr]
-        ipms, ws = self.candidates()
+        ipms, _ = self.candidates()
         scored = {ipm: self._fold_scores(folds_, ipm, weights) for ipm in ipms}
-        return {(ipm, w): self._criterion(scored[ipm], w) for ipm in ipms for w in ws}
+        return {v: self._criterion(scored[v[0]], v[1], v[2]) for v in self.variants()}
 
     def fit_summary(self) -> dict:
         """What the fit chose and on what evidence (results.json `c2ir_fit`, report.html)."""
         return {"ipm": self.ipm_used, "logit_score": self.logit_score,
                 "logit_weight": self.weight_used if self.logit_score != "none" else 0.0,
-                "selected": bool(self.selection),
-                "criterion": [{"ipm": i, "logit_weight": w, "criterion": c} for (i, w), c in self.selection.items()],
+                "combination": self.combination_used, "selected": bool(self.selection),
+                "criterion": [{"ipm": i, "combination": k, "logit_weight": w, "criterion": c}
+                              for (i, k, w), c in self.selection.items()],
                 "reference": None if self.reference is None else len(self.reference)}
 
     def _setup(self, stats: ClassStats, weights: torch.Tensor, ipm: str | None = None) -> None:
@@ -327,6 +371,10 @@ class C2IR(Detector):
 
     def _score(self, feats):
         logit = None if self.logit_imp is None else LOGIT_SCORES[self.logit_score](feats["logits"])
+        if self.combination_used == "max" and self.dev_imp is not None:
+            z = None if logit is None else (logit - self.logit_imp.mean()) / self.logit_imp.std().clamp(min=1e-12)
+            return combine_max(combine(self.layer_deviations(feats), self.loc, self.spread, self.weights),
+                               self.dev_imp, z, self.weight_used)
         return combine(self.layer_deviations(feats), self.loc, self.spread, self.weights,
                        logit, self.logit_imp, self.weight_used)
 
@@ -340,6 +388,8 @@ class C2IR(Detector):
             out["logit_imp"] = self.logit_imp
         if self.reference is not None:
             out["reference"] = torch.from_numpy(self.reference)
+        if self.combination_used == "max" and self.dev_imp is not None:
+            out["dev_imp"] = self.dev_imp   # its presence marks `max` (saved detectors without it used `sum`)
         return out
 
     def load_state(self, tensors: dict[str, torch.Tensor]) -> None:
@@ -352,4 +402,6 @@ class C2IR(Detector):
         if "weight_used" in tensors:   # detectors saved before select_logit_weight existed use logit_weight
             self.weight_used = float(tensors["weight_used"][0])
         self.reference = tensors["reference"].numpy() if "reference" in tensors else None
+        self.dev_imp = tensors.get("dev_imp")
+        self.combination_used = "max" if self.dev_imp is not None else "sum"
         super().load_state(tensors)
