@@ -154,17 +154,23 @@ def validate_overrides(overrides: list[str], compose_all: bool = True, multirun:
         variants += [[*plain_args, *others, f"{key}={v}"] for v in values]
     with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
         check_group_choices(overrides)
-        if compose_all:   # the run or sweep folder Hydra will create (hydra.* keys need the Hydra config)
-            try:
-                with_hydra = compose("config", overrides=[o.input_line for o in parsed if not o.is_sweep_override()],
-                                     return_hydra_config=True)
-                out_key = "hydra.sweep.dir" if multirun else "hydra.run.dir"
-                out_dir = OmegaConf.select(with_hydra, out_key)
-            except Exception:  # noqa: BLE001 - reported by the composition below
-                out_dir = None
-            if out_dir:
-                check_output_dir(out_key, out_dir)
-        for variant in variants if compose_all else ():
+        if not compose_all:
+            return
+        # the run or sweep folder Hydra will create (hydra.* keys need the Hydra config); without sweeps that
+        # one composition is also the one validated, so a plain run composes once here instead of twice
+        out_key = "hydra.sweep.dir" if multirun else "hydra.run.dir"
+        try:
+            with_hydra = compose("config", overrides=[o.input_line for o in parsed if not o.is_sweep_override()],
+                                 return_hydra_config=True)
+        except Exception:  # noqa: BLE001 - reported by the composition of the job's own config below
+            with_hydra = None
+        out_dir = OmegaConf.select(with_hydra, out_key) if with_hydra is not None else None
+        if out_dir:
+            check_output_dir(out_key, out_dir)
+        for variant in variants:
+            if with_hydra is not None and variant is plain_args and not sweeps:
+                validate(with_hydra)   # the schema check allows the extra `hydra` node
+                continue
             try:
                 cfg = compose("config", overrides=variant)
             except C2IRError:

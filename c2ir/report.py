@@ -140,6 +140,7 @@ def weights_line(result: dict) -> str:
     if not w:
         return ""
     chosen = "".join(f"; {md(det)} uses ipm={f['ipm']}" + (f", {f['logit_score']} x{f['logit_weight']:g}" if f["logit_weight"] else "")
+                     + (f", {f['combination']}" if f.get("combination", "sum") != "sum" else "")
                      + (" (chosen on proxy outliers)" if f.get("selected") else "")
                      for det, f in (result.get("c2ir_fit") or {}).items())
     return (f"C2IR: ipm={result.get('ipm', {}).get('name')}, MGI weights ({w.get('method')}): "

@@ -307,3 +307,25 @@ def test_ipm_keys_are_declared(tmp_path):
                                                                      "projections": 64}
     with pytest.raises(C2IRError, match="unknown config key ipm.projection"):
         validate(make_cfg(tmp_path, ["+ipm.projection=3"]))
+
+
+def test_cli_validation_composes_a_plain_run_once_and_each_sweep_value(tmp_path, monkeypatch):
+    """A plain run's validation composes once (the composition with Hydra's config is the one validated: one
+    composition less on every warm `c2ir run`); a sweep composes every value; a bad value is still one line."""
+    import hydra
+
+    from c2ir import cli
+
+    calls = []
+    real = hydra.compose
+    monkeypatch.setattr(hydra, "compose", lambda *a, **k: calls.append(k.get("overrides")) or real(*a, **k))
+    base = [f"cache_root={tmp_path / 'cache'}", f"hydra.run.dir={tmp_path / 'run'}", "stage=run"]
+    cli.validate_overrides(base)
+    assert len(calls) == 1
+    calls.clear()
+    cli.validate_overrides([*base, "seed=0,1"], multirun=True)
+    assert len(calls) == 4   # the sweep folder's, the plain one, and one per value
+    calls.clear()
+    with pytest.raises(C2IRError, match="synth.iterations"):
+        cli.validate_overrides([*base, "synth.iterations=-1"])
+    assert len(calls) == 1

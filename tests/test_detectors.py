@@ -199,6 +199,19 @@ def test_select_weight_prefers_the_best_then_the_smaller():
                           ["mean_standardized", "mahalanobis"]) == ("mean_standardized", "max", 0.5)
 
 
+def test_c2ir_max_without_a_logit_term_is_the_deviations_alone():
+    """`max` with no logit term has nothing to take the max with: it is used as `sum` at weight 0, so the
+    threshold's reference and the scores follow the same rule."""
+    ctx = _tiny_fit_data()
+    paper = build_detector("c2ir_paper", {"type": "c2ir", "logit_score": "none", "combination": "max",
+                                          "select_ipm": False}).fit(ctx)
+    assert paper.combination_used == "sum" and paper.weight_used == 0.0
+    plain = build_detector("c2ir_paper", {"type": "c2ir", "logit_score": "none", "select_ipm": False}).fit(ctx)
+    assert np.allclose(paper.reference, plain.reference) and np.allclose(paper.score(ctx.impressions),
+                                                                         plain.score(ctx.impressions))
+    assert paper.reference.min() < 0   # not clipped at 0 by a zero logit term
+
+
 def test_combine_max_known_answer():
     from c2ir.detectors.c2ir import combine_max
     dev_imp = torch.tensor([1.0, 3.0], dtype=torch.float64)          # mean 2, std sqrt(2)
@@ -266,6 +279,21 @@ def test_c2ir_selects_the_combination_rule_and_max_round_trips():
     again = build_detector("c2ir", {"type": "c2ir"})
     again.load_state(fixed.state())
     assert again.combination_used == "max" and np.allclose(again.score(imp), fixed.score(imp))
+    # the score is the `max` rule itself, not the weighted sum
+    from c2ir.detectors.c2ir import combine, combine_max
+    from c2ir.detectors.c2ir import LOGIT_SCORES
+
+    e = LOGIT_SCORES["energy"](imp["logits"]).double()
+    z = (e - fixed.logit_imp.double().mean()) / fixed.logit_imp.double().std()
+    dev = combine(fixed.layer_deviations(imp), fixed.loc, fixed.spread, fixed.weights)
+    assert np.allclose(fixed.score(imp), combine_max(dev, fixed.dev_imp, z, 2.0).numpy())
+    summed = build_detector("c2ir", {"type": "c2ir", "logit_weight": 2.0, "select_logit_weight": False,
+                                     "select_ipm": False}).fit(ctx)
+    assert not np.allclose(summed.score(imp), fixed.score(imp))
+    legacy = {k: v for k, v in fixed.state().items() if k != "combination_used"}   # saved before the name was stored
+    old = build_detector("c2ir", {"type": "c2ir"})
+    old.load_state(legacy)
+    assert old.combination_used == "max"
     with pytest.raises(C2IRError, match="combination"):
         build_detector("c2ir", {"type": "c2ir", "combination": "mean"})
 

@@ -21,7 +21,7 @@ tied-covariance `mahalanobis`), the logit term's weight (`select_logit_weight`, 
 detector is fitted on one half, and the other half, softened (`c2ir.proxies.softened`: a mild blur
 that removes synthesis residue; the pseudo-real ID side), is separated from three proxy outliers
 made from it (`c2ir.proxies`: 4x4 patch-permuted, blurred, two-class mixtures); the candidate with the
-best mean AUROC wins (ties go to the paper's IPM, then `sum`, then the smaller weight). No real ID or OOD data is
+best mean AUROC wins (ties go to the configured IPM, then `sum`, then the smaller weight). No real ID or OOD data is
 used. The same cross-fitted scores of the softened held-back impressions are kept (`reference`):
 `c2ir.threshold` sets the data-free threshold on them.
 Normalisation `impression_z` maps d_l to (d_l - mean) / std over the impressions' own
@@ -140,9 +140,11 @@ class C2IR(Detector):
         combination: `sum` (deviations + weighted logit term) or `max` (either part alone; module docstring).
         select_combination: choose the combination rule at fit time among `COMBINATIONS` (the same criterion;
             `combination` is then unused). Ignored for `logit_score=none`.
-            The selections: on by default, only for pooled IPMs (a distribution IPM is used as given),
-            need the impression images and the model (the CLI and the API provide both; without
-            them the configured values are used, with a warning). docs/BENCHMARKS.md sections 11, 15.
+            `combination=max` without a logit term is the deviations alone, so it is used as `sum` there.
+            The selections (`select_logit_weight`, `select_ipm` on by default, `select_combination` off): only
+            for pooled IPMs (a distribution IPM is used as given); they need the impression images and the
+            model (the CLI and the API provide both; without them the configured values are used, with a
+            warning). docs/BENCHMARKS.md sections 11, 15, 18.
     """
 
     limits = {"ipm_projections": ">= 1", "ipm_seed": ">= 0"}
@@ -172,7 +174,7 @@ class C2IR(Detector):
         self.combination = str(combination)
         self.ipm, self.ipm_seed, self.ipm_projections = str(ipm), int(ipm_seed), int(ipm_projections)
         self.normalize, self.logit_score, self.logit_weight = str(normalize), str(logit_score), float(logit_weight)
-        self.ipm_used, self.weight_used, self.combination_used = self.ipm, self.logit_weight, self.combination
+        self.ipm_used, self.weight_used, self.combination_used = self.ipm, *self._configured_rule()
         self.selection: dict[tuple[str, str, float], float] = {}
         self.dev_imp: torch.Tensor | None = None   # the impressions' D(x), the scale of `max`
         self.reference: np.ndarray | None = None   # cross-fitted scores of softened held-back impressions
@@ -187,6 +189,11 @@ class C2IR(Detector):
     def may_need(self) -> frozenset[str]:
         """Spatial features too: an `ipm=` sweep may choose a distribution IPM."""
         return self.needs | {SPATIAL}
+
+    def _configured_rule(self) -> tuple[float, str]:
+        """(weight, combination) when nothing is chosen: without a logit term there is nothing to weigh or to take
+        the max with, so weight 0 and `sum` (the reference and the scores then agree)."""
+        return (0.0, "sum") if self.logit_score == "none" else (self.logit_weight, self.combination)
 
     @property
     def selecting(self) -> bool:
@@ -204,15 +211,14 @@ class C2IR(Detector):
         ordered as `sum` with weight 0, so it is not a candidate of its own."""
         ipms, ws = self.candidates()
         combos = list(COMBINATIONS) if self.select_combination else [self.combination]
-        out = [(i, c, w) for i in ipms for c in combos for w in ws if not (c == "max" and w == 0 and len(combos) > 1)]
-        return out
+        return [(i, c, w) for i in ipms for c in combos for w in ws if not (c == "max" and w == 0 and len(combos) > 1)]
 
     # ----- fit -------------------------------------------------------------------------------
     def _fit(self, data: FitData) -> None:
         if data.class_stats is None or data.impressions is None:
             raise C2IRError("c2ir needs impression statistics: run collect-stats (or `c2ir run`) first")
         weights = data.layer_weights if data.layer_weights is not None else torch.ones(len(data.class_stats.layers))
-        self.ipm_used, self.weight_used, self.combination_used = self.ipm, self.logit_weight, self.combination
+        self.ipm_used, self.weight_used, self.combination_used = self.ipm, *self._configured_rule()
         self.selection, self.reference = {}, None
         folds_ = self._fold_sets(data)
         if folds_ is not None:
@@ -238,17 +244,17 @@ class C2IR(Detector):
         missing = data.impression_images is None or data.model is None or data.head is None or data.normalizer is None
         targets = data.impressions["labels"].long()  # type: ignore[index]
         counts = torch.bincount(targets)
-        what = "the choice of ipm / logit weight and the threshold's pseudo-real reference"
+        what = "the choice of ipm / logit weight / combination and the threshold's pseudo-real reference"
         if missing:
             log.log(logging.WARNING if self.selecting else logging.INFO,
                     "%s: %s need the impression images and the model (fit through `c2ir evaluate`/`c2ir run` or "
-                    "c2ir.C2IR); using ipm=%s, logit_weight=%g and a threshold without held-back impressions",
-                    self.name, what, self.ipm, self.logit_weight)
+                    "c2ir.C2IR); using ipm=%s, logit_weight=%g, combination=%s and a threshold without held-back "
+                    "impressions", self.name, what, self.ipm, self.weight_used, self.combination_used)
             return None
         if int(counts[counts > 0].min()) < MIN_PER_CLASS:
-            log.warning("%s: %s need at least %d impressions per class (got %d); using ipm=%s, logit_weight=%g and a "
-                        "threshold without held-back impressions", self.name, what, MIN_PER_CLASS,
-                        int(counts[counts > 0].min()), self.ipm, self.logit_weight)
+            log.warning("%s: %s need at least %d impressions per class (got %d); using ipm=%s, logit_weight=%g, "
+                        "combination=%s and a threshold without held-back impressions", self.name, what, MIN_PER_CLASS,
+                        int(counts[counts > 0].min()), self.ipm, self.weight_used, self.combination_used)
             return None
         imp, k = data.impressions, len(data.class_stats.per_layer[data.class_stats.layers[0]].mean)  # type: ignore[union-attr]
         layers = list(data.class_stats.layers)  # type: ignore[union-attr]
@@ -282,9 +288,10 @@ class C2IR(Detector):
             variant = C2IR(self.name, ipm=ipm, ipm_seed=self.ipm_seed, ipm_projections=self.ipm_projections,
                            normalize=self.normalize, logit_score=self.logit_score, class_weighting=self.class_weighting)
             variant._setup(fold["stats"], weights, ipm)
-            loc, spread = impression_scale(variant.layer_deviations(fold["fit"]), self.normalize)
+            raw_fit = variant.layer_deviations(fold["fit"])   # once: it is K passes with class_weighting=posterior
+            loc, spread = impression_scale(raw_fit, self.normalize)
             logit_fit = None if fn is None else fn(fold["fit"]["logits"])
-            rec = {"dev_imp": combine(variant.layer_deviations(fold["fit"]), loc, spread, variant.weights)}
+            rec = {"dev_imp": combine(raw_fit, loc, spread, variant.weights)}
             for name, s in fold["sets"].items():
                 feat = combine(variant.layer_deviations(s), loc, spread, variant.weights)
                 logit = (torch.zeros_like(feat) if fn is None else
@@ -371,7 +378,9 @@ class C2IR(Detector):
 
     def _score(self, feats):
         logit = None if self.logit_imp is None else LOGIT_SCORES[self.logit_score](feats["logits"])
-        if self.combination_used == "max" and self.dev_imp is not None:
+        if self.combination_used == "max":
+            if self.dev_imp is None:
+                raise C2IRError(f"{self.name}: a `max` detector without the impressions' deviations (dev_imp); refit it")
             z = None if logit is None else (logit - self.logit_imp.mean()) / self.logit_imp.std().clamp(min=1e-12)
             return combine_max(combine(self.layer_deviations(feats), self.loc, self.spread, self.weights),
                                self.dev_imp, z, self.weight_used)
@@ -382,14 +391,14 @@ class C2IR(Detector):
         out = {f"stats/{k}": v for k, v in self.stats.to_tensors().items()}
         out.update({"weights": self.weights, "loc": self.loc, "spread": self.spread,
                     "weight_used": torch.tensor([self.weight_used], dtype=torch.float64),
-                    "ipm_used": _name_tensor(self.ipm_used)})
+                    "ipm_used": _name_tensor(self.ipm_used), "combination_used": _name_tensor(self.combination_used)})
         out.update({f"layer/{i:03d}/{n}": torch.zeros(0) for i, n in enumerate(self.layers)})  # names, in order
         if self.logit_imp is not None:
             out["logit_imp"] = self.logit_imp
         if self.reference is not None:
             out["reference"] = torch.from_numpy(self.reference)
         if self.combination_used == "max" and self.dev_imp is not None:
-            out["dev_imp"] = self.dev_imp   # its presence marks `max` (saved detectors without it used `sum`)
+            out["dev_imp"] = self.dev_imp   # the scale of `max`
         return out
 
     def load_state(self, tensors: dict[str, torch.Tensor]) -> None:
@@ -403,5 +412,7 @@ class C2IR(Detector):
             self.weight_used = float(tensors["weight_used"][0])
         self.reference = tensors["reference"].numpy() if "reference" in tensors else None
         self.dev_imp = tensors.get("dev_imp")
-        self.combination_used = "max" if self.dev_imp is not None else "sum"
+        # saved before `combination_used` was stored: `dev_imp` was saved only for `max`
+        self.combination_used = (bytes(tensors["combination_used"].tolist()).decode() if "combination_used" in tensors
+                                 else "max" if self.dev_imp is not None else "sum")
         super().load_state(tensors)
