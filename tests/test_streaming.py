@@ -119,7 +119,11 @@ def test_labelled_folder_stream_and_features_equal_former(tmp_path):
     assert torch.equal(got["labels"], ref["labels"])
     assert set(got) == set(ref)
     for k in ref:  # bit for bit: same pixels in the same memory layout (channels-last, as np.stack made them)
-        assert torch.equal(got[k], ref[k]), k
+        if k == "logits":   # the head's matmul over batches of other sizes (the stream drops the broken image
+            # from its batch) may round differently on some CPUs (1.5e-8 seen): equal to float32 rounding
+            torch.testing.assert_close(got[k], ref[k], rtol=1e-6, atol=1e-7)
+        else:
+            assert torch.equal(got[k], ref[k]), k
 
 
 def _norm():
