@@ -134,7 +134,8 @@ def validate_overrides(overrides: list[str], compose_all: bool = True, multirun:
     """
     from hydra import compose, initialize_config_dir
     from hydra.core.override_parser.overrides_parser import OverridesParser
-    from omegaconf import OmegaConf
+    from omegaconf import OmegaConf, open_dict
+    from omegaconf.errors import OmegaConfBaseException
 
     from c2ir.validation import explain, validate
 
@@ -164,12 +165,17 @@ def validate_overrides(overrides: list[str], compose_all: bool = True, multirun:
                                  return_hydra_config=True)
         except Exception:  # noqa: BLE001 - reported by the composition of the job's own config below
             with_hydra = None
-        out_dir = OmegaConf.select(with_hydra, out_key) if with_hydra is not None else None
+        try:
+            out_dir = OmegaConf.select(with_hydra, out_key) if with_hydra is not None else None
+        except OmegaConfBaseException as exc:   # e.g. hydra.run.dir=${oc.env:UNSET}/runs
+            raise C2IRError(f"{out_key}: {explain(exc)}") from None
         if out_dir:
             check_output_dir(out_key, out_dir)
         for variant in variants:
             if with_hydra is not None and variant is plain_args and not sweeps:
-                validate(with_hydra)   # the schema check allows the extra `hydra` node
+                with open_dict(with_hydra):   # the job's config has no `hydra` node (Hydra removes it): neither may this
+                    del with_hydra["hydra"]
+                validate(with_hydra)
                 continue
             try:
                 cfg = compose("config", overrides=variant)

@@ -319,7 +319,8 @@ def test_cli_validation_composes_a_plain_run_once_and_each_sweep_value(tmp_path,
     calls = []
     real = hydra.compose
     monkeypatch.setattr(hydra, "compose", lambda *a, **k: calls.append(k.get("overrides")) or real(*a, **k))
-    base = [f"cache_root={tmp_path / 'cache'}", f"hydra.run.dir={tmp_path / 'run'}", "stage=run"]
+    base = [f"cache_root={tmp_path / 'cache'}", f"hydra.run.dir={tmp_path / 'run'}",
+            f"hydra.sweep.dir={tmp_path / 'sweep'}", "stage=run"]
     cli.validate_overrides(base)
     assert len(calls) == 1
     calls.clear()
@@ -329,3 +330,8 @@ def test_cli_validation_composes_a_plain_run_once_and_each_sweep_value(tmp_path,
     with pytest.raises(C2IRError, match="synth.iterations"):
         cli.validate_overrides([*base, "synth.iterations=-1"])
     assert len(calls) == 1
+    calls.clear()
+    with pytest.raises(C2IRError, match="hydra.run.dir"):   # an interpolation that cannot resolve: one line
+        cli.validate_overrides([*base, "hydra.run.dir=/x_${nope}"])
+    with pytest.raises(C2IRError, match="hydra.job.name"):  # the job's config has no hydra node to point into
+        cli.validate_overrides([*base, "data.name=${hydra.job.name}"])

@@ -210,6 +210,13 @@ def test_c2ir_max_without_a_logit_term_is_the_deviations_alone():
     assert np.allclose(paper.reference, plain.reference) and np.allclose(paper.score(ctx.impressions),
                                                                          plain.score(ctx.impressions))
     assert paper.reference.min() < 0   # not clipped at 0 by a zero logit term
+    chosen = build_detector("c2ir_paper", {"type": "c2ir", "logit_score": "none", "combination": "max"}).fit(ctx)
+    assert chosen.combination_used == "sum" and {c for _, c, _ in chosen.selection} == {"sum"}   # select_ipm on
+    with pytest.raises(C2IRError, match="dev_imp"):
+        broken = build_detector("c2ir", {"type": "c2ir", "combination": "max", "select_logit_weight": False,
+                                         "select_ipm": False}).fit(ctx)
+        broken.dev_imp = None
+        broken.score(ctx.impressions)
 
 
 def test_combine_max_known_answer():

@@ -210,7 +210,7 @@ class C2IR(Detector):
         """Every (ipm, combination, weight) the fit chooses among. `max` with weight 0 is the deviations alone,
         ordered as `sum` with weight 0, so it is not a candidate of its own."""
         ipms, ws = self.candidates()
-        combos = list(COMBINATIONS) if self.select_combination else [self.combination]
+        combos = list(COMBINATIONS) if self.select_combination else [self._configured_rule()[1]]
         return [(i, c, w) for i in ipms for c in combos for w in ws if not (c == "max" and w == 0 and len(combos) > 1)]
 
     # ----- fit -------------------------------------------------------------------------------
