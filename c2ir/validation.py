@@ -172,6 +172,9 @@ def explain(exc: BaseException) -> str:
         leaf = str(key).rsplit(".", 1)[-1]
         if "not in" in str(getattr(e, "msg", "")) or type(e).__name__ in ("ConfigKeyError", "ConfigAttributeError"):
             parent = str(key).rpartition(".")[0]
+            if re.fullmatch(r"detectors\.[\w-]+\.\w+", str(key)):   # a parameter its detector config leaves at the default
+                return (f"unknown config key {key}: a detector parameter that configs/detectors/ does not set takes "
+                        f"++ (++{key}=...; docs/API.md lists each detector's parameters)")
             valid = f"; valid keys of {parent or 'the config'}: {', '.join(_hints(schema))}" if is_dataclass(schema) else ""
             return f"unknown config key {key}{valid}"
         m = re.search(r"While dereferencing interpolation '\$\{([A-Za-z_][\w.]*)\}': Value '([^']*)'", str(e))

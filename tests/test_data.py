@@ -73,7 +73,7 @@ def test_ood_folder_modes_and_grayscale(tmp_path, mode):
 
 def test_torchvision_missing_files_one_line(tmp_path):
     cfg = _data_cfg(source="torchvision", dataset="cifar10", root=str(tmp_path), download=False, num_classes=10)
-    with pytest.raises(C2IRError, match=r"cifar10 not found under .* put the files there"):
+    with pytest.raises(C2IRError, match=r"cifar10 not found under .* put the files there or set data.root=DIR .*data=cifar10_jpeg"):
         load_id(cfg, "test")
 
 

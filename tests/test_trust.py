@@ -44,6 +44,8 @@ BAD_VALUES = [
     (["train.epochs=0"], "train.epochs=0"),
     (["ood=[gaussian_noise,gaussian_noise]"], "gaussian_noise more than once"),
     (["-m", "seed=0,-1"], "seed=-1"),  # every value of a sweep is checked before the first job
+    (["detectors.c2ir.combination=max"], "++detectors.c2ir.combination="),   # a valid parameter missing its ++
+    (["hydra.run.dir=/x_${nope}"], "hydra.run.dir"),   # an interpolation that cannot resolve
 ]
 
 

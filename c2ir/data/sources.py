@@ -73,7 +73,7 @@ def _fit_array(images: np.ndarray, labels: np.ndarray | None, size: int, channel
 
 
 def _torchvision(dataset: str, root: str, split: str, download: bool, size: int, channels: int,
-                 mode: str, max_samples: int | None, seed: int, name: str) -> ImageSet:
+                 mode: str, max_samples: int | None, seed: int, name: str, root_key: str = "root") -> ImageSet:
     import torchvision.datasets as tvd
 
     root_path = Path(root).expanduser()
@@ -99,7 +99,8 @@ def _torchvision(dataset: str, root: str, split: str, download: bool, size: int,
         why = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
         raise C2IRError(
             f"{name}: torchvision {dataset} not found under {root_path} and could not be downloaded ({why}); "
-            f"put the files there or set the root= of {name}"
+            f"put the files there or set {root_key}=DIR (or paths.data_root=DIR)"
+            + ("; offline, data=cifar10_jpeg reads CIFAR-10 from the shared folder" if dataset == "cifar10" else "")
         ) from exc
     if hasattr(ds, "data") and isinstance(ds.data, (np.ndarray, torch.Tensor)):
         data = np.asarray(ds.data)
@@ -205,7 +206,7 @@ def load_id(data_cfg: Any, split: str) -> AnyImageSet:
         ds = ds if idx is None else ds.subset(idx)
     elif source == "torchvision":
         ds = _torchvision(str(data_cfg.get("dataset", data_cfg.name)), str(data_cfg.root), split,
-                          bool(data_cfg.get("download", True)), size, ch, mode, max_n, seed, name)
+                          bool(data_cfg.get("download", True)), size, ch, mode, max_n, seed, name, "data.root")
     elif source in ("imagefolder", "shared"):
         base = _folder_root(data_cfg, name, "data.root")
         check_split_classes(base, [str(data_cfg.get(f"{s}_split", s)) for s in ("train", "test")])
@@ -247,7 +248,7 @@ def load_ood(name: str, cfg: Any, data_cfg: Any, id_test: AnyImageSet | None = N
         ds = ds if idx is None else ds.subset(idx)
     elif source == "torchvision":
         ds = _torchvision(str(cfg.dataset), str(cfg.root), str(cfg.get("split", "test")), bool(cfg.get("download", True)),
-                          size, ch, str(cfg.get("resize", "resize")), max_n, seed, name)
+                          size, ch, str(cfg.get("resize", "resize")), max_n, seed, name, f"ood.{name}.root")
     elif source == "folder":
         root = _maybe_download(cfg, name)
         ds = load_flat_folder(root, name, size, ch, str(cfg.get("resize", "resize")), max_n, seed,
