@@ -328,3 +328,23 @@ def test_c2ir_distribution_ipm_gets_a_cross_fitted_reference_too():
     det = build_detector("c2ir", {"type": "c2ir", "ipm": "wasserstein"}).fit(ctx)
     assert not det.selection and det.ipm_used == "wasserstein" and len(det.reference) == 24
     assert np.isfinite(det.reference).all()
+
+
+def test_c2ir_criterion_on_raw_held_back_impressions():
+    """`criterion_reference=raw`: the criterion compares the proxies with the raw held-back impressions (a fold
+    set of its own); the threshold's reference stays the softened ones; the per-proxy parts average to it."""
+    ctx = _tiny_fit_data()
+    soft = build_detector("c2ir", {"type": "c2ir", "select_ipm": False}).fit(ctx)
+    raw = build_detector("c2ir", {"type": "c2ir", "select_ipm": False, "criterion_reference": "raw"}).fit(ctx)
+    folds_ = raw._fold_sets(ctx)
+    assert set(folds_[0]["sets"]) == {"reference", "reference_raw", "patch_permuted", "blurred", "mixed"}
+    assert raw.selection != soft.selection and raw.fit_summary()["criterion_reference"] == "raw"
+    parts = raw.proxy_criteria(ctx, per_proxy=True)
+    assert all(set(p) == {"patch_permuted", "blurred", "mixed"} for p in parts.values())
+    assert all(abs(np.mean(list(parts[v].values())) - raw.selection[v]) < 1e-9 for v in raw.selection)
+    scored = raw._fold_scores(folds_, raw.ipm_used, raw.weights)
+    assert np.allclose(raw.reference, raw._reference(scored, raw.combination_used, raw.weight_used))
+    assert not np.allclose(raw.reference, raw._reference([{**r, "reference": r["reference_raw"]} for r in scored],
+                                                         raw.combination_used, raw.weight_used))
+    with pytest.raises(C2IRError, match="criterion_reference"):
+        build_detector("c2ir", {"type": "c2ir", "criterion_reference": "blurred"})

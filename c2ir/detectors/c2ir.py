@@ -37,6 +37,7 @@ from collections.abc import Iterable
 import numpy as np
 import torch
 
+from c2ir.data.imageset import unit_pixels
 from c2ir.detectors.base import (CLASS_STATS, IMPRESSION_IMAGES, LAYER_WEIGHTS, POOLED_LAYERS, SPATIAL, Detector,
                                  FitData)
 from c2ir.detectors.registry import register_detector
@@ -53,6 +54,8 @@ log = logging.getLogger(__name__)
 NORMALIZATIONS = ("impression_z", "impression_std", "none")
 CLASS_WEIGHTINGS = ("argmax", "posterior")
 COMBINATIONS = ("sum", "max")    # how the deviations and the logit term are combined (module docstring)
+CRITERION_REFERENCES = ("softened", "raw")   # the ID side of the proxy criterion (`criterion_reference`)
+RAW_REFERENCE = "reference_raw"   # the fold set of the raw held-back impressions
 LOGIT_WEIGHT_GRID = (0.0, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0)   # candidates of select_logit_weight
 SELECTABLE_IPM = "mahalanobis"   # the deviation measure select_ipm may switch to from the configured one
 MIN_PER_CLASS = 4                # impressions per class the fold split needs (2 per fold)
@@ -140,6 +143,10 @@ class C2IR(Detector):
         combination: `sum` (deviations + weighted logit term) or `max` (either part alone; module docstring).
         select_combination: choose the combination rule at fit time among `COMBINATIONS` (the same criterion;
             `combination` is then unused). Ignored for `logit_score=none`.
+        criterion_reference: the ID side of the proxy criterion: `softened` held-back impressions (the threshold's
+            reference, the default) or `raw` held-back impressions, which differ from the proxies by what the
+            proxies change and not by the blur as well (docs/BENCHMARKS.md section 18). The threshold always
+            uses the softened ones.
             `combination=max` without a logit term is the deviations alone, so it is used as `sum` there.
             The selections (`select_logit_weight`, `select_ipm` on by default, `select_combination` off): only
             for pooled IPMs (a distribution IPM is used as given); they need the impression images and the
@@ -154,7 +161,7 @@ class C2IR(Detector):
                  ipm_seed: int = 0, ipm_projections: int = 64, normalize: str = "impression_z",
                  logit_score: str = "energy", logit_weight: float = 1.0, class_weighting: str = "argmax",
                  select_logit_weight: bool = True, select_ipm: bool = True, combination: str = "sum",
-                 select_combination: bool = False) -> None:
+                 select_combination: bool = False, criterion_reference: str = "softened") -> None:
         super().__init__(name, fit_on=fit_on)
         get_ipm(str(ipm))  # fail at construction, not at fit
         if normalize not in NORMALIZATIONS:
@@ -165,6 +172,10 @@ class C2IR(Detector):
             raise C2IRError(f"{name}.class_weighting={class_weighting!r}; choose one of {', '.join(CLASS_WEIGHTINGS)}")
         if combination not in COMBINATIONS:
             raise C2IRError(f"{name}.combination={combination!r}; choose one of {', '.join(COMBINATIONS)}")
+        if criterion_reference not in CRITERION_REFERENCES:
+            raise C2IRError(f"{name}.criterion_reference={criterion_reference!r}; choose one of "
+                            f"{', '.join(CRITERION_REFERENCES)}")
+        self.criterion_reference = str(criterion_reference)
         self.class_weighting = str(class_weighting)
         pooled = not IPMS[str(ipm)].needs_spatial
         # the selections need a pooled IPM (and a logit term, for its weight); elsewhere the values are used as given
@@ -225,7 +236,8 @@ class C2IR(Detector):
             ipms, _ = self.candidates()
             scored = {ipm: self._fold_scores(folds_, ipm, weights) for ipm in ipms}
             if self.selecting:
-                self.selection = {v: self._criterion(scored[v[0]], v[1], v[2]) for v in self.variants()}
+                self.selection = {v: self._criterion(scored[v[0]], v[1], v[2], self._criterion_set)
+                                  for v in self.variants()}
                 self.ipm_used, self.combination_used, self.weight_used = select_variant(self.selection, ipms)
                 log.info("%s: ipm=%s, %s, %s weight x%g chosen on proxy outliers (criterion %s)", self.name,
                          self.ipm_used, self.combination_used, self.logit_score, self.weight_used,
@@ -274,6 +286,8 @@ class C2IR(Detector):
         for f, (a, b) in enumerate((split, split[::-1])):
             fit_a = _take(imp, a)
             sets = {"reference": features(softened(data.impression_images[b]), "pseudo-real")}  # type: ignore[index]
+            if self.selecting and self.criterion_reference == "raw":
+                sets[RAW_REFERENCE] = features(unit_pixels(data.impression_images[b]), "held-back")  # type: ignore[index]
             if self.selecting:
                 for pname, pix in proxy_images(data.impression_images[b], targets[b], seed=f).items():  # type: ignore[index]
                     sets[pname] = features(pix, pname)
@@ -305,22 +319,35 @@ class C2IR(Detector):
         feat, logit = rec[name]
         return feat + weight * logit if combination == "sum" else combine_max(feat, rec["dev_imp"], logit, weight)
 
+    @property
+    def _criterion_set(self) -> str:
+        return RAW_REFERENCE if self.criterion_reference == "raw" else "reference"
+
     @staticmethod
-    def _criterion(fold_scores: list[dict], combination: str, weight: float) -> float:
-        """Mean AUROC (%) of the pseudo-real held-back impressions vs each proxy set, over both folds."""
-        aucs = []
+    def _proxy_aurocs(fold_scores: list[dict], combination: str, weight: float,
+                      reference: str = "reference") -> dict[str, float]:
+        """AUROC (%) of the `reference` set vs each proxy set, mean over both folds (the criterion's parts)."""
+        aucs: dict[str, list[float]] = {}
         for rec in fold_scores:
             score = {n: C2IR._combined(rec, n, combination, weight).numpy() for n in rec if n != "dev_imp"}
-            aucs += [100 * auroc(score["reference"], score[p]) for p in score if p != "reference"]
-        return float(np.mean(aucs))
+            for p in score:
+                if p not in ("reference", RAW_REFERENCE):
+                    aucs.setdefault(p, []).append(100 * auroc(score[reference], score[p]))
+        return {p: float(np.mean(v)) for p, v in aucs.items()}
+
+    @staticmethod
+    def _criterion(fold_scores: list[dict], combination: str, weight: float, reference: str = "reference") -> float:
+        """Mean AUROC (%) of the held-back impressions (softened, or raw) vs each proxy set, over both folds."""
+        return float(np.mean(list(C2IR._proxy_aurocs(fold_scores, combination, weight, reference).values())))
 
     @staticmethod
     def _reference(fold_scores: list[dict], combination: str, weight: float) -> np.ndarray:
         return np.concatenate([C2IR._combined(rec, "reference", combination, weight).numpy()
                                for rec in fold_scores]).astype(np.float64)
 
-    def proxy_criteria(self, data: FitData) -> dict[tuple[str, str, float], float]:
-        """Criterion per candidate (ipm, combination, weight) (module docstring); what `fit` chooses from."""
+    def proxy_criteria(self, data: FitData, per_proxy: bool = False) -> dict:
+        """Criterion per candidate (ipm, combination, weight) (module docstring); what `fit` chooses from. With
+        `per_proxy`, each candidate's AUROC against each proxy set instead of their mean."""
         folds_ = self._fold_sets(data)
         if folds_ is None:
             raise C2IRError(f"{self.name}: the proxy criterion needs the impression images, the model and at least "
@@ -328,13 +355,15 @@ class C2IR(Detector):
         weights = data.layer_weights if data.layer_weights is not None else torch.ones(len(data.class_stats.layers))  # type: ignore[union-attr]
         ipms, _ = self.candidates()
         scored = {ipm: self._fold_scores(folds_, ipm, weights) for ipm in ipms}
-        return {v: self._criterion(scored[v[0]], v[1], v[2]) for v in self.variants()}
+        part = self._proxy_aurocs if per_proxy else self._criterion
+        return {v: part(scored[v[0]], v[1], v[2], self._criterion_set) for v in self.variants()}
 
     def fit_summary(self) -> dict:
         """What the fit chose and on what evidence (results.json `c2ir_fit`, report.html)."""
         return {"ipm": self.ipm_used, "logit_score": self.logit_score,
                 "logit_weight": self.weight_used if self.logit_score != "none" else 0.0,
                 "combination": self.combination_used, "selected": bool(self.selection),
+                "criterion_reference": self.criterion_reference,
                 "criterion": [{"ipm": i, "combination": k, "logit_weight": w, "criterion": c}
                               for (i, k, w), c in self.selection.items()],
                 "reference": None if self.reference is None else len(self.reference)}
