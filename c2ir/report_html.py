@@ -350,7 +350,8 @@ def _logit_term_section(page: Page, res: dict) -> None:
         if not fit.get("criterion"):
             page.text(f"{label(det)}: {chosen} (as configured: nothing to choose).")
             continue
-        page.text(f"{label(det)}: {chosen}, chosen without data: the candidate whose softened held-back impressions are "
+        held = "raw" if fit.get("criterion_reference") == "raw" else "softened"
+        page.text(f"{label(det)}: {chosen}, chosen without data: the candidate whose {held} held-back impressions are "
                   "best separated from proxy outliers made from them (mean AUROC %, both folds).")
         def row(c: dict) -> str:   # results.json written before `combination` existed: sum
             return c["ipm"] + ("" if c.get("combination", "sum") == "sum" else f" ({c['combination']})")

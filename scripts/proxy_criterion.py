@@ -40,26 +40,40 @@ def measure(overrides: list[str]) -> dict:
     fit = fit_for(job, list(dets.values()))
     sets = {n: resolve(FEATURES, job, p).value for n, p in passes(job, dets).items()}
     id_name, oods = next(iter(sets)), list(sets)[1:]
-    base = dets["c2ir"]
-    params = dict(ipm=base.ipm, ipm_seed=base.ipm_seed, ipm_projections=base.ipm_projections, normalize=base.normalize,
-                  logit_score=base.logit_score, class_weighting=base.class_weighting)
+    params = {k: v for k, v in dets["c2ir"].params.items() if k != "criterion_reference"}   # the run's own C2IR
     rows: dict[str, dict] = {}
     chosen = {}
     for ref in CRITERION_REFERENCES:
-        det = C2IR("c2ir", criterion_reference=ref, **params)
+        det = C2IR("c2ir", **params, criterion_reference=ref)
         parts = det.proxy_criteria(fit, per_proxy=True)
         det.fit(fit)
-        chosen[ref] = f"{det.ipm_used} x{det.weight_used:g}"
-        for (ipm, _, w), per in parts.items():
-            row = rows.setdefault(f"{ipm} x{w:g}", {"ipm": ipm, "weight": w})
+        chosen[ref] = _name(det.ipm_used, det.combination_used, det.weight_used)
+        for (ipm, combination, w), per in parts.items():
+            row = rows.setdefault(_name(ipm, combination, w), {"ipm": ipm, "combination": combination, "weight": w})
             row[f"criterion_{ref}"] = float(np.mean(list(per.values())))
             row[f"proxies_{ref}"] = per
     for row in rows.values():   # the diagnostic: each candidate fitted on all impressions, scored on the test sets
-        d = C2IR("c2ir", **{**params, "ipm": row["ipm"]}, logit_weight=row["weight"], select_logit_weight=False,
-                 select_ipm=False).fit(fit)
+        d = C2IR("c2ir", **{**params, "ipm": row["ipm"], "combination": row["combination"], "logit_weight": row["weight"],
+                            "select_logit_weight": False, "select_ipm": False, "select_combination": False}).fit(fit)
         sc = {n: d.score(b) for n, b in sets.items()}
         row["test_mean_auroc"] = float(np.mean([100 * auroc(sc[id_name], sc[o]) for o in oods]))
-    return {"rows": rows, "chosen": chosen, "oods": oods}
+    test = [r["test_mean_auroc"] for r in rows.values()]
+    rho = {ref: spearman([r[f"criterion_{ref}"] for r in rows.values()], test) for ref in CRITERION_REFERENCES}
+    return {"rows": rows, "chosen": chosen, "rho": rho, "oods": oods}
+
+
+def _name(ipm: str, combination: str, weight: float) -> str:
+    return f"{ipm}{'' if combination == 'sum' else f' ({combination})'} x{weight:g}"
+
+
+def spearman(a: list[float], b: list[float]) -> float:
+    """Spearman rank correlation (average ranks for ties; NaN when either side is constant)."""
+    from scipy.stats import rankdata
+
+    ra, rb = rankdata(a), rankdata(b)
+    if ra.std() == 0 or rb.std() == 0:
+        return float("nan")
+    return float(np.corrcoef(ra, rb)[0, 1])
 
 
 def table(run: dict) -> str:
@@ -72,7 +86,8 @@ def table(run: dict) -> str:
                for r in refs]
         lines.append(f"| {name} | " + " | ".join(f"{row[f'criterion_{r}']:.1f}" for r in refs) + " | "
                      + " | ".join(per) + f" | {row['test_mean_auroc']:.1f} |")
-    picks = "; ".join(f"{r} picks {c} (test {run['rows'][c]['test_mean_auroc']:.1f})" for r, c in run["chosen"].items())
+    picks = "; ".join(f"{r} picks {c} (test {run['rows'][c]['test_mean_auroc']:.1f}; rank correlation of the "
+                      f"criterion with the test column {run['rho'][r]:+.2f})" for r, c in run["chosen"].items())
     best = max(run["rows"], key=lambda k: run["rows"][k]["test_mean_auroc"])
     return "\n".join([*lines, "", f"{picks}; best on test: {best} ({run['rows'][best]['test_mean_auroc']:.1f}); "
                       f"OOD sets: {', '.join(run['oods'])}"])

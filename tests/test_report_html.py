@@ -215,6 +215,9 @@ def test_run_page_shows_what_the_logit_term_adds():
     assert "C2IR (paper: feature deviations)" in html and "C2IR + Energy (this project&#x27;s default)" in html
     assert "ipm=mahalanobis, energy weight x4" in html and "<td>*85.0</td>" in html   # the chosen cell is starred
     assert "ipm=mean_standardized, none weight x0 (as configured" in html
+    assert "whose softened held-back impressions" in html
+    result["c2ir_fit"]["c2ir"]["criterion_reference"] = "raw"   # the page names the criterion's ID side
+    assert "whose raw held-back impressions" in report_html.run_page(RunInputs(result=result)).render()
     bare = report_html.run_page(RunInputs(result=fake_result(["c2ir", "energy", "knn", "maha"], rng)[0])).render()
     assert "Add both c2ir and c2ir_paper" in bare and "made before it was recorded" in bare
 

@@ -21,7 +21,8 @@ tied-covariance `mahalanobis`), the logit term's weight (`select_logit_weight`, 
 detector is fitted on one half, and the other half, softened (`c2ir.proxies.softened`: a mild blur
 that removes synthesis residue; the pseudo-real ID side), is separated from three proxy outliers
 made from it (`c2ir.proxies`: 4x4 patch-permuted, blurred, two-class mixtures); the candidate with the
-best mean AUROC wins (ties go to the configured IPM, then `sum`, then the smaller weight). No real ID or OOD data is
+best mean AUROC wins (ties go to the configured IPM, then `sum`, then the smaller weight; `criterion_reference=raw`
+compares the proxies with the raw held-back half instead of the softened one). No real ID or OOD data is
 used. The same cross-fitted scores of the softened held-back impressions are kept (`reference`):
 `c2ir.threshold` sets the data-free threshold on them.
 Normalisation `impression_z` maps d_l to (d_l - mean) / std over the impressions' own
@@ -143,15 +144,15 @@ class C2IR(Detector):
         combination: `sum` (deviations + weighted logit term) or `max` (either part alone; module docstring).
         select_combination: choose the combination rule at fit time among `COMBINATIONS` (the same criterion;
             `combination` is then unused). Ignored for `logit_score=none`.
-        criterion_reference: the ID side of the proxy criterion: `softened` held-back impressions (the threshold's
-            reference, the default) or `raw` held-back impressions, which differ from the proxies by what the
-            proxies change and not by the blur as well (docs/BENCHMARKS.md section 18). The threshold always
-            uses the softened ones.
             `combination=max` without a logit term is the deviations alone, so it is used as `sum` there.
             The selections (`select_logit_weight`, `select_ipm` on by default, `select_combination` off): only
             for pooled IPMs (a distribution IPM is used as given); they need the impression images and the
             model (the CLI and the API provide both; without them the configured values are used, with a
             warning). docs/BENCHMARKS.md sections 11, 15, 18.
+        criterion_reference: the ID side of the proxy criterion: `softened` held-back impressions (the threshold's
+            reference, the default) or `raw` held-back impressions, which differ from the proxies by what the
+            proxies change and not by the blur as well (docs/BENCHMARKS.md section 18: it removes that bias but
+            selects worse). The threshold always uses the softened ones.
     """
 
     limits = {"ipm_projections": ">= 1", "ipm_seed": ">= 0"}
@@ -252,7 +253,8 @@ class C2IR(Detector):
 
     def _fold_sets(self, data: FitData) -> list[dict] | None:
         """Per fold: the fit half's statistics and features, the held-back half softened (pseudo-real ID) and, when
-        selecting, the proxy outliers made from the held-back half; None (with a warning) when it cannot be made."""
+        selecting, the proxy outliers made from the held-back half (and, with `criterion_reference=raw`, the held-back
+        half itself); None (with a warning) when it cannot be made."""
         missing = data.impression_images is None or data.model is None or data.head is None or data.normalizer is None
         targets = data.impressions["labels"].long()  # type: ignore[index]
         counts = torch.bincount(targets)
