@@ -12,8 +12,10 @@ from __future__ import annotations
 import csv
 import io
 import json
+import contextlib
 import logging
 from collections import defaultdict
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -175,6 +177,21 @@ def markdown(result: dict) -> str:
         lines.append(f"| {md(label(r['detector']))} | {md(r['access'])} | {md(r['ood'])} | "
                      + " | ".join(f"{r[k]:.2f}" for k in METRICS) + " |")
     return "\n".join(lines) + "\n"
+
+
+INCOMPLETE = "REPORTS_INCOMPLETE.txt"
+
+
+@contextlib.contextmanager
+def reports_in_progress(directory: Path) -> Iterator[None]:
+    """A marker file in the run folder while its reports are written: each file is written atomically, but a run
+    killed between two of them leaves a folder with some reports and not others, and the marker says so."""
+    directory.mkdir(parents=True, exist_ok=True)
+    marker = directory / INCOMPLETE
+    marker.write_text("This run stopped while writing its reports (killed or failed): some files of this folder may "
+                      "be missing. Rerun the same command: the results are cached, so it only writes the reports.\n")
+    yield
+    marker.unlink(missing_ok=True)
 
 
 def write_reports(directory: Path, result: dict) -> None:

@@ -108,7 +108,7 @@ def train_classifier(model: nn.Module, train: ImageSet, test: ImageSet, normaliz
             start_epoch, history = int(meta["epoch"]) + 1, json.loads(meta["history"])
             if not 0 < start_epoch <= epochs or len(history) != start_epoch:
                 raise ValueError(f"epoch {start_epoch} of {epochs} with {len(history)} history entries")
-            log.info("train: resuming after epoch %d from %s", start_epoch, last.name)
+            log.info("train: %d of %d epochs done; resuming from %s", start_epoch, epochs, last.name)
             break
         except Exception as exc:  # noqa: BLE001 - a damaged resume file: discard it rather than fail forever
             log.warning("train: damaged resume state %s (%s: %s); discarding it", last.name, type(exc).__name__,

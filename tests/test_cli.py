@@ -68,6 +68,7 @@ def test_second_run_is_all_cache_hits(first_run, workdir):
     log = proc.stdout + proc.stderr
     assert "cache miss" not in log
     assert len(re.findall("cache hit", log)) >= 5
+    assert not list((workdir / "outputs" / "runs").rglob("REPORTS_INCOMPLETE.txt"))   # finished runs: no marker
 
 
 def test_changing_ipm_reruns_only_evaluate(first_run, workdir):

@@ -470,6 +470,6 @@ def test_training_resumes_from_the_newest_verified_epoch(tmp_path, caplog):
     caplog.clear()
     caplog.set_level("INFO", logger="c2ir.training")
     model, history = run(3, work)
-    assert "resuming after epoch 1" in caplog.text and "training from the start" not in caplog.text
+    assert "train: 1 of " in caplog.text and "training from the start" not in caplog.text
     ref, _ = run(3, tmp_path / "fresh")
     assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), ref.state_dict().values()))

@@ -70,7 +70,7 @@ def test_kill_during_train_resumes_to_identical_model(tmp_path):
     _kill_when(proc, lambda: any(int(p.stem.split("_")[1]) >= 2 for p in epochs()))
     resumed = run_cli([*args, f"cache_root={killed}"], tmp_path)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
-    assert "resuming after epoch" in resumed.stdout + resumed.stderr
+    assert "epochs done; resuming from epoch_" in resumed.stdout + resumed.stderr
     fresh = run_cli([*args, f"cache_root={clean}"], tmp_path)
     assert fresh.returncode == 0
     a = _artifact(killed, "train", "model.safetensors")

@@ -102,3 +102,14 @@ def test_aggregate_groups_by_setting_without_seed_and_averages_seeds(tmp_path, c
     assert "3 runs (1 unreadable results.json skipped)" in text
     assert "| ipm=mean_l2 | c2ir | 2 | 80.00 +- 5.00 | 30.00 +- 0.00 |" in text
     assert "skipping" in caplog.text
+
+
+def test_reports_in_progress_marks_a_folder_until_its_reports_are_written(tmp_path):
+    from c2ir.report import INCOMPLETE, reports_in_progress
+
+    with reports_in_progress(tmp_path / "run"):
+        assert (tmp_path / "run" / INCOMPLETE).is_file()
+    assert not (tmp_path / "run" / INCOMPLETE).exists()
+    with pytest.raises(RuntimeError), reports_in_progress(tmp_path / "killed"):
+        raise RuntimeError("a plot crashed")   # as a kill -9 would: the marker stays
+    assert "Rerun the same command" in (tmp_path / "killed" / INCOMPLETE).read_text()

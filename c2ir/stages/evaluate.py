@@ -208,13 +208,14 @@ def run(job: Job) -> dict:
     if synth is not None:  # the run directory's copy only (c2ir report plots quality against this cost)
         result["synthesis"] = cost_summary(synth)
     grid = None if synth is None else synth.file("impressions_grid.png")
-    if grid is not None and grid.is_file():
-        shutil.copy2(grid, run_dir / "impressions_grid.png")
-    report.write_reports(run_dir, result)
-    if result["groups"]:
-        write_openood_csvs(run_dir / "openood", result, split_scores(evaluation.artifact.tensors("scores.safetensors")))
-    print(report.terminal_table(result))
-    if OmegaConf.select(cfg, "report.figures", default=True):
-        write_run_page(job, evaluation.artifact, run_dir)
+    with report.reports_in_progress(run_dir):   # a marker while the folder is incomplete (a kill leaves it)
+        if grid is not None and grid.is_file():
+            shutil.copy2(grid, run_dir / "impressions_grid.png")
+        report.write_reports(run_dir, result)
+        if result["groups"]:
+            write_openood_csvs(run_dir / "openood", result, split_scores(evaluation.artifact.tensors("scores.safetensors")))
+        print(report.terminal_table(result))
+        if OmegaConf.select(cfg, "report.figures", default=True):
+            write_run_page(job, evaluation.artifact, run_dir)
     log.info("reports written to %s", run_dir)
     return result
