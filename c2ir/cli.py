@@ -171,12 +171,12 @@ def validate_overrides(overrides: list[str], compose_all: bool = True, multirun:
             raise C2IRError(f"{out_key}: {explain(exc)}") from None
         if out_dir:
             check_output_dir(out_key, out_dir)
+        if with_hydra is not None and not sweeps:   # the one variant: validate the composition made above
+            with open_dict(with_hydra):   # the job's config has no `hydra` node (Hydra removes it): neither may this
+                del with_hydra["hydra"]
+            validate(with_hydra)
+            return
         for variant in variants:
-            if with_hydra is not None and variant is plain_args and not sweeps:
-                with open_dict(with_hydra):   # the job's config has no `hydra` node (Hydra removes it): neither may this
-                    del with_hydra["hydra"]
-                validate(with_hydra)
-                continue
             try:
                 cfg = compose("config", overrides=variant)
             except C2IRError:

@@ -9,10 +9,10 @@ unweighted `near mean` and `far mean` over its sets (c2ir.groups), as OpenOOD re
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import json
-import contextlib
 import logging
 from collections import defaultdict
 from collections.abc import Iterator

@@ -38,7 +38,6 @@ from collections.abc import Iterable
 import numpy as np
 import torch
 
-from c2ir.data.imageset import unit_pixels
 from c2ir.detectors.base import (CLASS_STATS, IMPRESSION_IMAGES, LAYER_WEIGHTS, POOLED_LAYERS, SPATIAL, Detector,
                                  FitData)
 from c2ir.detectors.registry import register_detector
@@ -62,7 +61,7 @@ SELECTABLE_IPM = "mahalanobis"   # the deviation measure select_ipm may switch t
 MIN_PER_CLASS = 4                # impressions per class the fold split needs (2 per fold)
 
 __all__ = ["C2IR", "CLASS_WEIGHTINGS", "COMBINATIONS", "LOGIT_SCORES", "LOGIT_WEIGHT_GRID", "NORMALIZATIONS",
-           "SELECTABLE_IPM", "combine", "combine_max", "impression_scale", "posterior_weighted", "select_variant",
+           "SELECTABLE_IPM", "combine", "combine_max", "impression_scale", "logit_z", "posterior_weighted", "select_variant",
            "select_weight"]
 
 
@@ -102,8 +101,13 @@ def combine(raw: torch.Tensor, loc: torch.Tensor, spread: torch.Tensor, weights:
     """S = sum_l w_l (d_l - loc_l) / spread_l [+ logit_weight * z-score of `logit` on `logit_imp`] (pure)."""
     score = ((raw - loc) / spread) @ weights.to(raw.dtype)
     if logit is not None and logit_imp is not None:
-        score = score + logit_weight * (logit - logit_imp.mean()) / logit_imp.std().clamp(min=1e-12)
+        score = score + logit_weight * logit_z(logit, logit_imp)
     return score
+
+
+def logit_z(logit: torch.Tensor, logit_imp: torch.Tensor) -> torch.Tensor:
+    """The logit score z-scored on the impressions' own logit scores (pure)."""
+    return (logit - logit_imp.mean()) / logit_imp.std().clamp(min=1e-12)
 
 
 def combine_max(dev: torch.Tensor, dev_imp: torch.Tensor, logit_z: torch.Tensor | None,
@@ -288,8 +292,8 @@ class C2IR(Detector):
         for f, (a, b) in enumerate((split, split[::-1])):
             fit_a = _take(imp, a)
             sets = {"reference": features(softened(data.impression_images[b]), "pseudo-real")}  # type: ignore[index]
-            if self.selecting and self.criterion_reference == "raw":
-                sets[RAW_REFERENCE] = features(unit_pixels(data.impression_images[b]), "held-back")  # type: ignore[index]
+            if self.selecting and self.criterion_reference == "raw":   # the impressions' own features: no new pass
+                sets[RAW_REFERENCE] = _take(imp, b)
             if self.selecting:
                 for pname, pix in proxy_images(data.impression_images[b], targets[b], seed=f).items():  # type: ignore[index]
                     sets[pname] = features(pix, pname)
@@ -310,8 +314,7 @@ class C2IR(Detector):
             rec = {"dev_imp": combine(raw_fit, loc, spread, variant.weights)}
             for name, s in fold["sets"].items():
                 feat = combine(variant.layer_deviations(s), loc, spread, variant.weights)
-                logit = (torch.zeros_like(feat) if fn is None else
-                         (fn(s["logits"]) - logit_fit.mean()) / logit_fit.std().clamp(min=1e-12))
+                logit = torch.zeros_like(feat) if fn is None else logit_z(fn(s["logits"]), logit_fit)
                 rec[name] = (feat, logit)
             out.append(rec)
         return out
@@ -412,7 +415,7 @@ class C2IR(Detector):
         if self.combination_used == "max":
             if self.dev_imp is None:
                 raise C2IRError(f"{self.name}: a `max` detector without the impressions' deviations (dev_imp); refit it")
-            z = None if logit is None else (logit - self.logit_imp.mean()) / self.logit_imp.std().clamp(min=1e-12)
+            z = None if logit is None else logit_z(logit, self.logit_imp)
             return combine_max(combine(self.layer_deviations(feats), self.loc, self.spread, self.weights),
                                self.dev_imp, z, self.weight_used)
         return combine(self.layer_deviations(feats), self.loc, self.spread, self.weights,
