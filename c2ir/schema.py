@@ -51,12 +51,12 @@ def setting(default: Any = NO_DEFAULT, *, factory: Any = NO_DEFAULT, lo: float |
 @dataclass
 class SynthConfig:
     """DeepInversion settings (c2ir.impressions). The defaults are `synth=default` and the Python API's:
-    40 impressions per class in batches of 200, each batch 60 iterations at half resolution then 15 at
-    full size, Adam lr 0.25 with a cosine decay, fused BN statistics: about a tenth of the cost of
-    `synth=deepinversion` (the default before issue 20: 300 full-size iterations at lr 0.1, hooked
-    statistics), chosen by looking at C2IR's OOD test results on the digits model and the CIFAR ResNet-20
-    (docs/BENCHMARKS.md section 16): C2IR's quality is as good on the digits model, lower on the CIFAR
-    ResNets. `synth=paper` is DeepInversion's CIFAR setting, for GPUs.
+    20 impressions per class in batches of 200, 50 full-size iterations per batch, Adam lr 0.25 with a
+    cosine decay, fused BN statistics: 0.083 of the forward+backward passes of `synth=deepinversion` (the
+    default before issue 20: 40 per class, 300 full-size iterations at lr 0.1, hooked statistics), chosen
+    by looking at C2IR's OOD test results on the digits model and the CIFAR ResNet-20 among settings of at
+    most a tenth of its cost: fewer impressions, each optimised longer (docs/BENCHMARKS.md section 16). `synth=paper` is
+    DeepInversion's CIFAR setting, for GPUs.
 
     The options that cut the cost: `warmup_iterations` (DeepInversion's multi-resolution start: the model
     sees the images 2x average-pooled; `warmup_min_size` skips it for images too small to halve,
@@ -65,9 +65,9 @@ class SynthConfig:
     `bn_stats` (`hooks`: forward hooks + `torch.var_mean`; `fused`: inside the BatchNorm layer, c2ir.fused_bn).
     Their `neutral` values are the code before them (synth=deepinversion keeps the former default's key)."""
 
-    per_class: int = setting(40, lo=1, example="40")
+    per_class: int = setting(20, lo=1, example="40")
     batch_size: int = setting(200, lo=1, example="200")
-    iterations: int = setting(15, lo=1, example="300")   # full-size iterations per batch (after the warm-up)
+    iterations: int = setting(50, lo=1, example="300")   # full-size iterations per batch (after the warm-up)
     lr: float = setting(0.25, lo=0, lo_open=True, example="0.1")
     betas: tuple[float, float] = setting((0.5, 0.9), lo=0, hi=1, length=2, example="[0.5,0.9]")
     ce_weight: float = setting(1.0, lo=0, example="1.0")
@@ -81,7 +81,7 @@ class SynthConfig:
     seed: int = setting(0, lo=0, example="0")
     lr_schedule: str = setting("cosine", choices=("cosine", "linear", "constant"), neutral="cosine")  # = synth_schedule.SCHEDULES
     # >0: DeepInversion's multi-resolution warm-up, this many iterations at half resolution first
-    warmup_iterations: int = setting(60, lo=0, neutral=0, example="2000")
+    warmup_iterations: int = setting(0, lo=0, neutral=0, example="2000")
     warmup_min_size: int = setting(16, lo=1, neutral=16, example="16")   # px of the half-size image, at least
     stop_patience: int = setting(0, lo=0, neutral=0, example="20")   # 0: every batch runs all its iterations
     stop_tol: float = setting(0.01, lo=0, hi=1, neutral=0.01, example="0.01")

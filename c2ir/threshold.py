@@ -17,9 +17,9 @@ share `tpr` of a *reference* set stays below. Which reference, by rule:
 
 The expected range is the 95% binomial interval of the share of inputs kept, *if* inputs score
 like the reference (exact for calibration data). For the data-free rules that premise does not hold:
-at synth=default the cross-fitted rule kept 98-100% of real ID test images on all four benchmark
-pairs (the impressions' in-sample rule: 85-100% for c2ir, 0-100% for c2ir_paper; docs/BENCHMARKS.md section 17, issue 21), and the
-printed line says so.
+at synth=default the cross-fitted rule kept 99-100% of real ID test images for c2ir and 91-100% for
+c2ir_paper on the four benchmark pairs (the impressions' in-sample rule: 81-99% for c2ir, 0-100% for
+c2ir_paper; docs/BENCHMARKS.md section 19, issue 21), and the printed line says so.
 """
 
 from __future__ import annotations
@@ -41,8 +41,8 @@ RULES = {
 }
 DATA_FREE = ("pseudo_real_cross_fitted", "pseudo_real", "impressions")
 # What the rule kept of real ID test images at a nominal 95%, measured at synth=default (c2ir and c2ir_paper, digits
-# and CIFAR-10 ResNet-20/-32/-44, 3 seeds each; docs/BENCHMARKS.md section 17): it errs lenient, not 92-98%.
-MEASURED = {"pseudo_real_cross_fitted": "; measured on four model pairs: 98-100% kept (lenient)"}
+# and CIFAR-10 ResNet-20/-32/-44, 3 seeds each; docs/BENCHMARKS.md section 19): it errs lenient, not 92-98%.
+MEASURED = {"pseudo_real_cross_fitted": "; measured on four model pairs: 91-100% kept (mostly lenient)"}
 
 __all__ = ["DATA_FREE", "RULES", "NotComputableError", "Threshold", "binomial_interval", "data_free_threshold", "quantile_threshold"]
 
@@ -68,7 +68,7 @@ class Threshold:
                 f"{RULES[self.rule]} below it; expected ID TPR {100 * lo:.0f}-{100 * hi:.0f}%")
         if self.rule in DATA_FREE:
             text += " if real ID inputs score like them" + MEASURED.get(self.rule, "") + \
-                    " (docs/BENCHMARKS.md section 17; calibrate(id_loader) is exact)"
+                    " (docs/BENCHMARKS.md section 19; calibrate(id_loader) is exact)"
         return text
 
     def to_json(self) -> dict:

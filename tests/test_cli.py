@@ -267,9 +267,9 @@ def test_score_a_folder(first_run, workdir):
 
 @pytest.mark.slow
 def test_default_budget_detects_noise(tmp_path):
-    """The shipped synthesis budget (40 impressions per class, 300 iterations): minutes, so opt-in
-    (`python -m pytest -m slow`). C2IR on Gaussian noise on the seed-0 model: 89.3 with TINY's detectors and OOD
-    sets at this budget (2026-11-30; 88.8 in an earlier session, docs/BENCHMARKS.md)."""
+    """The shipped synthesis budget (synth=default, untouched by the suite's shrinking): opt-in
+    (`python -m pytest -m slow`). C2IR on Gaussian noise on the seed-0 model: 89.3 at the budget before issue 20
+    (2026-11-30; 88.8 in an earlier session, docs/BENCHMARKS.md)."""
     proc = run_cli(["run", "detectors=[c2ir,energy]", "ood=[gaussian_noise]", f"cache_root={tmp_path / 'cache'}"],
                    cwd=tmp_path, timeout=1800)
     assert proc.returncode == 0, proc.stderr[-3000:]

@@ -253,10 +253,12 @@ def test_cifar_resnets_are_the_shared_base_at_their_depth(tmp_path):
 
 def test_synth_and_train_options_change_only_their_values(tmp_path):
     default = _composed(tmp_path, ["synth=default"], "synth")
-    assert default["per_class"] == 40 and default["iterations"] == 15 and default["warmup_iterations"] == 60
+    assert default["per_class"] == 20 and default["iterations"] == 50 and default["warmup_iterations"] == 0
     deepinversion = _composed(tmp_path, ["synth=deepinversion"], "synth")  # the default before issue 20
-    assert deepinversion == {**default, "iterations": 300, "warmup_iterations": 0, "lr": 0.1, "bn_stats": "hooks"}
+    assert deepinversion == {**default, "per_class": 40, "iterations": 300, "lr": 0.1, "bn_stats": "hooks"}
     for option, base, changed in [("fast", default, {"per_class": 10, "batch_size": 50, "iterations": 30}),
+                                  # the default between issue 20's two changes (its values: its cache key)
+                                  ("multires", default, {"per_class": 40, "iterations": 15, "warmup_iterations": 60}),
                                   ("paper", deepinversion, {"per_class": 100, "batch_size": 256, "iterations": 2000,
                                                             "lr": 0.05, "bn_reduce": "sum"})]:  # DeepInversion sums the BN term
         assert _composed(tmp_path, [f"synth={option}"], "synth") == {**base, **changed}, option
@@ -294,7 +296,9 @@ def test_key_neutral_fields_stay_out_of_keys_at_their_neutral_value(tmp_path):
     assert cfg.train.pad is None and "train.pad" not in key_fields(cfg, TRAIN_RULE)
     assert "train.pad" in key_fields(make_cfg(tmp_path, ["train.pad=3"]), TRAIN_RULE)
     assert key_of(TRAIN, cli_job(make_cfg(tmp_path, ["train.pad=3"]))) != key_of(TRAIN, cli_job(cfg))
-    assert cfg.synth.warmup_iterations == 60 and key_fields(cfg, SYNTH_RULE)["synth.warmup_iterations"] == 60
+    assert cfg.synth.warmup_iterations == 0 and "synth.warmup_iterations" not in key_fields(cfg, SYNTH_RULE)
+    warm = make_cfg(tmp_path, ["synth.warmup_iterations=60"])
+    assert key_fields(warm, SYNTH_RULE)["synth.warmup_iterations"] == 60
     assert "synth.warmup_iterations" not in key_fields(make_cfg(tmp_path, ["synth=imagenet"]), SYNTH_RULE)  # 0: neutral
     assert "ipm.projections" not in key_fields(cfg, EVAL_RULE)
     assert key_fields(make_cfg(tmp_path, ["ipm=sliced_wasserstein"]), EVAL_RULE)["ipm.projections"] == 64
