@@ -54,8 +54,11 @@ class SynthConfig:
     20 impressions per class in batches of 200, 50 full-size iterations per batch, Adam lr 0.25 with a
     cosine decay, fused BN statistics: 0.083 of the forward+backward passes of `synth=deepinversion` (the
     default before issue 20: 40 per class, 300 full-size iterations at lr 0.1, hooked statistics), chosen
-    by looking at C2IR's OOD test results on the digits model and the CIFAR ResNet-20 among settings of at
-    most a tenth of its cost: fewer impressions, each optimised longer (docs/BENCHMARKS.md section 16). `synth=paper` is
+    by looking at C2IR's OOD test results on the digits model, the CIFAR ResNet-20 and (at an earlier C2IR)
+    the ResNet-32 among settings of at most a tenth of its cost: fewer impressions, each optimised longer.
+    C2IR's mean AUROC with it is within 0.3 of synth=deepinversion's on the digits model and the ResNet-20
+    and -32, 1.3 lower on the ResNet-44 (docs/BENCHMARKS.md sections 16 and 19). With 10 classes it is one
+    batch, which torchrun cannot split (`synth.batch_size=100` gives two, a different synthesis). `synth=paper` is
     DeepInversion's CIFAR setting, for GPUs.
 
     The options that cut the cost: `warmup_iterations` (DeepInversion's multi-resolution start: the model

@@ -76,14 +76,23 @@ def synthesis_of(run_dir: Path, result: dict, cache: Path) -> dict | None:
 
 # synth fields that do not make a setting: the seed, the data's jitter/flip, runtime-only options
 NOT_A_SYNTH_FIELD = ("seed", "jitter", "flip", "autocast", "channels_last", "compile")
-PRESETS = ("default", "deepinversion")
+PRESETS = ("default", "deepinversion", "multires")
 
 
 def preset_values() -> dict[str, dict]:
-    import yaml
+    """Each preset's full synth values, composed as a run composes them (the YAML files list only what differs)."""
+    from hydra import compose, initialize_config_dir
+    from omegaconf import OmegaConf
 
-    root = Path(__file__).resolve().parents[1] / "configs" / "synth"
-    return {p: yaml.safe_load((root / f"{p}.yaml").read_text()) for p in PRESETS}
+    from c2ir.config import config_dir, register_resolvers
+
+    register_resolvers()
+    out = {}
+    with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
+        for p in PRESETS:
+            synth = compose("config", overrides=[f"synth={p}"]).synth
+            out[p] = {k: OmegaConf.to_container(synth, resolve=False)[k] for k in synth if k not in NOT_A_SYNTH_FIELD}
+    return out
 
 
 def setting_label(overrides: list[str], synth: dict | None = None, image_size: int = 32, classes: int = 10) -> str:

@@ -33,9 +33,10 @@ def test_run_end_to_end(first_run, workdir):
     for det, per_ood in res["metrics"].items():
         for ood, m in per_ood.items():
             assert all(v == v and abs(v) != float("inf") for v in m.values()), (det, ood)
-    # pixel-shuffled digits: C2IR 94.2 / 89.1 / 97.6 vs Energy 81.2 / 69.1 / 61.9 at TINY's budget for seeds 0 / 1 / 2
-    # (synth=default's iterations since issue 20; 88.4 / 92.5 / 88.2 vs 81.6 / 68.5 / 61.9 at the former 100 iterations;
-    # Gaussian noise varies from 57 to 100 across these small models at this budget: test_default_budget_detects_noise);
+    # pixel-shuffled digits: C2IR 99.0 / 99.3 / 98.7 vs Energy 82.1 / 68.3 / 58.2 at TINY's budget for seeds 0 / 1 / 2
+    # (synth=default's 50 iterations since its second change; 94.2 / 89.1 / 97.6 vs 81.2 / 69.1 / 61.9 at its first,
+    # 88.4 / 92.5 / 88.2 at the former 100; Gaussian noise varies from 46 to 100 across these small models at this
+    # budget: test_default_budget_detects_noise);
     # a broken C2IR scores about 50, one reduced to its Energy term scores as Energy
     c2ir_auroc = res["metrics"]["c2ir"]["pixel_shuffled"]["auroc"]
     assert c2ir_auroc >= 80.0 and c2ir_auroc >= res["metrics"]["energy"]["pixel_shuffled"]["auroc"] + 3.0
@@ -268,8 +269,8 @@ def test_score_a_folder(first_run, workdir):
 @pytest.mark.slow
 def test_default_budget_detects_noise(tmp_path):
     """The shipped synthesis budget (synth=default, untouched by the suite's shrinking): opt-in
-    (`python -m pytest -m slow`). C2IR on Gaussian noise on the seed-0 model: 89.3 at the budget before issue 20
-    (2026-11-30; 88.8 in an earlier session, docs/BENCHMARKS.md)."""
+    (`python -m pytest -m slow`). C2IR on Gaussian noise: 99.9-100.0 at today's default (seeds 0-2 of
+    docs/BENCHMARKS.md section 19, every detector); 89.3 at the budget before issue 20 (2026-11-30)."""
     proc = run_cli(["run", "detectors=[c2ir,energy]", "ood=[gaussian_noise]", f"cache_root={tmp_path / 'cache'}"],
                    cwd=tmp_path, timeout=1800)
     assert proc.returncode == 0, proc.stderr[-3000:]

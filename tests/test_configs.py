@@ -271,6 +271,24 @@ def test_synth_and_train_options_change_only_their_values(tmp_path):
                                                                 "warmup": 0.3, "weight_decay": 1e-4, "finetune": True}
 
 
+# The two presets that keep earlier defaults reproducible, written out in full: they inherit from synth=default,
+# so a later change of a SynthConfig default must not move them (nor their cache keys) unnoticed.
+_SHARED_SYNTH = {"batch_size": 200, "betas": [0.5, 0.9], "ce_weight": 1.0, "bn_weight": 10.0, "first_bn_multiplier": 10.0,
+                 "bn_reduce": "mean", "tv_weight": 2.5e-05, "l2_weight": 3e-08, "lr_schedule": "cosine",
+                 "warmup_min_size": 16, "stop_patience": 0, "stop_tol": 0.01, "autocast": "none",
+                 "channels_last": False, "compile": False}
+DEEPINVERSION = {**_SHARED_SYNTH, "per_class": 40, "iterations": 300, "lr": 0.1, "warmup_iterations": 0, "bn_stats": "hooks"}
+MULTIRES = {**_SHARED_SYNTH, "per_class": 40, "iterations": 15, "lr": 0.25, "warmup_iterations": 60, "bn_stats": "fused"}
+
+
+@pytest.mark.parametrize("preset,expected", [("deepinversion", DEEPINVERSION), ("multires", MULTIRES)])
+def test_earlier_defaults_are_pinned_value_for_value(tmp_path, preset, expected):
+    synth = OmegaConf.to_container(make_cfg(tmp_path, [f"synth={preset}"]).synth, resolve=False)
+    assert {k: synth.pop(k) for k in ("jitter", "flip", "seed")} == {
+        "jitter": "${data.jitter}", "flip": "${data.flip_invariant}", "seed": "${seed}"}
+    assert synth == expected
+
+
 def test_lsun_is_an_alias_of_lsun_crop_with_the_same_cache_entry(tmp_path):
     from c2ir.graph import key_of
     from c2ir.stages.features import FEATURES, Pass

@@ -105,7 +105,7 @@ DETECTORS = ["msp", "energy", "c2ir", "knn"]  # knn: full access, reads the trai
 def _args(root: Path, ckpt: Path, cache: Path, *extra: str) -> list[str]:
     return ["run", "experiment=openood_cifar10", f"paths.data_root={root}", f"model.checkpoint={ckpt}",
             f"data.num_classes={CLASSES}", f"detectors=[{','.join(DETECTORS)}]", "synth.per_class=4",
-            "synth.batch_size=16", "synth.iterations=2", "evaluate.max_train_samples=8", "batch_size=64",
+            "synth.batch_size=16", "synth.iterations=2", "synth.warmup_iterations=2", "evaluate.max_train_samples=8", "batch_size=64",
             "num_workers=0", "++detectors.knn.k=5", f"cache_root={cache}", *extra]  # k <= the 8 train images
 
 
