@@ -1,6 +1,6 @@
 """C2IR from user code: a model defined right here, then a torchvision architecture.
 
-    python examples/api_quickstart.py          # CPU only, no download; about 16 CPU-seconds
+    python examples/api_quickstart.py          # CPU only, no download; about 10 CPU-seconds
 
 Part 1 trains a small BatchNorm CNN on scikit-learn's bundled 8x8 digits (a few seconds),
 fits C2IR on it without any data, scores real test digits against noise, and shows
@@ -78,7 +78,7 @@ def part1_own_model() -> None:
     # This small Adam-trained net is more confident on noise than on digits (see Energy's AUROC below),
     # so C2IR's optional Energy term (logit_score="energy", the default) is switched off here: with it,
     # AUROC vs uniform noise was 72% in a run at an earlier synthesis setting, without it 100% (here too:
-    # 100.0, 0.3% of the test digits flagged at the data-free threshold; 2026-12-07).
+    # 100.0, 0.5% of the test digits flagged at the data-free threshold; 2026-12-07).
     det = c2ir.C2IR(model, num_classes=10, input_shape=(1, 8, 8), mean=MEAN, std=STD,
                     synth={"per_class": 10, "iterations": 30, "flip": False, "jitter": 1}, logit_score="none")
     det.fit()                                                  # impressions -> class stats -> MGI weights
@@ -123,6 +123,6 @@ def part2_torchvision() -> None:
 
 if __name__ == "__main__":
     logging.basicConfig(level=logging.WARNING)
-    torch.set_num_threads(2)
+    torch.set_num_threads(1)   # tiny models: one thread is as fast, and two thrash on a busy machine
     part1_own_model()
     part2_torchvision()
