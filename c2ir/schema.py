@@ -57,7 +57,7 @@ class SynthConfig:
     by looking at C2IR's OOD test results on the digits model, the CIFAR ResNet-20 and (at an earlier C2IR)
     the ResNet-32 among settings of at most a tenth of its cost: fewer impressions, each optimised longer.
     C2IR's mean AUROC with it is within 0.3 of synth=deepinversion's on the digits model and the ResNet-20
-    and -32, 1.3 lower on the ResNet-44 (docs/BENCHMARKS.md sections 16 and 19). With 10 classes it is one
+    and -32, 0.5 lower (FPR95 +2.2) on the ResNet-44 (docs/BENCHMARKS.md sections 16 and 19). With 10 classes it is one
     batch, which torchrun cannot split (`synth.batch_size=100` gives two, a different synthesis). `synth=paper` is
     DeepInversion's CIFAR setting, for GPUs.
 
