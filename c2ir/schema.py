@@ -54,8 +54,9 @@ class SynthConfig:
     20 impressions per class in batches of 200, 50 full-size iterations per batch, Adam lr 0.25 with a
     cosine decay, fused BN statistics: 0.083 of the forward+backward passes of `synth=deepinversion` (the
     default before issue 20: 40 per class, 300 full-size iterations at lr 0.1, hooked statistics), chosen
-    by looking at C2IR's OOD test results on the digits model, the CIFAR ResNet-20 and (at an earlier C2IR)
-    the ResNet-32 among settings of at most a tenth of its cost: fewer impressions, each optimised longer.
+    by looking at C2IR's OOD test results on the digits model and (at an earlier C2IR) the CIFAR ResNet-20 and
+    -32 among settings of at most a tenth of its cost, then checked once, without tuning, on the ResNet-20, -32
+    and -44 before it was adopted: fewer impressions, each optimised longer.
     C2IR's mean AUROC with it is within 0.3 of synth=deepinversion's on the digits model and the ResNet-20
     and -32, 0.5 lower (FPR95 +2.2) on the ResNet-44 (docs/BENCHMARKS.md sections 16 and 19). With 10 classes it is one
     batch, which torchrun cannot split (`synth.batch_size=100` gives two, a different synthesis). `synth=paper` is

@@ -1,6 +1,6 @@
 """C2IR from user code: a model defined right here, then a torchvision architecture.
 
-    python examples/api_quickstart.py          # CPU only, no download; about 10 CPU-seconds
+    python examples/api_quickstart.py          # CPU only, no download; about 11 s on one core
 
 Part 1 trains a small BatchNorm CNN on scikit-learn's bundled 8x8 digits (a few seconds),
 fits C2IR on it without any data, scores real test digits against noise, and shows

@@ -23,6 +23,7 @@ For each model and each `--grid` (Hydra sweep overrides of the synthesis) it run
 from __future__ import annotations
 
 import argparse
+import functools
 import hashlib
 import json
 import re
@@ -79,8 +80,10 @@ NOT_A_SYNTH_FIELD = ("seed", "jitter", "flip", "autocast", "channels_last", "com
 PRESETS = ("default", "deepinversion", "multires")
 
 
+@functools.lru_cache(maxsize=1)
 def preset_values() -> dict[str, dict]:
-    """Each preset's full synth values, composed as a run composes them (the YAML files list only what differs)."""
+    """Each preset's full synth values, composed as a run composes them (the YAML files list only what differs);
+    composed once per process."""
     from hydra import compose, initialize_config_dir
     from omegaconf import OmegaConf
 
@@ -97,7 +100,7 @@ def preset_values() -> dict[str, dict]:
 
 def setting_label(overrides: list[str], synth: dict | None = None, image_size: int = 32, classes: int = 10) -> str:
     """A run's synthesis setting, named from its resolved `synth` config when it has one: the preset it
-    equals (`synth=default`, `synth=deepinversion`), else the nearer preset and the fields that differ.
+    equals (`synth=default`, `synth=deepinversion`, `synth=multires`), else the nearer preset and the fields that differ.
     So runs made before the default changed (their overrides were relative to the former default) get
     the same name as today's runs of the same setting; fields a run predates had their
     `synth=deepinversion` values, except that runs from before `warmup_min_size` halved every image

@@ -272,7 +272,8 @@ def test_synth_and_train_options_change_only_their_values(tmp_path):
 
 
 # The two presets that keep earlier defaults reproducible, written out in full: they inherit from synth=default,
-# so a later change of a SynthConfig default must not move them (nor their cache keys) unnoticed.
+# so a later change of a SynthConfig default must not move their values (which, with the fields' `neutral`s, make
+# their cache keys) unnoticed.
 _SHARED_SYNTH = {"batch_size": 200, "betas": [0.5, 0.9], "ce_weight": 1.0, "bn_weight": 10.0, "first_bn_multiplier": 10.0,
                  "bn_reduce": "mean", "tv_weight": 2.5e-05, "l2_weight": 3e-08, "lr_schedule": "cosine",
                  "warmup_min_size": 16, "stop_patience": 0, "stop_tol": 0.01, "autocast": "none",
