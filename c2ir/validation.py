@@ -221,19 +221,22 @@ def ood_names(cfg: DictConfig) -> dict[str, str]:
 
 
 def check_cache_root(value: Any) -> None:
-    """The artifact store's folder must exist (it is created) and accept a file: tried, not guessed."""
+    """The artifact store's folder must be one this process can create and write into: tried, not guessed (the
+    folders the probe made are removed again; the stages create them when they write)."""
     if value is None or not str(value).strip():
         raise C2IRError(f"cache_root={value!r} is empty; set cache_root to a writable folder (e.g. cache_root=outputs/cache)")
-    problem = writable_problem(Path(str(value)).expanduser())
+    problem = writable_problem(Path(str(value)).expanduser(), keep=False)   # a later bad value leaves no empty folder
     if problem:
         raise C2IRError(f"cache_root={value} {problem}; set cache_root to a writable folder")
 
 
-def writable_problem(folder: Path) -> str | None:
+def writable_problem(folder: Path, keep: bool = True) -> str | None:
     """Why `folder` is not (and cannot be made) a folder this process writes into, or None: tried, not guessed
-    (a probe file is created and removed)."""
+    (a probe file is created and removed). `keep=False` also removes the folders the probe created, for a check
+    that runs before the rest of the config is known to be valid (an error then leaves nothing behind)."""
     if folder.exists() and not folder.is_dir():
         return "is a file, not a folder"
+    made = [] if keep else [p for p in (folder, *folder.parents) if not p.exists()]   # the probe's folders, deepest first
     try:
         folder.mkdir(parents=True, exist_ok=True)
         probe = folder / f".write-test-{os.getpid()}"
@@ -241,6 +244,12 @@ def writable_problem(folder: Path) -> str | None:
         probe.unlink()
     except OSError as exc:
         return f"is not a writable folder ({exc.strerror or exc})"
+    finally:
+        for p in made:
+            try:
+                p.rmdir()
+            except OSError:
+                break
     return None
 
 

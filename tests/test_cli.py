@@ -278,6 +278,19 @@ def test_default_budget_detects_noise(tmp_path):
     assert res["metrics"]["c2ir"]["gaussian_noise"]["auroc"] >= 85.0
 
 
+def test_a_bad_value_leaves_no_empty_cache_folder(tmp_path):
+    """The cache_root check creates the folder to try it; a later bad value must not leave that folder behind
+    (new-user trial: `c2ir run synth.per_class=0` left an empty outputs/cache/), while an existing one stays."""
+    _one_line_error(run_cli(["run", "synth.per_class=0"], cwd=tmp_path), "synth.per_class=0")
+    _one_line_error(run_cli(["run", f"cache_root={tmp_path / 'a' / 'b'}", "synth.iterations=0"], cwd=tmp_path),
+                    "synth.iterations=0")
+    assert not any(tmp_path.iterdir()), sorted(p.name for p in tmp_path.iterdir())
+    (tmp_path / "kept").mkdir()
+    _one_line_error(run_cli(["run", f"cache_root={tmp_path / 'kept'}", "synth.iterations=0"], cwd=tmp_path),
+                    "synth.iterations=0")
+    assert (tmp_path / "kept").is_dir()
+
+
 def test_bad_paths_fail_before_hydra_and_detector_parameters_before_any_stage(tmp_path):
     """Missing files are found by the config check (no run folder is made, nothing is computed); downloadable
     and shared-archive sets are left to their source; a misspelled detector parameter stops a cold `run`
