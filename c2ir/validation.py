@@ -13,6 +13,7 @@ from __future__ import annotations
 import math
 import os
 import re
+import stat
 import types
 import typing
 from dataclasses import fields, is_dataclass
@@ -234,13 +235,24 @@ def writable_problem(folder: Path, keep: bool = True) -> str | None:
     """Why `folder` is not (and cannot be made) a folder this process writes into, or None: tried, not guessed
     (a probe file is created and removed). `keep=False` also removes the folders the probe created, for a check
     that runs before the rest of the config is known to be valid (an error then leaves nothing behind)."""
-    if folder.exists() and not folder.is_dir():
-        return "is a file, not a folder"
+    try:   # one stat (exists + is_dir is two, and another process's probe may remove the folder in between)
+        if not stat.S_ISDIR(folder.stat().st_mode):
+            return "is a file, not a folder"
+    except FileNotFoundError:
+        pass
+    except OSError as exc:
+        return f"is not a writable folder ({exc.strerror or exc})"
     made = [] if keep else [p for p in (folder, *folder.parents) if not p.exists()]   # the probe's folders, deepest first
     try:
-        folder.mkdir(parents=True, exist_ok=True)
         probe = folder / f".write-test-{os.getpid()}"
-        probe.write_bytes(b"")
+        for attempt in range(5):   # another process's probe (torchrun ranks, sweep jobs) may remove the folder in between
+            try:
+                folder.mkdir(parents=True, exist_ok=True)
+                probe.write_bytes(b"")
+                break
+            except (FileNotFoundError, FileExistsError):   # removed under mkdir's parents= or before the write
+                if attempt == 4:
+                    raise
         probe.unlink()
     except OSError as exc:
         return f"is not a writable folder ({exc.strerror or exc})"

@@ -319,3 +319,21 @@ def test_report_skips_a_corrupt_results_json(tmp_path, caplog):
     text, table = aggregate(tmp_path)
     assert len(table) == 1 and table[0]["auroc_mean"] == 90.0
     assert "3 unreadable results.json skipped" in text and caplog.text.count("report: skipping") == 3
+
+
+def _probe_many(root: str) -> list[str]:
+    from c2ir.validation import writable_problem
+
+    return [r for _ in range(150) if (r := writable_problem(Path(root) / "cache" / "sub", keep=False))]
+
+
+def test_concurrent_cache_root_probes_never_report_a_writable_folder_as_unwritable(tmp_path):
+    """torchrun ranks and sweep jobs check one fresh cache_root at once; one process's probe removes the folder it
+    made while another is about to write its probe file there: that must be retried, not reported."""
+    import multiprocessing as mp
+
+    if "fork" not in mp.get_all_start_methods():
+        pytest.skip("needs fork")
+    with mp.get_context("fork").Pool(4) as pool:
+        problems = [p for res in pool.map(_probe_many, [str(tmp_path)] * 4) for p in res]
+    assert problems == []
