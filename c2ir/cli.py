@@ -174,7 +174,7 @@ def validate_overrides(overrides: list[str], compose_all: bool = True, multirun:
         if with_hydra is not None and not sweeps:   # the one variant: validate the composition made above
             with open_dict(with_hydra):   # the job's config has no `hydra` node (Hydra removes it): neither may this
                 del with_hydra["hydra"]
-            validate(with_hydra)
+            validate(with_hydra, keep_cache_root=False)   # before Hydra: a later error must leave no folder
             return
         for variant in variants:
             try:
@@ -183,7 +183,7 @@ def validate_overrides(overrides: list[str], compose_all: bool = True, multirun:
                 raise
             except Exception as exc:  # noqa: BLE001 - ConfigCompositionException, OmegaConf errors alike
                 raise C2IRError(explain(exc)) from None
-            validate(cfg)
+            validate(cfg, keep_cache_root=False)
 
 
 def _log_to_files(message: str) -> None:

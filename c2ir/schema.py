@@ -85,7 +85,7 @@ class SynthConfig:
     seed: int = setting(0, lo=0, example="0")
     lr_schedule: str = setting("cosine", choices=("cosine", "linear", "constant"), neutral="cosine")  # = synth_schedule.SCHEDULES
     # >0: DeepInversion's multi-resolution warm-up, this many iterations at half resolution first
-    warmup_iterations: int = setting(0, lo=0, neutral=0, example="60")   # synth=multires; ImageNet: 2000
+    warmup_iterations: int = setting(0, lo=0, neutral=0, example="60")   # synth=multires; DeepInversion's ImageNet setting: 2000
     warmup_min_size: int = setting(16, lo=1, neutral=16, example="16")   # px of the half-size image, at least
     stop_patience: int = setting(0, lo=0, neutral=0, example="20")   # 0: every batch runs all its iterations
     stop_tol: float = setting(0.01, lo=0, hi=1, neutral=0.01, example="0.01")

@@ -16,6 +16,7 @@ import re
 import stat
 import types
 import typing
+import uuid
 from dataclasses import fields, is_dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -221,12 +222,16 @@ def ood_names(cfg: DictConfig) -> dict[str, str]:
     return out
 
 
-def check_cache_root(value: Any) -> None:
-    """The artifact store's folder must be one this process can create and write into: tried, not guessed (the
-    folders the probe made are removed again; the stages create them when they write)."""
+def check_cache_root(value: Any, keep: bool = True) -> None:
+    """The artifact store's folder must be one this process can create and write into: tried, not guessed; with
+    `keep=False` the folders the probe made are removed again (the stages create them when they write)."""
     if value is None or not str(value).strip():
         raise C2IRError(f"cache_root={value!r} is empty; set cache_root to a writable folder (e.g. cache_root=outputs/cache)")
-    problem = writable_problem(Path(str(value)).expanduser(), keep=False)   # a later bad value leaves no empty folder
+    try:
+        folder = Path(str(value)).expanduser()
+    except RuntimeError as exc:   # ~nosuchuser
+        raise C2IRError(f"cache_root={value}: {exc}; set cache_root to a writable folder") from None
+    problem = writable_problem(folder, keep=keep)
     if problem:
         raise C2IRError(f"cache_root={value} {problem}; set cache_root to a writable folder")
 
@@ -242,9 +247,10 @@ def writable_problem(folder: Path, keep: bool = True) -> str | None:
         pass
     except OSError as exc:
         return f"is not a writable folder ({exc.strerror or exc})"
+    folder = Path(os.path.abspath(folder))   # `a/b/../c`: the folders listed below are the ones mkdir makes
     made = [] if keep else [p for p in (folder, *folder.parents) if not p.exists()]   # the probe's folders, deepest first
     try:
-        probe = folder / f".write-test-{os.getpid()}"
+        probe = folder / f".write-test-{os.getpid()}-{uuid.uuid4().hex[:12]}"   # pids repeat across hosts
         for attempt in range(5):   # another process's probe (torchrun ranks, sweep jobs) may remove the folder in between
             try:
                 folder.mkdir(parents=True, exist_ok=True)
@@ -253,7 +259,7 @@ def writable_problem(folder: Path, keep: bool = True) -> str | None:
             except (FileNotFoundError, FileExistsError):   # removed under mkdir's parents= or before the write
                 if attempt == 4:
                     raise
-        probe.unlink()
+        probe.unlink(missing_ok=True)
     except OSError as exc:
         return f"is not a writable folder ({exc.strerror or exc})"
     finally:
@@ -378,19 +384,22 @@ def check_inputs(cfg: DictConfig) -> None:
             raise C2IRError(f"no files found under {root}; point score.input at a folder of images")
 
 
-def validate(cfg: DictConfig) -> DictConfig:
-    """Check the composed config in place (and drop stale OOD tweaks); raises C2IRError with one line."""
+def validate(cfg: DictConfig, keep_cache_root: bool = True) -> DictConfig:
+    """Check the composed config in place (and drop stale OOD tweaks); raises C2IRError with one line.
+    `keep_cache_root=False` (the CLI's check before Hydra starts) removes the folders the cache_root probe made,
+    so an error in a later value leaves nothing behind; a job's own check (after torchrun's rendezvous, while
+    other ranks may already write there) keeps them."""
     from omegaconf.errors import OmegaConfBaseException
 
     try:
-        return _validate(cfg)
+        return _validate(cfg, keep_cache_root)
     except OmegaConfBaseException as exc:   # a value read through an interpolation of the wrong type
         raise C2IRError(explain(exc)) from None
 
 
-def _validate(cfg: DictConfig) -> DictConfig:
+def _validate(cfg: DictConfig, keep_cache_root: bool = True) -> DictConfig:
     drop_unselected_ood(cfg)
-    check_cache_root(cfg.get("cache_root"))
+    check_cache_root(cfg.get("cache_root"), keep=keep_cache_root)
     check_node("", cfg, C2IRConfig, extra_keys=("hydra",))
     arch = OmegaConf.select(cfg, "model.arch")
     if arch not in MODEL_SCHEMAS:

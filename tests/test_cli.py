@@ -281,7 +281,7 @@ def test_default_budget_detects_noise(tmp_path):
 def test_a_bad_value_leaves_no_empty_cache_folder(tmp_path):
     """The cache_root check creates the folder to try it; a later bad value must not leave that folder behind
     (new-user trial: `c2ir run synth.per_class=0` left an empty outputs/cache/), while an existing one stays."""
-    _one_line_error(run_cli(["run", "synth.per_class=0"], cwd=tmp_path), "synth.per_class=0")
+    _one_line_error(run_cli(["run", "cache_root=outputs/cache", "synth.per_class=0"], cwd=tmp_path), "synth.per_class=0")
     _one_line_error(run_cli(["run", f"cache_root={tmp_path / 'a' / 'b'}", "synth.iterations=0"], cwd=tmp_path),
                     "synth.iterations=0")
     assert not any(tmp_path.iterdir()), sorted(p.name for p in tmp_path.iterdir())
