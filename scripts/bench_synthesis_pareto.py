@@ -93,8 +93,8 @@ def preset_values() -> dict[str, dict]:
     out = {}
     with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
         for p in PRESETS:
-            synth = compose("config", overrides=[f"synth={p}"]).synth
-            out[p] = {k: OmegaConf.to_container(synth, resolve=False)[k] for k in synth if k not in NOT_A_SYNTH_FIELD}
+            synth = OmegaConf.to_container(compose("config", overrides=[f"synth={p}"]).synth, resolve=False)
+            out[p] = {k: v for k, v in synth.items() if k not in NOT_A_SYNTH_FIELD}
     return out
 
 

@@ -128,6 +128,11 @@ def _name_tensor(name: str) -> torch.Tensor:
     return torch.tensor(list(name.encode()), dtype=torch.uint8)
 
 
+def _tensor_name(t: torch.Tensor) -> str:
+    """The inverse of `_name_tensor`."""
+    return bytes(t.tolist()).decode()
+
+
 @register_detector("c2ir")
 class C2IR(Detector):
     """C2IR on cached features: class-conditional IPM deviations, scaled on the impressions, MGI-weighted.
@@ -438,7 +443,7 @@ class C2IR(Detector):
     def load_state(self, tensors: dict[str, torch.Tensor]) -> None:
         layers = [k.split("/", 2)[2] for k in sorted(k for k in tensors if k.startswith("layer/"))]
         stats = ClassStats.from_tensors(layers, {k[len("stats/"):]: v for k, v in tensors.items() if k.startswith("stats/")})
-        ipm = bytes(tensors["ipm_used"].tolist()).decode() if "ipm_used" in tensors else self.ipm
+        ipm = _tensor_name(tensors["ipm_used"]) if "ipm_used" in tensors else self.ipm
         self._setup(stats, tensors["weights"], ipm)
         self.weights = tensors["weights"]
         self.loc, self.spread, self.logit_imp = tensors["loc"], tensors["spread"], tensors.get("logit_imp")
@@ -447,6 +452,6 @@ class C2IR(Detector):
         self.reference = tensors["reference"].numpy() if "reference" in tensors else None
         self.dev_imp = tensors.get("dev_imp")
         # saved before `combination_used` was stored: `dev_imp` was saved only for `max`
-        self.combination_used = (bytes(tensors["combination_used"].tolist()).decode() if "combination_used" in tensors
+        self.combination_used = (_tensor_name(tensors["combination_used"]) if "combination_used" in tensors
                                  else "max" if self.dev_imp is not None else "sum")
         super().load_state(tensors)
