@@ -20,25 +20,15 @@ import logging
 import sys
 
 import numpy as np
-from hydra import compose, initialize_config_dir
+from fitted_setup import fitted_setup
 
-from c2ir.config import config_dir, register_resolvers
+from c2ir.config import register_resolvers
 from c2ir.detectors.c2ir import CRITERION_REFERENCES, C2IR
-from c2ir.graph import resolve
 from c2ir.metrics import auroc
-from c2ir.stages.evaluate import build_detectors, passes
-from c2ir.stages.features import FEATURES
-from c2ir.stages.fit import fit_for
-from c2ir.stages.job import cli_job
 
 
 def measure(overrides: list[str]) -> dict:
-    with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
-        cfg = compose("config", overrides=["detectors=[c2ir]", *overrides])
-    job = cli_job(cfg)
-    dets = build_detectors(job)
-    fit = fit_for(job, list(dets.values()))
-    sets = {n: resolve(FEATURES, job, p).value for n, p in passes(job, dets).items()}
+    _, dets, fit, sets = fitted_setup(["detectors=[c2ir]", *overrides])
     id_name, oods = next(iter(sets)), list(sets)[1:]
     params = {k: v for k, v in dets["c2ir"].params.items() if k != "criterion_reference"}   # the run's own C2IR
     rows: dict[str, dict] = {}

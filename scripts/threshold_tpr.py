@@ -23,15 +23,12 @@ import logging
 import sys
 
 import numpy as np
-from hydra import compose, initialize_config_dir
+from fitted_setup import fitted_setup
 
-from c2ir.config import config_dir, register_resolvers
-from c2ir.graph import Step, resolve
+from c2ir.config import register_resolvers
+from c2ir.graph import Step
 from c2ir.proxies import softened
-from c2ir.stages.evaluate import build_detectors, passes
-from c2ir.stages.features import FEATURES
-from c2ir.stages.fit import FITTED, fit_for, fitted_threshold, pixel_scorer
-from c2ir.stages.job import cli_job
+from c2ir.stages.fit import FITTED, fitted_threshold, pixel_scorer
 from c2ir.threshold import quantile_threshold
 
 DETECTORS = "c2ir,c2ir_paper,msp,maxlogit,energy,nmd,mahalanobis_imp,mahalanobis_multi_imp,knn_imp,vim_imp"
@@ -39,12 +36,7 @@ DETECTORS = "c2ir,c2ir_paper,msp,maxlogit,energy,nmd,mahalanobis_imp,mahalanobis
 
 def measure(overrides: list[str], tpr: float) -> dict:
     """Per detector: rule, real ID TPR, expected interval, the former rule's real TPR, FPR per OOD set (%)."""
-    with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
-        cfg = compose("config", overrides=overrides)
-    job = cli_job(cfg)
-    dets = build_detectors(job)
-    fit = fit_for(job, list(dets.values()))
-    sets = {name: resolve(FEATURES, job, p).value for name, p in passes(job, dets).items()}
+    job, dets, fit, sets = fitted_setup(overrides)
     id_name, oods = next(iter(sets)), list(sets)[1:]
     step = Step(job, FITTED, None, "", {}, {})   # the threshold rule of `c2ir score` and the API (stages/fit.py)
     out = {"id_set": id_name, "oods": oods, "impressions": int(len(fit.impressions["logits"])), "detectors": {}}
