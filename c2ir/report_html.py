@@ -359,9 +359,19 @@ def _logit_term_section(page: Page, res: dict) -> None:
         weights = list(dict.fromkeys(c["logit_weight"] for c in fit["criterion"]))
         crit = {(row(c), c["logit_weight"]): c["criterion"] for c in fit["criterion"]}
         chosen_row = row({"ipm": fit["ipm"], "combination": fit.get("combination", "sum")})
+        # results.json written before blurred_tolerance existed: every candidate competed
+        out = {(row(c), c["logit_weight"]) for c in fit["criterion"] if not c.get("eligible", True)}
+        def cell(r: str, w: float) -> str:
+            if (r, w) not in crit:
+                return ""
+            return (("*" if (r, w) == (chosen_row, fit["logit_weight"]) else "") + f"{crit[r, w]:.1f}"
+                    + (" -" if (r, w) in out else ""))
         page.add(small_table(["ipm \\ weight", *[f"x{w:g}" for w in weights]],
-                             [[r, *[("*" if (r, w) == (chosen_row, fit["logit_weight"]) else "")
-                                    + (f"{crit[r, w]:.1f}" if (r, w) in crit else "") for w in weights]] for r in rows]))
+                             [[r, *[cell(r, w) for w in weights]] for r in rows]))
+        if out:
+            page.text(f"* chosen; - not a candidate: its AUROC against the blurred proxy fell more than "
+                      f"{fit.get('blurred_tolerance'):g} points (blurred_tolerance) below its IPM's deviations alone, "
+                      "so the logit term had drowned what the deviations see.")
 
 
 def summary_values(result: dict) -> dict[str, dict[str, dict[str, float]]]:

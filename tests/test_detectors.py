@@ -252,7 +252,7 @@ def test_c2ir_selects_its_ipm_and_energy_weight_on_proxies():
     det = build_detector("c2ir", {"type": "c2ir"}).fit(ctx)   # both selections are on by default
     assert set(det.selection) == {(i, "sum", w) for i in ("mean_standardized", SELECTABLE_IPM) for w in LOGIT_WEIGHT_GRID}
     assert all(0 <= c <= 100 for c in det.selection.values())
-    best = max(det.selection.values())
+    best = max(det.selection[v] for v in det.eligible)   # the best candidate within blurred_tolerance
     assert det.selection[(det.ipm_used, "sum", det.weight_used)] == best and det.logit_weight == 1.0
     assert det.proxy_criteria(ctx) == det.selection   # the criterion is deterministic
     fixed = build_detector("c2ir", {"type": "c2ir", "ipm": det.ipm_used, "logit_weight": det.weight_used,
@@ -267,6 +267,41 @@ def test_c2ir_selects_its_ipm_and_energy_weight_on_proxies():
     summary = det.fit_summary()
     assert summary["ipm"] == det.ipm_used and summary["selected"] and len(summary["criterion"]) == 14
     assert summary["combination"] == "sum"
+
+
+def test_within_tolerance_keeps_the_candidates_that_keep_the_deviations_view():
+    from c2ir.detectors.c2ir import within_tolerance
+
+    parts = {("a", "sum", 0.0): {"blurred": 99.0, "mixed": 10.0}, ("a", "sum", 4.0): {"blurred": 97.5, "mixed": 40.0},
+             ("a", "sum", 16.0): {"blurred": 60.0, "mixed": 70.0}, ("b", "sum", 16.0): {"blurred": 90.0, "mixed": 80.0}}
+    alone = {"a": 99.0, "b": 91.0}
+    assert within_tolerance(parts, alone, 2.0) == [("a", "sum", 0.0), ("a", "sum", 4.0), ("b", "sum", 16.0)]
+    assert within_tolerance(parts, alone, 1.0) == [("a", "sum", 0.0), ("b", "sum", 16.0)]
+    assert within_tolerance(parts, alone, 0.0) == [("a", "sum", 0.0)]
+    assert within_tolerance(parts, alone, None) == list(parts)   # no limit: the rule before blurred_tolerance
+
+
+def test_c2ir_blurred_tolerance_limits_the_candidates():
+    """The fit chooses the best criterion among the candidates whose blurred-proxy AUROC stays within the tolerance
+    of their IPM's deviations alone; none: among all (the former rule); the summary says which competed."""
+    ctx = _tiny_fit_data()
+    free = build_detector("c2ir", {"type": "c2ir", "blurred_tolerance": None}).fit(ctx)
+    assert free.selection[(free.ipm_used, "sum", free.weight_used)] == max(free.selection.values())
+    assert set(free.eligible) == set(free.selection)
+    tight = build_detector("c2ir", {"type": "c2ir", "blurred_tolerance": 0.0}).fit(ctx)
+    assert tight.selection == free.selection and tight.guard == free.guard   # same evidence, other candidates
+    assert 0 < len(tight.eligible) < len(tight.selection)
+    for ipm in ("mean_standardized", "mahalanobis"):
+        alone = tight.guard[(ipm, "sum", 0.0)]
+        assert {v for v in tight.selection if v[0] == ipm and v in tight.eligible} == \
+            {v for v in tight.selection if v[0] == ipm and tight.guard[v] >= alone}
+    chosen = (tight.ipm_used, "sum", tight.weight_used)
+    assert chosen in tight.eligible and tight.selection[chosen] == max(tight.selection[v] for v in tight.eligible)
+    rows = tight.fit_summary()["criterion"]
+    assert tight.fit_summary()["blurred_tolerance"] == 0.0 and all(r["blurred"] is not None for r in rows)
+    assert {(r["ipm"], r["combination"], r["logit_weight"]) for r in rows if r["eligible"]} == set(tight.eligible)
+    with pytest.raises(C2IRError, match="blurred_tolerance"):
+        build_detector("c2ir", {"type": "c2ir", "blurred_tolerance": -1.0})
 
 
 def test_c2ir_selects_the_combination_rule_and_max_round_trips():
