@@ -6,10 +6,14 @@ reference), so two of the proxies, which are not, differ from it by the blur as 
 18). For every candidate (ipm, weight) this prints the criterion with `criterion_reference=softened` and `=raw`, the
 deviations-only AUROC against each proxy, which candidate each criterion picks, and the candidate's real test mean
 AUROC over the run's OOD sets. The test column is a DIAGNOSTIC of the criterion (it looks at test data): nothing
-here chooses a default. Runs on the stages' cache (a missing artifact is computed).
+here chooses a default. With `--tolerances`, it also prints which candidate each `blurred_tolerance` would choose
+(the softened criterion's best among the candidates within it, `c2ir.detectors.c2ir.within_tolerance`) and that
+candidate's test mean AUROC / FPR95 (docs/BENCHMARKS.md section 20). Runs on the stages' cache (a missing artifact is
+computed).
 
     python scripts/proxy_criterion.py seed=0 cache_root=CACHE threads=2
     python scripts/proxy_criterion.py experiment=cifar10_resnet20_cpu seed=0 cache_root=CACHE --json out.json
+    python scripts/proxy_criterion.py seed=0 cache_root=CACHE --tolerances 0.5,1,2,3,5,10,none
 """
 
 from __future__ import annotations
@@ -23,8 +27,8 @@ import numpy as np
 from fitted_setup import fitted_setup
 
 from c2ir.config import register_resolvers
-from c2ir.detectors.c2ir import CRITERION_REFERENCES, C2IR
-from c2ir.metrics import auroc
+from c2ir.detectors.c2ir import CRITERION_REFERENCES, C2IR, GUARD_PROXY, select_variant, within_tolerance
+from c2ir.metrics import auroc, fpr_at_tpr
 
 
 def measure(overrides: list[str]) -> dict:
@@ -46,10 +50,27 @@ def measure(overrides: list[str]) -> dict:
         d = C2IR("c2ir", **{**params, "ipm": row["ipm"], "combination": row["combination"], "logit_weight": row["weight"],
                             "select_logit_weight": False, "select_ipm": False, "select_combination": False}).fit(fit)
         sc = {n: d.score(b) for n, b in sets.items()}
-        row["test_mean_auroc"] = float(np.mean([100 * auroc(sc[id_name], sc[o]) for o in oods]))
+        row["test_auroc"] = {o: 100 * auroc(sc[id_name], sc[o]) for o in oods}
+        row["test_mean_auroc"] = float(np.mean(list(row["test_auroc"].values())))
+        row["test_mean_fpr95"] = float(np.mean([100 * fpr_at_tpr(sc[id_name], sc[o]) for o in oods]))
     test = [r["test_mean_auroc"] for r in rows.values()]
     rho = {ref: spearman([r[f"criterion_{ref}"] for r in rows.values()], test) for ref in CRITERION_REFERENCES}
     return {"rows": rows, "chosen": chosen, "rho": rho, "oods": oods}
+
+
+def tolerance_picks(run: dict, tolerances: list[float | None]) -> dict[str, str]:
+    """Per `blurred_tolerance`, the candidate the softened criterion picks among those within it (the fit's rule,
+    from the rows' own per-proxy AUROCs)."""
+    rows = {(r["ipm"], r["combination"], r["weight"]): r for r in run["rows"].values()}
+    parts = {v: r["proxies_softened"] for v, r in rows.items()}
+    alone = {v[0]: r["proxies_softened"][GUARD_PROXY] for v, r in rows.items() if v[1:] == ("sum", 0.0)}
+    order = list(dict.fromkeys(v[0] for v in rows))
+    out = {}
+    for tol in tolerances:
+        keep = within_tolerance(parts, alone, tol)
+        out["none" if tol is None else f"{tol:g}"] = _name(*select_variant({v: rows[v]["criterion_softened"]
+                                                                              for v in keep}, order))
+    return out
 
 
 def _name(ipm: str, combination: str, weight: float) -> str:
@@ -79,18 +100,28 @@ def table(run: dict) -> str:
     picks = "; ".join(f"{r} picks {c} (test {run['rows'][c]['test_mean_auroc']:.1f}; rank correlation of the "
                       f"criterion with the test column {run['rho'][r]:+.2f})" for r, c in run["chosen"].items())
     best = max(run["rows"], key=lambda k: run["rows"][k]["test_mean_auroc"])
-    return "\n".join([*lines, "", f"{picks}; best on test: {best} ({run['rows'][best]['test_mean_auroc']:.1f}); "
-                      f"OOD sets: {', '.join(run['oods'])}"])
+    out = [*lines, "", f"{picks}; best on test: {best} ({run['rows'][best]['test_mean_auroc']:.1f}); "
+           f"OOD sets: {', '.join(run['oods'])}"]
+    if run.get("tolerance_picks"):
+        out += ["", "| blurred_tolerance | pick | test mean AUROC / FPR95 (diagnostic) |", "|---|---|---|"]
+        out += [f"| {t} | {c} | {run['rows'][c]['test_mean_auroc']:.1f} / {run['rows'][c]['test_mean_fpr95']:.1f} |"
+                for t, c in run["tolerance_picks"].items()]
+    return "\n".join(out)
 
 
 def main(argv: list[str]) -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--json", default=None, help="also write the values here")
+    parser.add_argument("--tolerances", default="", help="comma-separated blurred_tolerance values to compare "
+                        "(`none`: no limit), e.g. 0.5,1,2,3,5,10,none")
     parser.add_argument("overrides", nargs="*")
     args = parser.parse_intermixed_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
     register_resolvers()
     run = measure(args.overrides)
+    if args.tolerances:
+        run["tolerance_picks"] = tolerance_picks(run, [None if t == "none" else float(t)
+                                                       for t in args.tolerances.split(",")])
     print(table(run))
     if args.json:
         with open(args.json, "w") as fh:

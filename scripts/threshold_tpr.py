@@ -60,7 +60,7 @@ def measure(overrides: list[str], tpr: float) -> dict:
 
 def reference_scores(det, rule: str, score_pixels, images, in_sample: np.ndarray) -> np.ndarray:
     """The scores the rule took its quantile of (to say which quantile a real `tpr` would have needed)."""
-    if rule == "pseudo_real_cross_fitted":
+    if rule in ("pseudo_real_cross_fitted", "pseudo_real_shifted"):
         return np.asarray(det.reference)
     return score_pixels(softened(images)) if rule == "pseudo_real" else in_sample
 

@@ -13,6 +13,7 @@ from c2ir.errors import C2IRError, NotFittedError
 from c2ir.extraction import auto_layers
 from c2ir.impressions import SynthConfig
 from c2ir.models.small_cnn import SmallCNN
+from c2ir.threshold import shifted_level
 from conftest import needs_shared
 
 TINY_SYNTH = {"per_class": 3, "batch_size": 30, "iterations": 8, "jitter": 1, "flip": False}
@@ -108,10 +109,12 @@ def test_fit_score_predict_save_load_exact(tmp_path):
 def test_data_free_threshold_keeps_tpr_of_its_reference_and_calibrate_keeps_tpr_of_id():
     model = _model()
     det = c2ir.C2IR(model, **DIGITS, synth={**TINY_SYNTH, "per_class": 4, "batch_size": 40}, tpr=0.9).fit()
-    assert det.threshold_source == "pseudo_real_cross_fitted"    # 4 per class: two folds of 2
+    assert det.threshold_source == "pseudo_real_shifted"         # 4 per class: two folds of 2
     reference = det.detector.reference                          # softened held-back impressions, cross-fitted
     assert len(reference) == 40 and det.threshold_info.reference == 40
-    assert float((reference <= det.threshold).mean()) == pytest.approx(0.9, abs=1 / 40 + 1e-9)
+    level = shifted_level(0.9, det.detector.reference_shift_used)   # the quantile a real 90% is taken to sit at
+    assert det.threshold_info.level == pytest.approx(level) and level < 0.9
+    assert float((reference <= det.threshold).mean()) == pytest.approx(level, abs=1 / 40 + 1e-9)
     loader = _loader(200)
     det.calibrate(loader, tpr=0.8)
     flagged = torch.cat([det.predict(x) for x, _ in loader]).float().mean().item()

@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 
 from c2ir.errors import C2IRError
-from c2ir.threshold import NotComputableError, Threshold, binomial_interval, data_free_threshold, quantile_threshold
+from c2ir.threshold import (NotComputableError, Threshold, binomial_interval, data_free_threshold, quantile_threshold,
+                            shifted_level, shifted_threshold)
 
 
 def test_wilson_interval_known_values():
@@ -36,6 +37,24 @@ class _Det:
     reference = None
 
 
+def test_shifted_level_moves_the_quantile_by_a_normal_location_shift():
+    assert shifted_level(0.95, 0.0) == pytest.approx(0.95)
+    assert shifted_level(0.95, 1.4) == pytest.approx(0.5968, abs=1e-4)   # Phi(1.6449 - 1.4)
+    assert shifted_level(0.5, 1.0) == pytest.approx(0.1587, abs=1e-4)    # Phi(-1)
+    ref = np.random.default_rng(0).normal(size=200_000)
+    real = ref - 1.4   # inputs 1.4 reference standard deviations lower: the shifted quantile keeps 95% of them
+    t = shifted_threshold(ref, 0.95, 1.4)
+    assert float(np.mean(real <= t.value)) == pytest.approx(0.95, abs=0.002)
+    assert t.rule == "pseudo_real_shifted" and t.tpr == 0.95 and t.level == pytest.approx(0.5968, abs=1e-4)
+    assert "59.7% of 200000" in t.describe() and "1.4 of the reference's standard deviations lower" in t.describe()
+    assert Threshold.from_json(t.to_json()) == t
+    old = {k: v for k, v in quantile_threshold(ref, 0.95, "pseudo_real_cross_fitted").to_json().items()
+           if k not in ("level", "shift")}   # saved before the shifted rule existed
+    assert Threshold.from_json(old).level is None
+    with pytest.raises(C2IRError, match="tpr"):
+        shifted_threshold(ref, 1.0, 1.4)
+
+
 def test_data_free_threshold_prefers_the_cross_fitted_reference():
     import torch
 
@@ -49,3 +68,6 @@ def test_data_free_threshold_prefers_the_cross_fitted_reference():
     assert t.rule == "pseudo_real" and t.reference == 4 and seen[0].shape == pixels.shape
     det.reference = np.arange(20.0)
     assert data_free_threshold(det, 0.5, score, pixels, in_sample).reference == 20
+    det.reference_shift_used = 1.0   # C2IR with its logit term: the shifted quantile of the same reference
+    t = data_free_threshold(det, 0.5, score, pixels, in_sample)
+    assert t.rule == "pseudo_real_shifted" and t.value == pytest.approx(np.quantile(np.arange(20.0), shifted_level(0.5, 1.0)))

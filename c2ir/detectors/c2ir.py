@@ -64,11 +64,12 @@ CRITERION_REFERENCES = ("softened", "raw")   # the ID side of the proxy criterio
 RAW_REFERENCE = "reference_raw"   # the fold set of the raw held-back impressions
 LOGIT_WEIGHT_GRID = (0.0, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0)   # candidates of select_logit_weight
 SELECTABLE_IPM = "mahalanobis"   # the deviation measure select_ipm may switch to from the configured one
+REFERENCE_SHIFT = 1.4   # real ID vs softened held-back impressions, in the reference's std (c2ir.threshold)
 GUARD_PROXY = "blurred"          # the proxy whose separation by the deviations a candidate must keep (blurred_tolerance)
 MIN_PER_CLASS = 4                # impressions per class the fold split needs (2 per fold)
 
 __all__ = ["C2IR", "CLASS_WEIGHTINGS", "COMBINATIONS", "LOGIT_SCORES", "LOGIT_WEIGHT_GRID", "NORMALIZATIONS",
-           "SELECTABLE_IPM", "GUARD_PROXY", "combine", "combine_max", "impression_scale", "logit_z", "posterior_weighted", "select_variant",
+           "SELECTABLE_IPM", "GUARD_PROXY", "REFERENCE_SHIFT", "combine", "combine_max", "impression_scale", "logit_z", "posterior_weighted", "select_variant",
            "select_weight", "within_tolerance"]
 
 
@@ -179,13 +180,18 @@ class C2IR(Detector):
             deviations alone and still be chosen (module docstring; docs/BENCHMARKS.md section 20: 2 points, about
             twice the standard error of an AUROC near 99 on 100 held-back impressions, chosen on the ResNet-20);
             null: no such limit (the rule before section 20).
+        reference_shift: how many of the reference's standard deviations real ID inputs are taken to score below the
+            softened held-back impressions when the data-free threshold is set (`c2ir.threshold`, rule
+            `pseudo_real_shifted`); null: `REFERENCE_SHIFT` (1.4, measured for this detector with its logit term on
+            the digits model and the ResNet-20; docs/BENCHMARKS.md section 20) with a logit term, 0 without one
+            (`c2ir_paper`: its shift varies too much between models for one value); 0: the plain quantile.
         criterion_reference: the ID side of the proxy criterion: `softened` held-back impressions (the threshold's
             reference, the default) or `raw` held-back impressions, which differ from the proxies by what the
             proxies change and not by the blur as well (docs/BENCHMARKS.md section 18: it removes that bias but
             selects worse). The threshold always uses the softened ones.
     """
 
-    limits = {"ipm_projections": ">= 1", "ipm_seed": ">= 0", "blurred_tolerance": ">= 0"}
+    limits = {"ipm_projections": ">= 1", "ipm_seed": ">= 0", "blurred_tolerance": ">= 0", "reference_shift": ">= 0"}
     requires_fit = True
 
     def __init__(self, name: str = "c2ir", *, fit_on: str = "impressions", ipm: str = "mean_standardized",
@@ -193,7 +199,7 @@ class C2IR(Detector):
                  logit_score: str = "energy", logit_weight: float = 1.0, class_weighting: str = "argmax",
                  select_logit_weight: bool = True, select_ipm: bool = True, combination: str = "sum",
                  select_combination: bool = False, criterion_reference: str = "softened",
-                 blurred_tolerance: float | None = 2.0) -> None:
+                 blurred_tolerance: float | None = 2.0, reference_shift: float | None = None) -> None:
         super().__init__(name, fit_on=fit_on)
         get_ipm(str(ipm))  # fail at construction, not at fit
         if normalize not in NORMALIZATIONS:
@@ -209,6 +215,7 @@ class C2IR(Detector):
                             f"{', '.join(CRITERION_REFERENCES)}")
         self.criterion_reference = str(criterion_reference)
         self.blurred_tolerance = None if blurred_tolerance is None else float(blurred_tolerance)
+        self.reference_shift = None if reference_shift is None else float(reference_shift)
         self.class_weighting = str(class_weighting)
         pooled = not IPMS[str(ipm)].needs_spatial
         # the selections need a pooled IPM (and a logit term, for its weight); elsewhere the values are used as given
@@ -235,6 +242,13 @@ class C2IR(Detector):
     def may_need(self) -> frozenset[str]:
         """Spatial features too: an `ipm=` sweep may choose a distribution IPM."""
         return self.needs | {SPATIAL}
+
+    @property
+    def reference_shift_used(self) -> float:
+        """The threshold's impressions-vs-real shift (`reference_shift`; null: by the logit term)."""
+        if self.reference_shift is not None:
+            return self.reference_shift
+        return 0.0 if self.logit_score == "none" else REFERENCE_SHIFT
 
     def _configured_rule(self) -> tuple[float, str]:
         """(weight, combination) when nothing is chosen: without a logit term there is nothing to weigh or to take
