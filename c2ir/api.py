@@ -409,7 +409,7 @@ class C2IR(OODDetector):
         ipm: deviation measure (`mean_standardized` default; `mahalanobis`, `mean_l2`, `mean_l1`, `mmd_rbf`,
             `wasserstein`, `sliced_wasserstein`).
         normalize, logit_score, logit_weight, select_logit_weight, select_ipm, combination, select_combination,
-            criterion_reference, blurred_tolerance, class_weighting, ipm_seed, ipm_projections: see `c2ir.detectors.c2ir.C2IR`.
+            criterion_reference, blurred_tolerance, reference_shift, class_weighting, ipm_seed, ipm_projections: see `c2ir.detectors.c2ir.C2IR`.
         Everything else as `OODDetector` (synth, mgi, tpr, batch_size, device, seed, store, ...).
     """
 

@@ -30,7 +30,8 @@ separation collapses is one where the logit term has drowned the deviations; the
 towards the logit term (docs/BENCHMARKS.md section 18), would otherwise run to the end of the weight grid
 (section 20). No real ID or OOD data is
 used. The same cross-fitted scores of the softened held-back impressions are kept (`reference`):
-`c2ir.threshold` sets the data-free threshold on them.
+`c2ir.threshold` sets the data-free threshold on them (with a logit term at a quantile moved down by the
+measured impressions-vs-real shift, `reference_shift`).
 Normalisation `impression_z` maps d_l to (d_l - mean) / std over the impressions' own
 deviations; `impression_std` divides by that std; `none` leaves raw deviations.
 """
