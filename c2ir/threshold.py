@@ -90,7 +90,7 @@ class Threshold:
             text += " if real ID inputs score like them"
         if self.rule in DATA_FREE:
             text += MEASURED.get(self.rule, "") + \
-                    " (docs/BENCHMARKS.md section 19; calibrate(id_loader) is exact)"
+                    " (docs/BENCHMARKS.md section 20; calibrate(id_loader) is exact)"
         return text
 
     def to_json(self) -> dict:
