@@ -117,7 +117,8 @@ class OODDetector:
             the CLI's `synth=default`. Use `{"flip": False}` for data that is not mirror-symmetric.
         mgi: MGI method for C2IR's layer weights: `grad_abs` (CLI default), `grad_x_act`, `uniform`.
         spatial_grid, max_spatial_per_class: spatial samples for the distribution IPMs.
-        tpr: the share of impressions (or of calibration data) that the threshold keeps as ID.
+        tpr: the share of ID inputs the threshold should keep: exact on calibration data; data-free, the matching
+            quantile of the threshold's reference (`c2ir.threshold`: for C2IR with its logit term, a lower one).
         batch_size: forward-pass batch size. device: defaults to the model's device.
         seed: seed of the statistics' spatial samples (as the CLI's `seed`).
         store: where fitted artifacts live (a `c2ir.cache.MemoryStore`, one per detector by default);
@@ -397,8 +398,8 @@ class C2IR(OODDetector):
 
     `fit()` synthesises class-conditional impressions from the model (DeepInversion), takes
     their per-class feature statistics at `layers`, weights the layers by MGI on the
-    impressions, chooses its IPM and logit weight on proxy outliers, and sets the threshold so
-    that `tpr` of the softened held-back impressions count as ID (`c2ir.threshold`).
+    impressions, chooses its IPM and logit weight on proxy outliers, and sets the threshold on the softened
+    held-back impressions, at the quantile where a real `tpr` is estimated to sit (`c2ir.threshold`).
 
     Args:
         model: the classifier (any `nn.Module` with BatchNorm layers and a final `nn.Linear`).

@@ -361,6 +361,9 @@ def _logit_term_section(page: Page, res: dict) -> None:
         chosen_row = row({"ipm": fit["ipm"], "combination": fit.get("combination", "sum")})
         # results.json written before blurred_tolerance existed: every candidate competed
         out = {(row(c), c["logit_weight"]) for c in fit["criterion"] if not c.get("eligible", True)}
+        if fit.get("tolerance_fell_back"):
+            page.note(f"No candidate kept its AUROC against the blurred proxy within {fit.get('blurred_tolerance'):g} "
+                      "points of its IPM's deviations alone (blurred_tolerance), so all of them competed.")
         def cell(r: str, w: float) -> str:
             if (r, w) not in crit:
                 return ""

@@ -1,9 +1,11 @@
 """Decision thresholds: the one rule behind `predict()` and `c2ir score` (issue 21).
 
 A detector says "OOD" above its threshold. Without ID data the threshold is the score that a
-share `tpr` of a *reference* set stays below. Which reference, by rule:
+share of a *reference* set stays below: `tpr`, or for `pseudo_real_shifted` the share at which a real `tpr` is
+estimated to sit. Which reference, by rule:
 
-- `pseudo_real_cross_fitted` (C2IR, `c2ir_paper`): impressions held back from the statistics they are
+- `pseudo_real_cross_fitted` (`c2ir_paper`, a C2IR with `reference_shift=0` or whose score is the deviations alone):
+  impressions held back from the statistics they are
   scored against (the fit's two folds) and softened (`c2ir.proxies.softened`: the synthesis residue
   blurred away), scored by the chosen variant. Real images sit further from the class statistics
   than the impressions those statistics were fitted on; the in-sample rule below kept 74% of real
@@ -14,7 +16,8 @@ share `tpr` of a *reference* set stays below. Which reference, by rule:
   impressions, so a real `tpr` sits at the reference's Phi(Phi^-1(tpr) - 1.4) quantile (0.597 at 95%). The 1.4 was
   read off real ID test images of the digits model and the CIFAR-10 ResNet-20 (the only pairs allowed to choose;
   docs/BENCHMARKS.md section 20), and then held on the ResNet-32 and -44.
-- `pseudo_real`: the softened impressions scored by the detector fitted on all impressions (every
+- `pseudo_real`: the softened impressions scored by the detector fitted on all impressions (also C2IR's, unshifted,
+  when it had fewer than 4 impressions per class to split into folds) (every
   other detector: those that do not fit on impressions are scored out of sample anyway).
 - `impressions`: the impressions themselves (in-sample; the rule before issue 21, and the fallback
   when the impression images are not available).
@@ -42,8 +45,7 @@ from c2ir.inputs import nonfinite_problem
 
 RULES = {
     "pseudo_real_cross_fitted": "softened impressions held back from the statistics (cross-fitted on two folds)",
-    "pseudo_real_shifted": "softened impressions held back from the statistics (cross-fitted on two folds), "
-                           "quantile moved down by the impressions-vs-real shift",
+    "pseudo_real_shifted": "softened impressions held back from the statistics (cross-fitted on two folds)",
     "pseudo_real": "softened impressions",
     "impressions": "impressions (in-sample)",
     "calibration": "calibration data",
@@ -52,10 +54,10 @@ RULES = {
 DATA_FREE = ("pseudo_real_shifted", "pseudo_real_cross_fitted", "pseudo_real", "impressions")
 # What the rules kept of real ID test images at a nominal 95%, measured at synth=default (digits and CIFAR-10
 # ResNet-20/-32/-44, 3 seeds each; docs/BENCHMARKS.md section 20), per run.
-MEASURED = {"pseudo_real_cross_fitted": "; measured for c2ir_paper on four model pairs: 88-100% kept per run "
-                                        "(mostly lenient)",
-            "pseudo_real_shifted": "; measured for c2ir at synth=default on four model pairs: 92-98% kept per run "
-                                   "at a nominal 95%"}
+MEASURED = {"pseudo_real_cross_fitted": "; measured at a nominal 95% on four model pairs: 88-100% kept per run for "
+                                        "c2ir_paper (mostly lenient)",
+            "pseudo_real_shifted": "; measured at a nominal 95% with the default shift on four model pairs: 92-98% "
+                                   "kept per run for c2ir at synth=default"}
 
 __all__ = ["DATA_FREE", "RULES", "NotComputableError", "Threshold", "binomial_interval", "data_free_threshold", "quantile_threshold",
            "shifted_level", "shifted_threshold"]
@@ -75,6 +77,7 @@ class Threshold:
     tpr: float
     reference: int                       # size of the reference set
     expected: tuple[float, float]        # 95% interval of the share kept by inputs that score like the reference
+                                         # (pseudo_real_shifted: by inputs `shift` lower, the model's premise)
     level: float | None = None           # the reference quantile taken when it is not `tpr` (pseudo_real_shifted)
     shift: float = 0.0                   # the shift of pseudo_real_shifted, in standard deviations of the reference
 
@@ -82,10 +85,13 @@ class Threshold:
         lo, hi = self.expected
         share = self.tpr if self.level is None else self.level
         text = (f"threshold {self.value:.4g} set by rule {self.rule}: {100 * share:.{0 if self.level is None else 1}f}% "
-                f"of {self.reference} {RULES[self.rule]} below it; expected ID TPR {100 * lo:.0f}-{100 * hi:.0f}%")
+                f"of {self.reference} {RULES[self.rule]} below it")
         if self.rule == "pseudo_real_shifted":
-            text += (f" if real ID inputs score {self.shift:g} of the reference's standard deviations lower, as "
-                     f"measured (a nominal {100 * self.tpr:.0f}%)")
+            text += (f" (their quantile moved down by the impressions-vs-real shift, {self.shift:g} of their standard "
+                     f"deviations, for a nominal {100 * self.tpr:.0f}%)")
+        text += f"; expected ID TPR {100 * lo:.0f}-{100 * hi:.0f}%"
+        if self.rule == "pseudo_real_shifted":
+            text += " if real ID inputs score that much lower than them"
         elif self.rule in DATA_FREE:
             text += " if real ID inputs score like them"
         if self.rule in DATA_FREE:
@@ -100,6 +106,9 @@ class Threshold:
     def from_json(cls, d: dict) -> "Threshold":
         if d["rule"] not in RULES:
             raise ValueError(f"unknown threshold rule {d['rule']!r}")
+        level, shift = d.get("level"), float(d.get("shift", 0.0))
+        if (level is not None and not 0.0 < float(level) < 1.0) or not math.isfinite(shift):
+            raise ValueError(f"threshold level {level!r} / shift {shift!r}: a level in (0, 1) and a finite shift")
         return cls(float(d["value"]), str(d["rule"]), float(d["tpr"]), int(d["reference"]),
                    (float(d["expected"][0]), float(d["expected"][1])),
                    None if d.get("level") is None else float(d["level"]), float(d.get("shift", 0.0)))
@@ -155,7 +164,7 @@ def data_free_threshold(detector, tpr: float, score_pixels, images, in_sample) -
 
     reference = getattr(detector, "reference", None)
     if reference is not None:
-        shift = float(getattr(detector, "reference_shift_used", 0.0))
+        shift = float(getattr(detector, "reference_shift_used", 0.0))   # >= 0 (C2IR's limits)
         if shift > 0:
             return shifted_threshold(reference, tpr, shift)
         return quantile_threshold(reference, tpr, "pseudo_real_cross_fitted")

@@ -4,8 +4,8 @@ The fit chooses C2IR's IPM and Energy weight by the mean AUROC of held-back impr
 sets made from them (`c2ir.detectors.c2ir`). The held-back side is softened by default (the threshold's pseudo-real
 reference), so two of the proxies, which are not, differ from it by the blur as well (docs/BENCHMARKS.md section
 18). For every candidate (ipm, weight) this prints the criterion with `criterion_reference=softened` and `=raw`, the
-deviations-only AUROC against each proxy, which candidate each criterion picks, and the candidate's real test mean
-AUROC over the run's OOD sets. The test column is a DIAGNOSTIC of the criterion (it looks at test data): nothing
+deviations-only AUROC against each proxy, which candidate each criterion picks (at the run's `blurred_tolerance`),
+and the candidate's real test mean AUROC over the run's OOD sets. The test column is a DIAGNOSTIC of the criterion (it looks at test data): nothing
 here chooses a default. With `--tolerances`, it also prints which candidate each `blurred_tolerance` would choose
 (the softened criterion's best among the candidates within it, `c2ir.detectors.c2ir.within_tolerance`) and that
 candidate's test mean AUROC / FPR95 (docs/BENCHMARKS.md section 20). Runs on the stages' cache (a missing artifact is
@@ -27,7 +27,7 @@ import numpy as np
 from fitted_setup import fitted_setup
 
 from c2ir.config import register_resolvers
-from c2ir.detectors.c2ir import CRITERION_REFERENCES, C2IR, GUARD_PROXY, select_variant, within_tolerance
+from c2ir.detectors.c2ir import CRITERION_REFERENCES, C2IR, GUARD_PROXY, select_within_tolerance
 from c2ir.metrics import auroc, fpr_at_tpr
 
 
@@ -62,15 +62,27 @@ def tolerance_picks(run: dict, tolerances: list[float | None]) -> dict[str, str]
     """Per `blurred_tolerance`, the candidate the softened criterion picks among those within it (the fit's rule,
     from the rows' own per-proxy AUROCs)."""
     rows = {(r["ipm"], r["combination"], r["weight"]): r for r in run["rows"].values()}
-    parts = {v: r["proxies_softened"] for v, r in rows.items()}
-    alone = {v[0]: r["proxies_softened"][GUARD_PROXY] for v, r in rows.items() if v[1:] == ("sum", 0.0)}
+    guard = {v: r["proxies_softened"][GUARD_PROXY] for v, r in rows.items()}
+    alone = {v[0]: g for v, g in guard.items() if v[1:] == ("sum", 0.0)}
     order = list(dict.fromkeys(v[0] for v in rows))
-    out = {}
-    for tol in tolerances:
-        keep = within_tolerance(parts, alone, tol)
-        out["none" if tol is None else f"{tol:g}"] = _name(*select_variant({v: rows[v]["criterion_softened"]
-                                                                              for v in keep}, order))
-    return out
+    if set(alone) != set(order):
+        raise SystemExit("proxy_criterion.py: --tolerances needs the weight-0 candidates (select_logit_weight=true)")
+    criteria = {v: r["criterion_softened"] for v, r in rows.items()}
+    return {"none" if tol is None else f"{tol:g}": _name(*select_within_tolerance(criteria, guard, alone, tol, order)[0])
+            for tol in tolerances}
+
+
+def _tolerance(text: str) -> float | None:
+    """One --tolerances value: a number >= 0, or none."""
+    if text.strip().lower() in ("none", "null"):
+        return None
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not value >= 0:
+        raise SystemExit(f"proxy_criterion.py: --tolerances value {text!r}; give numbers >= 0 or none, e.g. 0.5,1,2,none")
+    return value
 
 
 def _name(ipm: str, combination: str, weight: float) -> str:
@@ -120,8 +132,7 @@ def main(argv: list[str]) -> None:
     register_resolvers()
     run = measure(args.overrides)
     if args.tolerances:
-        run["tolerance_picks"] = tolerance_picks(run, [None if t == "none" else float(t)
-                                                       for t in args.tolerances.split(",")])
+        run["tolerance_picks"] = tolerance_picks(run, [_tolerance(t) for t in args.tolerances.split(",")])
     print(table(run))
     if args.json:
         with open(args.json, "w") as fh:

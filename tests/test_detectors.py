@@ -289,19 +289,63 @@ def test_c2ir_blurred_tolerance_limits_the_candidates():
     assert free.selection[(free.ipm_used, "sum", free.weight_used)] == max(free.selection.values())
     assert set(free.eligible) == set(free.selection)
     tight = build_detector("c2ir", {"type": "c2ir", "blurred_tolerance": 0.0}).fit(ctx)
-    assert tight.selection == free.selection and tight.guard == free.guard   # same evidence, other candidates
+    assert tight.selection == free.selection and tight.guard_auroc == free.guard_auroc   # same evidence, other candidates
     assert 0 < len(tight.eligible) < len(tight.selection)
     for ipm in ("mean_standardized", "mahalanobis"):
-        alone = tight.guard[(ipm, "sum", 0.0)]
+        alone = tight.guard_auroc[(ipm, "sum", 0.0)]
         assert {v for v in tight.selection if v[0] == ipm and v in tight.eligible} == \
-            {v for v in tight.selection if v[0] == ipm and tight.guard[v] >= alone}
+            {v for v in tight.selection if v[0] == ipm and tight.guard_auroc[v] >= alone}
     chosen = (tight.ipm_used, "sum", tight.weight_used)
     assert chosen in tight.eligible and tight.selection[chosen] == max(tight.selection[v] for v in tight.eligible)
     rows = tight.fit_summary()["criterion"]
-    assert tight.fit_summary()["blurred_tolerance"] == 0.0 and all(r["blurred"] is not None for r in rows)
+    assert tight.fit_summary()["blurred_tolerance"] == 0.0 and all(r["blurred_auroc"] is not None for r in rows)
     assert {(r["ipm"], r["combination"], r["logit_weight"]) for r in rows if r["eligible"]} == set(tight.eligible)
+    assert not tight.fell_back and tight.fit_summary()["tolerance_fell_back"] is False
     with pytest.raises(C2IRError, match="blurred_tolerance"):
         build_detector("c2ir", {"type": "c2ir", "blurred_tolerance": -1.0})
+
+
+def test_c2ir_tolerance_falls_back_to_every_candidate_and_says_so(caplog):
+    """A weight fixed above 0 that no IPM keeps within the tolerance: every candidate competes, with a warning and
+    `tolerance_fell_back` in the summary (the pure rule: select_within_tolerance)."""
+    from c2ir.detectors.c2ir import select_within_tolerance
+
+    crit, guard = {("a", "sum", 16.0): 60.0, ("b", "sum", 16.0): 70.0}, {("a", "sum", 16.0): 50.0, ("b", "sum", 16.0): 40.0}
+    assert select_within_tolerance(crit, guard, {"a": 99.0, "b": 99.0}, 2.0, ["a", "b"]) == \
+        (("b", "sum", 16.0), list(crit), True)
+    assert select_within_tolerance(crit, guard, {"a": 51.0, "b": 99.0}, 2.0, ["a", "b"]) == \
+        (("a", "sum", 16.0), [("a", "sum", 16.0)], False)
+    ctx = _tiny_fit_data()
+    with caplog.at_level("WARNING"):
+        det = build_detector("c2ir", {"type": "c2ir", "select_logit_weight": False, "logit_weight": 16.0,
+                                      "blurred_tolerance": 0.0}).fit(ctx)
+    assert det.fell_back and det.fit_summary()["tolerance_fell_back"] and set(det.eligible) == set(det.selection)
+    assert "chose among all of them" in caplog.text and det.weight_used == 16.0
+
+
+def test_c2ir_reference_shift_follows_the_logit_term():
+    """The threshold's shift: REFERENCE_SHIFT with a logit term of weight > 0, 0 for the deviations alone (no logit
+    term, or weight 0), the configured value otherwise; end to end it picks the threshold rule."""
+    from c2ir.detectors.c2ir import REFERENCE_SHIFT
+    from c2ir.threshold import data_free_threshold
+
+    def make(**params):
+        det = build_detector("c2ir", {"type": "c2ir", **params})
+        return det
+    assert make().reference_shift_used == REFERENCE_SHIFT == 1.4   # before fitting: the configured weight 1.0
+    assert make(logit_score="none").reference_shift_used == 0.0
+    assert make(select_logit_weight=False, logit_weight=0.0).reference_shift_used == 0.0
+    assert make(logit_score="none", reference_shift=0.7).reference_shift_used == 0.7
+    ctx = _tiny_fit_data()
+    no_data = lambda *_: None  # noqa: E731
+    shifted = make(select_ipm=False, select_logit_weight=False, logit_weight=2.0).fit(ctx)
+    plain = make(select_ipm=False, select_logit_weight=False, logit_weight=2.0, reference_shift=0.0).fit(ctx)
+    assert data_free_threshold(shifted, 0.95, no_data, None, no_data).rule == "pseudo_real_shifted"
+    assert data_free_threshold(plain, 0.95, no_data, None, no_data).rule == "pseudo_real_cross_fitted"
+    assert data_free_threshold(shifted, 0.95, no_data, None, no_data).value < \
+        data_free_threshold(plain, 0.95, no_data, None, no_data).value
+    with pytest.raises(C2IRError, match="reference_shift"):
+        make(reference_shift=-0.5)
 
 
 def test_c2ir_selects_the_combination_rule_and_max_round_trips():

@@ -220,11 +220,13 @@ def test_run_page_shows_what_the_logit_term_adds():
     assert "whose raw held-back impressions" in report_html.run_page(RunInputs(result=result)).render()
     assert "blurred_tolerance" not in html   # written before the limit existed: every candidate competed
     for c in crit:   # a fit with the limit: the candidates beyond it are marked and the limit is named
-        c.update(blurred=99.0 - 10 * c["logit_weight"], eligible=c["logit_weight"] == 0.0)
+        c.update(blurred_auroc=99.0 - 10 * c["logit_weight"], eligible=c["logit_weight"] == 0.0)
     result["c2ir_fit"]["c2ir"].update(logit_weight=0.0, blurred_tolerance=2.0)
     limited = report_html.run_page(RunInputs(result=result)).render()
     assert "<td>*81.0</td>" in limited and "<td>85.0 -</td>" in limited and "<td>84.0 -</td>" in limited
-    assert "more than 2 points (blurred_tolerance)" in limited
+    assert "more than 2 points (blurred_tolerance)" in limited and "so all of them competed" not in limited
+    result["c2ir_fit"]["c2ir"]["tolerance_fell_back"] = True
+    assert "so all of them competed" in report_html.run_page(RunInputs(result=result)).render()
     bare = report_html.run_page(RunInputs(result=fake_result(["c2ir", "energy", "knn", "maha"], rng)[0])).render()
     assert "Add both c2ir and c2ir_paper" in bare and "made before it was recorded" in bare
 

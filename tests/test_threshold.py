@@ -46,8 +46,11 @@ def test_shifted_level_moves_the_quantile_by_a_normal_location_shift():
     t = shifted_threshold(ref, 0.95, 1.4)
     assert float(np.mean(real <= t.value)) == pytest.approx(0.95, abs=0.002)
     assert t.rule == "pseudo_real_shifted" and t.tpr == 0.95 and t.level == pytest.approx(0.5968, abs=1e-4)
-    assert "59.7% of 200000" in t.describe() and "1.4 of the reference's standard deviations lower" in t.describe()
+    assert "59.7% of 200000" in t.describe() and "shift, 1.4 of their standard deviations, for a nominal 95%" in t.describe()
     assert Threshold.from_json(t.to_json()) == t
+    for bad in ({"level": 1.5}, {"shift": float("nan")}):
+        with pytest.raises(ValueError, match="level"):
+            Threshold.from_json({**t.to_json(), **bad})
     old = {k: v for k, v in quantile_threshold(ref, 0.95, "pseudo_real_cross_fitted").to_json().items()
            if k not in ("level", "shift")}   # saved before the shifted rule existed
     assert Threshold.from_json(old).level is None

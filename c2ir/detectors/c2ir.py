@@ -71,7 +71,7 @@ MIN_PER_CLASS = 4                # impressions per class the fold split needs (2
 
 __all__ = ["C2IR", "CLASS_WEIGHTINGS", "COMBINATIONS", "LOGIT_SCORES", "LOGIT_WEIGHT_GRID", "NORMALIZATIONS",
            "SELECTABLE_IPM", "GUARD_PROXY", "REFERENCE_SHIFT", "combine", "combine_max", "impression_scale", "logit_z", "posterior_weighted", "select_variant",
-           "select_weight", "within_tolerance"]
+           "select_weight", "select_within_tolerance", "within_tolerance"]
 
 
 def select_weight(criteria: dict[float, float]) -> float:
@@ -97,6 +97,17 @@ def within_tolerance(parts: dict[tuple, dict[str, float]], alone: dict[str, floa
     if tolerance is None:
         return list(parts)
     return [v for v, per in parts.items() if per[proxy] >= alone[v[0]] - tolerance]
+
+
+def select_within_tolerance(criteria: dict[tuple, float], guard: dict[tuple, float], alone: dict[str, float],
+                            tolerance: float | None, order: Iterable[str]) -> tuple[tuple, list[tuple], bool]:
+    """(choice, candidates that competed, fell_back): `select_variant` among the candidates `within_tolerance`
+    (their `guard` AUROC against GUARD_PROXY); when none is (a weight fixed above 0), among all, with
+    fell_back=True (pure)."""
+    eligible = within_tolerance({v: {GUARD_PROXY: g} for v, g in guard.items()}, alone, tolerance)
+    fell_back = not eligible
+    eligible = list(criteria) if fell_back else eligible
+    return select_variant({v: criteria[v] for v in eligible}, order), eligible, fell_back
 
 
 def posterior_weighted(dev_per_class: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
@@ -177,15 +188,19 @@ class C2IR(Detector):
             for pooled IPMs (a distribution IPM is used as given); they need the impression images and the
             model (the CLI and the API provide both; without them the configured values are used, with a
             warning). docs/BENCHMARKS.md sections 11, 15, 18.
-        blurred_tolerance: AUROC points (against the blurred proxy) by which a candidate may fall below its IPM's
-            deviations alone and still be chosen (module docstring; docs/BENCHMARKS.md section 20: 2 points, about
+        blurred_tolerance: AUROC points (against the blurred proxy) by which a candidate (any ipm, combination and
+            weight the fit chooses among, the IPM choice with a fixed weight included) may fall below its IPM's
+            deviations alone and still be chosen; when none is within it (a fixed weight), all compete and
+            `fit_summary()["tolerance_fell_back"]` says so (module docstring; docs/BENCHMARKS.md section 20: 2 points, about
             twice the standard error of an AUROC near 99 on 100 held-back impressions, chosen on the ResNet-20);
             null: no such limit (the rule before section 20).
         reference_shift: how many of the reference's standard deviations real ID inputs are taken to score below the
             softened held-back impressions when the data-free threshold is set (`c2ir.threshold`, rule
             `pseudo_real_shifted`); null: `REFERENCE_SHIFT` (1.4, measured for this detector with its logit term on
             the digits model and the ResNet-20; docs/BENCHMARKS.md section 20) with a logit term, 0 without one
-            (`c2ir_paper`: its shift varies too much between models for one value); 0: the plain quantile.
+            (`c2ir_paper`, or a fit that chose weight 0: the deviations' shift varies too much between models for one
+            value); 0: the plain quantile. It must be >= 0: real images score lower than the softened held-back
+            impressions for this score on every pair measured.
         criterion_reference: the ID side of the proxy criterion: `softened` held-back impressions (the threshold's
             reference, the default) or `raw` held-back impressions, which differ from the proxies by what the
             proxies change and not by the blur as well (docs/BENCHMARKS.md section 18: it removes that bias but
@@ -228,8 +243,9 @@ class C2IR(Detector):
         self.normalize, self.logit_score, self.logit_weight = str(normalize), str(logit_score), float(logit_weight)
         self.ipm_used, self.weight_used, self.combination_used = self.ipm, *self._configured_rule()
         self.selection: dict[tuple[str, str, float], float] = {}
-        self.guard: dict[tuple[str, str, float], float] = {}   # each candidate's AUROC against GUARD_PROXY
-        self.eligible: list[tuple[str, str, float]] = []      # the candidates within blurred_tolerance
+        self.guard_auroc: dict[tuple[str, str, float], float] = {}   # each candidate's AUROC against GUARD_PROXY
+        self.eligible: list[tuple[str, str, float]] = []            # the candidates that competed
+        self.fell_back = False   # no candidate was within blurred_tolerance, so all competed
         self.dev_imp: torch.Tensor | None = None   # the impressions' D(x), the scale of `max`
         self.reference: np.ndarray | None = None   # cross-fitted scores of softened held-back impressions
 
@@ -246,10 +262,12 @@ class C2IR(Detector):
 
     @property
     def reference_shift_used(self) -> float:
-        """The threshold's impressions-vs-real shift (`reference_shift`; null: by the logit term)."""
+        """The threshold's impressions-vs-real shift (`reference_shift`; null: REFERENCE_SHIFT when the score has a
+        logit term, 0 when it is the deviations alone: no logit term, or a weight of 0 chosen or configured, which
+        scores as `c2ir_paper` does, whose shift is not one value)."""
         if self.reference_shift is not None:
             return self.reference_shift
-        return 0.0 if self.logit_score == "none" else REFERENCE_SHIFT
+        return 0.0 if self.logit_score == "none" or self.weight_used == 0 else REFERENCE_SHIFT
 
     def _configured_rule(self) -> tuple[float, str]:
         """(weight, combination) when nothing is chosen: without a logit term there is nothing to weigh or to take
@@ -280,7 +298,7 @@ class C2IR(Detector):
             raise C2IRError("c2ir needs impression statistics: run collect-stats (or `c2ir run`) first")
         weights = data.layer_weights if data.layer_weights is not None else torch.ones(len(data.class_stats.layers))
         self.ipm_used, self.weight_used, self.combination_used = self.ipm, *self._configured_rule()
-        self.selection, self.reference, self.guard, self.eligible = {}, None, {}, []
+        self.selection, self.reference, self.guard_auroc, self.eligible, self.fell_back = {}, None, {}, [], False
         folds_ = self._fold_sets(data)
         if folds_ is not None:
             ipms, _ = self.candidates()
@@ -299,19 +317,18 @@ class C2IR(Detector):
         """Choose (ipm, combination, weight): the best mean criterion among the candidates `within_tolerance`."""
         parts = {v: self._proxy_aurocs(scored[v[0]], v[1], v[2], self._criterion_set) for v in self.variants()}
         self.selection = {v: float(np.mean(list(p.values()))) for v, p in parts.items()}
-        self.guard = {v: p[GUARD_PROXY] for v, p in parts.items()}
+        self.guard_auroc = {v: p[GUARD_PROXY] for v, p in parts.items()}
         alone = {i: self._proxy_aurocs(scored[i], "sum", 0.0, self._criterion_set)[GUARD_PROXY] for i in ipms}
-        self.eligible = within_tolerance(parts, alone, self.blurred_tolerance)
-        if not self.eligible:   # only when the weight is fixed above 0: no candidate keeps the deviations' view
-            log.warning("%s: no candidate keeps the blurred proxy within %g points of the deviations alone; choosing "
-                        "among all", self.name, self.blurred_tolerance)
-            self.eligible = list(parts)
-        self.ipm_used, self.combination_used, self.weight_used = select_variant(
-            {v: self.selection[v] for v in self.eligible}, ipms)
+        (self.ipm_used, self.combination_used, self.weight_used), self.eligible, self.fell_back = \
+            select_within_tolerance(self.selection, self.guard_auroc, alone, self.blurred_tolerance, ipms)
+        if self.fell_back:   # only when the weight is fixed above 0: no candidate keeps the deviations' view
+            log.warning("%s: no candidate keeps its AUROC against the blurred proxy within %g points of its IPM's "
+                        "deviations alone (blurred_tolerance); chose among all of them", self.name,
+                        self.blurred_tolerance)
         log.info("%s: ipm=%s, %s, %s weight x%g chosen on proxy outliers (criterion, blurred-proxy AUROC; "
                  "- = beyond blurred_tolerance: %s)", self.name, self.ipm_used, self.combination_used,
                  self.logit_score, self.weight_used,
-                 ", ".join(f"{i}/{c}/x{w:g}: {v:.1f}, {self.guard[i, c, w]:.1f}"
+                 ", ".join(f"{i}/{c}/x{w:g}: {v:.1f}, {self.guard_auroc[i, c, w]:.1f}"
                            f"{'' if (i, c, w) in self.eligible else ' -'}" for (i, c, w), v in self.selection.items()))
 
     def _fold_sets(self, data: FitData) -> list[dict] | None:
@@ -428,8 +445,9 @@ class C2IR(Detector):
                 "logit_weight": self.weight_used if self.logit_score != "none" else 0.0,
                 "combination": self.combination_used, "selected": bool(self.selection),
                 "criterion_reference": self.criterion_reference, "blurred_tolerance": self.blurred_tolerance,
+                "tolerance_fell_back": self.fell_back,
                 "criterion": [{"ipm": i, "combination": k, "logit_weight": w, "criterion": c,
-                               "blurred": self.guard.get((i, k, w)), "eligible": (i, k, w) in self.eligible}
+                               "blurred_auroc": self.guard_auroc.get((i, k, w)), "eligible": (i, k, w) in self.eligible}
                               for (i, k, w), c in self.selection.items()],
                 "reference": None if self.reference is None else len(self.reference)}
 

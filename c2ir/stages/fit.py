@@ -8,9 +8,8 @@ FITTED is the fitted detector with its threshold (`score/<key>`: `state.safetens
 `detector.json`). That pair is also the saved-detector format of the API (`save`/`load`), so
 a detector fitted by `c2ir score` loads with `c2ir.load_detector`, and one fitted by
 `c2ir.detector(...).fit()` is the same artifact made in memory. The threshold is set by the
-one rule of `c2ir.threshold` (`data_free_threshold`: softened held-back impressions for C2IR, at a shifted quantile
-for `c2ir`,
-softened impressions otherwise), or, without impressions, in-sample on the fit data.
+one rule of `c2ir.threshold` (`data_free_threshold`: softened held-back impressions for C2IR, for `c2ir` at a
+shifted quantile, softened impressions otherwise), or, without impressions, in-sample on the fit data.
 """
 
 from __future__ import annotations

@@ -5,9 +5,9 @@
 The detector is fitted exactly as `evaluate` fits it and cached as its own artifact
 (stages/fit.py: FITTED, `score/<key>`, in the saved-detector format that `c2ir.load_detector`
 reads). The threshold is data-free, set by `c2ir.threshold.data_free_threshold` (the rule
-`predict()` uses): the score that a share `score.tpr` of softened impressions stays below (for
-C2IR, impressions held back from the statistics); the summary line names the rule and the ID
-TPR to expect. Every readable image under DIR gets a row of `scores.csv` in the run directory
+`predict()` uses): the score that a share of softened impressions stays below (for C2IR,
+impressions held back from the statistics; `score.tpr`, or for `c2ir` the lower share where a real `score.tpr`
+is estimated to sit); the summary line names the rule and the ID TPR to expect. Every readable image under DIR gets a row of `scores.csv` in the run directory
 (relative path, predicted class, score, OOD decision); unreadable files are skipped, logged
 and listed in `skipped.txt`, and one summary line says how many images were flagged.
 """
@@ -97,7 +97,8 @@ def run(job: Job) -> dict:
         for p in skipped:
             log.warning("score: skipped unreadable file %s", escape_name(p))
     summary = {"input": str(root), "detector": req.name, "threshold": threshold, "tpr": req.tpr,
-               "threshold_rule": thr.rule, "expected_id_tpr": list(thr.expected), "scored": len(paths),
+               "threshold_rule": thr.rule, "expected_id_tpr": list(thr.expected), "threshold_level": thr.level,
+               "reference_shift": thr.shift, "scored": len(paths),
                "flagged_ood": int(ood.sum()), "skipped": skipped, "detector_artifact": str(fitted.artifact.path)}
     atomic_write_bytes(run_dir / "score_summary.json", (json.dumps(summary, indent=2) + "\n").encode())
     print(f"c2ir score: {int(ood.sum())} of {len(paths)} images flagged as OOD by {req.name} "
