@@ -89,6 +89,7 @@ def part1_own_model() -> None:
     print(f"C2IR AUROC digits vs uniform noise: {100 * roc_auc_score(labels, torch.cat([s_id, s_ood])):.1f}")
     print(f"data-free threshold {det.threshold:.3f}: flags {det.predict(x_test).float().mean():.1%} of test digits, "
           f"{det.predict(noise).float().mean():.1%} of noise")
+    print(det.threshold_info.describe())   # which rule set it, and what real ID TPR to expect
 
     with tempfile.TemporaryDirectory() as folder:
         det.save(folder)                                       # safetensors + JSON, no pickle
@@ -115,7 +116,7 @@ def part2_torchvision() -> None:
     model = torchvision.models.resnet18(num_classes=10).eval()   # random weights: no download
     mean, std = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
     det = c2ir.C2IR(model, num_classes=10, input_shape=(3, 32, 32), mean=mean, std=std,
-                    synth={"per_class": 2, "batch_size": 20, "iterations": 10}).fit()
+                    synth={"per_class": 4, "batch_size": 40, "iterations": 10}).fit()   # 4: the fold split's minimum
     x = torch.randn(8, 3, 32, 32)
     print(f"torchvision resnet18: layers {det.layers}, scores {det.score(x).numpy().round(2).tolist()}, "
           f"OOD {det.predict(x).tolist()}")

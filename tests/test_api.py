@@ -197,6 +197,19 @@ def test_unknown_detector_parameter_in_config_is_an_error():
         build_detector("c2ir", {"type": "c2ir", "normalise": "none"})
 
 
+def test_a_number_or_flag_of_the_wrong_type_names_the_parameter():
+    """A string or a bool where a number belongs, or a non-bool flag, is one line naming the parameter (float(True)
+    would otherwise run as 1.0, bool('no') as True); null where the detector allows it passes."""
+    for key, value, want in (("blurred_tolerance", "abc", "a number or null"), ("blurred_tolerance", True, "a number or null"),
+                             ("logit_weight", "2", "a number"), ("select_ipm", "no", "true or false")):
+        with pytest.raises(C2IRError, match=f"detector c2ir \\(c2ir\\): {key}=.* is not valid: it must be {want}; "
+                                            f"its default is"):
+            build_detector("c2ir", {"type": "c2ir", key: value})
+    assert build_detector("c2ir", {"type": "c2ir", "blurred_tolerance": None, "logit_weight": 2}).blurred_tolerance is None
+    with pytest.raises(C2IRError, match="temperature='hot' is not valid: it must be a number"):
+        build_detector("energy", {"type": "energy", "temperature": "hot"})
+
+
 def test_detector_yaml_only_overrides_the_typed_defaults():
     for name in c2ir.detector_names():
         cfg = detector_config(name)

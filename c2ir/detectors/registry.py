@@ -14,6 +14,7 @@ registered type.
 from __future__ import annotations
 
 import importlib
+import inspect
 import pkgutil
 from collections.abc import Callable, Mapping
 from functools import lru_cache
@@ -77,6 +78,21 @@ def detector_config(name: str) -> dict[str, Any]:
     return dict(cfg[name])
 
 
+def _type_problem(param: inspect.Parameter, value: Any) -> str:
+    """What a value of a number or flag parameter must be, if it is not that ("" when fine or not checked): a
+    string or a bool for a number (`float(True)` would pass silently), anything but a bool for a flag."""
+    ann = str(param.annotation).replace(" ", "")
+    kinds = set(ann.split("|"))
+    if value is None:   # null: each detector says what it means (or refuses it) itself
+        return ""
+    if kinds & {"float", "int"} and not kinds & {"str", "bool", "Any"}:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            return "a number" + (" or null" if "None" in kinds else "")
+    if kinds == {"bool"} and not isinstance(value, bool):
+        return "true or false"
+    return ""
+
+
 def build_detector(name: str, cfg: Mapping[str, Any], **extra: Any) -> Detector:
     """Instantiate detector `name` from its `detectors.<name>` config (`type` + parameter overrides).
 
@@ -96,6 +112,11 @@ def build_detector(name: str, cfg: Mapping[str, Any], **extra: Any) -> Detector:
         raise C2IRError(f"detector {name} ({kind}): unknown parameter(s) {', '.join(unknown)}; "
                         f"valid: {', '.join(valid) or 'none'}")
     params = {**{k: v for k, v in extra.items() if k in valid}, **params}  # the detector's own config wins
+    for key, value in params.items():
+        problem = _type_problem(valid[key], value)
+        if problem:
+            raise C2IRError(f"detector {name} ({kind}): {key}={value!r} is not valid: it must be {problem}; its default "
+                            f"is {valid[key].default!r} (CLI: ++detectors.{name}.{key}=...)")
     try:
         det = cls(name, **params)
     except (TypeError, ValueError) as exc:  # e.g. k='abc': int() of a string
