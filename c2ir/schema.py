@@ -186,7 +186,8 @@ class MetricsConfig:
 
 @dataclass
 class ScoreConfig:
-    """`c2ir score`: the folder, the detector, and the share of impressions its threshold keeps as ID."""
+    """`c2ir score`: the folder, the detector, and `tpr`, the share of ID inputs its data-free threshold aims to keep
+    (`c2ir.threshold`: for `c2ir`, a lower quantile of the softened held-back impressions)."""
 
     input: str | None = setting(None, example="path/to/images")
     detector: str = setting("c2ir", example="c2ir")

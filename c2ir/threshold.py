@@ -15,9 +15,10 @@ estimated to sit. Which reference, by rule:
   `C2IR.reference_shift_used` (1.4) standard deviations of the reference lower than the softened held-back
   impressions, so a real `tpr` sits at the reference's Phi(Phi^-1(tpr) - 1.4) quantile (0.597 at 95%). The 1.4 was
   read off real ID test images of the digits model and the CIFAR-10 ResNet-20 (the only pairs allowed to choose;
-  docs/BENCHMARKS.md section 20), and then held on the ResNet-32 and -44.
+  docs/BENCHMARKS.md section 20); the ResNet-32's and -44's ranges, printed by the same runs, contain it too, and on
+  other impressions (`synth=deepinversion`) 3 of 12 runs fell outside 92-98%.
 - `pseudo_real`: the softened impressions scored by the detector fitted on all impressions (also C2IR's, unshifted,
-  when it had fewer than 4 impressions per class to split into folds) (every
+  when it had fewer than 4 impressions per class to split into folds; every
   other detector: those that do not fit on impressions are scored out of sample anyway).
 - `impressions`: the impressions themselves (in-sample; the rule before issue 21, and the fallback
   when the impression images are not available).

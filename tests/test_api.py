@@ -208,6 +208,10 @@ def test_a_number_or_flag_of_the_wrong_type_names_the_parameter():
     assert build_detector("c2ir", {"type": "c2ir", "blurred_tolerance": None, "logit_weight": 2}).blurred_tolerance is None
     with pytest.raises(C2IRError, match="temperature='hot' is not valid: it must be a number"):
         build_detector("energy", {"type": "energy", "temperature": "hot"})
+    with pytest.raises(C2IRError, match="k=5.7 is not valid: it must be a whole number"):
+        build_detector("knn", {"type": "knn", "k": 5.7})
+    assert build_detector("knn", {"type": "knn", "k": np.int64(5)}).k == 5   # numpy scalars (np.arange sweeps) pass
+    assert build_detector("energy", {"type": "energy", "temperature": np.float32(2)}).temperature == 2.0
 
 
 def test_detector_yaml_only_overrides_the_typed_defaults():

@@ -15,11 +15,13 @@ from __future__ import annotations
 
 import importlib
 import inspect
+import numbers
 import pkgutil
 from collections.abc import Callable, Mapping
 from functools import lru_cache
 from typing import Any, TypeVar
 
+import numpy as np
 from omegaconf import OmegaConf
 
 from c2ir.config import config_dir
@@ -85,10 +87,13 @@ def _type_problem(param: inspect.Parameter, value: Any) -> str:
     kinds = set(ann.split("|"))
     if value is None:   # null: each detector says what it means (or refuses it) itself
         return ""
+    flag = isinstance(value, (bool, np.bool_))
     if kinds & {"float", "int"} and not kinds & {"str", "bool", "Any"}:
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
+        if flag or not isinstance(value, numbers.Real):   # numpy scalars are numbers too
             return "a number" + (" or null" if "None" in kinds else "")
-    if kinds == {"bool"} and not isinstance(value, bool):
+        if "float" not in kinds and not float(value).is_integer():   # int(5.7) would run as 5
+            return "a whole number"
+    if kinds == {"bool"} and not flag:
         return "true or false"
     return ""
 
