@@ -58,7 +58,7 @@ class SynthConfig:
     -32 among settings of at most a tenth of its cost, then checked once, without tuning, on the ResNet-20, -32
     and -44 before it was adopted: fewer impressions, each optimised longer.
     At today's C2IR (section 20's rules) its mean AUROC is within 0.3 of synth=deepinversion's on the digits model
-    and the ResNet-20 and 0.65-0.68 lower (FPR95 +2.7 to +3.4) on the ResNet-32 and -44, and above the former
+    and the ResNet-20 and 0.64-0.68 lower (FPR95 +2.7 to +3.4) on the ResNet-32 and -44, and above the former
     rule's deepinversion figures on all four (docs/BENCHMARKS.md sections 16, 19 and 20). With 10 classes it is one
     batch, which torchrun cannot split (`synth.batch_size=100` gives two, a different synthesis). `synth=paper` is
     DeepInversion's CIFAR setting, for GPUs.
