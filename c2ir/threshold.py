@@ -124,8 +124,9 @@ def binomial_interval(p: float, n: int, z: float = 1.96) -> tuple[float, float]:
     return max(0.0, centre - half), min(1.0, centre + half)
 
 
-def quantile_threshold(scores: np.ndarray, tpr: float, rule: str) -> Threshold:
-    """The score that a share `tpr` of `scores` (the rule's reference set) stays below (pure)."""
+def quantile_threshold(scores: np.ndarray, tpr: float, rule: str, shift: float = 0.0) -> Threshold:
+    """The score that a share `tpr` of `scores` (the rule's reference set) stays below, or with `shift` > 0 the
+    `shifted_level(tpr, shift)` share (pure)."""
     if rule not in RULES:
         raise C2IRError(f"unknown threshold rule {rule!r}; choose one of {', '.join(RULES)}")
     if not 0.0 < float(tpr) < 1.0:
@@ -136,7 +137,9 @@ def quantile_threshold(scores: np.ndarray, tpr: float, rule: str) -> Threshold:
         raise NotComputableError(f"the {RULES[rule]} ({problem})")
     if not len(s):
         raise C2IRError(f"no reference scores for the threshold (rule {rule}); refit the detector")
-    return Threshold(float(np.quantile(s, tpr)), rule, float(tpr), int(len(s)), binomial_interval(float(tpr), len(s)))
+    level = shifted_level(tpr, shift) if shift else None
+    return Threshold(float(np.quantile(s, tpr if level is None else level)), rule, float(tpr), int(len(s)),
+                     binomial_interval(float(tpr), len(s)), level, float(shift))
 
 
 def shifted_level(tpr: float, shift: float) -> float:
@@ -149,10 +152,7 @@ def shifted_level(tpr: float, shift: float) -> float:
 def shifted_threshold(scores: np.ndarray, tpr: float, shift: float) -> Threshold:
     """`pseudo_real_shifted`: the reference's `shifted_level(tpr, shift)` quantile; expected as `tpr` on as many
     inputs (if the shift holds)."""
-    base = quantile_threshold(scores, tpr, "pseudo_real_shifted")   # checks tpr and the scores
-    level = shifted_level(tpr, shift)
-    value = float(np.quantile(np.asarray(scores, dtype=np.float64).ravel(), level))
-    return Threshold(value, "pseudo_real_shifted", base.tpr, base.reference, base.expected, level, float(shift))
+    return quantile_threshold(scores, tpr, "pseudo_real_shifted", shift)
 
 
 def data_free_threshold(detector, tpr: float, score_pixels, images, in_sample) -> Threshold:
