@@ -175,6 +175,7 @@ def validate_overrides(overrides: list[str], compose_all: bool = True, multirun:
             with open_dict(with_hydra):   # the job's config has no `hydra` node (Hydra removes it): neither may this
                 del with_hydra["hydra"]
             validate(with_hydra, keep_cache_root=False)   # before Hydra: a later error must leave no folder
+            check_detectors(with_hydra)
             return
         for variant in variants:
             try:
@@ -184,6 +185,19 @@ def validate_overrides(overrides: list[str], compose_all: bool = True, multirun:
             except Exception as exc:  # noqa: BLE001 - ConfigCompositionException, OmegaConf errors alike
                 raise C2IRError(explain(exc)) from None
             validate(cfg, keep_cache_root=False)
+            check_detectors(cfg)
+
+
+def check_detectors(cfg: Any) -> None:
+    """Build every configured detector (constructors only, nothing computed) so that a bad detector parameter
+    (unknown, wrong type, out of range) is one line before Hydra makes a run folder, not after it. Last of the
+    checks: it imports torch, which the faster config checks above do not need."""
+    from c2ir.detectors import build_detector
+    from c2ir.graph import plain
+    from c2ir.stages.fit import ipm_overrides
+
+    for name in cfg.get("detectors") or {}:
+        build_detector(name, plain(cfg.detectors[name]), **ipm_overrides(cfg))
 
 
 def _log_to_files(message: str) -> None:

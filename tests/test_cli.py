@@ -307,6 +307,17 @@ def test_bad_paths_fail_before_hydra_and_detector_parameters_before_any_stage(tm
     assert not (tmp_path / "cache" / "train").exists(), "nothing is trained before the detector check"
 
 
+def test_a_bad_detector_parameter_stops_before_hydra_makes_a_folder(tmp_path):
+    """A wrong-typed or out-of-range detector parameter is one line before Hydra starts: no run or sweep folder,
+    no cache folder (it used to be raised inside the job, after Hydra had made the run folder)."""
+    cache = f"cache_root={tmp_path / 'cache'}"
+    _one_line_error(run_cli(["run", "++detectors.c2ir.logit_weight=abc", cache], cwd=tmp_path),
+                    "logit_weight='abc' is not valid", "++detectors.c2ir.logit_weight")
+    _one_line_error(run_cli(["run", "-m", "seed=0,1", "detectors=[energy]", "++detectors.energy.temperature=0", cache],
+                            cwd=tmp_path), "temperature")
+    assert not any(tmp_path.iterdir()), sorted(p.name for p in tmp_path.iterdir())
+
+
 def test_config_check_leaves_archive_download_and_unread_sets_to_their_source(tmp_path):
     from c2ir.errors import C2IRError
     from c2ir.validation import check_inputs
