@@ -10,8 +10,10 @@ Every function here is pure (no I/O but `check_writable_folder`), so it is teste
 from __future__ import annotations
 
 import hashlib
+import inspect
 import logging
 import math
+import numbers
 import operator
 import re
 from collections.abc import Mapping, Sequence
@@ -38,6 +40,24 @@ def check_limit(what: str, value: Any, rule: str, fix: str = "") -> None:
           and _OPS[op](value, float(bound)))
     if not ok:
         raise C2IRError(f"{what}={value!r} is not valid: it must be a number {rule}{f'; {fix}' if fix else ''}")
+
+
+def param_type_problem(param: inspect.Parameter, value: Any) -> str:
+    """What a value of a number or flag parameter must be, if it is not that ("" when fine or not checked): a
+    string or a bool for a number (`float(True)` would pass silently), anything but a bool for a flag."""
+    ann = str(param.annotation).replace(" ", "")
+    kinds = set(ann.split("|"))
+    if value is None:   # null: each detector says what it means (or refuses it) itself
+        return ""
+    flag = isinstance(value, (bool, np.bool_))
+    if kinds & {"float", "int"} and not kinds & {"str", "bool", "Any"}:
+        if flag or not isinstance(value, numbers.Real):   # numpy scalars are numbers too
+            return "a number" + (" or null" if "None" in kinds else "")
+        if "float" not in kinds and not float(value).is_integer():   # int(5.7) would run as 5
+            return "a whole number"
+    if kinds == {"bool"} and not flag:
+        return "true or false"
+    return ""
 
 
 def check_detector_params(det: Any) -> None:

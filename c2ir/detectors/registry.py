@@ -14,20 +14,17 @@ registered type.
 from __future__ import annotations
 
 import importlib
-import inspect
-import numbers
 import pkgutil
 from collections.abc import Callable, Mapping
 from functools import lru_cache
 from typing import Any, TypeVar
 
-import numpy as np
 from omegaconf import OmegaConf
 
 from c2ir.config import config_dir
 from c2ir.detectors.base import Detector
 from c2ir.errors import C2IRError
-from c2ir.inputs import check_detector_params
+from c2ir.inputs import check_detector_params, param_type_problem
 
 D = TypeVar("D", bound=type[Detector])
 _TYPES: dict[str, type[Detector]] = {}
@@ -80,24 +77,6 @@ def detector_config(name: str) -> dict[str, Any]:
     return dict(cfg[name])
 
 
-def _type_problem(param: inspect.Parameter, value: Any) -> str:
-    """What a value of a number or flag parameter must be, if it is not that ("" when fine or not checked): a
-    string or a bool for a number (`float(True)` would pass silently), anything but a bool for a flag."""
-    ann = str(param.annotation).replace(" ", "")
-    kinds = set(ann.split("|"))
-    if value is None:   # null: each detector says what it means (or refuses it) itself
-        return ""
-    flag = isinstance(value, (bool, np.bool_))
-    if kinds & {"float", "int"} and not kinds & {"str", "bool", "Any"}:
-        if flag or not isinstance(value, numbers.Real):   # numpy scalars are numbers too
-            return "a number" + (" or null" if "None" in kinds else "")
-        if "float" not in kinds and not float(value).is_integer():   # int(5.7) would run as 5
-            return "a whole number"
-    if kinds == {"bool"} and not flag:
-        return "true or false"
-    return ""
-
-
 def build_detector(name: str, cfg: Mapping[str, Any], **extra: Any) -> Detector:
     """Instantiate detector `name` from its `detectors.<name>` config (`type` + parameter overrides).
 
@@ -118,7 +97,7 @@ def build_detector(name: str, cfg: Mapping[str, Any], **extra: Any) -> Detector:
                         f"valid: {', '.join(valid) or 'none'}")
     params = {**{k: v for k, v in extra.items() if k in valid}, **params}  # the detector's own config wins
     for key, value in params.items():
-        problem = _type_problem(valid[key], value)
+        problem = param_type_problem(valid[key], value)
         if problem:
             raise C2IRError(f"detector {name} ({kind}): {key}={value!r} is not valid: it must be {problem}; its default "
                             f"is {valid[key].default!r} (CLI: ++detectors.{name}.{key}=...)")
