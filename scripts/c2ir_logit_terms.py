@@ -12,7 +12,8 @@ as C2IR does (`c2ir.detectors.c2ir.combine`):
 
 With spatial vectors in the feature pass (run it with `ipm=sliced_wasserstein`, which needs them), it also scores
 the spread of each input's own feature map (per channel, the log std over the 4 x 4 grid) against the impressions of
-its predicted class: the "per-input spatial statistics" direction of issue 21. Nothing here chooses a default.
+its predicted class (the "per-input spatial statistics" direction of issue 21), and the same statistic on the grid
+means for comparison. Nothing here chooses a default.
 
     python scripts/c2ir_logit_terms.py experiment=cifar10_resnet20_cpu seed=0 cache_root=CACHE [--json OUT]
     python scripts/c2ir_logit_terms.py experiment=cifar10_resnet20_cpu seed=0 cache_root=CACHE ipm=sliced_wasserstein
@@ -25,13 +26,16 @@ import json
 import logging
 import sys
 from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 import torch
 from fitted_setup import fitted_setup
 
 from c2ir.config import register_resolvers
+from c2ir.detectors import build_detector
 from c2ir.detectors.c2ir import C2IR
+from c2ir.graph import plain
 from c2ir.detectors.head import head_params
 from c2ir.detectors.logits import energy, maxlogit, msp
 from c2ir.detectors.nci import nci_score
@@ -41,7 +45,8 @@ WEIGHTS = (1, 2, 4, 8, 16)
 IPMS = ("mean_standardized", "mahalanobis")
 
 
-def per_set(scores: dict[str, torch.Tensor], id_name: str, oods: list[str]) -> dict[str, float]:
+def per_set(scores: dict[str, Any], id_name: str, oods: list[str]) -> dict[str, float]:
+    """Test AUROC (%) of every OOD set against the ID test set; scores are tensors or arrays."""
     return {o: 100 * auroc(np.asarray(scores[id_name]), np.asarray(scores[o])) for o in oods}
 
 
@@ -54,8 +59,9 @@ def terms(fit) -> dict[str, Callable]:
             "l1": lambda f: -f["penultimate"].double().abs().sum(1)}
 
 
-def spread_scores(fit, sets: dict) -> dict[str, torch.Tensor] | None:
-    """Sum over layers of the impressions-normalised mean squared z of each channel's log spatial std."""
+def spread_scores(fit, sets: dict, statistic: str = "log_std") -> dict[str, torch.Tensor] | None:
+    """Mean over layers of the impressions-normalised mean squared z of a per-channel statistic of the input's own
+    grid: `log_std` (its spatial spread) or `mean` (the grid mean, for comparison with the channel means)."""
     imp = fit.impressions
     layers = [k.removeprefix("spatial/") for k in imp.keys() if k.startswith("spatial/")]
     if not layers or any(f"spatial/{layers[0]}" not in b.keys() for b in sets.values()):
@@ -64,8 +70,9 @@ def spread_scores(fit, sets: dict) -> dict[str, torch.Tensor] | None:
     classes = int(labels.max()) + 1
     total = {n: torch.zeros(len(b["logits"]), dtype=torch.float64) for n, b in sets.items()}
     for layer in layers:
-        def log_std(b):
-            return b[f"spatial/{layer}"].float().std(dim=1).clamp_min(1e-6).log()
+        def log_std(b):   # the statistic (named for the spread it usually is)
+            grid = b[f"spatial/{layer}"].float()
+            return grid.std(dim=1).clamp_min(1e-6).log() if statistic == "log_std" else grid.mean(dim=1)
         f_imp = log_std(imp)
         mean = torch.stack([f_imp[labels == k].mean(0) for k in range(classes)])
         std = torch.stack([f_imp[labels == k].std(0) for k in range(classes)]).clamp_min(1e-6)
@@ -75,22 +82,24 @@ def spread_scores(fit, sets: dict) -> dict[str, torch.Tensor] | None:
             return (((log_std(b) - mean[pred]) / std[pred]) ** 2).mean(1).double()
         ref = dev(imp)
         for n, b in sets.items():
-            total[n] += (dev(b) - ref.mean()) / ref.std()
+            total[n] += (dev(b) - ref.mean()) / ref.std().clamp_min(1e-12)
     return {n: t / len(layers) for n, t in total.items()}
 
 
 def measure(overrides: list[str]) -> dict:
-    _, dets, fit, sets = fitted_setup(["detectors=[c2ir]", *overrides])
+    job, _, fit, sets = fitted_setup(["detectors=[c2ir]", *overrides])
     names = list(sets)
     id_name, oods = names[0], names[1:]
-    params = {**dets["c2ir"].params, "ipm": "mean_standardized"}
-    default = C2IR("c2ir", **params).fit(fit)
+    # the configured C2IR at the default IPM (not the built one's read-back flags: a non-pooled ipm= turns its
+    # selections off), so `default` is the default detector even in the ipm=sliced_wasserstein run
+    default = build_detector("c2ir", {**plain(job.cfg.detectors.c2ir), "ipm": "mean_standardized"}).fit(fit)
+    params = default.params
     out = {"chosen": [default.ipm_used, default.weight_used, default.combination_used],
            "default": per_set({n: default.score(sets[n]) for n in names}, id_name, oods)}
     zs = {}
     for t, fn in terms(fit).items():
         ref = fn(fit.impressions)
-        zs[t] = {n: (fn(sets[n]) - ref.mean()) / ref.std() for n in names}
+        zs[t] = {n: (fn(sets[n]) - ref.mean()) / ref.std().clamp_min(1e-12) for n in names}
         out[f"{t} alone"] = per_set(zs[t], id_name, oods)
     for ipm in IPMS:
         dev = C2IR("c2ir", **{**params, "logit_score": "none", "ipm": ipm, "select_ipm": False}).fit(fit)
@@ -99,12 +108,14 @@ def measure(overrides: list[str]) -> dict:
         for t, z in zs.items():
             for w in WEIGHTS:
                 out[f"{ipm} + {t} x{w}"] = per_set({n: d[n] + w * z[n] for n in names}, id_name, oods)
-    spread = spread_scores(fit, sets)
-    if spread is not None:
-        out["spread alone"] = per_set(spread, id_name, oods)
+    for statistic, label in (("log_std", "spread"), ("mean", "grid means")):
+        extra = spread_scores(fit, sets, statistic)
+        if extra is None:
+            break
+        out[f"{label} alone"] = per_set(extra, id_name, oods)
         for w in (0.5, 1, 2):
-            out[f"energy x4 + spread x{w}"] = per_set({n: 4 * zs["energy"][n] + w * spread[n] for n in names},
-                                                     id_name, oods)
+            out[f"energy x4 + {label} x{w}"] = per_set({n: 4 * zs["energy"][n] + w * extra[n] for n in names},
+                                                      id_name, oods)
     return out
 
 
