@@ -312,7 +312,8 @@ def test_a_bad_detector_parameter_stops_before_hydra_makes_a_folder(tmp_path):
     no cache folder (it used to be raised inside the job, after Hydra had made the run folder)."""
     cache = f"cache_root={tmp_path / 'cache'}"
     _one_line_error(run_cli(["run", "++detectors.c2ir.logit_weight=abc", cache], cwd=tmp_path),
-                    "logit_weight='abc' is not valid", "++detectors.c2ir.logit_weight")
+                    "detector c2ir: logit_weight='abc' is not valid", "++detectors.c2ir.logit_weight",
+                    "API: c2ir.detector('c2ir', model, logit_weight=...)")
     assert not any(tmp_path.iterdir()), sorted(p.name for p in tmp_path.iterdir())
     _one_line_error(run_cli(["run", "-m", "seed=0,1", "detectors=[energy]", "++detectors.energy.temperature=0", cache],
                             cwd=tmp_path), "temperature=0", "> 0")

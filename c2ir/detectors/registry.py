@@ -90,21 +90,23 @@ def build_detector(name: str, cfg: Mapping[str, Any], **extra: Any) -> Detector:
     if kind not in types:
         raise C2IRError(f"detector {name}: unknown type {kind!r}; choose one of {sorted(types)}")
     cls = types[kind]
+    who = name if name == kind else f"{name} ({kind})"   # "c2ir_paper (c2ir)", but not "c2ir (c2ir)"
     valid = cls.parameters()
     unknown = sorted(set(params) - set(valid))
     if unknown:
-        raise C2IRError(f"detector {name} ({kind}): unknown parameter(s) {', '.join(unknown)}; "
+        raise C2IRError(f"detector {who}: unknown parameter(s) {', '.join(unknown)}; "
                         f"valid: {', '.join(valid) or 'none'}")
     params = {**{k: v for k, v in extra.items() if k in valid}, **params}  # the detector's own config wins
     for key, value in params.items():
         problem = param_type_problem(valid[key], value)
         if problem:
-            raise C2IRError(f"detector {name} ({kind}): {key}={value!r} is not valid: it must be {problem}; its default "
-                            f"is {valid[key].default!r} (CLI: ++detectors.{name}.{key}=...)")
+            raise C2IRError(f"detector {who}: {key}={value!r} is not valid: it must be {problem}; its default "
+                            f"is {valid[key].default!r} (CLI: ++detectors.{name}.{key}=..., "
+                            f"API: c2ir.detector({name!r}, model, {key}=...))")
     try:
         det = cls(name, **params)
     except (TypeError, ValueError) as exc:  # e.g. k='abc': int() of a string
-        raise C2IRError(f"detector {name} ({kind}): a parameter has a value of the wrong type ({exc}); "
+        raise C2IRError(f"detector {who}: a parameter has a value of the wrong type ({exc}); "
                         f"valid parameters and defaults: {cls.defaults()}") from None
     check_detector_params(det)
     return det
