@@ -202,9 +202,11 @@ def test_a_number_or_flag_of_the_wrong_type_names_the_parameter():
     would otherwise run as 1.0, bool('no') as True); null where the detector allows it passes."""
     for key, value, want in (("blurred_tolerance", "abc", "a number or null"), ("blurred_tolerance", True, "a number or null"),
                              ("logit_weight", "2", "a number"), ("select_ipm", "no", "true or false")):
-        with pytest.raises(C2IRError, match=f"detector c2ir \\(c2ir\\): {key}=.* is not valid: it must be {want}; "
+        with pytest.raises(C2IRError, match=f"detector c2ir: {key}=.* is not valid: it must be {want}; "
                                             f"its default is"):
             build_detector("c2ir", {"type": "c2ir", key: value})
+    with pytest.raises(C2IRError, match=r"detector c2ir_paper \(c2ir\): logit_weight='2' .*API: c2ir.detector\('c2ir_paper'"):
+        build_detector("c2ir_paper", {"type": "c2ir", "logit_weight": "2"})   # a config name that is not its type
     assert build_detector("c2ir", {"type": "c2ir", "blurred_tolerance": None, "logit_weight": 2}).blurred_tolerance is None
     with pytest.raises(C2IRError, match="temperature='hot' is not valid: it must be a number"):
         build_detector("energy", {"type": "energy", "temperature": "hot"})
