@@ -192,21 +192,9 @@ def check_detectors(cfg: Any) -> None:
     """Build every configured detector (constructors only, nothing computed) so that a bad detector parameter
     (unknown, wrong type, out of range) is one line before Hydra makes a run folder, not after it. Last of the
     checks: it imports torch, which the faster config checks above do not need."""
-    from omegaconf.errors import OmegaConfBaseException
+    from c2ir.stages.fit import configured_detectors
 
-    from c2ir.detectors import build_detector
-    from c2ir.graph import plain
-    from c2ir.stages.fit import ipm_overrides
-    from c2ir.validation import explain
-
-    where = "ipm"
-    try:
-        extra = ipm_overrides(cfg)
-        for name in cfg.get("detectors") or {}:
-            where = f"detectors.{name}"
-            build_detector(name, plain(cfg.detectors[name]), **extra)
-    except OmegaConfBaseException as exc:   # e.g. ++detectors.energy.temperature='${oc.env:UNSET}'
-        raise C2IRError(f"{where}: {explain(exc)}") from None
+    configured_detectors(cfg)
 
 
 def _log_to_files(message: str) -> None:

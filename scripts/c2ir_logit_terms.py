@@ -70,16 +70,16 @@ def spread_scores(fit, sets: dict, statistic: str = "log_std") -> dict[str, torc
     classes = int(labels.max()) + 1
     total = {n: torch.zeros(len(b["logits"]), dtype=torch.float64) for n, b in sets.items()}
     for layer in layers:
-        def log_std(b):   # the statistic (named for the spread it usually is)
+        def stat(b):
             grid = b[f"spatial/{layer}"].float()
             return grid.std(dim=1).clamp_min(1e-6).log() if statistic == "log_std" else grid.mean(dim=1)
-        f_imp = log_std(imp)
+        f_imp = stat(imp)
         mean = torch.stack([f_imp[labels == k].mean(0) for k in range(classes)])
         std = torch.stack([f_imp[labels == k].std(0) for k in range(classes)]).clamp_min(1e-6)
 
         def dev(b):
             pred = b["logits"].argmax(1)
-            return (((log_std(b) - mean[pred]) / std[pred]) ** 2).mean(1).double()
+            return (((stat(b) - mean[pred]) / std[pred]) ** 2).mean(1).double()
         ref = dev(imp)
         for n, b in sets.items():
             total[n] += (dev(b) - ref.mean()) / ref.std().clamp_min(1e-12)

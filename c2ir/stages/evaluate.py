@@ -19,7 +19,7 @@ from omegaconf import OmegaConf
 
 from c2ir import report
 from c2ir.data import BatchStream
-from c2ir.detectors import Detector, build_detector
+from c2ir.detectors import Detector
 from c2ir.detectors.base import SPATIAL
 from c2ir.errors import C2IRError
 from c2ir.extraction import FeatureBundle
@@ -31,7 +31,7 @@ from c2ir.openood_export import write_openood_csvs
 from c2ir.report_html import split_scores
 from c2ir.stages.collect_stats import COLLECT_STATS
 from c2ir.stages.features import FEATURES, ID_TRAIN, Pass, dataset, set_name
-from c2ir.stages.fit import fit_data, fit_uses, ipm_overrides
+from c2ir.stages.fit import configured_detectors, fit_data, fit_uses
 from c2ir.stages.job import normalizer, num_workers
 from c2ir.stages.report_page import write_run_page
 from c2ir.stages.synthesize import SYNTHESIZE
@@ -47,11 +47,8 @@ EVAL_RULE = KeyRule(("detectors", "ipm", "ood.*.name", "metrics"))
 
 
 def build_detectors(job: Job, names: tuple[str, ...] | None = None) -> dict[str, Detector]:
-    """The configured detectors (fresh, unfitted); a misspelled parameter fails here, before any compute."""
-    cfg = job.cfg
-    if not cfg.get("detectors"):
-        raise C2IRError("no detectors selected (detectors=[]); pass at least one, e.g. detectors=[c2ir,energy,msp]")
-    return {n: build_detector(n, plain(cfg.detectors[n]), **ipm_overrides(cfg)) for n in (names or cfg.detectors)}
+    """The job's configured detectors (fresh, unfitted); a misspelled parameter fails here, before any compute."""
+    return configured_detectors(job.cfg, names)
 
 
 def datasets(job: Job) -> list[str]:

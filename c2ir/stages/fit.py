@@ -20,6 +20,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
+from omegaconf.errors import OmegaConfBaseException
 
 from c2ir import saved
 from c2ir.detectors import Detector, FitData, build_detector
@@ -34,6 +35,7 @@ from c2ir.stages.synthesize import SYNTHESIZE
 from c2ir.stages.train import MODEL, classifier, head
 from c2ir.stages.weight_layers import WEIGHT_LAYERS
 from c2ir.threshold import Threshold, data_free_threshold, quantile_threshold
+from c2ir.validation import explain
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +51,24 @@ def ipm_overrides(cfg: Any) -> dict[str, Any]:
     Only what the group sets is passed (null: unset): C2IR's typed constructor holds the defaults."""
     ipm = plain(cfg.get("ipm")) or {}
     return {IPM_PARAMETERS[k]: v for k, v in ipm.items() if k in IPM_PARAMETERS and v is not None}
+
+
+def configured_detectors(cfg: Any, names: tuple[str, ...] | None = None) -> dict[str, Detector]:
+    """The configured detectors (fresh, unfitted; constructors only) of a composed config: what a job fits, and what
+    the CLI builds before Hydra starts (`cli.check_detectors`), so a bad parameter is one line either way, an
+    unresolvable interpolation in a detector's values included."""
+    if not cfg.get("detectors"):
+        raise C2IRError("no detectors selected (detectors=[]); pass at least one, e.g. detectors=[c2ir,energy,msp]")
+    where = "ipm"
+    try:
+        extra = ipm_overrides(cfg)
+        dets = {}
+        for name in names or cfg.detectors:
+            where = f"detectors.{name}"
+            dets[name] = build_detector(name, plain(cfg.detectors[name]), **extra)
+        return dets
+    except OmegaConfBaseException as exc:   # e.g. ++detectors.energy.temperature='${oc.env:UNSET}'
+        raise C2IRError(f"{where}: {explain(exc)}") from None
 
 
 def wants_images(det: Detector) -> bool:
