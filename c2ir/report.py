@@ -138,14 +138,18 @@ def header(result: dict) -> str:
 
 
 def weights_line(result: dict) -> str:
+    """The MGI layer weights, then what each C2IR detector scored with. The job's configured `ipm=` is named only
+    when no detector reports its own (a fitted `c2ir` may have chosen another: saying both reads as a contradiction)."""
     w = result.get("layer_weights") or {}
     if not w:
         return ""
-    chosen = "".join(f"; {md(det)} uses ipm={f['ipm']}" + (f", {f['logit_score']} x{f['logit_weight']:g}" if f["logit_weight"] else "")
+    fits = result.get("c2ir_fit") or {}
+    chosen = "".join(f"; {md(det)}: ipm={f['ipm']}" + (f", {f['logit_score']} x{f['logit_weight']:g}" if f["logit_weight"] else "")
                      + (f", {f['combination']}" if f.get("combination", "sum") != "sum" else "")
-                     + (" (chosen on proxy outliers)" if f.get("selected") else "")
-                     for det, f in (result.get("c2ir_fit") or {}).items())
-    return (f"C2IR: ipm={result.get('ipm', {}).get('name')}, MGI weights ({w.get('method')}): "
+                     + (" (chosen on proxy outliers)" if f.get("selected") else " (configured)")
+                     for det, f in fits.items())
+    configured = "" if fits else f", ipm={result.get('ipm', {}).get('name')}"
+    return (f"C2IR layer weights (MGI, {w.get('method')}){configured}: "
             + ", ".join(f"{md(n)}={v:.3f}" for n, v in zip(w["layers"], w["weights"])) + chosen)
 
 

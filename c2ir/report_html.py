@@ -48,6 +48,7 @@ th,td{border:1px solid #ccc;padding:.25em .55em;text-align:right}th{background:#
 td.name,th.name{text-align:left}tr.group td{background:#e9eef6;font-weight:600;text-align:left}
 td.best{font-weight:700;background:#d9f2d9}
 .note{background:#fff6e0;border-left:4px solid #e0a800;padding:.4em .7em;margin:.6em 0}
+.explain{background:#eef4fb;border-left:4px solid #5b8fd6;padding:.4em .7em;margin:.6em 0}
 .meta{color:#555}pre{background:#f7f7f7;padding:.8em;overflow-x:auto;font-size:.8em;border:1px solid #ddd}
 img{max-width:100%;height:auto;display:block;margin:.4em 0 1em 0}
 .row{display:flex;flex-wrap:wrap;gap:0 2%;align-items:flex-start}.row img{max-width:48%}
@@ -275,6 +276,9 @@ def run_page(inp: RunInputs, directory: Path | None = None, histograms: "Histogr
     for metric in ("auroc", "fpr95", *[m for m in METRICS if m not in ("auroc", "fpr95")]):
         page.add(metric_table(res, metric))
     page.close_row()
+    below = below_chance_note(res)
+    if below:   # an explanation of the figures, not a missing input: its own style, not a note
+        page.text(below, "explain")
 
     page.section("logit-term", "What C2IR's logit term adds")
     _logit_term_section(page, res)
@@ -322,6 +326,24 @@ def run_page(inp: RunInputs, directory: Path | None = None, histograms: "Histogr
     else:
         page.note("Artifact keys not available.")
     return page
+
+
+BELOW_CHANCE = 40.0   # AUROC (%): clearly below a random ranking, not noise around 50
+
+
+def below_chance_note(result: dict, limit: int = 12) -> str:
+    """Why some AUROCs sit far below 50 (pure): those detectors rank the OOD set as *more* in-distribution than the
+    ID test set, because the model is more confident on it (typically on noise); "" when none does."""
+    pairs = sorted(((m["auroc"], d, o) for d, per in result.get("metrics", {}).items() for o, m in per.items()
+                    if m.get("auroc") is not None and m["auroc"] < BELOW_CHANCE), key=lambda t: (t[0], t[1], t[2]))
+    if not pairs:
+        return ""
+    named = ", ".join(f"{d} on {o} ({a:.1f})" for a, d, o in pairs[:limit])
+    more = f" and {len(pairs) - limit} more" if len(pairs) > limit else ""
+    return (f"Below chance (AUROC < {BELOW_CHANCE:g}): {named}{more}. These detectors score that OOD set as more "
+            "in-distribution than the ID test set: the model is more confident on those inputs than on real ID data "
+            "(over-confidence on noise is common). It is the model's behaviour, not a fault of the run; reversing the "
+            "score would need knowledge of the OOD set, which a data-free detector does not have.")
 
 
 def _logit_term_section(page: Page, res: dict) -> None:

@@ -45,6 +45,10 @@ def test_run_end_to_end(first_run, workdir):
         assert (run_dir / name).is_file(), name
     assert "| c2ir: C2IR + Energy (this project's default) | data-free |" in first_run.stdout
     assert "| c2ir_paper: C2IR (paper: feature deviations) | data-free |" in first_run.stdout
+    # logs go to stderr (configs/config.yaml hydra.job_logging): stdout is the table alone, `> table.md`-clean
+    log_line = re.compile(r"^\[\d{4}-\d\d-\d\d [\d:,]+\]\[")
+    assert not [ln for ln in first_run.stdout.splitlines() if log_line.match(ln)], first_run.stdout[:2000]
+    assert any(log_line.match(ln) for ln in first_run.stderr.splitlines()), first_run.stderr[:2000]
     page = (run_dir / "report.html").read_text()
     assert_self_contained(page)
     for name in [*res["metrics"], *res["ood_sets"], res["id_set"], *res["layer_weights"]["layers"]]:

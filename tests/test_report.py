@@ -55,12 +55,13 @@ def test_summary_table_cells_and_header_line():
     assert table[-1].startswith("| knn | full access |")
     assert report.header(_result()) == ("ID set: digits-test (540 images), ID accuracy: 97.50%; "
                                         "OOD sets: noise (100), shuffled (50)")
-    assert report.weights_line(_result()) == "C2IR: ipm=mean_standardized, MGI weights (grad_abs): a=0.250, b=0.750"
+    assert report.weights_line(_result()) == "C2IR layer weights (MGI, grad_abs), ipm=mean_standardized: a=0.250, b=0.750"
     assert report.weights_line({**_result(), "layer_weights": {}}) == ""
     fit = {"c2ir": {"ipm": "mahalanobis", "logit_score": "energy", "logit_weight": 8.0, "selected": True},
            "c2ir_paper": {"ipm": "mean_standardized", "logit_score": "none", "logit_weight": 0.0, "selected": False}}
-    assert report.weights_line({**_result(), "c2ir_fit": fit}).endswith(
-        "b=0.750; c2ir uses ipm=mahalanobis, energy x8 (chosen on proxy outliers); c2ir_paper uses ipm=mean_standardized")
+    assert report.weights_line({**_result(), "c2ir_fit": fit}) == (
+        "C2IR layer weights (MGI, grad_abs): a=0.250, b=0.750; c2ir: ipm=mahalanobis, energy x8 (chosen on proxy "
+        "outliers); c2ir_paper: ipm=mean_standardized (configured)")
 
 
 def test_write_reports_writes_md_csv_and_json(tmp_path):

@@ -274,3 +274,16 @@ def test_per_detector_histograms_are_cut_from_one_rendering(tmp_path, monkeypatc
     panel = Image.open(tmp_path / "hist_c2ir.png")
     assert 150 < panel.width < 700 and 100 < panel.height < 400  # one panel and the legend, not the whole figure
     assert len({(tmp_path / f"hist_{d}.png").read_bytes() for d in inp.result["metrics"]}) == 5
+
+
+def test_below_chance_aurocs_are_explained_on_the_page(tmp_path):
+    inp = fake_inputs(n_dets=4)
+    assert report_html.below_chance_note(inp.result) == ""   # fake scores sit at or above chance
+    inp.result["metrics"]["det00"]["noise_a"]["auroc"] = 9.7
+    inp.result["metrics"]["det01"]["shuffled_b"]["auroc"] = 39.9
+    note = report_html.below_chance_note(inp.result)
+    assert note.startswith("Below chance (AUROC < 40): det00 on noise_a (9.7), det01 on shuffled_b (39.9). ")
+    assert "more confident on those inputs" in note
+    assert "and 1 more" in report_html.below_chance_note(inp.result, limit=1)
+    page = write_run_report(tmp_path, inp).read_text()
+    assert "det00 on noise_a (9.7)" in page and 'class="explain"' in page and 'class="note"' not in page

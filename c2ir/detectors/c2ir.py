@@ -326,11 +326,15 @@ class C2IR(Detector):
             log.warning("%s: no candidate keeps its AUROC against the blurred proxy within %g points of its IPM's "
                         "deviations alone (blurred_tolerance); chose among all of them", self.name,
                         self.blurred_tolerance)
-        log.info("%s: ipm=%s, %s, %s weight x%g chosen on proxy outliers (criterion, blurred-proxy AUROC; "
-                 "- = beyond blurred_tolerance: %s)", self.name, self.ipm_used, self.combination_used,
-                 self.logit_score, self.weight_used,
-                 ", ".join(f"{i}/{c}/x{w:g}: {v:.1f}, {self.guard_auroc[i, c, w]:.1f}"
-                           f"{'' if (i, c, w) in self.eligible else ' -'}" for (i, c, w), v in self.selection.items()))
+        won = (self.ipm_used, self.combination_used, self.weight_used)
+        # one short line; every candidate's figures at DEBUG (and in results.json `c2ir_fit`, report.html)
+        log.info("%s: ipm=%s, %s, %s weight x%g chosen on proxy outliers (criterion %.1f, blurred-proxy AUROC %.1f; "
+                 "%d of %d candidates within blurred_tolerance; all in results.json c2ir_fit)", self.name, *won[:2],
+                 self.logit_score, self.weight_used, self.selection[won], self.guard_auroc[won], len(self.eligible),
+                 len(self.selection))
+        log.debug("%s: criterion, blurred-proxy AUROC per candidate (- = beyond blurred_tolerance): %s", self.name,
+                  ", ".join(f"{i}/{c}/x{w:g}: {v:.1f}, {self.guard_auroc[i, c, w]:.1f}"
+                            f"{'' if (i, c, w) in self.eligible else ' -'}" for (i, c, w), v in self.selection.items()))
 
     def _fold_sets(self, data: FitData) -> list[dict] | None:
         """Per fold: the fit half's statistics and features, the held-back half softened (pseudo-real ID) and, when
