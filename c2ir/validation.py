@@ -330,7 +330,7 @@ def check_inputs(cfg: DictConfig) -> None:
 
     A missing checkpoint or data folder is then reported in about a second, not after a minute of training
     or synthesis. Checked where a stage will read them: the checkpoint always; an ImageFolder ID set's
-    `data.root` for train/evaluate/run; folder OOD sets for evaluate/run; image lists in OpenOOD's layout
+    `data.root` (or one given in place of a shared archive) for train/evaluate/run; folder OOD sets for evaluate/run; image lists in OpenOOD's layout
     (`source: imglist`, `c2ir.imglist`: the list and every image it names) likewise; `score.input` for score. Sets that
     come from a shared archive, a download or torchvision are left to their source, and the stages check
     again where they open the files (the API does not come through here). With a cluster launcher this runs
@@ -347,8 +347,11 @@ def check_inputs(cfg: DictConfig) -> None:
         checkpoint_format_problem(_folder(ckpt))
     data = cfg.get("data") or {}
     root = data.get("root")
-    if stage in DATA_STAGES and data.get("source") == "imagefolder" and (root or not data.get("archive")) \
-            and not (root and _folder(root).is_dir()):
+    source = data.get("source")
+    # a folder the user names (also in place of a shared archive's extraction) is checked here; an unnamed shared
+    # or downloadable archive is left to its source
+    folder_set = (source == "imagefolder" and (root or not data.get("archive"))) or (source == "shared" and root)
+    if stage in DATA_STAGES and folder_set and not (root and _folder(root).is_dir()):
         layout = data.get("layout") or "<root>/<split>/<class>/*.jpg"
         if not root:
             raise C2IRError(f"{data.get('name', 'data')}: data.root is not set; set data.root=<folder> "

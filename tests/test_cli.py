@@ -305,6 +305,8 @@ def test_bad_paths_fail_before_hydra_and_detector_parameters_before_any_stage(tm
     _one_line_error(run_cli(["evaluate", "ood=[folder]", cache], cwd=tmp_path), "no folder given", "ood.folder.root=DIR")
     _one_line_error(run_cli(["train", "data=imagefolder", f"data.root={tmp_path / 'none'}", cache], cwd=tmp_path),
                     "folder not found", "data.root")
+    _one_line_error(run_cli(["train", "data=cifar10_jpeg", f"data.root={tmp_path / 'none'}", cache], cwd=tmp_path),
+                    "folder not found", "data.root")   # a folder named in place of the shared archive
     assert not (tmp_path / "outputs").exists(), "the checks run before Hydra makes a run folder"
     _one_line_error(run_cli(["run", "++detectors.c2ir.normalise=none", cache], cwd=tmp_path),
                     "unknown parameter(s) normalise")
