@@ -96,21 +96,24 @@ def test_every_config_field_is_in_a_key_or_runtime_only(tmp_path):
 
 
 KEYS_PRINT = ("import json, sys; sys.path.insert(0, 'tests'); from pathlib import Path; from test_cache import _keys; "
-              "print(json.dumps(_keys(Path(sys.argv[1]), sys.argv[2:])))")
+              "print(json.dumps([_keys(Path(sys.argv[1]), o) for o in json.loads(sys.argv[2])]))")
+KEY_OVERRIDES = ([], ["ood=[gaussian_noise,photo_patches]", "ipm=mean_l2"])
 
 
 def test_keys_are_stable_across_processes(tmp_path):
-    """Keys computed in two fresh interpreters (own hash seeds, own import order) equal this process's."""
+    """Keys computed in two fresh interpreters (own hash seeds, own import order) equal this process's (both
+    override sets in each interpreter: two process starts, not four)."""
     import json
     import os
     import subprocess
     import sys
 
-    for overrides in ([], ["ood=[gaussian_noise,photo_patches]", "ipm=mean_l2"]):
-        outs = [subprocess.run([sys.executable, "-c", KEYS_PRINT, str(tmp_path), *overrides], cwd=REPO, check=True,
-                               capture_output=True, text=True, env={**os.environ, "PYTHONHASHSEED": seed}).stdout
-                for seed in ("1", "2")]
-        assert json.loads(outs[0]) == json.loads(outs[1]) == _keys(tmp_path, overrides)
+    outs = [subprocess.run([sys.executable, "-c", KEYS_PRINT, str(tmp_path), json.dumps(KEY_OVERRIDES)], cwd=REPO,
+                           check=True, capture_output=True, text=True, env={**os.environ, "PYTHONHASHSEED": seed}).stdout
+            for seed in ("1", "2")]
+    here = [_keys(tmp_path, o) for o in KEY_OVERRIDES]
+    assert json.loads(outs[0]) == json.loads(outs[1]) == json.loads(json.dumps(here))
+    assert here[0] != here[1]   # the two override sets really key differently
 
 
 def _build(tag):
