@@ -368,7 +368,9 @@ def _logit_term_section(page: Page, res: dict) -> None:
         page.note("What the C2IR fits chose is not available (results.json made before it was recorded).")
     for det, fit in fits.items():
         combo = f", {fit['combination']}" if fit.get("combination", "sum") != "sum" else ""
-        chosen = f"ipm={fit['ipm']}{combo}, {fit['logit_score']} weight x{fit['logit_weight']:g}"
+        term = ("no logit term" if fit.get("logit_score") == "none"
+                else f"{fit['logit_score']} weight x{fit['logit_weight']:g}")
+        chosen = f"ipm={fit['ipm']}{combo}, {term}"
         if not fit.get("criterion"):
             page.text(f"{label(det)}: {chosen} (as configured: nothing to choose).")
             continue

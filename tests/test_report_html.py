@@ -214,7 +214,7 @@ def test_run_page_shows_what_the_logit_term_adds():
     assert f"<td>{diff:+.1f}</td>" in html and "AUROC: difference" in html
     assert "C2IR (paper: feature deviations)" in html and "C2IR + Energy (this project&#x27;s default)" in html
     assert "ipm=mahalanobis, energy weight x4" in html and "<td>*85.0</td>" in html   # the chosen cell is starred
-    assert "ipm=mean_standardized, none weight x0 (as configured" in html
+    assert "ipm=mean_standardized, no logit term (as configured" in html and "none weight" not in html
     assert "whose softened held-back impressions" in html
     result["c2ir_fit"]["c2ir"]["criterion_reference"] = "raw"   # the page names the criterion's ID side
     assert "whose raw held-back impressions" in report_html.run_page(RunInputs(result=result)).render()
