@@ -319,7 +319,8 @@ class C2IR(Detector):
         parts = {v: self._proxy_aurocs(scored[v[0]], v[1], v[2], self._criterion_set) for v in self.variants()}
         self.selection = {v: float(np.mean(list(p.values()))) for v, p in parts.items()}
         self.guard_auroc = {v: p[GUARD_PROXY] for v, p in parts.items()}
-        alone = {i: self._proxy_aurocs(scored[i], "sum", 0.0, self._criterion_set)[GUARD_PROXY] for i in ipms}
+        alone = {i: (parts[i, "sum", 0.0] if (i, "sum", 0.0) in parts   # weight 0 is usually a candidate already
+                     else self._proxy_aurocs(scored[i], "sum", 0.0, self._criterion_set))[GUARD_PROXY] for i in ipms}
         (self.ipm_used, self.combination_used, self.weight_used), self.eligible, self.fell_back = \
             select_within_tolerance(self.selection, self.guard_auroc, alone, self.blurred_tolerance, ipms)
         if self.fell_back:   # only when the weight is fixed above 0: no candidate keeps the deviations' view
