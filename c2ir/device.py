@@ -15,6 +15,13 @@ def resolve_device(name: str = "auto") -> torch.device:
         dev = torch.device(name)
     except RuntimeError as exc:
         raise C2IRError(f"device={name!r} is not a device name; use auto, cpu, cuda or cuda:N") from exc
+    if dev.type not in ("cpu", "cuda", "mps"):   # meta, xpu, ...: tensors without data, or no code path here
+        raise C2IRError(f"device={name!r} is not supported; use auto, cpu, cuda, cuda:N or (on Apple silicon) mps")
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise C2IRError(f"device={name!r} but CUDA is not available here; use device=cpu or device=auto")
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise C2IRError(f"device={name!r} but this machine has {torch.cuda.device_count()} CUDA device(s); "
+                        f"use cuda:0 to cuda:{torch.cuda.device_count() - 1} or device=auto")
+    if dev.type == "mps" and not torch.backends.mps.is_available():
+        raise C2IRError(f"device={name!r} but MPS (Apple silicon) is not available here; use device=cpu or device=auto")
     return dev

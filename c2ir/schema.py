@@ -47,6 +47,9 @@ def setting(default: Any = NO_DEFAULT, *, factory: Any = NO_DEFAULT, lo: float |
     return field(default=default, metadata=meta)
 
 
+SEED_MAX = 2**31 - 1   # every seed fits torch's, numpy's and the derived per-batch seeds' integer types
+
+
 # ----- synthesis and training ---------------------------------------------------------------------
 @dataclass
 class SynthConfig:
@@ -74,7 +77,7 @@ class SynthConfig:
     batch_size: int = setting(200, lo=1, example="200")
     iterations: int = setting(50, lo=1, example="300")   # full-size iterations per batch (after the warm-up)
     lr: float = setting(0.25, lo=0, lo_open=True, example="0.1")
-    betas: tuple[float, float] = setting((0.5, 0.9), lo=0, hi=1, length=2, example="[0.5,0.9]")
+    betas: tuple[float, float] = setting((0.5, 0.9), lo=0, hi=1, hi_open=True, length=2, example="[0.5,0.9]")  # 1: Adam divides by 1 - beta^t
     ce_weight: float = setting(1.0, lo=0, example="1.0")
     bn_weight: float = setting(10.0, lo=0, example="10.0")
     first_bn_multiplier: float = setting(10.0, lo=0, example="10.0")
@@ -83,7 +86,7 @@ class SynthConfig:
     l2_weight: float = setting(3e-8, lo=0, example="3e-8")
     jitter: int = setting(2, lo=0, example="2")
     flip: bool = True
-    seed: int = setting(0, lo=0, example="0")
+    seed: int = setting(0, lo=0, hi=SEED_MAX, example="0")
     lr_schedule: str = setting("cosine", choices=("cosine", "linear", "constant"), neutral="cosine")  # = synth_schedule.SCHEDULES
     # >0: DeepInversion's multi-resolution warm-up, this many iterations at half resolution first
     warmup_iterations: int = setting(0, lo=0, neutral=0, example="60")   # synth=multires; DeepInversion's ImageNet setting: 2000
@@ -107,7 +110,7 @@ class SynthSettings(SynthConfig):
 
     jitter: int = setting(II("data.jitter"), lo=0, example="2")
     flip: bool = II("data.flip_invariant")
-    seed: int = setting(II("seed"), lo=0, example="0")   # default: the run's seed (c2ir run -m seed=0,1,2)
+    seed: int = setting(II("seed"), lo=0, hi=SEED_MAX, example="0")   # default: the run's seed (c2ir run -m seed=0,1,2)
     autocast: str = setting("none", choices=("none", "bf16", "fp16"))
     channels_last: bool = False
     compile: bool = False
@@ -136,7 +139,7 @@ class IPMConfig:
     """`ipm=`: which IPM C2IR uses and its random constants (passed to C2IR's parameters)."""
 
     name: str = setting("mean_standardized", example="mean_standardized")
-    seed: int = setting(0, lo=0, example="0")
+    seed: int = setting(0, lo=0, hi=SEED_MAX, example="0")
     projections: int | None = setting(None, lo=1, neutral=None, example="64")  # sliced_wasserstein; null: C2IR's
 
 
@@ -349,7 +352,7 @@ class DataConfig:
     std: list[float] = setting(factory=list, lo=0, lo_open=True, example="[0.25,0.25,0.25]")
     flip_invariant: bool = True
     jitter: int = setting(2, lo=0, example="2")
-    seed: int = setting(0, lo=0, example="0")
+    seed: int = setting(0, lo=0, hi=SEED_MAX, example="0")
     train_split: str = "train"
     test_split: str = "test"
     max_train_samples: int | None = setting(None, lo=1, example="1000")
@@ -377,7 +380,7 @@ class OODConfig:
     resize: str = setting("resize", choices=RESIZE_MODES)
     kind: str = setting("gaussian", choices=("gaussian", "uniform"))
     max_samples: int | None = setting(None, lo=1, example="2000")
-    seed: int = setting(0, lo=0, example="0")
+    seed: int = setting(0, lo=0, hi=SEED_MAX, example="0")
 
 
 # ----- the root --------------------------------------------------------------------------------------
@@ -387,7 +390,7 @@ class C2IRConfig:
     ood, detectors; the others have their defaults here."""
 
     stage: str = "run"                  # set by `c2ir <stage>`
-    seed: int = setting(0, lo=0, example="0")
+    seed: int = setting(0, lo=0, hi=SEED_MAX, example="0")
     device: str = setting("auto", example="cpu")            # auto | cpu | cuda | cuda:N
     threads: int | None = setting(None, lo=1, example="4")  # torch CPU threads (null: torch's default)
     batch_size: int = setting(256, lo=1, example="256")     # forward-pass batch size (features, MGI, ODIN)

@@ -24,6 +24,7 @@ ONE_LINE = [
     ("synthesize", ["data.flip_invariant=maybe"], "data.flip_invariant='maybe'"),  # was reported as synth.flip
     ("evaluate", ["features.spatial_grid=1000"], "features.spatial_grid=1000 is finer"),
     ("train", ["hydra.run.dir=/proc/c2ir-no-such/run"], "hydra.run.dir=/proc/c2ir-no-such/run cannot be created"),
+    ("evaluate", ["device=meta"], "device='meta' is not supported"),          # was a traceback mid-compute
 ]
 
 
@@ -141,3 +142,18 @@ def test_a_training_subset_without_a_class_is_an_error():
 
     with pytest.raises(C2IRError, match=r"class\(es\) \[2\] have no training images"):
         check_every_class(torch.tensor([0, 1, 1, 3]), 4, "x-train")
+
+
+def test_unavailable_devices_are_refused_by_name(monkeypatch):
+    """mps where it is absent, a CUDA index beyond the machine's: one clear error (was a crash mid-compute, or exit 0
+    when every stage was cached)."""
+    from c2ir.device import resolve_device
+
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: False)
+    with pytest.raises(C2IRError, match="MPS .* is not available here"):
+        resolve_device("mps")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    with pytest.raises(C2IRError, match="has 1 CUDA device"):
+        resolve_device("cuda:3")
+    assert resolve_device("cpu") == torch.device("cpu")
