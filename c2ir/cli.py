@@ -15,7 +15,7 @@ import os
 import re
 import sys
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -52,23 +52,54 @@ def group_options(group: str) -> list[str]:
     return sorted(GlobalHydra.instance().config_loader().get_group_options(group))
 
 
+def list_groups() -> set[str]:
+    """The config groups whose value is a list of options (`detectors`, `ood`): those the primary config's defaults
+    list as lists; every other group takes one option."""
+    from omegaconf import OmegaConf
+
+    defaults = OmegaConf.load(config_dir() / "config.yaml").get("defaults", [])
+    return {k for d in defaults if isinstance(d, Mapping) for k, v in d.items() if isinstance(v, Sequence)
+            and not isinstance(v, str)}
+
+
 def check_group_choices(overrides: list[str]) -> None:
-    """Unknown config-group options get one line listing the valid ones (before Hydra composes)."""
+    """Unknown config-group options get one line listing the valid ones (before Hydra composes). The values are
+    read by Hydra's own override parser, so its sweep forms (`detectors=[msp],[energy]`, `choice(...)`) are read as
+    Hydra reads them; a list given to a group that takes one option is refused (Hydra would keep its last entry)."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.core.override_parser.types import ChoiceSweep
+
+    parser, lists = OverridesParser.create(), list_groups()
     for arg in overrides:
-        m = _GROUP_OVERRIDE.match(arg)
+        m = _GROUP_OVERRIDE.match(arg.lstrip("+"))
         options = group_options(m["group"]) if m else []
         if not options:
             continue
-        raw = m["value"].strip()
-        if raw in ("null", "[]") or "$" in raw or raw.startswith(("choice(", "range(", "glob(")):
+        try:
+            override = parser.parse_override(arg)
+        except Exception:   # noqa: BLE001 - unparsable: Hydra's own message, through `compose_problem`, names it
             continue
-        values = [v.strip() for v in raw.strip("[]").split(",") if v.strip()]
+        value, group = override.value(), m["group"]
+        if override.package or override.is_delete() or "$" in arg:
+            continue
+        if isinstance(value, ChoiceSweep):
+            values = list(override.sweep_iterator())
+        elif isinstance(value, (str, list)):
+            values = [value]
+        else:   # null, range(...), glob(...): Hydra reports what does not fit
+            continue
         for v in values:
-            if v not in options:
-                raise C2IRError(f"unknown {m['group']} {v!r}; choose from: {', '.join(options)}")
-        if raw.startswith("[") and len(set(values)) != len(values):
-            twice = sorted({v for v in values if values.count(v) > 1})
-            raise C2IRError(f"{m['group']}={raw} lists {', '.join(twice)} more than once; give each once")
+            if isinstance(v, list) and group not in lists:
+                shown = ",".join(str(x) for x in v)
+                raise C2IRError(f"{group}=[{shown}]: {group} takes one option, not a list; for one run per option "
+                                f"sweep it: c2ir <stage> -m {group}={shown}")
+            chosen = [str(x) for x in v] if isinstance(v, list) else [str(v)]
+            for c in chosen:
+                if c not in options:
+                    raise C2IRError(f"unknown {group} {c!r}; choose from: {', '.join(options)}")
+            if isinstance(v, list) and len(set(chosen)) != len(chosen):
+                twice = sorted({c for c in chosen if chosen.count(c) > 1})
+                raise C2IRError(f"{group}=[{','.join(chosen)}] lists {', '.join(twice)} more than once; give each once")
 
 
 # Hydra's command-line flags (hydra.cc/docs/advanced/hydra-command-line-flags): those that take a value,

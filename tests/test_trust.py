@@ -46,6 +46,9 @@ BAD_VALUES = [
     (["cache_root=/proc/c2ir-no-such/cache"], "cache_root=/proc/c2ir-no-such/cache"),
     (["train.epochs=0"], "train.epochs=0"),
     (["ood=[gaussian_noise,gaussian_noise]"], "gaussian_noise more than once"),
+    (["ipm=[mean_l2,mmd_rbf]"], "ipm takes one option, not a list"),   # Hydra kept the last entry silently
+    (["synth=[paper,default]"], "-m synth=paper,default"),
+    (["-m", "ood=[gaussian_noise],[nope]"], "unknown ood 'nope'"),     # Hydra's list-sweep form, read as Hydra reads it
     (["-m", "seed=0,-1"], "seed=-1"),  # every value of a sweep is checked before the first job
     (["detectors.c2ir.combination=max"], "++detectors.c2ir.combination="),   # a valid parameter missing its ++
     (["hydra.run.dir=/x_${nope}"], "hydra.run.dir"),   # an interpolation that cannot resolve
