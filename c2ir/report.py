@@ -153,6 +153,22 @@ def weights_line(result: dict) -> str:
             + ", ".join(f"{md(n)}={v:.3f}" for n, v in zip(w["layers"], w["weights"])) + chosen)
 
 
+FEW_SAMPLES = 20   # below this a set's 95% quantile (FPR95) is not defined by its data, and AUROC steps by >= 5%
+
+
+def few_samples_line(result: dict) -> str:
+    """Sets too small for their metrics to mean much, named with their sizes ("" when none is): a run on
+    `data.max_test_samples=1` otherwise prints AUROC 100.0 / FPR95 0.0 as if measured."""
+    counts = result.get("counts") or {}
+    small = [(s, counts[s]) for s in [result.get("id_set"), *result.get("ood_sets", [])]
+             if s in counts and isinstance(counts[s], int) and counts[s] < FEW_SAMPLES]
+    if not small:
+        return ""
+    return ("Warning: too few images for meaningful metrics: " + ", ".join(f"{md(s)} ({n})" for s, n in small)
+            + f"; AUROC and FPR95 need at least {FEW_SAMPLES} images per set (raise data.max_test_samples / "
+            "ood.<set>.max_samples, or give a larger folder).")
+
+
 def not_computable_line(result: dict) -> str:
     """Detectors whose scores held NaN/inf: named with the cause, never given a metric."""
     bad = result.get("not_computable") or {}
@@ -161,8 +177,8 @@ def not_computable_line(result: dict) -> str:
 
 
 def terminal_table(result: dict) -> str:
-    return "\n".join(line for line in [header(result), convention(result), summary_table(result), weights_line(result),
-                                        not_computable_line(result)] if line)
+    return "\n".join(line for line in [header(result), few_samples_line(result), convention(result), summary_table(result),
+                                        weights_line(result), not_computable_line(result)] if line)
 
 
 def csv_columns(result: dict) -> list[str]:
@@ -173,7 +189,9 @@ def csv_columns(result: dict) -> list[str]:
 def markdown(result: dict) -> str:
     long = rows(result)
     cols = [fpr_label(result) if k == "fpr95" else k for k in METRICS]
-    lines = ["# c2ir results", "", header(result), "", convention(result), "", "## Summary", "", summary_table(result),
+    few = few_samples_line(result)
+    lines = ["# c2ir results", "", header(result), "", *([few, ""] if few else []), convention(result), "", "## Summary",
+             "", summary_table(result),
              "", weights_line(result), "", *([not_computable_line(result), ""] if result.get("not_computable") else []),
              "## All metrics", "",
              "| detector | access | OOD set | " + " | ".join(cols) + " |", "|" + "---|" * (len(METRICS) + 3)]

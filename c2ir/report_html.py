@@ -27,8 +27,8 @@ from c2ir import plots
 from c2ir.cache import DamagedFile, atomic_write_bytes, discard_verified, read_verified_bytes, write_verified_bytes
 from c2ir.groups import column_sets, grouped_sets, mean_over
 from c2ir.names import safe_filename
-from c2ir.report import (METRICS, c2ir_rank, convention, fpr_label, fpr_positive, label, not_computable_line,
-                         ordered_detectors, sweep_convention)
+from c2ir.report import (METRICS, c2ir_rank, convention, few_samples_line, fpr_label, fpr_positive, label,
+                         not_computable_line, ordered_detectors, sweep_convention)
 
 log = logging.getLogger(__name__)
 
@@ -264,6 +264,8 @@ def run_page(inp: RunInputs, directory: Path | None = None, histograms: "Histogr
               "OOD sets: " + ", ".join(f"{o} ({counts.get(o, '?')})" for o in oods) + ".")
     if res.get("not_computable"):
         page.note(not_computable_line(res))
+    if few_samples_line(res):
+        page.note(few_samples_line(res))
     _summary_section(page, res)
     if inp.published:
         _published_section(page, res, inp.published)

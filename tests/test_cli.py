@@ -112,6 +112,22 @@ def test_multirun_and_report(first_run, workdir):
         assert name in page, name
 
 
+def test_a_page_that_cannot_be_written_fails_and_keeps_the_marker(first_run, workdir, tmp_path, monkeypatch):
+    """report.html not written (a full disk): one error, the tables complete, REPORTS_INCOMPLETE.txt kept (the run
+    used to end with "reports written" and exit 0)."""
+    from c2ir.errors import C2IRError
+    from c2ir.report import INCOMPLETE
+    from c2ir.stages import evaluate
+    from c2ir.stages.job import cli_job
+
+    monkeypatch.setattr(evaluate, "write_run_page", lambda *args, **kwargs: None)
+    cfg = make_cfg(tmp_path, [*TINY, f"cache_root={workdir / 'cache'}"])
+    with pytest.raises(C2IRError, match="report.html could not be written .* results.md, .csv and .json are complete"):
+        evaluate.run(cli_job(cfg))
+    out = tmp_path / "out"
+    assert (out / INCOMPLETE).is_file() and (out / "results.md").stat().st_size > 0
+
+
 def test_a_failing_plot_keeps_the_tables(first_run, workdir, tmp_path, monkeypatch, caplog):
     """In-process on first_run's cache (all hits): a plot that raises is a warning, the tables are written."""
     import logging

@@ -114,3 +114,11 @@ def test_reports_in_progress_marks_a_folder_until_its_reports_are_written(tmp_pa
     with pytest.raises(RuntimeError), reports_in_progress(tmp_path / "killed"):
         raise RuntimeError("a plot crashed")   # as a kill -9 would: the marker stays
     assert "Rerun the same command" in (tmp_path / "killed" / INCOMPLETE).read_text()
+
+
+def test_sets_too_small_for_their_metrics_are_named():
+    res = {"id_set": "digits-test", "ood_sets": ["noise", "folder"], "counts": {"digits-test": 1, "noise": 500, "folder": 3}}
+    line = report.few_samples_line(res)
+    assert line.startswith("Warning: too few images for meaningful metrics: digits-test (1), folder (3); ")
+    assert "at least 20 images" in line and "data.max_test_samples" in line
+    assert report.few_samples_line({**res, "counts": {"digits-test": 540, "noise": 500, "folder": 20}}) == ""

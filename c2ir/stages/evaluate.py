@@ -212,7 +212,13 @@ def run(job: Job) -> dict:
         if result["groups"]:
             write_openood_csvs(run_dir / "openood", result, split_scores(evaluation.artifact.tensors("scores.safetensors")))
         print(report.terminal_table(result))
-        if OmegaConf.select(cfg, "report.figures", default=True):
-            write_run_page(job, evaluation.artifact, run_dir)
+        if report.few_samples_line(result):
+            log.warning("%s", report.few_samples_line(result))
+        if OmegaConf.select(cfg, "report.figures", default=True) and write_run_page(job, evaluation.artifact,
+                                                                                    run_dir) is None:
+            # the marker stays: the folder must not look finished (a full disk used to end in "reports written")
+            raise C2IRError(f"report.html could not be written in {run_dir} (the warning above says why); results.md, "
+                            ".csv and .json are complete. Free disk space (or fix the cause) and rerun the same "
+                            "command: everything else is cached")
     log.info("reports written to %s", run_dir)
     return result
