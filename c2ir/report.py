@@ -241,19 +241,31 @@ def sweep_convention(positives: set[str]) -> tuple[str, str]:
             "each setting its own: compare FPR95 only within one convention. All metrics in %."), "FPR95 (ID+ or OOD+)"
 
 
+SEED_KEYS = ("seed=", "synth.seed=")
+
+
+def _fmt_spread(mean: float, std: float, runs: int) -> str:
+    return f"{mean:.2f} +- {std:.2f}" if runs > 1 else f"{mean:.2f} (one run)"
+
+
 def aggregate(multirun_dir: Path) -> tuple[str, list[dict[str, Any]]]:
-    """One table for a sweep: per (overrides without seed) x detector, mean +- std over seeds."""
+    """One table for a sweep: per (overrides without seed) x detector, mean +- std over its runs, with how many
+    distinct seeds those runs had (repeats of one seed are not a seed spread), and the sweep's jobs that left no
+    results.json (failed or killed) named."""
     import yaml  # PyYAML ships with omegaconf
 
-    groups: dict[tuple[str, str], dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
+    groups: dict[tuple[str, str], dict[str, list]] = defaultdict(lambda: defaultdict(list))
     found = sorted(multirun_dir.rglob("results.json"))
+    jobs = sorted(p.parent.parent for p in multirun_dir.rglob(".hydra/overrides.yaml"))
+    missing = [j for j in jobs if not (j / "results.json").is_file()]
     skipped, positives = 0, set()
     for path in found:
         try:  # one damaged run must not hide the others: skip it with a warning
             result = json.loads(path.read_text())
             ov_file = path.parent / ".hydra" / "overrides.yaml"
-            overrides = yaml.safe_load(ov_file.read_text()) if ov_file.is_file() else []
-            setting = " ".join(str(o) for o in overrides or [] if not str(o).startswith(("seed=", "synth.seed=")))
+            overrides = [str(o) for o in (yaml.safe_load(ov_file.read_text()) if ov_file.is_file() else []) or []]
+            setting = " ".join(o for o in overrides if not o.startswith(SEED_KEYS))
+            seed = " ".join(o for o in overrides if o.startswith(SEED_KEYS)) or "the configured seed"
             run_rows = rows(result)
             positives.add(fpr_positive(result))
         except Exception as exc:  # noqa: BLE001 - bad JSON, wrong shape, bad overrides.yaml alike
@@ -266,19 +278,29 @@ def aggregate(multirun_dir: Path) -> tuple[str, list[dict[str, Any]]]:
             g = groups[(setting or "(defaults)", r["detector"])]
             g["auroc"].append(r["auroc"])
             g["fpr95"].append(r["fpr95"])
+            g["seeds"].append(seed)
     table = []
     for (setting, det), m in groups.items():
-        table.append({"setting": setting, "detector": det, "runs": len(m["auroc"]),
+        table.append({"setting": setting, "detector": det, "runs": len(m["auroc"]), "seeds": len(set(m["seeds"])),
                       "auroc_mean": float(np.mean(m["auroc"])), "auroc_std": float(np.std(m["auroc"])),
                       "fpr95_mean": float(np.mean(m["fpr95"])), "fpr95_std": float(np.std(m["fpr95"]))})
     note = f" ({skipped} unreadable results.json skipped)" if skipped else ""
+    if missing:
+        for j in missing:
+            log.warning("report: %s has no results.json (the job failed or was killed); it is not in the table", j)
+        shown = ", ".join(j.name for j in missing[:10]) + (f" and {len(missing) - 10} more" if len(missing) > 10 else "")
+        note += f"; {len(missing)} of {len(jobs)} jobs left no results.json (failed or killed): {shown}"
+    repeats = any(r["runs"] > r["seeds"] for r in table)
     text, label = sweep_convention(positives)
-    lines = [f"Sweep {multirun_dir}: {len(found) - skipped} runs{note}. Mean over OOD sets; mean +- std over seeds.",
-             text, "",
-             f"| setting | detector | runs | AUROC | {label} |", "|---|---|---|---|---|"]
+    lines = [f"Sweep {multirun_dir}: {len(found) - skipped} runs{note}. Mean over OOD sets; mean +- std over the runs "
+             "of each setting (the seeds column: how many distinct seeds they had).", text, ""]
+    if repeats:
+        lines[-1:] = ["Note: some settings repeat a seed; their spread is run-to-run noise, not a spread over seeds.", ""]
+    lines += [f"| setting | detector | runs | seeds | AUROC | {label} |", "|---|---|---|---|---|---|"]
     for r in table:
-        lines.append(f"| {md(r['setting'])} | {md(r['detector'])} | {r['runs']} | {r['auroc_mean']:.2f} +- {r['auroc_std']:.2f} "
-                     f"| {r['fpr95_mean']:.2f} +- {r['fpr95_std']:.2f} |")
+        lines.append(f"| {md(r['setting'])} | {md(r['detector'])} | {r['runs']} | {r['seeds']} | "
+                     f"{_fmt_spread(r['auroc_mean'], r['auroc_std'], r['runs'])} | "
+                     f"{_fmt_spread(r['fpr95_mean'], r['fpr95_std'], r['runs'])} |")
     return "\n".join(lines), table
 
 

@@ -101,8 +101,22 @@ def test_aggregate_groups_by_setting_without_seed_and_averages_seeds(tmp_path, c
     assert c2ir["ipm=mean_l2"]["auroc_std"] == pytest.approx(5.0)
     assert c2ir["ipm=mean_l1"]["runs"] == 1 and c2ir["ipm=mean_l1"]["auroc_mean"] == pytest.approx(65.0)
     assert "3 runs (1 unreadable results.json skipped)" in text
-    assert "| ipm=mean_l2 | c2ir | 2 | 80.00 +- 5.00 | 30.00 +- 0.00 |" in text
-    assert "skipping" in caplog.text
+    assert "| ipm=mean_l2 | c2ir | 2 | 2 | 80.00 +- 5.00 | 30.00 +- 0.00 |" in text
+    assert "| ipm=mean_l1 | c2ir | 1 | 1 | 65.00 (one run) | 30.00 (one run) |" in text   # no "+- 0.00" for one run
+    assert "skipping" in caplog.text and "repeat a seed" not in text and "left no results.json" not in text
+
+
+def test_aggregate_says_when_runs_repeat_a_seed_and_names_jobs_without_results(tmp_path, caplog):
+    for i in range(2):   # `-m seed=0,0`: two runs, one seed
+        _write_run(tmp_path / str(i), _result(80.0 + i), ["seed=0"])
+    (tmp_path / "2" / ".hydra").mkdir(parents=True)   # a job that failed or was killed before its results
+    (tmp_path / "2" / ".hydra" / "overrides.yaml").write_text("- seed=1\n")
+    text, table = report.aggregate(tmp_path)
+    c2ir = next(r for r in table if r["detector"] == "c2ir")
+    assert c2ir["runs"] == 2 and c2ir["seeds"] == 1
+    assert "some settings repeat a seed; their spread is run-to-run noise, not a spread over seeds" in text
+    assert "1 of 3 jobs left no results.json (failed or killed): 2" in text
+    assert "has no results.json" in caplog.text
 
 
 def test_reports_in_progress_marks_a_folder_until_its_reports_are_written(tmp_path):
