@@ -157,3 +157,18 @@ def test_unavailable_devices_are_refused_by_name(monkeypatch):
     with pytest.raises(C2IRError, match="has 1 CUDA device"):
         resolve_device("cuda:3")
     assert resolve_device("cpu") == torch.device("cpu")
+
+
+def test_full_access_fit_data_missing_classes_is_a_warning(caplog):
+    """`evaluate.max_train_samples=1`: the full-access rows are numbers from one image; the log says so."""
+    import logging
+
+    from c2ir.stages.fit import warn_thin_fit_data
+
+    with caplog.at_level(logging.WARNING):
+        warn_thin_fit_data({"labels": torch.tensor([3])}, 10)
+    assert "fitted on 1 ID training image(s), 10 of 10 classes with fewer than 2" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        warn_thin_fit_data({"labels": torch.arange(10).repeat(2)}, 10)
+    assert caplog.text == ""

@@ -20,6 +20,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
+import torch
 from omegaconf.errors import OmegaConfBaseException
 
 from c2ir import saved
@@ -90,6 +91,23 @@ def fit_uses(job: Job, dets: list[Detector]) -> dict[str, Use]:
     return uses
 
 
+MIN_FIT_PER_CLASS = 2   # a class mean and a spread need at least two images
+
+
+def warn_thin_fit_data(id_train: Any, num_classes: int) -> None:
+    """A warning when the ID training images the full-access detectors fit on miss classes or hold fewer than
+    MIN_FIT_PER_CLASS of one (`evaluate.max_train_samples=1` gave numbers with no word of it)."""
+    labels = id_train.get("labels") if hasattr(id_train, "get") else None
+    if labels is None:
+        return
+    counts = torch.bincount(torch.as_tensor(labels).long().flatten(), minlength=num_classes)
+    thin = int((counts < MIN_FIT_PER_CLASS).sum())
+    if thin:
+        log.warning("full-access detectors are fitted on %d ID training image(s), %d of %d classes with fewer than %d: "
+                    "their rows are not meaningful; raise evaluate.max_train_samples (now it keeps %d)", int(counts.sum()),
+                    thin, num_classes, MIN_FIT_PER_CLASS, int(counts.sum()))
+
+
 def fit_data(step: Step) -> FitData:
     """FitData from a step's inputs (the roles of `fit_uses`); what the step does not read stays None."""
     job = step.job
@@ -105,6 +123,7 @@ def fit_data(step: Step) -> FitData:
         images = step.value("synthesize").images
     if step.has("features:id_train"):
         id_train = step.value("features:id_train")
+        warn_thin_fit_data(id_train, int(job.cfg.data.num_classes))
     return FitData(model=classifier(job), layers=layers, impressions=imp, id_train=id_train, class_stats=stats,
                    layer_weights=weights, head=head(job), impression_images=images, normalizer=normalizer(job),
                    batch_size=job.batch_size, device=job.device)
