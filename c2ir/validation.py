@@ -310,6 +310,23 @@ def check_spatial_grid(cfg: DictConfig) -> None:
                         f"choose at most {size} (e.g. features.spatial_grid=4)")
 
 
+def check_training(cfg: DictConfig) -> None:
+    """Training values that only mean something with others: fine-tuning needs weights to start from (without
+    them the model trained from scratch, silently), and the random crop's padding must be smaller than the image
+    (train.pad=100 on 8x8 digits trained on almost nothing but padding)."""
+    train, model = cfg.get("train"), cfg.get("model")
+    if not isinstance(train, DictConfig) or not isinstance(model, DictConfig):
+        return
+    published = model.get("arch") == "torchvision" and model.get("weights")
+    if train.get("finetune") and not model.get("checkpoint") and not published:
+        raise C2IRError("train.finetune=true needs weights to start from: set model.checkpoint=<file> (or use a "
+                        "torchvision model with model.weights); without them the model would train from scratch")
+    pad, size = train.get("pad"), OmegaConf.select(cfg, "data.image_size")
+    if isinstance(pad, int) and isinstance(size, int) and pad >= size:
+        raise C2IRError(f"train.pad={pad} is not smaller than the {size}x{size} input (data.image_size): the random "
+                        f"crops would be mostly padding; choose at most {max(size // 2, 1)} (null: {max(1, size // 8)})")
+
+
 # stages that read the ID test set and the OOD sets, and the one that scores a user's folder
 DATA_STAGES = ("train", "evaluate", "run")
 OOD_STAGES = ("evaluate", "run")
@@ -348,6 +365,9 @@ def check_inputs(cfg: DictConfig) -> None:
     needed = OmegaConf.select(cfg, "model.require_checkpoint")  # an experiment whose weights cannot be trained here
     if needed and not ckpt:
         raise C2IRError(f"this experiment needs model.checkpoint=<file>: {needed}")
+    if ckpt and _folder(ckpt).is_dir():
+        raise C2IRError(f"model.checkpoint={_folder(ckpt)} is a folder; set it to the weights file inside it "
+                        "(a torch.save .pt/.pth or a .safetensors file)")
     if ckpt and not _folder(ckpt).is_file():
         raise C2IRError(f"checkpoint not found: {_folder(ckpt)}; set model.checkpoint to an existing file")
     if ckpt:
@@ -424,6 +444,7 @@ def _validate(cfg: DictConfig, keep_cache_root: bool = True) -> DictConfig:
     ood_names(cfg)
     check_normalization(cfg)
     check_spatial_grid(cfg)
+    check_training(cfg)
     check_sizes(cfg)
     if not cfg.get("detectors"):
         raise C2IRError("no detectors selected (detectors=[]); pass at least one, e.g. detectors=[c2ir,energy,msp]")

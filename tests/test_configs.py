@@ -142,7 +142,11 @@ def test_every_detector_option_builds(tmp_path, option):
 def test_every_train_option_is_a_train_config(tmp_path, option):
     from c2ir.schema import TrainConfig
 
-    cfg = _validated(tmp_path, [f"train={option}"])
+    extra = []
+    if option == "finetune":   # fine-tuning needs weights to start from (validation.check_training)
+        torch.save({}, tmp_path / "start.pt")
+        extra = [f"model.checkpoint={tmp_path / 'start.pt'}"]
+    cfg = _validated(tmp_path, [f"train={option}", *extra])
     tc = TrainConfig(**OmegaConf.to_container(cfg.train, resolve=True))
     assert tc.crop_pad(32) == (4 if tc.pad is None else tc.pad)
 

@@ -31,7 +31,10 @@ BAD_VALUES = [
     (["synth.betas=[0.5]"], "synth.betas=[0.5]"),
     (["synth.betas=[1.0,0.9]"], "synth.betas[0]=1.0"),   # Adam divides by 1 - beta^t: was a ZeroDivisionError
     (["seed=99999999999999999999"], "seed=99999999999999999999"),
-    (["cache_root=/tmp/c2ir-ü"], "cache_root='...'"),   # Hydra's lexer error: now says to quote the value   # was torch's "Overflow when unpacking long long"
+    (["cache_root=/tmp/c2ir-ü"], "cache_root='...'"),   # Hydra's lexer error: now says to quote the value
+    (["train.finetune=true"], "train.finetune=true needs weights to start from"),   # trained from scratch silently
+    (["train.pad=100"], "train.pad=100 is not smaller than the 8x8 input"),
+    (["model.checkpoint=/tmp"], "model.checkpoint=/tmp is a folder"),   # was torch's "Overflow when unpacking long long"
     (["threads=-2"], "threads=-2"),
     (["batch_size=0"], "batch_size=0"),
     (["evaluate.max_train_samples=-1"], "evaluate.max_train_samples=-1"),
