@@ -39,7 +39,7 @@ log = logging.getLogger(__name__)
 
 # Fields no artifact depends on (how or where a run happens, not what it computes).
 RUNTIME_ONLY = ("stage", "device", "threads", "batch_size", "num_workers", "cache_root", "output_dir", "paths", "hydra",
-                "synth.autocast", "synth.channels_last", "synth.compile",
+                "synth.channels_last", "synth.compile",
                 # the checkpoint enters keys by its content hash
                 "model.checkpoint", "model.trust_checkpoint", "model.require_checkpoint",
                 # which layers a cached pass records beyond the configured ones: it enters the features key

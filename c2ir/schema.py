@@ -111,7 +111,9 @@ class SynthSettings(SynthConfig):
     jitter: int = setting(II("data.jitter"), lo=0, example="2")
     flip: bool = II("data.flip_invariant")
     seed: int = setting(II("seed"), lo=0, hi=SEED_MAX, example="0")   # default: the run's seed (c2ir run -m seed=0,1,2)
-    autocast: str = setting("none", choices=("none", "bf16", "fp16"))
+    # in the synthesis key except at "none" (lower precision changes the impressions on a GPU: a bf16 run must not
+    # be served an fp32 run's artifact, nor the reverse); channels_last and compile only change the speed
+    autocast: str = setting("none", choices=("none", "bf16", "fp16"), neutral="none")
     channels_last: bool = False
     compile: bool = False
 

@@ -327,6 +327,12 @@ def test_key_neutral_fields_stay_out_of_keys_at_their_neutral_value(tmp_path):
     assert key_fields(make_cfg(tmp_path, ["ipm=sliced_wasserstein"]), EVAL_RULE)["ipm.projections"] == 64
     wrn = make_cfg(tmp_path, ["data=cifar10", "model=wrn40_2"])
     assert wrn.model.drop_rate == 0.0 and "model.drop_rate" not in key_fields(wrn, TRAIN_RULE)
+    # synth.autocast: lower precision changes a GPU's impressions, so bf16 gets its own synthesis (was runtime-only)
+    assert "synth.autocast" not in key_fields(cfg, SYNTH_RULE)
+    from c2ir.stages.synthesize import SYNTHESIZE
+    bf16 = make_cfg(tmp_path, ["synth.autocast=bf16"])
+    assert key_fields(bf16, SYNTH_RULE)["synth.autocast"] == "bf16"
+    assert key_of(SYNTHESIZE, cli_job(bf16)) != key_of(SYNTHESIZE, cli_job(cfg))
 
 
 def test_ipm_keys_are_declared(tmp_path):
