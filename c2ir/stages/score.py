@@ -86,6 +86,10 @@ def run(job: Job) -> dict:
                         "parameters (e.g. a temperature or weight) or score with another score.detector") from None
     thr = fitted.value.threshold_info
     threshold = float(fitted.value.threshold)
+    size, channels = int(cfg.data.image_size), int(cfg.data.channels)
+    log.info("score: every image is converted to the model's input: %s, %dx%d px (score.resize=%s); images of "
+             "another size or colour mode are converted, not refused", "grayscale" if channels == 1 else
+             f"{channels} channels", size, size, cfg.score.resize)
     paths, pred, scores, skipped = score_folder(job, fitted.value.detector, root, files)
     ood = ~(scores <= threshold)  # a NaN score is never called in-distribution
     if problem := nonfinite_problem(scores):
