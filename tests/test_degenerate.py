@@ -166,9 +166,25 @@ def test_full_access_fit_data_missing_classes_is_a_warning(caplog):
     from c2ir.stages.fit import warn_thin_fit_data
 
     with caplog.at_level(logging.WARNING):
-        warn_thin_fit_data({"labels": torch.tensor([3])}, 10)
+        warn_thin_fit_data({"labels": torch.tensor([3])}, 10, setting=1)
     assert "fitted on 1 ID training image(s), 10 of 10 classes with fewer than 2" in caplog.text
+    assert "raise evaluate.max_train_samples (now 1)" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):   # not cut by the setting: the split itself is thin
+        warn_thin_fit_data({"labels": torch.tensor([0, 0, 1])}, None)
+    assert "1 of 2 classes" in caplog.text and "give the ID training split more images" in caplog.text
     caplog.clear()
     with caplog.at_level(logging.WARNING):
         warn_thin_fit_data({"labels": torch.arange(10).repeat(2)}, 10)
     assert caplog.text == ""
+
+
+def test_mahalanobis_on_one_fit_sample_warns_only_in_words(recwarn):
+    """One fit sample: no spread to z-score by; no torch UserWarning leaks (the log says what is wrong)."""
+    from c2ir.detectors import FitData, build_detector
+
+    det = build_detector("mahalanobis_multi_imp", {"type": "mahalanobis", "multi_layer": True, "fit_on": "impressions"})
+    feats = {"layer/a": torch.randn(1, 4), "penultimate": torch.randn(1, 3), "logits": torch.randn(1, 2),
+             "labels": torch.tensor([0])}
+    det.fit(FitData(impressions=feats))
+    assert not [w for w in recwarn if "degrees of freedom" in str(w.message)]

@@ -106,7 +106,7 @@ class Mahalanobis(Detector):
         self.scale = {}
         for key, (means, precision) in self.models.items():
             d = min_distance(src[key], means, precision)
-            spread = d.std() if len(d) > 1 else torch.zeros((), dtype=d.dtype)   # one fit sample: no spread (no torch warning)
+            spread = d.std() if len(d) > 1 else d.new_zeros(())   # one fit sample: no spread (and no torch warning)
             self.scale[key] = (d.mean(), spread.clamp(min=1e-12))
 
     def _score(self, feats):

@@ -31,7 +31,7 @@ from c2ir.openood_export import write_openood_csvs
 from c2ir.report_html import split_scores
 from c2ir.stages.collect_stats import COLLECT_STATS
 from c2ir.stages.features import FEATURES, ID_TRAIN, Pass, dataset, set_name
-from c2ir.stages.fit import configured_detectors, fit_data, fit_uses
+from c2ir.stages.fit import configured_detectors, fit_data, fit_uses, warn_thin_fit_data
 from c2ir.stages.job import normalizer, num_workers
 from c2ir.stages.report_page import write_run_page
 from c2ir.stages.synthesize import SYNTHESIZE
@@ -181,10 +181,13 @@ def available(job: Job) -> tuple[str, ...]:
     if full:
         resolve(MODEL, job)  # a model that cannot be had is an error of its own, not a reason to skip
         try:
-            resolve(FEATURES, job, ID_TRAIN)
+            train = resolve(FEATURES, job, ID_TRAIN).value
         except C2IRError as exc:
             log.warning("full-access detectors %s skipped: ID training data unavailable (%s)", full, exc)
             return tuple(n for n in dets if n not in full)
+        # on every run, cached or not: the rows stay as thin as their fit data
+        warn_thin_fit_data(train, OmegaConf.select(job.cfg, "data.num_classes"),
+                           OmegaConf.select(job.cfg, "evaluate.max_train_samples"))
     return tuple(dets)
 
 

@@ -94,18 +94,22 @@ def fit_uses(job: Job, dets: list[Detector]) -> dict[str, Use]:
 MIN_FIT_PER_CLASS = 2   # a class mean and a spread need at least two images
 
 
-def warn_thin_fit_data(id_train: Any, num_classes: int) -> None:
+def warn_thin_fit_data(id_train: Any, num_classes: int | None, setting: Any = None) -> None:
     """A warning when the ID training images the full-access detectors fit on miss classes or hold fewer than
-    MIN_FIT_PER_CLASS of one (`evaluate.max_train_samples=1` gave numbers with no word of it)."""
+    MIN_FIT_PER_CLASS of one (`evaluate.max_train_samples=1` gave numbers with no word of it). `setting`: the
+    configured `evaluate.max_train_samples`, named in the fix only when it is what cut the set."""
     labels = id_train.get("labels") if hasattr(id_train, "get") else None
-    if labels is None:
+    if labels is None or not len(labels):
         return
-    counts = torch.bincount(torch.as_tensor(labels).long().flatten(), minlength=num_classes)
+    labels = torch.as_tensor(labels).long().flatten()
+    k = int(num_classes) if isinstance(num_classes, int) else int(labels.max()) + 1
+    counts = torch.bincount(labels, minlength=k)
     thin = int((counts < MIN_FIT_PER_CLASS).sum())
     if thin:
+        fix = (f"raise evaluate.max_train_samples (now {setting})" if setting is not None
+               else "give the ID training split more images of every class")
         log.warning("full-access detectors are fitted on %d ID training image(s), %d of %d classes with fewer than %d: "
-                    "their rows are not meaningful; raise evaluate.max_train_samples (now it keeps %d)", int(counts.sum()),
-                    thin, num_classes, MIN_FIT_PER_CLASS, int(counts.sum()))
+                    "their rows are not meaningful; %s", int(counts.sum()), thin, k, MIN_FIT_PER_CLASS, fix)
 
 
 def fit_data(step: Step) -> FitData:
@@ -123,7 +127,6 @@ def fit_data(step: Step) -> FitData:
         images = step.value("synthesize").images
     if step.has("features:id_train"):
         id_train = step.value("features:id_train")
-        warn_thin_fit_data(id_train, int(job.cfg.data.num_classes))
     return FitData(model=classifier(job), layers=layers, impressions=imp, id_train=id_train, class_stats=stats,
                    layer_weights=weights, head=head(job), impression_images=images, normalizer=normalizer(job),
                    batch_size=job.batch_size, device=job.device)
