@@ -62,6 +62,23 @@ def list_groups() -> set[str]:
             and not isinstance(v, str)}
 
 
+def parse_override(parser: Any, arg: str) -> Any:
+    """One override through Hydra's parser; a grammar error is one line naming the override (Hydra's own first
+    line says only where in it the parser stopped)."""
+    try:
+        return parser.parse_override(arg)
+    except Exception as exc:  # noqa: BLE001 - Hydra's grammar errors
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        bad = re.search(r"token recognition error at: '(.*)'$", first)
+        key = arg.split("=", 1)[0].lstrip("+~") or "key"
+        if bad and bad[1][:1] in "'\"":
+            raise C2IRError(f"cannot parse {arg!r}: a quote is not closed; close it, e.g. \"{key}='...'\"") from None
+        if first.startswith("LexerNoViableAltException") or bad:   # a character outside the grammar
+            raise C2IRError(f"cannot parse {arg!r}: values with non-ASCII letters, spaces or other special characters "
+                            f"must be quoted for Hydra, e.g. \"{key}='...'\" (the double quotes for the shell)") from None
+        raise C2IRError(f"cannot parse {arg!r} ({first[:160]}); check its brackets, braces and quotes") from None
+
+
 def check_group_choices(overrides: list[str]) -> None:
     """Unknown config-group options get one line listing the valid ones (before Hydra composes). The values are
     read by Hydra's own override parser, so its sweep forms (`detectors=[msp],[energy]`, `choice(...)`) are read as
@@ -71,13 +88,10 @@ def check_group_choices(overrides: list[str]) -> None:
 
     parser, lists = OverridesParser.create(), list_groups()
     for arg in overrides:
+        override = parse_override(parser, arg)
         m = _GROUP_OVERRIDE.match(arg.lstrip("+"))
         options = group_options(m["group"]) if m else []
         if not options:
-            continue
-        try:
-            override = parser.parse_override(arg)
-        except Exception:   # noqa: BLE001 - unparsable: Hydra's own message, through `compose_problem`, names it
             continue
         value, group = override.value(), m["group"]
         if override.package or override.is_delete() or "$" in arg:
@@ -89,6 +103,10 @@ def check_group_choices(overrides: list[str]) -> None:
         else:   # null, range(...), glob(...): Hydra reports what does not fit
             continue
         for v in values:
+            if v is None or v == []:   # null deselects the group; [] is refused where it matters (validation)
+                continue
+            if isinstance(v, list) and len(v) == 1 and group not in lists:
+                v = v[0]   # ipm=[mean_l2] is ipm=mean_l2
             if isinstance(v, list) and group not in lists:
                 shown = ",".join(str(x) for x in v)
                 raise C2IRError(f"{group}=[{shown}]: {group} takes one option, not a list; for one run per option "
@@ -170,10 +188,8 @@ def validate_overrides(overrides: list[str], compose_all: bool = True, multirun:
 
     from c2ir.validation import explain, validate
 
-    try:
-        parsed = OverridesParser.create().parse_overrides(overrides)
-    except Exception as exc:  # noqa: BLE001 - Hydra's parse errors
-        raise C2IRError(explain(exc)) from None
+    parser = OverridesParser.create()
+    parsed = [parse_override(parser, o) for o in overrides]
     plain_args = [o.input_line for o in parsed if not o.is_sweep_override() and not o.key_or_group.startswith("hydra")]
     sweeps = [o for o in parsed if o.is_sweep_override()]
     variants: list[list[str]] = [plain_args]

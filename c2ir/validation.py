@@ -194,10 +194,9 @@ def explain(exc: BaseException) -> str:
         return (f"unknown config key {key}; check the spelling (c2ir <stage> --cfg job lists every key)"
                 f"{'' if '.' not in key else f', or add a new key on purpose with +{key}=...'}")
     first = text.splitlines()[0] if text else type(exc).__name__
-    m = re.match(r"(?:LexerNoViableAltException|mismatched input|no viable alternative|extraneous input)\b[^:]*:?\s*(.*)",
-                 first)
-    if m:   # Hydra's override grammar: a value with e.g. a non-ASCII letter or a space must be quoted
-        typed = m.group(1).strip() or "an override"
+    m = re.match(r"LexerNoViableAltException:\s*(.+)", first)
+    if m:   # Hydra's lexer names the override it could not read: a non-ASCII letter or a space must be quoted
+        typed = m.group(1).strip()
         key = typed.split("=", 1)[0] if "=" in typed else "key"
         return (f"cannot parse {typed!r}: values with non-ASCII letters, spaces or other special characters must be "
                 f"quoted for Hydra, e.g. \"{key}='...'\" (the double quotes for the shell)")
