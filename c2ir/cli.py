@@ -312,6 +312,10 @@ def report_main(args: list[str]) -> int:
         return fail(f"not a folder: {folder}; pass the multirun directory (e.g. outputs/multirun/<date>/<time>_<stage>)")
     text, table = aggregate(folder)
     if not table:
+        jobs = len(list(folder.rglob(".hydra/overrides.yaml")))
+        if jobs:   # the sweep ran, and none of its jobs left results (each failed, or was killed, or still runs)
+            return fail(f"none of the {jobs} jobs under {folder} left a readable results.json (failed, killed or still "
+                        "running; each job's run.log says why); rerun the sweep: finished stages are cached")
         return fail(f"no results.json found under {folder}; run `c2ir evaluate -m ...` or `c2ir run -m ...` first")
     print(text)
     (folder / "sweep_results.md").write_text(text + "\n")

@@ -14,7 +14,7 @@ def resolve_device(name: str = "auto") -> torch.device:
     try:
         dev = torch.device(name)
     except RuntimeError as exc:
-        raise C2IRError(f"device={name!r} is not a device name; use auto, cpu, cuda or cuda:N") from exc
+        raise C2IRError(f"device={name!r} is not a device name; use auto, cpu, cuda, cuda:N or (on Apple silicon) mps") from exc
     if dev.type not in ("cpu", "cuda", "mps"):   # meta, xpu, ...: tensors without data, or no code path here
         raise C2IRError(f"device={name!r} is not supported; use auto, cpu, cuda, cuda:N or (on Apple silicon) mps")
     if dev.type == "cuda" and not torch.cuda.is_available():

@@ -344,8 +344,9 @@ def below_chance_note(result: dict, limit: int = 12) -> str:
     more = f" and {len(pairs) - limit} more" if len(pairs) > limit else ""
     return (f"Below chance (AUROC < {BELOW_CHANCE:g}): {named}{more}. These detectors score that OOD set as more "
             "in-distribution than the ID test set: the model is more confident on those inputs than on real ID data "
-            "(over-confidence on noise is common). It is the model's behaviour, not a fault of the run; reversing the "
-            "score would need knowledge of the OOD set, which a data-free detector does not have.")
+            "(over-confidence on noise is common). Usually that is the model's behaviour, not a fault of the run (a "
+            "damaged model or setting can do it too: check the ID accuracy and any warning above); reversing the score "
+            "would need knowledge of the OOD set, which a data-free detector does not have.")
 
 
 def _logit_term_section(page: Page, res: dict) -> None:

@@ -323,7 +323,7 @@ def check_training(cfg: DictConfig) -> None:
     pad, size = train.get("pad"), OmegaConf.select(cfg, "data.image_size")
     if isinstance(pad, int) and isinstance(size, int) and pad >= size:
         raise C2IRError(f"train.pad={pad} is not smaller than the {size}x{size} input (data.image_size): the random "
-                        f"crops would be mostly padding; choose at most {max(size // 2, 1)} (null: {max(1, size // 8)})")
+                        f"crops would be mostly padding; choose less than {size} (null: {max(1, size // 8)} for this size)")
 
 
 # stages that read the ID test set and the OOD sets, and the one that scores a user's folder

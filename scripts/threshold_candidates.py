@@ -16,7 +16,7 @@ a nominal `--tpr` under:
 With `--blur-sweep` it also prints, per blur strength, the real ID TPR at the plain quantile and the
 DeepInversion BatchNorm-statistics distance of the blurred impressions (a data-free signal: sum over BatchNorm layers
 of ||batch mean - running mean|| + ||batch var - running var||). Every reference is computed from the impressions
-and the model before the real ID test set is read. Nothing here chooses a default. Runs on the stages' cache (a
+and the model without using the real ID test set (its features are loaded with the rest, and read only at the end). Nothing here chooses a default. Runs on the stages' cache (a
 missing artifact is computed).
 
     python scripts/threshold_candidates.py --seeds 0,1,2 cache_root=CACHE
@@ -135,7 +135,7 @@ def main(argv: list[str]) -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--tpr", type=float, default=0.95)
     parser.add_argument("--seeds", default="0", help="comma list: one run per seed (seed=<s>)")
-    parser.add_argument("--blur", type=float, default=0.75, help="the other softening, px at 32 x 32 (default 1)")
+    parser.add_argument("--blur", type=float, default=0.75, help="the other softening, px at 32 x 32 (the rule in use: 1)")
     parser.add_argument("--folds", type=int, default=10)
     parser.add_argument("--blur-sweep", action="store_true")
     parser.add_argument("overrides", nargs="*")

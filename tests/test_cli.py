@@ -271,6 +271,7 @@ def test_score_a_folder(first_run, workdir):
     assert len(summary) == 1 and "of 4 images flagged as OOD by c2ir" in summary[0] and "1 unreadable" in summary[0]
     assert "set by rule pseudo_real_shifted: 59.7% of 80 softened impressions held back" in summary[0]
     assert "expected ID TPR 88-98%" in summary[0]
+    assert "every image is converted to the model's input: grayscale, 8x8 px" in proc.stderr   # the RGB one included
     run_dir = sorted((workdir / "outputs" / "runs").glob("*/*_score*"), key=lambda p: p.stat().st_mtime)[-1]
     rows = list(csv.DictReader((run_dir / "scores.csv").open()))
     assert [r["path"] for r in rows] == ["img0.png", "img1.png", "img2.png", "sub/rgb.jpg"]

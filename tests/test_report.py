@@ -136,3 +136,13 @@ def test_sets_too_small_for_their_metrics_are_named():
     assert line.startswith("Warning: too few images for meaningful metrics: digits-test (1), folder (3); ")
     assert "at least 20 images" in line and "data.max_test_samples" in line
     assert report.few_samples_line({**res, "counts": {"digits-test": 540, "noise": 500, "folder": 20}}) == ""
+
+
+def test_report_of_a_sweep_whose_jobs_all_failed_says_so(tmp_path, capsys):
+    from c2ir import cli
+
+    for i in range(2):
+        (tmp_path / str(i) / ".hydra").mkdir(parents=True)
+        (tmp_path / str(i) / ".hydra" / "overrides.yaml").write_text(f"- seed={i}\n")
+    assert cli.report_main([str(tmp_path)]) == 2
+    assert "none of the 2 jobs under" in capsys.readouterr().err
