@@ -75,7 +75,7 @@ class SynthConfig:
 
     per_class: int = setting(20, lo=1, example="40")
     batch_size: int = setting(200, lo=1, example="200")
-    iterations: int = setting(50, lo=1, example="300")   # full-size iterations per batch (after the warm-up)
+    iterations: int = setting(50, lo=1, example="50")   # full-size iterations per batch (after the warm-up)
     lr: float = setting(0.25, lo=0, lo_open=True, example="0.1")
     betas: tuple[float, float] = setting((0.5, 0.9), lo=0, hi=1, hi_open=True, length=2, example="[0.5,0.9]")  # 1: Adam divides by 1 - beta^t
     ce_weight: float = setting(1.0, lo=0, example="1.0")
