@@ -69,6 +69,9 @@ def parse_override(parser: Any, arg: str) -> Any:
         return parser.parse_override(arg)
     except Exception as exc:  # noqa: BLE001 - Hydra's grammar errors
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        if "=" not in arg and not arg.startswith("~"):   # `score.input=/tmp/my dir`: the shell split the value at the space
+            raise C2IRError(f"cannot parse {arg!r}: an override is key=value; if a value holds a space the shell split it "
+                            "there: quote the whole override, e.g. \"score.input='/tmp/my dir'\"") from None
         bad = re.search(r"token recognition error at: '(.*)'$", first)
         key = arg.split("=", 1)[0].lstrip("+~") or "key"
         if bad and bad[1][:1] in "'\"":

@@ -34,6 +34,7 @@ BAD_VALUES = [
     (["cache_root=/tmp/c2ir-ü"], "cache_root='...'"),   # Hydra's lexer error: now says to quote the value
     (["ipm=[mean_l2,mmd_rbf"], "cannot parse 'ipm=[mean_l2,mmd_rbf' (no viable alternative"),   # names the override
     (["data.root='/tmp/x"], "a quote is not closed"),
+    (["cache_root=/tmp/my", "dir"], "the shell split it there: quote the whole override"),   # an unquoted space
     (["train.finetune=true"], "train.finetune=true needs weights to start from"),   # trained from scratch silently
     (["train.pad=100"], "train.pad=100 is not smaller than the 8x8 input"),
     (["model.checkpoint=/tmp"], "model.checkpoint=/tmp is a folder"),   # was torch's "Overflow when unpacking long long"
