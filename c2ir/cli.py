@@ -77,21 +77,24 @@ def parse_override(parser: Any, arg: str) -> Any:
         if bad and bad[1][:1] in "'\"":
             raise C2IRError(f"cannot parse {arg!r}: a quote is not closed; close it, e.g. \"{key}='...'\"") from None
         if first.startswith("LexerNoViableAltException") or bad:   # a character outside the grammar
-            raise C2IRError(f"cannot parse {arg!r}: values with non-ASCII letters, spaces or other special characters "
-                            f"must be quoted for Hydra, e.g. \"{key}='...'\" (the double quotes for the shell)") from None
+            from c2ir.validation import needs_quotes
+
+            raise C2IRError(needs_quotes(arg)) from None
         raise C2IRError(f"cannot parse {arg!r} ({first[:160]}); check its brackets, braces and quotes") from None
 
 
-def check_group_choices(overrides: list[str]) -> None:
+def check_group_choices(overrides: list[str], parsed: list[Any] | None = None) -> None:
     """Unknown config-group options get one line listing the valid ones (before Hydra composes). The values are
     read by Hydra's own override parser, so its sweep forms (`detectors=[msp],[energy]`, `choice(...)`) are read as
     Hydra reads them; a list given to a group that takes one option is refused (Hydra would keep its last entry)."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
     from hydra.core.override_parser.types import ChoiceSweep
 
-    parser, lists = OverridesParser.create(), list_groups()
-    for arg in overrides:
-        override = parse_override(parser, arg)
+    if parsed is None:
+        parser = OverridesParser.create()
+        parsed = [parse_override(parser, o) for o in overrides]
+    lists = list_groups()
+    for arg, override in zip(overrides, parsed):
         m = _GROUP_OVERRIDE.match(arg.lstrip("+"))
         options = group_options(m["group"]) if m else []
         if not options:
@@ -204,7 +207,7 @@ def validate_overrides(overrides: list[str], compose_all: bool = True, multirun:
         others = [f"{o.get_key_element()}={next(iter(o.sweep_string_iterator()))}" for o in sweeps if o is not sw]
         variants += [[*plain_args, *others, f"{key}={v}"] for v in values]
     with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
-        check_group_choices(overrides)
+        check_group_choices(overrides, parsed)
         if not compose_all:
             return
         # the run or sweep folder Hydra will create (hydra.* keys need the Hydra config); without sweeps that

@@ -196,10 +196,7 @@ def explain(exc: BaseException) -> str:
     first = text.splitlines()[0] if text else type(exc).__name__
     m = re.match(r"LexerNoViableAltException:\s*(.+)", first)
     if m:   # Hydra's lexer names the override it could not read: a non-ASCII letter or a space must be quoted
-        typed = m.group(1).strip()
-        key = typed.split("=", 1)[0] if "=" in typed else "key"
-        return (f"cannot parse {typed!r}: values with non-ASCII letters, spaces or other special characters must be "
-                f"quoted for Hydra, e.g. \"{key}='...'\" (the double quotes for the shell)")
+        return needs_quotes(m.group(1).strip())
     return f"{first.rstrip('.')} (c2ir <stage> --cfg job shows the composed config)"
 
 
@@ -307,6 +304,13 @@ def check_spatial_grid(cfg: DictConfig) -> None:
     if isinstance(grid, int) and isinstance(size, int) and grid > size:
         raise C2IRError(f"features.spatial_grid={grid} is finer than the {size}x{size} input (data.image_size); "
                         f"choose at most {size} (e.g. features.spatial_grid=4)")
+
+
+def needs_quotes(typed: str) -> str:
+    """The one line for an override Hydra's grammar cannot read because of a character in its value."""
+    key = typed.split("=", 1)[0].lstrip("+~") if "=" in typed else "key"
+    return (f"cannot parse {typed!r}: values with non-ASCII letters, spaces or other special characters must be "
+            f"quoted for Hydra, e.g. \"{key}='...'\" (the double quotes for the shell)")
 
 
 def check_training(cfg: DictConfig) -> None:

@@ -215,8 +215,8 @@ def run(job: Job) -> dict:
         if result["groups"]:
             write_openood_csvs(run_dir / "openood", result, split_scores(evaluation.artifact.tensors("scores.safetensors")))
         print(report.terminal_table(result))
-        if report.few_samples_line(result):
-            log.warning("%s", report.few_samples_line(result))
+        if few := report.few_samples_line(result):
+            log.warning("%s", few)
         if OmegaConf.select(cfg, "report.figures", default=True) and write_run_page(job, evaluation.artifact,
                                                                                     run_dir) is None:
             # the marker stays: the folder must not look finished (a full disk used to end in "reports written")
