@@ -25,6 +25,7 @@ from c2ir.cache import discard_verified, load_verified, save_verified
 from c2ir.data.imageset import ImageSet, Normalizer
 from c2ir.errors import C2IRError
 from c2ir.schema import TrainConfig
+from c2ir.sgd import NesterovSGD
 from c2ir.extraction import batches
 
 log = logging.getLogger(__name__)
@@ -64,7 +65,7 @@ def evaluate_accuracy(model: nn.Module, normalizer: Normalizer, data: ImageSet, 
     return correct / max(len(data), 1)
 
 
-def _opt_state(opt: torch.optim.Optimizer) -> dict[str, torch.Tensor]:
+def _opt_state(opt: torch.optim.Optimizer | NesterovSGD) -> dict[str, torch.Tensor]:
     out = {}
     for i, st in opt.state_dict()["state"].items():
         if st.get("momentum_buffer") is not None:
@@ -72,7 +73,7 @@ def _opt_state(opt: torch.optim.Optimizer) -> dict[str, torch.Tensor]:
     return out
 
 
-def _load_opt_state(opt: torch.optim.Optimizer, tensors: dict[str, torch.Tensor]) -> None:
+def _load_opt_state(opt: torch.optim.Optimizer | NesterovSGD, tensors: dict[str, torch.Tensor]) -> None:
     sd = opt.state_dict()
     for k, v in tensors.items():
         if k.startswith("opt/"):
@@ -80,7 +81,12 @@ def _load_opt_state(opt: torch.optim.Optimizer, tensors: dict[str, torch.Tensor]
     opt.load_state_dict(sd)
 
 
-def _optimizer(model: nn.Module, tc: TrainConfig) -> torch.optim.Optimizer:
+def _optimizer(model: nn.Module, tc: TrainConfig, device: torch.device | str = "cpu") -> torch.optim.Optimizer | NesterovSGD:
+    """SGD, Nesterov momentum 0.9. On CPU `c2ir.sgd.NesterovSGD` (torch's single-tensor update bit for bit,
+    without the ~2 s `torch._dynamo` import of `torch.optim`); elsewhere `torch.optim.SGD`, whose default
+    multi-tensor kernels an accelerator needs and whose import is small beside a GPU's start-up."""
+    if torch.device(device).type == "cpu":
+        return NesterovSGD(model.parameters(), lr=float(tc.lr), momentum=0.9, weight_decay=float(tc.weight_decay))
     return torch.optim.SGD(model.parameters(), lr=float(tc.lr), momentum=0.9, nesterov=True,
                            weight_decay=float(tc.weight_decay))
 
@@ -95,7 +101,7 @@ def train_classifier(model: nn.Module, train: ImageSet, test: ImageSet, normaliz
     epochs, bs = int(tc.epochs), int(tc.batch_size)
     steps_per_epoch = math.ceil(len(train) / bs)
     total = epochs * steps_per_epoch
-    opt = _optimizer(model, tc)
+    opt = _optimizer(model, tc, device)
     history: list[dict] = []
     start_epoch = 0
     done = sorted(work.glob("epoch_*.safetensors"))
@@ -115,7 +121,7 @@ def train_classifier(model: nn.Module, train: ImageSet, test: ImageSet, normaliz
                         str(exc)[:80])
             discard_verified(last)
             model.load_state_dict(initial)  # the same initial weights as an uninterrupted run
-            opt = _optimizer(model, tc)
+            opt = _optimizer(model, tc, device)
             start_epoch, history = 0, []
     if done and start_epoch == 0:
         log.warning("train: no usable resume state in %s; training from the start", work)
