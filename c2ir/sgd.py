@@ -7,8 +7,9 @@ Sutskever et al.'s Nesterov momentum ("On the importance of initialization and m
 learning", ICML 2013, eq. 3-4, in the reformulation of Bengio et al. 2013 that torch uses: the step
 is g + mu * b with b = mu * b + g, g including weight decay), written in the operation order of torch's
 single-tensor SGD (`torch.optim.sgd._single_tensor_sgd`, the CPU default), so a trained model is bit for bit
-`torch.optim.SGD`'s (tests/test_training_sgd.py checks both, resume included). `state_dict()` has
-torch's layout, so an epoch's resume file is the same either way. `c2ir.adam` does the same for the
+`torch.optim.SGD`'s (tests/test_training_sgd.py checks both, resume included). `state_dict()["state"]` has
+torch's layout (the momentum buffers by parameter index, all an epoch's resume file holds), so a resume file is
+the same either way; its `param_groups` hold only `lr` and `params`. `c2ir.adam` does the same for the
 synthesis.
 """
 

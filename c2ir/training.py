@@ -84,7 +84,8 @@ def _load_opt_state(opt: torch.optim.Optimizer | NesterovSGD, tensors: dict[str,
 def _optimizer(model: nn.Module, tc: TrainConfig, device: torch.device | str = "cpu") -> torch.optim.Optimizer | NesterovSGD:
     """SGD, Nesterov momentum 0.9. On CPU `c2ir.sgd.NesterovSGD` (torch's single-tensor update bit for bit,
     without the ~2 s `torch._dynamo` import of `torch.optim`); elsewhere `torch.optim.SGD`, whose default
-    multi-tensor kernels an accelerator needs and whose import is small beside a GPU's start-up."""
+    multi-tensor kernels are faster there (NesterovSGD would run, one kernel per parameter and operation) and
+    whose import is small beside an accelerator's start-up."""
     if torch.device(device).type == "cpu":
         return NesterovSGD(model.parameters(), lr=float(tc.lr), momentum=0.9, weight_decay=float(tc.weight_decay))
     return torch.optim.SGD(model.parameters(), lr=float(tc.lr), momentum=0.9, nesterov=True,

@@ -84,3 +84,17 @@ print("dynamo" if "torch._dynamo" in sys.modules else "no dynamo")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.strip().splitlines()[-1] == "no dynamo"
+
+
+def test_the_training_optimizer_by_device():
+    """CPU (str or torch.device): NesterovSGD; any other device type: torch.optim.SGD (parameters may stay on
+    CPU here: the choice reads the device only, so no accelerator is needed)."""
+    from c2ir.schema import TrainConfig
+    from c2ir.training import _optimizer
+
+    model, tc = _net(), TrainConfig()
+    assert isinstance(_optimizer(model, tc, "cpu"), NesterovSGD)
+    assert isinstance(_optimizer(model, tc, torch.device("cpu")), NesterovSGD)
+    for device in ("cuda", torch.device("cuda", 0), "mps"):
+        opt = _optimizer(model, tc, device)
+        assert isinstance(opt, torch.optim.SGD) and opt.defaults["nesterov"] and opt.defaults["momentum"] == 0.9
