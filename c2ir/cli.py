@@ -229,6 +229,7 @@ def validate_overrides(overrides: list[str], compose_all: bool = True, multirun:
                 del with_hydra["hydra"]
             validate(with_hydra, keep_cache_root=False)   # before Hydra: a later error must leave no folder
             check_detectors(with_hydra)
+            check_device(with_hydra)
             return
         for variant in variants:
             try:
@@ -239,6 +240,15 @@ def validate_overrides(overrides: list[str], compose_all: bool = True, multirun:
                 raise C2IRError(explain(exc)) from None
             validate(cfg, keep_cache_root=False)
             check_detectors(cfg)
+            check_device(cfg)
+
+
+def check_device(cfg: Any) -> None:
+    """`device=` names a device this machine has (`device.resolve_device`'s checks), before Hydra makes a run
+    folder: a config check like the others, and torch is imported by `check_detectors` just before."""
+    from c2ir.device import resolve_device
+
+    resolve_device(cfg.get("device", "auto"))
 
 
 def check_detectors(cfg: Any) -> None:

@@ -10,6 +10,7 @@ The Python API checks its arguments with the same functions (`check_setting`).
 
 from __future__ import annotations
 
+import difflib
 import math
 import os
 import re
@@ -120,6 +121,12 @@ def check_setting(path: str, value: Any, schema: type, name: str) -> Any:
     return check_value(path, value, kind, optional, _meta(schema)[name])
 
 
+def did_you_mean(name: str, choices: Any) -> str:
+    """' (did you mean X?)' for the closest of `choices` to a mistyped `name` (difflib's ratio >= 0.75), else ''."""
+    close = difflib.get_close_matches(name, [str(c) for c in choices], n=1, cutoff=0.75)
+    return f" (did you mean {close[0]}?)" if close else ""
+
+
 def check_node(path: str, node: Any, schema: type, extra_keys: tuple[str, ...] = ()) -> None:
     """Every key of `node` is a field of `schema` (or one of `extra_keys`) with a valid value;
     dataclass-typed fields are checked recursively."""
@@ -131,8 +138,8 @@ def check_node(path: str, node: Any, schema: type, extra_keys: tuple[str, ...] =
         if key in extra_keys:
             continue
         if key not in hints:
-            raise C2IRError(f"unknown config key {prefix}{key}; valid keys of {path or 'the config'}: "
-                            f"{', '.join(hints)}")
+            raise C2IRError(f"unknown config key {prefix}{key}{did_you_mean(str(key), hints)}; valid keys of "
+                            f"{path or 'the config'}: {', '.join(hints)}")
         kind, optional = _kind(hints[key])
         if is_dataclass(kind):
             check_node(f"{prefix}{key}", node[key], kind)
@@ -177,8 +184,9 @@ def explain(exc: BaseException) -> str:
             if re.fullmatch(r"detectors\.[\w-]+\.\w+", str(key)):   # a parameter its detector config leaves at the default
                 return (f"unknown config key {key}: a detector parameter that configs/detectors/ does not set takes "
                         f"++ (++{key}=...; docs/API.md lists each detector's parameters)")
-            valid = f"; valid keys of {parent or 'the config'}: {', '.join(_hints(schema))}" if is_dataclass(schema) else ""
-            return f"unknown config key {key}{valid}"
+            hints = _hints(schema) if is_dataclass(schema) else {}
+            valid = f"; valid keys of {parent or 'the config'}: {', '.join(hints)}" if hints else ""
+            return f"unknown config key {key}{did_you_mean(leaf, hints)}{valid}"
         m = re.search(r"While dereferencing interpolation '\$\{([A-Za-z_][\w.]*)\}': Value '([^']*)'", str(e))
         if m:   # a value that only copies another key (synth.flip: ${data.flip_invariant}): name the key typed
             kind = _kind(_hints(schema).get(leaf, Any))[0] if is_dataclass(schema) else None

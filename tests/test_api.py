@@ -182,7 +182,7 @@ def test_bad_arguments_are_one_clear_error():
         c2ir.detector("energy", model, temperatur=2.0)
     with pytest.raises(C2IRError, match="unknown detector 'energi'.*energy"):
         c2ir.detector("energi", model)
-    with pytest.raises(C2IRError, match="unknown config key synth.iteration; valid keys of synth: per_class"):
+    with pytest.raises(C2IRError, match=r"unknown config key synth.iteration \(did you mean iterations\?\); valid keys of synth: per_class"):
         c2ir.C2IR(model, **DIGITS, synth={"iteration": 3})
     with pytest.raises(C2IRError, match="predicts 10 classes"):
         c2ir.C2IR(model, 7, (1, 8, 8), [0.3], [0.4])

@@ -188,3 +188,36 @@ def test_mahalanobis_on_one_fit_sample_warns_only_in_words(recwarn):
              "labels": torch.tensor([0])}
     det.fit(FitData(impressions=feats))
     assert not [w for w in recwarn if "degrees of freedom" in str(w.message)]
+
+
+@pytest.mark.parametrize("device", ["cuda:99", "mps"])
+def test_an_unavailable_device_leaves_no_run_folder(device, capsys, tmp_path, monkeypatch):
+    """`device=` is checked with the config, before Hydra makes the run folder (was: a folder holding only run.log)."""
+    import torch
+
+    if device == "mps" and torch.backends.mps.is_available():
+        pytest.skip("this machine has MPS")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("HYDRA_FULL_ERROR", raising=False)
+    code = cli.main(["run", f"device={device}", f"cache_root={tmp_path / 'c'}"])
+    err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("c2ir: error:")]
+    assert code == 2 and len(err) == 1 and f"device={device!r}" in err[0], err
+    assert not (tmp_path / "outputs").exists() and not (tmp_path / "c").exists()
+
+
+def test_a_mistyped_key_gets_the_closest_name():
+    from c2ir.validation import did_you_mean
+
+    assert did_you_mean("iteratons", ["per_class", "iterations", "lr"]) == " (did you mean iterations?)"
+    assert did_you_mean("zzz", ["per_class", "iterations", "lr"]) == ""
+
+
+def test_a_checkpoint_without_a_state_dict_names_the_fix(tmp_path):
+    import torch
+
+    from c2ir.models.checkpoints import read_checkpoint
+
+    torch.save([1, 2, 3], tmp_path / "list.pt")
+    with pytest.raises(C2IRError, match=r"holds no state dict .*point model.checkpoint at a file saved with "
+                                        r"torch.save\(model.state_dict\(\), path\)"):
+        read_checkpoint(tmp_path / "list.pt")

@@ -79,7 +79,8 @@ def extract_state_dict(obj: object, path: str | Path = "<checkpoint>") -> dict[s
                 obj = inner
                 break
     if not isinstance(obj, Mapping) or not any(isinstance(v, torch.Tensor) for v in obj.values()):
-        raise C2IRError(f"{path} holds no state dict (looked for a tensor dict or keys {list(WRAPPER_KEYS)})")
+        raise C2IRError(f"{path} holds no state dict (looked for a tensor dict or keys {list(WRAPPER_KEYS)}); point "
+                        f"model.checkpoint at a file saved with torch.save(model.state_dict(), path)")
     state = {str(k): v for k, v in obj.items() if isinstance(v, torch.Tensor)}
     if state and all(k.startswith("module.") for k in state):
         state = {k[len("module."):]: v for k, v in state.items()}
