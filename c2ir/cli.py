@@ -278,13 +278,48 @@ def os_error_line(exc: OSError) -> str:
             "has space (cache_root=..., hydra.run.dir=... choose other folders)")
 
 
+def other_running_tasks(samples: int = 3, pause: float = 0.01) -> int | None:
+    """How many other tasks are runnable right now (Linux `/proc/loadavg`'s running count, minus this one), the
+    least of a few samples so a momentary burst does not count; None where there is no /proc. Not the load
+    average: its minute-long memory would count a run that has just finished (a second `c2ir run` in a row)."""
+    import time
+
+    counts = []
+    for i in range(samples):
+        try:
+            running = int(Path("/proc/loadavg").read_text().split()[3].split("/")[0])
+        except (OSError, ValueError, IndexError):
+            return None
+        counts.append(running - 1)
+        if i + 1 < samples:
+            time.sleep(pause)
+    return max(0, min(counts))
+
+
+def busy_machine_hint(others: int, cores: int, threads: int) -> str | None:
+    """The warning for torch threads that outnumber the free cores (`cores - others`, `others` the tasks of other
+    programs running now) by more than half a core, else None. Why: two torch threads on one free core thrash
+    (README: a cold `c2ir run` took 202 s with 2 threads beside another job, 23-34 s with `threads=1`). A hint,
+    not a change: the thread count can move results in their last digits."""
+    if threads <= 1 or cores - others >= threads - 0.5:
+        return None
+    return (f"this machine is busy ({others} other running task(s) on {cores} cores) and torch uses {threads} threads, "
+            f"which thrash on busy cores; pass threads=1 (or threads=N below the free cores) for speed (results can "
+            f"differ in their last digits between thread counts)")
+
+
 def task(cfg: Any) -> dict:
     """The one Hydra task: the stage `cfg.stage` on the job of `cfg`; returns the stage's result (its
     metrics or paths, recorded by Hydra for sweepers). User errors end the process with one line."""
-    if cfg.get("threads"):  # process-wide torch state is set by the entry point, not by library objects
-        import torch
+    import torch
 
+    if cfg.get("threads"):  # process-wide torch state is set by the entry point, not by library objects
         torch.set_num_threads(int(cfg.threads))
+    else:
+        others = other_running_tasks()
+        hint = busy_machine_hint(others, os.cpu_count() or 1, torch.get_num_threads()) if others is not None else None
+        if hint:
+            log.warning(hint)
     from c2ir import distributed
     from c2ir.stages.job import cli_job
 

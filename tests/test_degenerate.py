@@ -221,3 +221,16 @@ def test_a_checkpoint_without_a_state_dict_names_the_fix(tmp_path):
     with pytest.raises(C2IRError, match=r"holds no state dict .*point model.checkpoint at a file saved with "
                                         r"torch.save\(model.state_dict\(\), path\)"):
         read_checkpoint(tmp_path / "list.pt")
+
+
+def test_busy_machine_hint_only_when_threads_outnumber_free_cores():
+    from c2ir.cli import busy_machine_hint, other_running_tasks
+
+    assert busy_machine_hint(0, 2, 2) is None            # idle
+    hint = busy_machine_hint(1, 2, 2)                    # one other job: 1 free core, 2 threads
+    assert hint and "1 other running task(s) on 2 cores" in hint and "threads=1" in hint
+    assert busy_machine_hint(5, 2, 1) is None            # one thread cannot thrash with itself
+    assert busy_machine_hint(3, 16, 8) is None           # 13 free cores
+    assert busy_machine_hint(9, 16, 8) is not None       # 7 free cores for 8 threads
+    n = other_running_tasks()
+    assert n is None or n >= 0
