@@ -224,12 +224,15 @@ def validate_overrides(overrides: list[str], compose_all: bool = True, multirun:
             raise C2IRError(f"{out_key}: {explain(exc)}") from None
         if out_dir:
             check_output_dir(out_key, out_dir)
+        here = jobs_run_here(OmegaConf.select(with_hydra, "hydra.launcher._target_", default=None)
+                             if with_hydra is not None else None, multirun)
         if with_hydra is not None and not sweeps:   # the one variant: validate the composition made above
             with open_dict(with_hydra):   # the job's config has no `hydra` node (Hydra removes it): neither may this
                 del with_hydra["hydra"]
             validate(with_hydra, keep_cache_root=False)   # before Hydra: a later error must leave no folder
             check_detectors(with_hydra)
-            check_device(with_hydra)
+            if here:
+                check_device(with_hydra)
             return
         for variant in variants:
             try:
@@ -240,12 +243,23 @@ def validate_overrides(overrides: list[str], compose_all: bool = True, multirun:
                 raise C2IRError(explain(exc)) from None
             validate(cfg, keep_cache_root=False)
             check_detectors(cfg)
-            check_device(cfg)
+            if here:
+                check_device(cfg)
+
+
+LOCAL_LAUNCHERS = ("BasicLauncher", "JoblibLauncher", "LocalLauncher")   # Hydra's, joblib's, submitit's local one
+
+
+def jobs_run_here(launcher_target: str | None, multirun: bool) -> bool:
+    """Whether the jobs run on this machine: a plain run, or a sweep with a local launcher. A SLURM (or other
+    remote) launcher's jobs run on other nodes, whose devices this machine cannot check (each job checks its own)."""
+    return not multirun or not launcher_target or str(launcher_target).rsplit(".", 1)[-1] in LOCAL_LAUNCHERS
 
 
 def check_device(cfg: Any) -> None:
     """`device=` names a device this machine has (`device.resolve_device`'s checks), before Hydra makes a run
-    folder: a config check like the others, and torch is imported by `check_detectors` just before."""
+    folder: a config check like the others, and torch is imported by `check_detectors` just before. Only for jobs
+    that run here (`jobs_run_here`)."""
     from c2ir.device import resolve_device
 
     resolve_device(cfg.get("device", "auto"))
@@ -304,8 +318,19 @@ def busy_machine_hint(others: int, cores: int, threads: int) -> str | None:
     if threads <= 1 or cores - others >= threads - 0.5:
         return None
     return (f"this machine is busy ({others} other running task(s) on {cores} cores) and torch uses {threads} threads, "
-            f"which thrash on busy cores; pass threads=1 (or threads=N below the free cores) for speed (results can "
+            f"which thrash on busy cores; pass threads=1 (or threads=N, at most the free cores) for speed (results can "
             f"differ in their last digits between thread counts)")
+
+
+def busy_hint_now(threads: int) -> str | None:
+    """`busy_machine_hint` for this machine now; None where it cannot tell: no /proc (not Linux), or a process
+    confined to some of the CPUs (taskset, a cgroup cpuset, SLURM), where the host-wide running count would also
+    count tasks on CPUs this process cannot use."""
+    cores = os.cpu_count() or 1
+    if hasattr(os, "sched_getaffinity") and len(os.sched_getaffinity(0)) < cores:
+        return None
+    others = other_running_tasks()
+    return None if others is None else busy_machine_hint(others, cores, threads)
 
 
 def task(cfg: Any) -> dict:
@@ -316,8 +341,7 @@ def task(cfg: Any) -> dict:
     if cfg.get("threads"):  # process-wide torch state is set by the entry point, not by library objects
         torch.set_num_threads(int(cfg.threads))
     else:
-        others = other_running_tasks()
-        hint = busy_machine_hint(others, os.cpu_count() or 1, torch.get_num_threads()) if others is not None else None
+        hint = busy_hint_now(torch.get_num_threads())
         if hint:
             log.warning(hint)
     from c2ir import distributed

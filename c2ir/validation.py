@@ -186,6 +186,10 @@ def explain(exc: BaseException) -> str:
                         f"++ (++{key}=...; docs/API.md lists each detector's parameters)")
             hints = _hints(schema) if is_dataclass(schema) else {}
             valid = f"; valid keys of {parent or 'the config'}: {', '.join(hints)}" if hints else ""
+            if not hints and parent in ("detectors", "ood"):   # a mistyped detector or OOD set: its group's names
+                from c2ir.config import config_dir
+
+                hints = {p.stem: None for p in (config_dir() / parent).glob("*.yaml")}
             return f"unknown config key {key}{did_you_mean(leaf, hints)}{valid}"
         m = re.search(r"While dereferencing interpolation '\$\{([A-Za-z_][\w.]*)\}': Value '([^']*)'", str(e))
         if m:   # a value that only copies another key (synth.flip: ${data.flip_invariant}): name the key typed

@@ -234,3 +234,55 @@ def test_busy_machine_hint_only_when_threads_outnumber_free_cores():
     assert busy_machine_hint(9, 16, 8) is not None       # 7 free cores for 8 threads
     n = other_running_tasks()
     assert n is None or n >= 0
+
+
+def test_the_device_is_checked_only_for_jobs_that_run_here():
+    from c2ir.cli import jobs_run_here
+
+    assert jobs_run_here(None, multirun=False)
+    assert jobs_run_here(None, multirun=True)     # Hydra's basic launcher (no plugin configured)
+    assert jobs_run_here("hydra._internal.core_plugins.basic_launcher.BasicLauncher", multirun=True)
+    assert jobs_run_here("hydra_plugins.hydra_joblib_launcher.joblib_launcher.JoblibLauncher", multirun=True)
+    assert jobs_run_here("hydra_plugins.hydra_submitit_launcher.submitit_launcher.LocalLauncher", multirun=True)
+    assert not jobs_run_here("hydra_plugins.hydra_submitit_launcher.submitit_launcher.SlurmLauncher", multirun=True)
+
+
+def test_a_slurm_sweep_may_name_a_device_this_machine_lacks():
+    """The jobs run on the cluster's nodes: `-m launcher=slurm device=cuda` is not refused on a CPU-only login node,
+    while the same sweep on the local launcher is."""
+    import torch
+
+    from c2ir.cli import validate_overrides
+
+    pytest.importorskip("hydra_plugins.hydra_submitit_launcher", reason="needs the cluster extra")
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    validate_overrides(["launcher=slurm", "device=cuda", "seed=0,1", "stage=run"], multirun=True)
+    validate_overrides(["launcher=slurm", "device=cuda", "stage=run"], multirun=True)
+    with pytest.raises(C2IRError, match="CUDA is not available"):
+        validate_overrides(["device=cuda", "seed=0,1", "stage=run"], multirun=True)
+
+
+def test_no_busy_hint_where_it_cannot_tell(monkeypatch):
+    import c2ir.cli as c
+
+    monkeypatch.setattr(c, "other_running_tasks", lambda: 5)
+    monkeypatch.setattr(c.os, "cpu_count", lambda: 2)
+    if hasattr(c.os, "sched_getaffinity"):
+        monkeypatch.setattr(c.os, "sched_getaffinity", lambda pid: {0, 1})
+        assert c.busy_hint_now(2)                                  # all CPUs usable, 5 others: the hint
+        monkeypatch.setattr(c.os, "sched_getaffinity", lambda pid: {0})
+        assert c.busy_hint_now(2) is None                          # confined to one CPU: the host count says nothing
+        monkeypatch.setattr(c.os, "sched_getaffinity", lambda pid: {0, 1})
+    monkeypatch.setattr(c, "other_running_tasks", lambda: None)    # no /proc
+    assert c.busy_hint_now(2) is None
+
+
+@pytest.mark.parametrize("override,needle", [("detectors.energi.temperature=2", "(did you mean energy?)"),
+                                             ("ood.pixel_shuffle.max_samples=3", "(did you mean pixel_shuffled?)")])
+def test_a_mistyped_detector_or_ood_set_gets_the_closest_name(override, needle, capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("HYDRA_FULL_ERROR", raising=False)
+    assert cli.main(["evaluate", override, f"cache_root={tmp_path / 'c'}"]) == 2
+    err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("c2ir: error:")]
+    assert len(err) == 1 and needle in err[0], err
