@@ -83,16 +83,13 @@ def parse_override(parser: Any, arg: str) -> Any:
         raise C2IRError(f"cannot parse {arg!r} ({first[:160]}); check its brackets, braces and quotes") from None
 
 
-def check_group_choices(overrides: list[str], parsed: list[Any] | None = None) -> None:
+def check_group_choices(overrides: list[str], parsed: list[Any]) -> None:
     """Unknown config-group options get one line listing the valid ones (before Hydra composes). The values are
     read by Hydra's own override parser, so its sweep forms (`detectors=[msp],[energy]`, `choice(...)`) are read as
-    Hydra reads them; a list given to a group that takes one option is refused (Hydra would keep its last entry)."""
-    from hydra.core.override_parser.overrides_parser import OverridesParser
+    Hydra reads them; a list given to a group that takes one option is refused (Hydra would keep its last entry).
+    `parsed`: `overrides` through `parse_override`, as `validate_overrides` has them."""
     from hydra.core.override_parser.types import ChoiceSweep
 
-    if parsed is None:
-        parser = OverridesParser.create()
-        parsed = [parse_override(parser, o) for o in overrides]
     lists = list_groups()
     for arg, override in zip(overrides, parsed):
         m = _GROUP_OVERRIDE.match(arg.lstrip("+"))

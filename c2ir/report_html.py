@@ -264,8 +264,8 @@ def run_page(inp: RunInputs, directory: Path | None = None, histograms: "Histogr
               "OOD sets: " + ", ".join(f"{o} ({counts.get(o, '?')})" for o in oods) + ".")
     if res.get("not_computable"):
         page.note(not_computable_line(res))
-    if few_samples_line(res):
-        page.note(few_samples_line(res))
+    if few := few_samples_line(res):
+        page.note(few)
     _summary_section(page, res)
     if inp.published:
         _published_section(page, res, inp.published)

@@ -206,9 +206,6 @@ def explain(exc: BaseException) -> str:
         return (f"unknown config key {key}; check the spelling (c2ir <stage> --cfg job lists every key)"
                 f"{'' if '.' not in key else f', or add a new key on purpose with +{key}=...'}")
     first = text.splitlines()[0] if text else type(exc).__name__
-    m = re.match(r"LexerNoViableAltException:\s*(.+)", first)
-    if m:   # Hydra's lexer names the override it could not read: a non-ASCII letter or a space must be quoted
-        return needs_quotes(m.group(1).strip())
     return f"{first.rstrip('.')} (c2ir <stage> --cfg job shows the composed config)"
 
 
